@@ -1,0 +1,48 @@
+// swift-tools-version:6.1
+import PackageDescription
+
+let swiftSettings: [SwiftSetting] = [
+    .swiftLanguageMode(.v6),
+    .enableUpcomingFeature("ExistentialAny"),
+    .enableUpcomingFeature("InternalImportsByDefault"),
+]
+
+let package = Package(
+    name: "AnyRuntime",
+    products: [
+        .library(name: "Runtime", targets: ["Runtime"]),
+        .library(name: "RuntimeUV", targets: ["RuntimeUV"]),
+        .library(name: "RuntimeDispatch", targets: ["RuntimeDispatch"]),
+        .library(name: "RuntimeTesting", targets: ["RuntimeTesting"]),
+        .library(name: "AnyRuntime", targets: ["AnyRuntime"]),
+        .executable(name: "anyruntime-demo", targets: ["RuntimeDemo"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-collections", from: "1.1.0"),
+    ],
+    targets: [
+        // C libraries enter through thin system-library targets.
+        .systemLibrary(name: "CLibUV", path: "Sources/CLibUV", providers: [.apt(["libuv1-dev"])]),
+
+        // The contract and everything built once on it. Imports nothing backend-specific.
+        .target(
+            name: "Runtime",
+            dependencies: [.product(name: "DequeModule", package: "swift-collections")],
+            swiftSettings: swiftSettings
+        ),
+        .target(name: "RuntimeUV", dependencies: ["Runtime", "CLibUV"], swiftSettings: swiftSettings),
+        .target(name: "RuntimeDispatch", dependencies: ["Runtime"], swiftSettings: swiftSettings),
+        .target(name: "RuntimeTesting", dependencies: ["Runtime"], swiftSettings: swiftSettings),
+        // Picks a backend by name (ANYRUNTIME_BACKEND=uv|dispatch) for applications, demos and tests.
+        .target(name: "AnyRuntime", dependencies: ["Runtime", "RuntimeUV", "RuntimeDispatch"], swiftSettings: swiftSettings),
+
+        .executableTarget(name: "RuntimeDemo", dependencies: ["AnyRuntime", "Runtime"], swiftSettings: swiftSettings),
+
+        .testTarget(name: "RuntimeTests", dependencies: ["Runtime", "RuntimeTesting", "AnyRuntime"], swiftSettings: swiftSettings),
+        .testTarget(
+            name: "RuntimeConformanceTests",
+            dependencies: ["Runtime", "RuntimeTesting", "RuntimeUV", "RuntimeDispatch", "AnyRuntime"],
+            swiftSettings: swiftSettings
+        ),
+    ]
+)

@@ -1,0 +1,119 @@
+import DequeModule
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// A bounded pool of worker threads for backends that run blocking closures on threads they own.
+///
+/// Threads start on demand up to `maximumThreads` and live until ``shutdown()``, which waits for every
+/// submitted closure (abandoned ones included) and joins every thread, so that no thread outlives the runtime.
+public final class BlockingThreadPool: @unchecked Sendable {
+    // @unchecked Sendable: every mutable field below is read and written only between
+    // pthread_mutex_lock(mutex) and pthread_mutex_unlock(mutex); the pthread objects are created in init
+    // and destroyed in deinit, when no thread can reach the pool any more (each thread holds a retain).
+    private let mutex = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
+    private let wakeWorkers = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)
+    private var queue = Deque<@Sendable () -> Void>()
+    private var threads: [pthread_t] = []
+    private var idle = 0
+    private var inFlight = 0
+    private var shuttingDown = false
+
+    /// The most threads the pool starts.
+    public let maximumThreads: Int
+
+    /// - Parameter maximumThreads: the bound on threads (≥ 1).
+    public init(maximumThreads: Int) {
+        self.maximumThreads = max(1, maximumThreads)
+        pthread_mutex_init(mutex, nil)
+        pthread_cond_init(wakeWorkers, nil)
+    }
+
+    deinit {
+        pthread_cond_destroy(wakeWorkers)
+        pthread_mutex_destroy(mutex)
+        mutex.deallocate()
+        wakeWorkers.deallocate()
+    }
+
+    private func locked<R>(_ body: () -> R) -> R {
+        pthread_mutex_lock(mutex)
+        defer { pthread_mutex_unlock(mutex) }
+        return body()
+    }
+
+    /// Closures submitted and not finished.
+    public var jobsInFlight: Int { locked { inFlight } }
+    /// Threads alive.
+    public var threadCount: Int { locked { threads.count } }
+
+    /// Runs `work` on a pool thread. After ``shutdown()`` began, it runs on the thread calling `shutdown`,
+    /// so that nothing submitted is lost.
+    public func submit(_ work: @escaping @Sendable () -> Void) {
+        let spawn = locked { () -> Bool in
+            inFlight += 1
+            queue.append(work)
+            if idle > 0 {
+                pthread_cond_signal(wakeWorkers)
+                return false
+            }
+            return !shuttingDown && threads.count < maximumThreads
+        }
+        if spawn { startThread() }
+    }
+
+    private func startThread() {
+        let context = Unmanaged.passRetained(self).toOpaque()
+        var thread = pthread_t()
+        let rc = pthread_create(&thread, nil, { context in
+            // `context` is the pool retained below; this thread owns that retain.
+            guard let context else { return nil }
+            let pool = Unmanaged<BlockingThreadPool>.fromOpaque(context).takeRetainedValue()
+            pool.workerLoop()
+            return nil
+        }, context)
+        guard rc == 0 else {
+            // No new thread: the job waits for a running thread, or for shutdown(), which runs leftovers.
+            Unmanaged<BlockingThreadPool>.fromOpaque(context).release()
+            return
+        }
+        locked { threads.append(thread) }
+    }
+
+    private func workerLoop() {
+        pthread_mutex_lock(mutex)
+        while true {
+            if let job = queue.popFirst() {
+                pthread_mutex_unlock(mutex)
+                job()
+                pthread_mutex_lock(mutex)
+                inFlight -= 1
+                continue
+            }
+            if shuttingDown { break }
+            idle += 1
+            pthread_cond_wait(wakeWorkers, mutex)
+            idle -= 1
+        }
+        pthread_mutex_unlock(mutex)
+    }
+
+    /// Runs every queued closure, lets running ones finish, and joins every thread. Blocks the caller.
+    public func shutdown() {
+        let running = locked { () -> [pthread_t] in
+            shuttingDown = true
+            pthread_cond_broadcast(wakeWorkers)
+            return threads
+        }
+        for thread in running { pthread_join(thread, nil) }
+        // Jobs submitted after the threads left run here.
+        while let job = locked({ queue.popFirst() }) {
+            job()
+            locked { inFlight -= 1 }
+        }
+        locked { threads.removeAll() }
+    }
+}

@@ -1,0 +1,89 @@
+import Synchronization
+
+/// The one object every blocked runtime wait parks on: a continuation plus an exactly-once state machine.
+///
+/// Readiness callbacks, timers, primitives, scope cancellation and Swift task cancellation all finish a
+/// wait by calling ``resume(_:)``; the first call wins, later ones return `false` and change nothing. A
+/// resume that comes before the task has suspended is kept and delivered when it suspends.
+final class Parker<Value: Sendable>: Sendable, CancellationWaker {
+    private enum State: Sendable {
+        case idle
+        case waiting(UnsafeContinuation<Value, any Error>)
+        case resolvedEarly(Result<Value, any Error>)
+        case done
+    }
+
+    private let state = Mutex(State.idle)
+
+    private enum Outcome { case resumeNow(UnsafeContinuation<Value, any Error>), stored, alreadyFinished }
+
+    init() {}
+
+    /// Whether a result has been delivered (or is waiting to be collected).
+    var isResolved: Bool {
+        state.withLock {
+            switch $0 {
+            case .idle, .waiting: false
+            case .resolvedEarly, .done: true
+            }
+        }
+    }
+
+    /// Finishes the wait. Returns `false` when it was already finished.
+    @discardableResult
+    func resume(_ result: Result<Value, any Error>) -> Bool {
+        let outcome: Outcome = state.withLock { state in
+            switch state {
+            case .idle:
+                state = .resolvedEarly(result)
+                return .stored
+            case .waiting(let continuation):
+                state = .done
+                return .resumeNow(continuation)
+            case .resolvedEarly, .done:
+                return .alreadyFinished
+            }
+        }
+        switch outcome {
+        case .resumeNow(let continuation):
+            // Resumed outside the lock: the task is enqueued on its preferred executor.
+            continuation.resume(with: result)
+            return true
+        case .stored:
+            return true
+        case .alreadyFinished:
+            return false
+        }
+    }
+
+    @discardableResult func resume(returning value: Value) -> Bool { resume(.success(value)) }
+    @discardableResult func resume(throwing error: any Error) -> Bool { resume(.failure(error)) }
+
+    /// Wakes the wait because an enclosing cancel scope was cancelled.
+    func wakeForCancellation() { resume(.failure(CancellationError())) }
+
+    /// Suspends until the wait is finished. Call at most once.
+    func wait(isolation: isolated (any Actor)? = #isolation) async throws -> Value {
+        try await withUnsafeThrowingContinuation(isolation: isolation) { continuation in
+            let early: Result<Value, any Error>? = state.withLock { state in
+                switch state {
+                case .idle:
+                    state = .waiting(continuation)
+                    return nil
+                case .resolvedEarly(let result):
+                    state = .done
+                    return result
+                case .waiting, .done:
+                    // A second wait is a bug in this module, never a user's doing.
+                    preconditionFailure("Parker.wait called twice")
+                }
+            }
+            if let early { continuation.resume(with: early) }
+        }
+    }
+}
+
+/// Something blocked in a cancel scope that the scope wakes when it is cancelled.
+protocol CancellationWaker: AnyObject, Sendable {
+    func wakeForCancellation()
+}

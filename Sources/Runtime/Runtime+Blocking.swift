@@ -1,0 +1,83 @@
+/// What ``Runtime/runBlocking(limiter:onCancel:_:)`` does when the caller is cancelled while the closure runs.
+///
+/// A closure that has not started yet never starts once the caller is cancelled, whatever the choice.
+public struct BlockingCancellation: Sendable {
+    enum Kind: Sendable {
+        case waitForCompletion
+        case abandon
+        case interrupt(@Sendable () -> Void)
+    }
+    let kind: Kind
+
+    /// Wait for the closure to finish and return its result; the cancellation is seen by the next runtime
+    /// wait. The default: nothing the closure did is lost (anyio's `abandon_on_cancel=False`).
+    public static let waitForCompletion = BlockingCancellation(kind: .waitForCompletion)
+
+    /// Throw `CancellationError` at once; the closure runs on to the end on its thread and its result is
+    /// dropped. It keeps its limiter token until it ends (anyio's `abandon_on_cancel=True`).
+    public static let abandon = BlockingCancellation(kind: .abandon)
+
+    /// Call `interrupt` (from any thread) to make the closure stop early, for example `sqlite3_interrupt`,
+    /// then wait for it and return what it returns or throws.
+    public static func interrupt(_ interrupt: @escaping @Sendable () -> Void) -> BlockingCancellation {
+        BlockingCancellation(kind: .interrupt(interrupt))
+    }
+}
+
+extension Runtime {
+    /// Runs the synchronous, possibly blocking, `work` on a worker thread and returns its result on the
+    /// caller's executor (anyio's `to_thread.run_sync`).
+    ///
+    /// At most `limiter.totalTokens` closures of one limiter run at once (``defaultBlockingLimiter``, 40, when
+    /// none is given); the rest wait for a token, and that wait is cancellable.
+    ///
+    /// - Parameters:
+    ///   - limiter: the limiter to take a token from.
+    ///   - onCancel: what happens when the caller is cancelled while `work` runs; see
+    ///     ``BlockingCancellation``. If the caller is cancelled before `work` started, it never starts.
+    ///   - work: the closure.
+    /// - Throws: what `work` throws; `CancellationError`.
+    public func runBlocking<T: Sendable>(
+        limiter: CapacityLimiter? = nil,
+        onCancel: BlockingCancellation = .waitForCompletion,
+        _ work: @escaping @Sendable () throws -> T
+    ) async throws -> T {
+        let limiter = limiter ?? defaultBlockingLimiter
+        try await limiter.acquire()
+        // Cancelled while waiting for the token, or in a scope cancelled meanwhile: don't start.
+        do {
+            try CancelScope.checkCancelled(CancelScope.current)
+        } catch {
+            try? limiter.release()
+            throw error
+        }
+        let parker = Parker<T>()
+        let abandons: Bool
+        if case .abandon = onCancel.kind { abandons = true } else { abandons = false }
+        backend.runBlocking {
+            let result = Result { try work() }
+            // When the caller abandoned the call, the token is returned only now that the work is over.
+            if abandons { try? limiter.release() }
+            parker.resume(result)
+        }
+        switch onCancel.kind {
+        case .waitForCompletion:
+            defer { try? limiter.release() }
+            return try await Runtime.parkUninterruptibly(parker)
+        case .interrupt(let interrupt):
+            defer { try? limiter.release() }
+            return try await Runtime.parkCallingOnCancel(parker, interrupt)
+        case .abandon:
+            return try await Runtime.park(parker) {}
+        }
+    }
+
+    /// ``runBlocking(limiter:onCancel:_:)`` on the current runtime.
+    public static func runBlocking<T: Sendable>(
+        limiter: CapacityLimiter? = nil,
+        onCancel: BlockingCancellation = .waitForCompletion,
+        _ work: @escaping @Sendable () throws -> T
+    ) async throws -> T {
+        try await current.runBlocking(limiter: limiter, onCancel: onCancel, work)
+    }
+}

@@ -1,0 +1,80 @@
+// Sleeping, checkpoints and readiness: the waits every other primitive is made of.
+
+extension Runtime {
+    /// Yields to other tasks and throws if the calling task is cancelled (trio's `checkpoint()`).
+    ///
+    /// - Throws: `CancellationError` when an enclosing cancel scope, or the task, is cancelled (before or
+    ///   after the yield).
+    public func checkpoint() async throws {
+        try CancelScope.checkCancelled(CancelScope.current)
+        await Task.yield()
+        try CancelScope.checkCancelled(CancelScope.current)
+    }
+
+    /// Suspends until the runtime's clock reaches `deadline`.
+    ///
+    /// A deadline already reached makes this a ``checkpoint()``. It never returns early.
+    ///
+    /// - Throws: `CancellationError` when an enclosing cancel scope, or the task, is cancelled.
+    public func sleep(until deadline: RuntimeInstant) async throws {
+        if deadline <= backend.now() {
+            try await checkpoint()
+            return
+        }
+        let parker = Parker<Void>()
+        var registration: (any BackendRegistration)?
+        defer { registration?.cancel() }
+        try await Runtime.park(parker) {
+            registration = self.backend.scheduleTimer(at: deadline) { parker.resume(returning: ()) }
+        }
+    }
+
+    /// Suspends for `duration` on the runtime's clock.
+    public func sleep(for duration: Duration) async throws {
+        try await sleep(until: now.advanced(by: duration))
+    }
+
+    /// Suspends until `fd` is ready for any of `events`; returns the events that are ready.
+    ///
+    /// The wait is one-shot: call it again for the next readiness. Readiness may be spurious (another reader
+    /// drained the data first); treat `EAGAIN` after a wake-up as "wait again".
+    ///
+    /// - Throws: `CancellationError` when cancelled (the registration is withdrawn and the fd can be waited
+    ///   on again at once); ``RuntimeError/Code/busy`` when another task waits on `fd` in one of these
+    ///   directions; ``RuntimeError/Code/closed`` when the fd is forgotten meanwhile.
+    /// - Warning: Call ``forget(fd:)`` before closing `fd`.
+    @discardableResult
+    public func wait(fd: Int32, for events: IOEvents) async throws -> IOEvents {
+        let parker = Parker<IOEvents>()
+        var registration: (any BackendRegistration)?
+        defer { registration?.cancel() }
+        return try await Runtime.park(parker) {
+            registration = try self.backend.watch(fd: fd, for: events) { result in
+                parker.resume(result.mapError { $0 as any Error })
+            }
+        }
+    }
+
+    /// Drops the runtime's registrations of `fd` and wakes its waiters with ``RuntimeError/Code/closed``.
+    ///
+    /// Call it before `close(fd)`; when it returns, the fd may be closed. It is not interrupted by cancellation.
+    public func forget(fd: Int32) async {
+        await backend.forget(fd: fd)
+    }
+}
+
+// MARK: - The same, on the current runtime
+
+extension Runtime {
+    /// ``checkpoint()`` on the current runtime.
+    public static func checkpoint() async throws { try await current.checkpoint() }
+    /// ``sleep(until:)`` on the current runtime.
+    public static func sleep(until deadline: RuntimeInstant) async throws { try await current.sleep(until: deadline) }
+    /// ``sleep(for:)`` on the current runtime.
+    public static func sleep(for duration: Duration) async throws { try await current.sleep(for: duration) }
+    /// ``wait(fd:for:)`` on the current runtime.
+    @discardableResult
+    public static func wait(fd: Int32, for events: IOEvents) async throws -> IOEvents {
+        try await current.wait(fd: fd, for: events)
+    }
+}

@@ -1,0 +1,59 @@
+import Synchronization
+
+/// A counting semaphore for tasks (anyio's `Semaphore`). Waiters are served in order.
+public final class Semaphore: Sendable {
+    private let pool: Mutex<PermitPool>
+    /// The most the value may reach; `nil` for no bound.
+    public let maxValue: Int?
+
+    /// - Parameters:
+    ///   - initialValue: the number of permits available at first (≥ 0).
+    ///   - maxValue: when given, ``release()`` above it throws ``RuntimeError/Code/invalidArgument``.
+    /// - Throws: ``RuntimeError/Code/invalidArgument`` for a negative value or one above `maxValue`.
+    public init(initialValue: Int, maxValue: Int? = nil) throws(RuntimeError) {
+        guard initialValue >= 0 else {
+            throw RuntimeError(.invalidArgument, "Semaphore initialValue must be >= 0, got \(initialValue)")
+        }
+        if let maxValue, initialValue > maxValue {
+            throw RuntimeError(.invalidArgument, "Semaphore initialValue \(initialValue) exceeds maxValue \(maxValue)")
+        }
+        self.pool = Mutex(PermitPool(available: initialValue))
+        self.maxValue = maxValue
+    }
+
+    /// The number of permits available now.
+    public var value: Int { pool.withLock { $0.available } }
+
+    /// Waits for a permit and takes it.
+    ///
+    /// - Throws: `CancellationError` (then no permit is held).
+    public func acquire() async throws {
+        try await PermitPool.acquire(
+            take: { parker in pool.withLock { $0.takeOrEnqueue(parker) } },
+            remove: { parker in pool.withLock { $0.waiters.remove(parker) } })
+    }
+
+    /// Takes a permit if one is free; returns whether it did.
+    public func tryAcquire() -> Bool { pool.withLock { $0.tryTake() } }
+
+    /// Returns a permit.
+    ///
+    /// - Throws: ``RuntimeError/Code/invalidArgument`` when the value would exceed ``maxValue``.
+    public func release() throws(RuntimeError) {
+        try pool.withLock { pool throws(RuntimeError) in
+            if let maxValue, pool.waiters.isEmpty, pool.available >= maxValue {
+                throw RuntimeError(.invalidArgument, "Semaphore.release() would exceed maxValue \(maxValue)")
+            }
+            pool.give()
+        }
+    }
+
+    /// Runs `body` while holding a permit.
+    public func withPermit<T>(isolation: isolated (any Actor)? = #isolation, _ body: () async throws -> T)
+        async throws -> T
+    {
+        try await acquire()
+        defer { try? release() }
+        return try await body()
+    }
+}

@@ -1,0 +1,30 @@
+import DequeModule
+
+/// A FIFO of parked waiters. Waiters that were cancelled stay in the queue until they are skipped or
+/// removed; ``resumeFirst(_:)`` hands a value only to a waiter that is still waiting.
+struct WaitQueue<Value: Sendable>: Sendable {
+    private var waiters = Deque<Parker<Value>>()
+
+    var isEmpty: Bool { waiters.isEmpty }
+    var count: Int { waiters.count }
+
+    mutating func append(_ parker: Parker<Value>) { waiters.append(parker) }
+
+    /// Resumes the first waiter that is still waiting; returns `false` when there was none.
+    mutating func resumeFirst(_ result: Result<Value, any Error>) -> Bool {
+        while let parker = waiters.popFirst() {
+            if parker.resume(result) { return true }
+        }
+        return false
+    }
+
+    /// Resumes every waiter with `result`.
+    mutating func resumeAll(_ result: Result<Value, any Error>) {
+        while let parker = waiters.popFirst() { parker.resume(result) }
+    }
+
+    /// Removes `parker` (after it was cancelled).
+    mutating func remove(_ parker: Parker<Value>) {
+        if let index = waiters.firstIndex(where: { $0 === parker }) { waiters.remove(at: index) }
+    }
+}
