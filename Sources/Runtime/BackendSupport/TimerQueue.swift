@@ -15,6 +15,14 @@ public struct TimerQueue: ~Copyable {
         public let deadline: RuntimeInstant
         /// What it runs; called at most once by the owner of the queue.
         public let fire: @Sendable () -> Void
+        private let cancelledFlag = Atomic<Bool>(false)
+
+        /// Marks the timer cancelled: its owner must not run ``fire`` any more. Safe from any thread.
+        public func markCancelled() { cancelledFlag.store(true, ordering: .releasing) }
+
+        /// Whether ``markCancelled()`` was called.
+        public var isCancelled: Bool { cancelledFlag.load(ordering: .acquiring) }
+
         // Position in the heap; -1 when not in it. Read and written only by the queue's owner, under its
         // serialization, so an atomic with relaxed ordering suffices to satisfy the checker.
         private let slot = Atomic<Int>(-1)

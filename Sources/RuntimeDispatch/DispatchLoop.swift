@@ -1,0 +1,124 @@
+import Dispatch
+import Runtime
+import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A serial `DispatchQueue` used as the runtime's executor, plus the timer heap driving one timer source.
+///
+/// Threading: the queue is serial, so the runtime's tasks never run in parallel, although libdispatch may
+/// run consecutive blocks on different OS threads. Timer and source state lives under mutexes, since
+/// source handlers run on `ioQueue`.
+final class DispatchLoop: Sendable {
+    let queue: DispatchQueue
+    /// Where source and timer handlers run: they only resume waiters, so they never contend with tasks.
+    let ioQueue: DispatchQueue
+    let executor: DispatchExecutor
+    private static let key = DispatchSpecificKey<ObjectIdentifier>()
+
+    private let timers = Mutex(TimerQueue())
+    private let pendingTimerCount = Atomic<Int>(0)
+    private let timerSource: DispatchTimerSourceBox
+
+    init(label: String) {
+        queue = DispatchQueue(label: label)
+        ioQueue = DispatchQueue(label: label + ".io")
+        executor = DispatchExecutor(queue: queue)
+        timerSource = DispatchTimerSourceBox(DispatchSource.makeTimerSource(queue: ioQueue))
+        queue.setSpecific(key: Self.key, value: ObjectIdentifier(queue))
+        timerSource.source.setEventHandler { [weak self] in self?.timersFired() }
+        timerSource.source.schedule(deadline: .distantFuture)
+        timerSource.source.activate()
+    }
+
+    /// Whether the caller runs a block of the executor's queue.
+    var isOnQueue: Bool { DispatchQueue.getSpecific(key: Self.key) == ObjectIdentifier(queue) }
+
+    // MARK: Timers
+
+    func insertTimer(_ entry: TimerQueue.Entry) {
+        let earliestChanged = timers.withLock { timers -> Bool in
+            guard !entry.isCancelled else { return false }
+            pendingTimerCount.add(1, ordering: .relaxed)
+            return timers.insert(entry)
+        }
+        if earliestChanged { rearm() }
+    }
+
+    func removeTimer(_ entry: TimerQueue.Entry) {
+        timers.withLock { timers in
+            if timers.remove(entry) { pendingTimerCount.subtract(1, ordering: .relaxed) }
+        }
+    }
+
+    var pendingTimers: Int { pendingTimerCount.load(ordering: .relaxed) }
+
+    private func rearm() {
+        // Under the timers lock, so two re-arms cannot interleave and leave a later deadline armed.
+        timers.withLock { timers in
+            guard let next = timers.nextDeadline else {
+                timerSource.source.schedule(deadline: .distantFuture)
+                return
+            }
+            let delay = max(0, next.nanoseconds - monotonicNow().nanoseconds)
+            timerSource.source.schedule(
+                deadline: .now() + .nanoseconds(Int(clamping: delay)), leeway: .microseconds(50))
+        }
+    }
+
+    private func timersFired() {
+        let due = timers.withLock { timers in
+            let due = timers.popDue(now: monotonicNow())
+            pendingTimerCount.subtract(due.count, ordering: .relaxed)
+            return due
+        }
+        for entry in due where !entry.isCancelled { entry.fire() }
+        rearm()
+    }
+
+    /// Cancels the timer source and drops pending timers. Waits for the source's cancel handler.
+    func close() async {
+        let abandoned = timers.withLock { $0.removeAll() }
+        pendingTimerCount.subtract(abandoned.count, ordering: .relaxed)
+        let source = timerSource
+        await withUnsafeContinuation { (continuation: UnsafeContinuation<Void, Never>) in
+            source.source.setCancelHandler { continuation.resume() }
+            source.source.cancel()
+        }
+    }
+}
+
+/// `DispatchSourceTimer` is not `Sendable` on Linux (FINDINGS Q7 #4).
+final class DispatchTimerSourceBox: @unchecked Sendable {
+    // @unchecked Sendable: DispatchSource methods (schedule, cancel, setEventHandler) are thread-safe per
+    // libdispatch's documentation; the reference itself is immutable.
+    let source: any DispatchSourceTimer
+    init(_ source: any DispatchSourceTimer) { self.source = source }
+}
+
+/// The loop's monotonic clock (CLOCK_MONOTONIC), in the runtime's instant type.
+@inline(__always) func monotonicNow() -> RuntimeInstant {
+    var ts = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return RuntimeInstant(nanoseconds: Int64(ts.tv_sec) &* 1_000_000_000 &+ Int64(ts.tv_nsec))
+}
+
+/// The SE-0417 task executor over a serial queue.
+///
+/// A queue outlives every job sent to it (blocks retain it), so a task that outlives its runtime keeps
+/// working on the queue.
+final class DispatchExecutor: TaskExecutor, Sendable {
+    let queue: DispatchQueue
+    init(queue: DispatchQueue) {
+        self.queue = queue
+        // Kept alive on purpose: a task may hold its preferred executor after the runtime ended.
+        _ = Unmanaged.passRetained(self)
+    }
+
+    func enqueue(_ job: consuming ExecutorJob) {
+        let job = UnownedJob(job)
+        queue.async { job.runSynchronously(on: self.asUnownedTaskExecutor()) }
+    }
+}

@@ -1,0 +1,163 @@
+import Dispatch
+import Runtime
+import Synchronization
+
+/// One watcher of one fd: what a ``DispatchFD`` keeps in its reader / writer slot.
+final class DispatchWatch: BackendRegistration, Sendable {
+    let fd: Int32
+    let events: IOEvents
+    private let ready: @Sendable (Result<IOEvents, RuntimeError>) -> Void
+    private let finished = Atomic<Bool>(false)
+    private unowned let registry: DispatchPollRegistry
+
+    init(
+        fd: Int32, events: IOEvents, registry: DispatchPollRegistry,
+        ready: @escaping @Sendable (Result<IOEvents, RuntimeError>) -> Void
+    ) {
+        self.fd = fd
+        self.events = events
+        self.registry = registry
+        self.ready = ready
+    }
+
+    /// Delivers `result` once; later calls and calls after ``cancel()`` do nothing.
+    func finish(_ result: Result<IOEvents, RuntimeError>) {
+        if finished.exchange(true, ordering: .acquiringAndReleasing) { return }
+        ready(result)
+    }
+
+    func cancel() {
+        if finished.exchange(true, ordering: .acquiringAndReleasing) { return }
+        registry.unregister(self)
+    }
+}
+
+/// A read or write `DispatchSource` (not `Sendable` on Linux).
+final class DispatchSourceBox: @unchecked Sendable {
+    // @unchecked Sendable: DispatchSource's methods are thread-safe per libdispatch; `suspended` is read
+    // and written only under the registry's mutex.
+    let source: any DispatchSourceProtocol
+    var suspended = false
+    init(_ source: any DispatchSourceProtocol) { self.source = source }
+}
+
+/// The persistent read and write sources of one fd, resumed while somebody waits and suspended otherwise.
+struct DispatchFD: Sendable {
+    var read: DispatchSourceBox?
+    var write: DispatchSourceBox?
+    var reader: DispatchWatch?
+    var writer: DispatchWatch?
+}
+
+/// The fd registry of a dispatch runtime.
+final class DispatchPollRegistry: Sendable {
+    private let table = Mutex<[Int32: DispatchFD]>([:])
+    private let ioQueue: DispatchQueue
+
+    init(ioQueue: DispatchQueue) { self.ioQueue = ioQueue }
+
+    var watchedDescriptors: Int { table.withLock { $0.count } }
+
+    func register(_ watch: DispatchWatch) throws(RuntimeError) {
+        let fd = watch.fd
+        guard fd >= 0 else { throw RuntimeError(.badDescriptor, "fd \(fd) is not a valid file descriptor") }
+        try table.withLock { table throws(RuntimeError) in
+            var entry = table[fd] ?? DispatchFD()
+            let wantsRead = watch.events.contains(.read)
+            let wantsWrite = watch.events.contains(.write)
+            if (wantsRead && entry.reader != nil) || (wantsWrite && entry.writer != nil) {
+                throw RuntimeError(.busy, "another task is already waiting on fd \(fd) for \(watch.events)")
+            }
+            if wantsRead {
+                entry.reader = watch
+                entry.read = arm(entry.read, fd: fd, kind: .read)
+            }
+            if wantsWrite {
+                entry.writer = watch
+                entry.write = arm(entry.write, fd: fd, kind: .write)
+            }
+            table[fd] = entry
+        }
+    }
+
+    /// Creates the source on first use, or resumes it if suspended. Under the table lock.
+    private func arm(_ box: DispatchSourceBox?, fd: Int32, kind: IOEvents) -> DispatchSourceBox {
+        if let box {
+            if box.suspended {
+                box.suspended = false
+                box.source.resume()
+            }
+            return box
+        }
+        let source: any DispatchSourceProtocol =
+            kind == .read
+            ? DispatchSource.makeReadSource(fileDescriptor: fd, queue: ioQueue)
+            : DispatchSource.makeWriteSource(fileDescriptor: fd, queue: ioQueue)
+        source.setEventHandler { [weak self] in self?.fired(fd: fd, kind: kind) }
+        source.activate()
+        return DispatchSourceBox(source)
+    }
+
+    private func fired(fd: Int32, kind: IOEvents) {
+        let watch = table.withLock { table -> DispatchWatch? in
+            guard var entry = table[fd] else { return nil }
+            let watch: DispatchWatch?
+            if kind == .read {
+                watch = entry.reader
+                entry.reader = nil
+                if entry.writer === watch { entry.writer = nil }
+            } else {
+                watch = entry.writer
+                entry.writer = nil
+                if entry.reader === watch { entry.reader = nil }
+            }
+            // Nobody waits in a direction any more: suspend its source, or level-triggered readiness spins.
+            if entry.reader == nil, let box = entry.read, !box.suspended {
+                box.suspended = true
+                box.source.suspend()
+            }
+            if entry.writer == nil, let box = entry.write, !box.suspended {
+                box.suspended = true
+                box.source.suspend()
+            }
+            table[fd] = entry
+            return watch
+        }
+        watch?.finish(.success(kind))
+    }
+
+    func unregister(_ watch: DispatchWatch) {
+        table.withLock { table in
+            guard var entry = table[watch.fd] else { return }
+            if entry.reader === watch { entry.reader = nil }
+            if entry.writer === watch { entry.writer = nil }
+            table[watch.fd] = entry
+        }
+    }
+
+    /// Fails the fd's watchers with `closed` and cancels its sources; returns once their cancel handlers
+    /// ran, after which the fd may be closed.
+    func forget(fd: Int32) async {
+        guard let entry = table.withLock({ $0.removeValue(forKey: fd) }) else { return }
+        let closed = RuntimeError(.closed, "fd \(fd) was forgotten (about to be closed) while a task waited on it")
+        entry.reader?.finish(.failure(closed))
+        entry.writer?.finish(.failure(closed))
+        for box in [entry.read, entry.write].compactMap({ $0 }) {
+            await withUnsafeContinuation { (continuation: UnsafeContinuation<Void, Never>) in
+                box.source.setCancelHandler { continuation.resume() }
+                box.source.cancel()
+                // A suspended source must be resumed before it is cancelled and released.
+                if box.suspended {
+                    box.suspended = false
+                    box.source.resume()
+                }
+            }
+        }
+    }
+
+    /// Forgets every fd (at the end of a run).
+    func forgetAll() async {
+        let fds = table.withLock { Array($0.keys) }
+        for fd in fds { await forget(fd: fd) }
+    }
+}

@@ -1,0 +1,159 @@
+import Dispatch
+import Runtime
+import Synchronization
+
+/// The Dispatch backend: a serial `DispatchQueue` as the executor, `DispatchSource` timers and read/write
+/// sources (kept while in use, cancelled before the fd is closed), and the global queues for blocking work.
+///
+/// ```swift
+/// try DispatchRuntime.run { try await Runtime.sleep(for: .milliseconds(10)) }       // from main
+/// try await DispatchRuntime.run { … }                                              // from async code
+/// ```
+///
+/// Its IO throughput is bounded by libdispatch's own event delivery on Linux (see the README's "Choosing a
+/// backend"); its semantics are the same as every other backend's.
+public enum DispatchRuntime {
+    /// Tuning for one run.
+    public struct Configuration: Sendable {
+        /// The size of ``Runtime/defaultBlockingLimiter`` (default 40, as in anyio).
+        public var blockingTokens = 40
+        /// The label of the executor's queue.
+        public var label = "anyruntime.dispatch"
+
+        public init() {}
+    }
+
+    /// Runs `body` on a new serial queue and blocks the calling thread until it finished (anyio's `run`).
+    ///
+    /// - Warning: Blocks the calling thread. Do not call it from a task of another runtime.
+    public static func run<T: Sendable>(
+        configuration: Configuration = Configuration(),
+        _ body: @escaping @Sendable () async throws -> T
+    ) throws -> T {
+        let done = DispatchSemaphore(value: 0)
+        let outcome = Mutex<Result<T, any Error>?>(nil)
+        let backend = DispatchBackend(configuration: configuration)
+        Task(executorPreference: backend.executor) {
+            let result: Result<T, any Error>
+            do {
+                result = .success(try await run(configuration: configuration, backend: backend, body))
+            } catch {
+                result = .failure(error)
+            }
+            outcome.withLock { $0 = result }
+            done.signal()
+        }
+        done.wait()
+        guard let result = outcome.withLock({ $0 }) else {
+            throw RuntimeError(.backendFailure, "the dispatch runtime ended before its root task finished")
+        }
+        return try result.get()
+    }
+
+    /// Runs `body` on a new serial queue, from code already inside Swift concurrency.
+    public static func run<T>(
+        configuration: Configuration = Configuration(),
+        isolation: isolated (any Actor)? = #isolation,
+        _ body: () async throws -> T
+    ) async throws -> T {
+        try await run(
+            configuration: configuration, backend: DispatchBackend(configuration: configuration),
+            isolation: isolation, body)
+    }
+
+    private static func run<T>(
+        configuration: Configuration,
+        backend: DispatchBackend,
+        isolation: isolated (any Actor)? = #isolation,
+        _ body: () async throws -> T
+    ) async throws -> T {
+        let runtime = Runtime(backend: backend, blockingTokens: configuration.blockingTokens)
+        let result: Result<T, any Error>
+        do {
+            result = .success(try await runtime.enter(isolation: isolation, body))
+        } catch {
+            result = .failure(error)
+        }
+        await backend.close()
+        return try result.get()
+    }
+}
+
+/// The ``RuntimeBackend`` over a ``DispatchLoop``.
+final class DispatchBackend: RuntimeBackend {
+    let loop: DispatchLoop
+    private let polls: DispatchPollRegistry
+    private let blockingInFlight = Atomic<Int>(0)
+    private let blockingGroup = DispatchGroup()
+    private let closedFlag = Atomic<Bool>(false)
+
+    init(configuration: DispatchRuntime.Configuration) {
+        loop = DispatchLoop(label: configuration.label)
+        polls = DispatchPollRegistry(ioQueue: loop.ioQueue)
+    }
+
+    var name: String { "dispatch" }
+    var executor: any TaskExecutor { loop.executor }
+    var isOnExecutor: Bool { loop.isOnQueue }
+
+    func now() -> RuntimeInstant { monotonicNow() }
+
+    func scheduleTimer(at deadline: RuntimeInstant, _ fire: @escaping @Sendable () -> Void) -> any BackendRegistration {
+        let entry = TimerQueue.Entry(deadline: deadline, fire: fire)
+        loop.insertTimer(entry)
+        return DispatchTimerRegistration(entry: entry, loop: loop)
+    }
+
+    func watch(
+        fd: Int32,
+        for events: IOEvents,
+        _ ready: @escaping @Sendable (Result<IOEvents, RuntimeError>) -> Void
+    ) throws(RuntimeError) -> any BackendRegistration {
+        let watch = DispatchWatch(fd: fd, events: events, registry: polls, ready: ready)
+        try polls.register(watch)
+        return watch
+    }
+
+    func forget(fd: Int32) async { await polls.forget(fd: fd) }
+
+    func runBlocking(_ work: @escaping @Sendable () -> Void) {
+        blockingInFlight.add(1, ordering: .relaxed)
+        DispatchQueue.global().async(group: blockingGroup) { [self] in
+            work()
+            blockingInFlight.subtract(1, ordering: .relaxed)
+        }
+    }
+
+    func diagnostics() -> RuntimeDiagnostics {
+        RuntimeDiagnostics(
+            pendingTimers: loop.pendingTimers,
+            watchedDescriptors: polls.watchedDescriptors,
+            blockingJobsInFlight: blockingInFlight.load(ordering: .relaxed),
+            // libdispatch's worker threads belong to libdispatch, not to the runtime.
+            ownedThreads: 0,
+            isClosed: closedFlag.load(ordering: .acquiring))
+    }
+
+    /// Waits for blocking work (abandoned calls included), then releases every source and the timer source
+    /// and waits for their cancel handlers.
+    func close() async {
+        let group = blockingGroup
+        await withUnsafeContinuation { (continuation: UnsafeContinuation<Void, Never>) in
+            group.notify(queue: loop.ioQueue) { continuation.resume() }
+        }
+        await polls.forgetAll()
+        await loop.close()
+        closedFlag.store(true, ordering: .releasing)
+    }
+}
+
+/// A timer scheduled on a ``DispatchLoop``.
+struct DispatchTimerRegistration: BackendRegistration {
+    let entry: TimerQueue.Entry
+    let loop: DispatchLoop
+
+    func cancel() {
+        entry.markCancelled()
+        loop.removeTimer(entry)
+    }
+}

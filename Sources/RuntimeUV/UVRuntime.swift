@@ -1,0 +1,261 @@
+import CLibUV
+import Runtime
+import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The libuv backend: one libuv loop per run, a timer heap driving one `uv_timer`, one `uv_poll` per fd,
+/// cross-thread wake-ups through `uv_async`, and a bounded thread pool for blocking work.
+///
+/// ```swift
+/// // In main: the loop runs on the calling thread.
+/// try UVRuntime.run {
+///     try await Runtime.sleep(for: .milliseconds(10))
+/// }
+///
+/// // Inside Swift concurrency: the loop gets a thread of its own for the duration of the call.
+/// try await UVRuntime.run { … }
+/// ```
+///
+/// When `run` returns, every handle is closed, `uv_loop_close` has succeeded and every thread the run
+/// started has been joined.
+public enum UVRuntime {
+    /// Tuning for one run.
+    public struct Configuration: Sendable {
+        /// The most threads for blocking work (default 64). ``Runtime/defaultBlockingLimiter`` bounds how
+        /// many closures use them at once.
+        public var blockingThreads = 64
+        /// The size of ``Runtime/defaultBlockingLimiter`` (default 40, as in anyio).
+        public var blockingTokens = 40
+        /// How many jobs run between two polls for IO (default 128).
+        public var jobsBetweenPolls = 128
+
+        public init() {}
+    }
+
+    /// Runs `body` on a new libuv loop driven by the calling thread, and returns when it finished (anyio's
+    /// `run`). For `main` and other synchronous code.
+    ///
+    /// - Throws: what `body` throws; ``RuntimeError/Code/backendFailure`` when the loop could not be closed.
+    /// - Warning: Blocks the calling thread. Do not call it from a task of another runtime.
+    public static func run<T: Sendable>(
+        configuration: Configuration = Configuration(),
+        _ body: @escaping @Sendable () async throws -> T
+    ) throws -> T {
+        let backend = UVBackend(configuration: configuration)
+        let runtime = Runtime(backend: backend, blockingTokens: configuration.blockingTokens)
+        let outcome = Mutex<Result<T, any Error>?>(nil)
+        backend.loop.adoptCurrentThread()
+        Task(executorPreference: backend.executor) {
+            let result: Result<T, any Error>
+            do {
+                result = .success(try await runtime.enter { try await body() })
+            } catch {
+                result = .failure(error)
+            }
+            outcome.withLock { $0 = result }
+            backend.loop.stop()
+        }
+        backend.loop.drive()
+        try backend.close()
+        guard let result = outcome.withLock({ $0 }) else {
+            throw RuntimeError(.backendFailure, "the uv loop stopped before the root task finished")
+        }
+        return try result.get()
+    }
+
+    /// Runs `body` on a new libuv loop with a thread of its own, from code already inside Swift concurrency.
+    ///
+    /// The calling task runs `body` on the loop (it prefers the loop's executor) and comes back to its own
+    /// executor afterwards. Cancelling the calling task cancels every runtime wait inside.
+    ///
+    /// - Throws: what `body` throws; ``RuntimeError/Code/backendFailure`` when the loop could not start or close.
+    public static func run<T>(
+        configuration: Configuration = Configuration(),
+        isolation: isolated (any Actor)? = #isolation,
+        _ body: () async throws -> T
+    ) async throws -> T {
+        let backend = UVBackend(configuration: configuration)
+        let runtime = Runtime(backend: backend, blockingTokens: configuration.blockingTokens)
+        try backend.startThread()
+        let result: Result<T, any Error>
+        do {
+            result = .success(try await runtime.enter(isolation: isolation, body))
+        } catch {
+            result = .failure(error)
+        }
+        try await backend.stopThread()
+        return try result.get()
+    }
+}
+
+/// The ``RuntimeBackend`` over a ``UVLoop``.
+final class UVBackend: RuntimeBackend {
+    let loop: UVLoop
+    private let pool: BlockingThreadPool
+    private let thread = Mutex<pthread_t?>(nil)
+    private let closedFlag = Atomic<Bool>(false)
+    private let closeResult = Atomic<Int32>(0)
+
+    init(configuration: UVRuntime.Configuration) {
+        loop = UVLoop(jobsBetweenPolls: configuration.jobsBetweenPolls)
+        pool = BlockingThreadPool(maximumThreads: configuration.blockingThreads)
+    }
+
+    var name: String { "uv" }
+    var executor: any TaskExecutor { loop.executor }
+    var isOnExecutor: Bool { loop.isOnLoopThread }
+
+    func now() -> RuntimeInstant { monotonicNow() }
+
+    func scheduleTimer(at deadline: RuntimeInstant, _ fire: @escaping @Sendable () -> Void) -> any BackendRegistration {
+        let entry = TimerQueue.Entry(deadline: deadline, fire: fire)
+        let loop = self.loop
+        loop.execute { loop.insertTimer(entry) }
+        return UVTimerRegistration(entry: entry, loop: loop)
+    }
+
+    func watch(
+        fd: Int32,
+        for events: IOEvents,
+        _ ready: @escaping @Sendable (Result<IOEvents, RuntimeError>) -> Void
+    ) throws(RuntimeError) -> any BackendRegistration {
+        let watch = UVWatch(fd: fd, events: events, loop: loop, ready: ready)
+        if loop.isOnLoopThread {
+            try loop.register(watch)
+        } else {
+            // Off the loop thread the registration is queued; a refusal reaches the waiter through `ready`.
+            let loop = self.loop
+            loop.submit(.closure {
+                do throws(RuntimeError) {
+                    try loop.register(watch)
+                } catch {
+                    watch.finish(.failure(error))
+                }
+            })
+        }
+        return watch
+    }
+
+    func forget(fd: Int32) async {
+        if loop.isOnLoopThread {
+            loop.forgetOnLoop(fd: fd)
+            return
+        }
+        let loop = self.loop
+        await withUnsafeContinuation { (continuation: UnsafeContinuation<Void, Never>) in
+            loop.submit(.closure {
+                loop.forgetOnLoop(fd: fd)
+                continuation.resume()
+            })
+        }
+    }
+
+    func runBlocking(_ work: @escaping @Sendable () -> Void) { pool.submit(work) }
+
+    func diagnostics() -> RuntimeDiagnostics {
+        let threadAlive = thread.withLock { $0 != nil }
+        return RuntimeDiagnostics(
+            pendingTimers: loop.pendingTimers,
+            watchedDescriptors: loop.watchedCount.load(ordering: .relaxed),
+            blockingJobsInFlight: pool.jobsInFlight,
+            ownedThreads: pool.threadCount + (threadAlive ? 1 : 0),
+            isClosed: closedFlag.load(ordering: .acquiring) && closeResult.load(ordering: .relaxed) == 0)
+    }
+
+    // MARK: Lifecycle
+
+    /// Closes the loop on the calling (loop) thread after `drive()` returned.
+    func close() throws(RuntimeError) {
+        let rc = loop.close(beforeClosing: { pool.shutdown() })
+        closeResult.store(rc, ordering: .relaxed)
+        closedFlag.store(true, ordering: .releasing)
+        if rc != 0 {
+            throw RuntimeError(.backendFailure, "uv_loop_close failed: \(String(cString: uv_strerror(rc)))")
+        }
+    }
+
+    /// Starts a thread that drives the loop until ``stopThread()``.
+    func startThread() throws(RuntimeError) {
+        let context = Unmanaged.passRetained(ThreadContext(backend: self)).toOpaque()
+        var handle = pthread_t()
+        let rc = pthread_create(&handle, nil, { context in
+            guard let context else { return nil }
+            // The context was retained for this thread; it is released here.
+            let ctx = Unmanaged<ThreadContext>.fromOpaque(context).takeRetainedValue()
+            ctx.backend.loop.adoptCurrentThread()
+            ctx.backend.threadStarted.store(true, ordering: .releasing)
+            ctx.backend.loop.drive()
+            let result: Result<Void, RuntimeError>
+            do throws(RuntimeError) {
+                try ctx.backend.close()
+                result = .success(())
+            } catch {
+                result = .failure(error)
+            }
+            ctx.backend.finishThread(result)
+            return nil
+        }, context)
+        guard rc == 0 else {
+            Unmanaged<ThreadContext>.fromOpaque(context).release()
+            throw RuntimeError(.backendFailure, "cannot start the uv loop thread (pthread_create: \(rc))")
+        }
+        thread.withLock { $0 = handle }
+        // Wait until the thread owns the loop, so that `isOnExecutor` is meaningful from the first job on.
+        while !threadStarted.load(ordering: .acquiring) { sched_yield() }
+    }
+
+    let threadStarted = Atomic<Bool>(false)
+    private let threadExit = Mutex<ThreadExit>(ThreadExit())
+
+    private struct ThreadExit: Sendable {
+        var result: Result<Void, RuntimeError>?
+        var waiter: UnsafeContinuation<Result<Void, RuntimeError>, Never>?
+    }
+
+    private func finishThread(_ result: Result<Void, RuntimeError>) {
+        let waiter = threadExit.withLock { state -> UnsafeContinuation<Result<Void, RuntimeError>, Never>? in
+            state.result = result
+            defer { state.waiter = nil }
+            return state.waiter
+        }
+        waiter?.resume(returning: result)
+    }
+
+    /// Stops the loop thread, waits for it to close the loop, and joins it. Not interruptible.
+    func stopThread() async throws(RuntimeError) {
+        loop.stop()
+        let result = await withUnsafeContinuation { (continuation: UnsafeContinuation<Result<Void, RuntimeError>, Never>) in
+            let done = threadExit.withLock { state -> Result<Void, RuntimeError>? in
+                if let result = state.result { return result }
+                state.waiter = continuation
+                return nil
+            }
+            if let done { continuation.resume(returning: done) }
+        }
+        // The thread has finished its work and is returning; joining takes microseconds.
+        if let handle = thread.withLock({ state -> pthread_t? in defer { state = nil }; return state }) {
+            pthread_join(handle, nil)
+        }
+        try result.get()
+    }
+
+    private final class ThreadContext: Sendable {
+        let backend: UVBackend
+        init(backend: UVBackend) { self.backend = backend }
+    }
+}
+
+/// A timer scheduled on a ``UVLoop``.
+struct UVTimerRegistration: BackendRegistration {
+    let entry: TimerQueue.Entry
+    unowned(unsafe) let loop: UVLoop
+
+    func cancel() {
+        entry.markCancelled()
+        let (entry, loop) = (self.entry, self.loop)
+        loop.execute { loop.removeTimer(entry) }
+    }
+}
