@@ -124,11 +124,9 @@ extension Runtime {
     ) async throws -> Value {
         let waker = CallbackWaker(onCancel)
         let scope = CancelScope.current
-        if let scope {
-            scope.registerWaker(waker)
-            defer { scope.unregisterWaker(waker) }
-            if scope.isShieldedChain { return try await parker.wait() }
-        }
+        scope?.registerWaker(waker)
+        defer { scope?.unregisterWaker(waker) }
+        if scope?.isShieldedChain == true { return try await parker.wait() }
         return try await withTaskCancellationHandler(
             operation: { try await parker.wait() },
             onCancel: { waker.wakeForCancellation() },

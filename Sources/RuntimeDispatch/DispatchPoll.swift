@@ -2,6 +2,10 @@ import Dispatch
 import Runtime
 import Synchronization
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// One watcher of one fd: what a ``DispatchFD`` keeps in its reader / writer slot.
 final class DispatchWatch: BackendRegistration, Sendable {
     let fd: Int32
@@ -60,7 +64,10 @@ final class DispatchPollRegistry: Sendable {
 
     func register(_ watch: DispatchWatch) throws(RuntimeError) {
         let fd = watch.fd
-        guard fd >= 0 else { throw RuntimeError(.badDescriptor, "fd \(fd) is not a valid file descriptor") }
+        // A source on a closed fd would never fire: refuse it instead of waiting forever.
+        guard fd >= 0, fcntl(fd, F_GETFD) != -1 else {
+            throw RuntimeError(.badDescriptor, "fd \(fd) is not an open file descriptor")
+        }
         try table.withLock { table throws(RuntimeError) in
             var entry = table[fd] ?? DispatchFD()
             let wantsRead = watch.events.contains(.read)

@@ -40,6 +40,8 @@ final class UVLoop: @unchecked Sendable {
     private var local: [Work] = []
     private var spare: [Work] = []
     private var stopRequested = false
+    /// Whether the loop thread is inside `uv_run` (callbacks are running).
+    private var insideUVRun = false
     private var timers = TimerQueue()
     var polls: [UVPoll?] = []
     private(set) var loopCloseResult: Int32 = 0
@@ -86,6 +88,10 @@ final class UVLoop: @unchecked Sendable {
     func submit(_ work: Work) {
         if isOnLoopThread && !isClosed {
             local.append(work)
+            // Queued from a libuv callback: make uv_run return instead of blocking in epoll. In UV_RUN_ONCE
+            // libuv runs due timers *before* it polls, so without this a task woken by a timer would sit in
+            // `local` while the loop sleeps.
+            if insideUVRun { uv_stop(loop) }
             return
         }
         let wasEmpty = remote.withLock { queue -> Bool? in
@@ -129,7 +135,9 @@ final class UVLoop: @unchecked Sendable {
             takeRemoteWork()
             if stopRequested && local.isEmpty { return }
             // Block in epoll only when nothing is runnable.
+            insideUVRun = true
             uv_run(loop, local.isEmpty ? UV_RUN_ONCE : UV_RUN_NOWAIT)
+            insideUVRun = false
             // Up to `jobsBetweenPolls` jobs before polling IO again: polling after every job would cost an
             // epoll_wait(0) per Task.yield (FINDINGS Q1).
             var budget = jobsBetweenPolls

@@ -1,0 +1,220 @@
+import Runtime
+import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+extension RuntimeConformance {
+    static let ioTests: [ConformanceTest] = [
+        ConformanceTest(
+            "h.readiness",
+            "a read wait wakes when the peer writes; a cancelled wait can be repeated; busy and closed errors"
+        ) { backend in
+            try await backend.run {
+                let runtime = try Runtime.current
+                let pair = try SocketPair()
+
+                // Wakes when the peer writes.
+                try await Runtime.withTaskGroup { group in
+                    try group.startSoon {
+                        try await Runtime.sleep(for: .milliseconds(10))
+                        try pair.send(7, from: pair.right)
+                    }
+                    let events = try await runtime.wait(fd: pair.left, for: .read)
+                    try check(events.contains(.read), "woke with \(events), expected read")
+                    try check(pair.receive(on: pair.left) == 7, "read the wrong byte")
+                }
+
+                // A cancelled wait unregisters: the fd can be waited on again at once.
+                let cancelled = try await moveOnAfter(.milliseconds(10)) { _ in
+                    try await runtime.wait(fd: pair.left, for: .read)
+                }
+                try check(cancelled == nil, "the wait was not cancelled")
+                try pair.send(8, from: pair.right)
+                try await runtime.wait(fd: pair.left, for: .read)
+                try check(pair.receive(on: pair.left) == 8, "read the wrong byte after a cancelled wait")
+
+                // Both directions at once: a writable socket is ready for write.
+                let both = try await runtime.wait(fd: pair.left, for: [.read, .write])
+                try check(both.contains(.write), "a [.read, .write] wait on a writable socket woke with \(both)")
+
+                // A second waiter in the same direction is refused; the other direction is free.
+                try await Runtime.withTaskGroup { group in
+                    let parked = Event()
+                    try group.startSoon {
+                        parked.set()
+                        _ = try await runtime.wait(fd: pair.left, for: .read)
+                    }
+                    try await parked.wait()
+                    try await Runtime.sleep(for: .milliseconds(2))
+                    do {
+                        try await runtime.wait(fd: pair.left, for: .read)
+                        throw fail("a second reader was not refused")
+                    } catch let error as RuntimeError {
+                        try check(error.code == .busy, "second reader got \(error), expected busy")
+                    }
+                    let writable = try await runtime.wait(fd: pair.left, for: .write)
+                    try check(writable.contains(.write), "the write direction was not free")
+                    group.cancel()
+                }
+
+                // Forgetting the fd wakes its waiter with `closed`.
+                let codes = Recorder<RuntimeError.Code>()
+                try await Runtime.withTaskGroup { group in
+                    let parked = Event()
+                    try group.startSoon {
+                        parked.set()
+                        do {
+                            try await runtime.wait(fd: pair.left, for: .read)
+                        } catch let error as RuntimeError {
+                            codes.append(error.code)
+                        }
+                    }
+                    try await parked.wait()
+                    try await Runtime.sleep(for: .milliseconds(2))
+                    await runtime.forget(fd: pair.left)
+                }
+                try check(codes.values == [.closed], "forget gave the waiter \(codes.values), expected [closed]")
+
+                // The fd is still open: it can be watched again after forget.
+                try pair.send(9, from: pair.right)
+                try await runtime.wait(fd: pair.left, for: .read)
+                try check(pair.receive(on: pair.left) == 9, "read the wrong byte after forget")
+                await pair.close(on: runtime)
+
+                // A closed fd is refused, not waited on forever.
+                do {
+                    try await runtime.wait(fd: pair.left, for: .read)
+                    throw fail("a wait on a closed fd did not fail")
+                } catch let error as RuntimeError {
+                    try check(error.code == .badDescriptor, "a closed fd gave \(error)")
+                }
+            }
+        },
+
+        ConformanceTest(
+            "h2.readiness-ping-pong",
+            "two tasks exchange 2,000 bytes over a socketpair with non-blocking IO and readiness waits"
+        ) { backend in
+            try await backend.run {
+                let runtime = try Runtime.current
+                let pair = try SocketPair()
+                let rounds = 2_000
+                try await Runtime.withTaskGroup { group in
+                    try group.startSoon {
+                        for _ in 0..<rounds {
+                            var byte = pair.receive(on: pair.right)
+                            while byte == nil {
+                                try await runtime.wait(fd: pair.right, for: .read)
+                                byte = pair.receive(on: pair.right)
+                            }
+                            try pair.send(byte ?? 0, from: pair.right)
+                        }
+                    }
+                    for round in 0..<rounds {
+                        try pair.send(UInt8(truncatingIfNeeded: round), from: pair.left)
+                        var byte = pair.receive(on: pair.left)
+                        while byte == nil {
+                            try await runtime.wait(fd: pair.left, for: .read)
+                            byte = pair.receive(on: pair.left)
+                        }
+                        try check(byte == UInt8(truncatingIfNeeded: round), "round \(round) echoed \(byte ?? 0)")
+                    }
+                }
+                await pair.close(on: runtime)
+            }
+        },
+    ]
+
+    static let blockingTests: [ConformanceTest] = [
+        ConformanceTest(
+            "i.blocking-work",
+            "blocking work runs off the executor, a limiter bounds it, and cancellation follows the chosen policy"
+        ) { backend in
+            try await backend.run {
+                let runtime = try Runtime.current
+                let offExecutor = try await Runtime.runBlocking { !runtime.backend.isOnExecutor }
+                try check(offExecutor, "blocking work ran on the executor")
+                let value = try await Runtime.runBlocking { () throws -> Int in 6 * 7 }
+                try check(value == 42, "runBlocking returned \(value)")
+                do {
+                    _ = try await Runtime.runBlocking { () throws -> Int in throw Boom(id: 9) }
+                    throw fail("runBlocking did not rethrow")
+                } catch let error as Boom {
+                    try check(error.id == 9, "runBlocking threw \(error)")
+                }
+
+                // The limiter bounds concurrency.
+                let limiter = CapacityLimiter(totalTokens: 2)
+                let gauge = Gauge()
+                try await Runtime.withTaskGroup { group in
+                    for _ in 0..<6 {
+                        try group.startSoon {
+                            try await runtime.runBlocking(limiter: limiter) {
+                                gauge.increment()
+                                usleep(10_000)
+                                gauge.decrement()
+                            }
+                        }
+                    }
+                }
+                try check(gauge.peak <= 2, "\(gauge.peak) closures ran at once under a limiter of 2")
+                try check(limiter.borrowedTokens == 0, "the limiter kept \(limiter.borrowedTokens) tokens")
+
+                // Cancelled before it starts: the closure never runs.
+                let ran = Flag()
+                _ = try await withCancelScope { scope in
+                    scope.cancel()
+                    _ = try? await runtime.runBlocking { ran.set() }
+                }
+                try check(!ran.isSet, "a closure ran although its caller was already cancelled")
+
+                // Default: cancellation while it runs waits for it and keeps its result.
+                let kept: Int? = try await withCancelScope { scope in
+                    let result = try await runtime.runBlocking { () -> Int in
+                        scope.cancel()
+                        usleep(5_000)
+                        return 7
+                    }
+                    try check(result == 7, "the result of a cancelled call was lost")
+                    try await Runtime.checkpoint()
+                    throw fail("the cancellation did not reach the next checkpoint")
+                }
+                try check(kept == nil, "the scope did not catch")
+
+                // Interrupt: the hook is called and the closure's own outcome is returned.
+                let interrupted = Flag()
+                let interruptedResult: Int? = try await withCancelScope { scope in
+                    try await runtime.runBlocking(onCancel: .interrupt { interrupted.set() }) { () -> Int in
+                        scope.cancel()
+                        while !interrupted.isSet { usleep(500) }
+                        return 9
+                    }
+                }
+                try check(interrupted.isSet, "the interrupt hook was not called")
+                try check(interruptedResult == 9, "interrupted call returned \(String(describing: interruptedResult))")
+
+                // Abandon: returns at once; the closure runs on and keeps its token until it ends.
+                let abandonedFinished = Flag()
+                let mayFinish = Flag()
+                let abandonLimiter = CapacityLimiter(totalTokens: 1)
+                let abandoned: Int? = try await withCancelScope { scope in
+                    try await runtime.runBlocking(limiter: abandonLimiter, onCancel: .abandon) { () -> Int in
+                        scope.cancel()
+                        while !mayFinish.isSet { usleep(500) }
+                        abandonedFinished.set()
+                        return 1
+                    }
+                }
+                try check(abandoned == nil, "an abandoned call did not throw CancellationError")
+                try check(!abandonedFinished.isSet, "abandon waited for the closure")
+                try check(!abandonLimiter.tryAcquire(), "the abandoned closure gave its token back while running")
+                mayFinish.set()
+                try await abandonLimiter.acquire()  // granted only once the abandoned closure ended
+                try check(abandonedFinished.isSet, "the abandoned closure's token came back before it ended")
+                try abandonLimiter.release()
+            }
+        }
+    ]
+}

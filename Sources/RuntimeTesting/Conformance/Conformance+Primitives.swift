@@ -1,0 +1,201 @@
+import Runtime
+import Synchronization
+
+extension RuntimeConformance {
+    static let primitiveTests: [ConformanceTest] = [
+        ConformanceTest("j.lock", "a Lock excludes 1,000 contending tasks and serves them all") { backend in
+            try await backend.run {
+                let lock = Lock()
+                let gauge = Gauge()
+                let counter = Mutex(0)
+                try await Runtime.withTaskGroup { group in
+                    for _ in 0..<1_000 {
+                        try group.startSoon {
+                            try await lock.withLock {
+                                gauge.increment()
+                                let seen = counter.withLock { $0 }
+                                try await Runtime.checkpoint()
+                                counter.withLock { $0 = seen + 1 }
+                                gauge.decrement()
+                            }
+                        }
+                    }
+                }
+                try check(gauge.peak == 1, "\(gauge.peak) tasks held the lock at once")
+                try check(counter.withLock { $0 } == 1_000, "lost updates: \(counter.withLock { $0 })")
+                try check(!lock.isLocked, "the lock is still held")
+                do {
+                    try lock.release()
+                    throw fail("releasing a free lock did not throw")
+                } catch let error as RuntimeError {
+                    try check(error.code == .notHeld, "release threw \(error)")
+                }
+            }
+        },
+
+        ConformanceTest("j.semaphore-limiter", "a Semaphore and a CapacityLimiter bound concurrency") { backend in
+            try await backend.run {
+                let semaphore = try Semaphore(initialValue: 3)
+                let limiter = CapacityLimiter(totalTokens: 2)
+                let semaphoreGauge = Gauge()
+                let limiterGauge = Gauge()
+                try await Runtime.withTaskGroup { group in
+                    for _ in 0..<20 {
+                        try group.startSoon {
+                            try await semaphore.withPermit {
+                                semaphoreGauge.increment()
+                                try await Runtime.sleep(for: .milliseconds(1))
+                                semaphoreGauge.decrement()
+                            }
+                            try await limiter.withToken {
+                                limiterGauge.increment()
+                                try await Runtime.sleep(for: .milliseconds(1))
+                                limiterGauge.decrement()
+                            }
+                        }
+                    }
+                }
+                try check(semaphoreGauge.peak == 3, "semaphore of 3 allowed \(semaphoreGauge.peak)")
+                try check(limiterGauge.peak == 2, "limiter of 2 allowed \(limiterGauge.peak)")
+                try check(semaphore.value == 3 && limiter.availableTokens == 2, "permits were not all returned")
+
+                // Raising a limiter's size wakes waiters.
+                try await limiter.acquire()
+                try await limiter.acquire()
+                try await Runtime.withTaskGroup { group in
+                    try group.startSoon { try await limiter.acquire() }
+                    try await Runtime.sleep(for: .milliseconds(2))
+                    try check(limiter.borrowedTokens == 2, "a third token was lent")
+                    limiter.totalTokens = 3
+                }
+                try check(limiter.borrowedTokens == 3, "raising totalTokens did not wake the waiter")
+            }
+        },
+
+        ConformanceTest("j.condition", "Condition.notify wakes one waiter, notifyAll the rest") { backend in
+            try await backend.run {
+                let condition = Condition()
+                let woken = Gauge()
+                try await Runtime.withTaskGroup { group in
+                    for _ in 0..<5 {
+                        try group.startSoon {
+                            try await condition.withLock {
+                                try await condition.wait()
+                                woken.increment()
+                            }
+                        }
+                    }
+                    try await Runtime.sleep(for: .milliseconds(5))
+                    try check(woken.value == 0, "waiters woke without a notification")
+                    try await condition.withLock { condition.notify() }
+                    try await Runtime.sleep(for: .milliseconds(5))
+                    try check(woken.value == 1, "notify() woke \(woken.value) waiters")
+                    try await condition.withLock { condition.notifyAll() }
+                }
+                try check(woken.value == 5, "notifyAll() left waiters asleep: \(woken.value) of 5 woke")
+                try check(!condition.lock.isLocked, "the condition's lock is still held")
+            }
+        },
+
+        ConformanceTest(
+            "j.channel",
+            "a channel blocks the sender at capacity, keeps order, ends when senders close, breaks when receivers do"
+        ) { backend in
+            try await backend.run {
+                let (send, receive) = makeMemoryChannel(of: Int.self, bufferSize: 2)
+                let sent = Gauge()
+                var received: [Int] = []
+                try await Runtime.withTaskGroup { group in
+                    try group.startSoon {
+                        defer { send.close() }
+                        for value in 0..<5 {
+                            try await send.send(value)
+                            sent.increment()
+                        }
+                    }
+                    try await Runtime.sleep(for: .milliseconds(5))
+                    try check(sent.value == 2, "the sender got past a full buffer: \(sent.value) sent")
+                    received.append(try await receive.receive())
+                    try await Runtime.sleep(for: .milliseconds(5))
+                    try check(sent.value == 3, "receiving did not unblock exactly one send: \(sent.value)")
+                    for try await value in receive { received.append(value) }
+                }
+                try check(received == [0, 1, 2, 3, 4], "received \(received)")
+
+                // Unbuffered: a send waits for a receiver.
+                let (send0, receive0) = makeMemoryChannel(of: String.self)
+                do {
+                    try send0.sendNowait("x")
+                    throw fail("sendNowait on a channel without receivers waiting did not throw")
+                } catch let error as RuntimeError {
+                    try check(error.code == .wouldBlock, "sendNowait threw \(error)")
+                }
+                let clone = try receive0.clone()
+                receive0.close()
+                do {
+                    _ = try await receive0.receive()
+                    throw fail("a closed receive end still received")
+                } catch let error as RuntimeError {
+                    try check(error.code == .closedResource, "closed end gave \(error)")
+                }
+                clone.close()
+                do {
+                    try await send0.send("y")
+                    throw fail("send with every receiver closed did not throw")
+                } catch let error as RuntimeError {
+                    try check(error.code == .brokenResource, "send gave \(error)")
+                }
+
+                // Closing the last sender wakes a waiting receiver with endOfStream.
+                let (send1, receive1) = makeMemoryChannel(of: Int.self)
+                let codes = Recorder<RuntimeError.Code>()
+                try await Runtime.withTaskGroup { group in
+                    try group.startSoon {
+                        do { _ = try await receive1.receive() } catch let error as RuntimeError { codes.append(error.code) }
+                    }
+                    try await Runtime.sleep(for: .milliseconds(2))
+                    let extra = try send1.clone()
+                    send1.close()
+                    try await Runtime.sleep(for: .milliseconds(2))
+                    try check(codes.count == 0, "the receiver ended while a cloned sender was open")
+                    extra.close()
+                }
+                try check(codes.values == [.endOfStream], "the receiver got \(codes.values)")
+
+                // A cancelled send delivers nothing; a cancelled receive loses nothing.
+                let (send2, receive2) = makeMemoryChannel(of: Int.self)
+                let cancelledSend: Void? = try await moveOnAfter(.milliseconds(2)) { _ in try await send2.send(1) }
+                try check(cancelledSend == nil, "an unbuffered send without receivers completed")
+                do {
+                    _ = try receive2.receiveNowait()
+                    throw fail("a cancelled send was delivered")
+                } catch let error as RuntimeError {
+                    try check(error.code == .wouldBlock, "receiveNowait gave \(error)")
+                }
+                send2.close()
+                receive2.close()
+            }
+        },
+
+        ConformanceTest("j.event", "an Event wakes every waiter and stays set") { backend in
+            try await backend.run {
+                let event = Event()
+                let woken = Gauge()
+                try await Runtime.withTaskGroup { group in
+                    for _ in 0..<10 {
+                        try group.startSoon {
+                            try await event.wait()
+                            woken.increment()
+                        }
+                    }
+                    try await Runtime.sleep(for: .milliseconds(2))
+                    try check(woken.value == 0, "waiters woke before set()")
+                    event.set()
+                }
+                try check(woken.value == 10, "set() woke \(woken.value) of 10")
+                try await event.wait()
+                try check(event.isSet, "the event is not set")
+            }
+        },
+    ]
+}

@@ -1,0 +1,511 @@
+public import Runtime
+import DequeModule
+import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A deterministic backend for tests: a virtual clock that jumps to the next deadline as soon as every
+/// task is blocked (trio's autojump `MockClock`), so timeout logic takes no real time.
+///
+/// ```swift
+/// try await VirtualTimeRuntime.run {
+///     try await Runtime.sleep(for: .seconds(3600))     // returns at once, one virtual hour later
+/// }
+/// ```
+///
+/// Everything else is real: tasks run on a loop thread of their own, readiness waits use `poll(2)` on real
+/// file descriptors, blocking work runs on real threads.
+///
+/// **When the clock jumps.** The loop is idle when no job is runnable. Then:
+/// - while blocking work is in flight, it waits for that work (the clock stands still);
+/// - while file descriptors are watched, it waits for readiness for ``Configuration/ioQuietPeriod`` of real
+///   time, and jumps only if none came;
+/// - otherwise it jumps at once to the earliest timer.
+///
+/// It is written against the public ``RuntimeBackend`` contract only, like a third-party backend would be.
+public enum VirtualTimeRuntime {
+    /// Tuning for one run.
+    public struct Configuration: Sendable {
+        /// Real time the loop waits for IO before it lets the virtual clock jump while fds are watched
+        /// (default 25 ms).
+        public var ioQuietPeriod: Duration = .milliseconds(25)
+        /// The virtual clock's reading at the start (default 1,000 s: arithmetic below zero stays valid).
+        public var start = RuntimeInstant(nanoseconds: 1_000_000_000_000)
+        /// The size of ``Runtime/defaultBlockingLimiter``.
+        public var blockingTokens = 40
+
+        public init() {}
+    }
+
+    /// Runs `body` on a new virtual-time runtime driven by the calling thread.
+    public static func run<T: Sendable>(
+        configuration: Configuration = Configuration(),
+        _ body: @escaping @Sendable () async throws -> T
+    ) throws -> T {
+        let backend = VirtualTimeBackend(configuration: configuration)
+        let runtime = Runtime(backend: backend, blockingTokens: configuration.blockingTokens)
+        let outcome = Mutex<Result<T, any Error>?>(nil)
+        backend.adoptCurrentThread()
+        Task(executorPreference: backend.executor) {
+            let result: Result<T, any Error>
+            do {
+                result = .success(try await runtime.enter { try await body() })
+            } catch {
+                result = .failure(error)
+            }
+            outcome.withLock { $0 = result }
+            backend.stop()
+        }
+        backend.drive()
+        backend.close()
+        guard let result = outcome.withLock({ $0 }) else {
+            throw RuntimeError(.backendFailure, "the virtual-time loop stopped before the root task finished")
+        }
+        return try result.get()
+    }
+
+    /// Runs `body` on a new virtual-time runtime with a loop thread of its own.
+    public static func run<T>(
+        configuration: Configuration = Configuration(),
+        isolation: isolated (any Actor)? = #isolation,
+        _ body: () async throws -> T
+    ) async throws -> T {
+        let backend = VirtualTimeBackend(configuration: configuration)
+        let runtime = Runtime(backend: backend, blockingTokens: configuration.blockingTokens)
+        try backend.startThread()
+        let result: Result<T, any Error>
+        do {
+            result = .success(try await runtime.enter(isolation: isolation, body))
+        } catch {
+            result = .failure(error)
+        }
+        await backend.stopThread()
+        return try result.get()
+    }
+
+    /// Moves the current virtual-time runtime's clock forward by `duration` and runs the timers that became
+    /// due (trio's `MockClock.jump`).
+    ///
+    /// - Throws: ``RuntimeError/Code/invalidArgument`` when the current runtime is not a virtual-time one.
+    public static func jump(by duration: Duration) throws(RuntimeError) {
+        guard let backend = try Runtime.current.backend as? VirtualTimeBackend else {
+            throw RuntimeError(.invalidArgument, "VirtualTimeRuntime.jump needs a virtual-time runtime")
+        }
+        backend.jump(by: duration)
+    }
+}
+
+/// The virtual-time ``RuntimeBackend``.
+final class VirtualTimeBackend: RuntimeBackend, @unchecked Sendable {
+    // @unchecked Sendable: `local`, `spare` and `stopRequested` are confined to the loop thread (the one
+    // that called adoptCurrentThread / runs drive and close); everything else is a Mutex, an atomic, or
+    // immutable.
+
+    enum Work: Sendable {
+        case job(UnownedJob)
+        case closure(@Sendable () -> Void)
+    }
+
+    private struct Watch: Sendable {
+        let registration: VirtualWatch
+    }
+
+    private struct Shared: Sendable {
+        var remote = Deque<Work>()
+        var readers: [Int32: VirtualWatch] = [:]
+        var writers: [Int32: VirtualWatch] = [:]
+        var closed = false
+    }
+
+    private let shared = Mutex(Shared())
+    private let timers = Mutex(TimerQueue())
+    private let virtualNow: Atomic<Int64>
+    private let pool = BlockingThreadPool(maximumThreads: 64)
+    private let blockingInFlight = Atomic<Int>(0)
+    private let wakeFD: Int32
+    private let wakeWriteFD: Int32
+    private let threadID = Atomic<UInt>(0)
+    private let hasThread = Atomic<Bool>(false)
+    private let closedFlag = Atomic<Bool>(false)
+    private let thread = Mutex<pthread_t?>(nil)
+    private let quietMilliseconds: Int32
+    private let executorObject: VirtualExecutor
+
+    // Loop thread only.
+    private var local: [Work] = []
+    private var spare: [Work] = []
+    private var stopRequested = false
+
+    init(configuration: VirtualTimeRuntime.Configuration) {
+        virtualNow = Atomic(configuration.start.nanoseconds)
+        quietMilliseconds = Int32(clamping: max(0, configuration.ioQuietPeriod.saturatingNanoseconds / 1_000_000))
+        // A pipe wakes the loop from poll(2); failing to get one means the process is out of fds.
+        var ends: [Int32] = [-1, -1]
+        let rc = pipe(&ends)
+        precondition(rc == 0, "pipe failed: errno \(errno)")
+        for end in ends {
+            _ = fcntl(end, F_SETFL, fcntl(end, F_GETFL) | O_NONBLOCK)
+            _ = fcntl(end, F_SETFD, FD_CLOEXEC)
+        }
+        wakeFD = ends[0]
+        wakeWriteFD = ends[1]
+        executorObject = VirtualExecutor()
+        executorObject.backend = self
+    }
+
+    var name: String { "virtual" }
+    var executor: any TaskExecutor { executorObject }
+    var isOnExecutor: Bool {
+        hasThread.load(ordering: .acquiring) && pthread_equal(pthread_self(), pthread_t(threadID.load(ordering: .relaxed))) != 0
+    }
+
+    func now() -> RuntimeInstant { RuntimeInstant(nanoseconds: virtualNow.load(ordering: .acquiring)) }
+
+    // MARK: Work
+
+    func adoptCurrentThread() {
+        threadID.store(UInt(pthread_self()), ordering: .relaxed)
+        hasThread.store(true, ordering: .releasing)
+    }
+
+    func submit(_ work: Work) {
+        if isOnExecutor && !closedFlag.load(ordering: .acquiring) {
+            local.append(work)
+            return
+        }
+        let wasEmpty = shared.withLock { shared -> Bool? in
+            if shared.closed { return nil }
+            defer { shared.remote.append(work) }
+            return shared.remote.isEmpty
+        }
+        switch wasEmpty {
+        case .some(true): wake()
+        case .some(false): break
+        case .none:
+            switch work {
+            case .job(let job): globalConcurrentExecutor.enqueue(ExecutorJob(job))
+            case .closure(let closure): closure()
+            }
+        }
+    }
+
+    private func wake() {
+        var one: UInt8 = 1
+        _ = write(wakeWriteFD, &one, 1)  // a full pipe (EAGAIN) already means "wake up"
+    }
+
+    func stop() { submit(.closure { [self] in stopRequested = true }) }
+
+    // MARK: Timers
+
+    func scheduleTimer(at deadline: RuntimeInstant, _ fire: @escaping @Sendable () -> Void) -> any BackendRegistration {
+        let entry = TimerQueue.Entry(deadline: deadline, fire: fire)
+        timers.withLock { _ = $0.insert(entry) }
+        if !isOnExecutor { wake() }
+        return VirtualTimer(entry: entry, backend: self)
+    }
+
+    fileprivate func removeTimer(_ entry: TimerQueue.Entry) {
+        timers.withLock { _ = $0.remove(entry) }
+    }
+
+    /// Fires the timers due at the current virtual time; returns how many fired.
+    private func fireDueTimers() -> Int {
+        let due = timers.withLock { $0.popDue(now: now()) }
+        var fired = 0
+        for entry in due where !entry.isCancelled {
+            entry.fire()
+            fired += 1
+        }
+        return fired
+    }
+
+    func jump(by duration: Duration) {
+        let step = max(0, duration.saturatingNanoseconds)
+        _ = virtualNow.wrappingAdd(step, ordering: .acquiringAndReleasing)
+        submit(.closure { [self] in _ = fireDueTimers() })
+    }
+
+    // MARK: Readiness
+
+    func watch(
+        fd: Int32,
+        for events: IOEvents,
+        _ ready: @escaping @Sendable (Result<IOEvents, RuntimeError>) -> Void
+    ) throws(RuntimeError) -> any BackendRegistration {
+        guard fd >= 0, fcntl(fd, F_GETFD) != -1 else {
+            throw RuntimeError(.badDescriptor, "fd \(fd) is not an open file descriptor")
+        }
+        let watch = VirtualWatch(fd: fd, events: events, backend: self, ready: ready)
+        try shared.withLock { shared throws(RuntimeError) in
+            if (events.contains(.read) && shared.readers[fd] != nil)
+                || (events.contains(.write) && shared.writers[fd] != nil)
+            {
+                throw RuntimeError(.busy, "another task is already waiting on fd \(fd) for \(events)")
+            }
+            if events.contains(.read) { shared.readers[fd] = watch }
+            if events.contains(.write) { shared.writers[fd] = watch }
+        }
+        if !isOnExecutor { wake() }
+        return watch
+    }
+
+    fileprivate func unregister(_ watch: VirtualWatch) {
+        shared.withLock { shared in
+            if shared.readers[watch.fd] === watch { shared.readers[watch.fd] = nil }
+            if shared.writers[watch.fd] === watch { shared.writers[watch.fd] = nil }
+        }
+    }
+
+    func forget(fd: Int32) async {
+        let watches = shared.withLock { shared -> [VirtualWatch] in
+            let watches = [shared.readers[fd], shared.writers[fd]].compactMap { $0 }
+            shared.readers[fd] = nil
+            shared.writers[fd] = nil
+            return watches
+        }
+        let closed = RuntimeError(.closed, "fd \(fd) was forgotten (about to be closed) while a task waited on it")
+        for watch in watches { watch.finish(.failure(closed)) }
+    }
+
+    // MARK: Blocking work
+
+    func runBlocking(_ work: @escaping @Sendable () -> Void) {
+        blockingInFlight.add(1, ordering: .relaxed)
+        pool.submit { [self] in
+            work()
+            blockingInFlight.subtract(1, ordering: .releasing)
+            wake()  // the clock may move again
+        }
+    }
+
+    func diagnostics() -> RuntimeDiagnostics {
+        let watched = shared.withLock { Set($0.readers.keys).union($0.writers.keys).count }
+        let threadAlive = thread.withLock { $0 != nil }
+        return RuntimeDiagnostics(
+            pendingTimers: timers.withLock { $0.count },
+            watchedDescriptors: watched,
+            blockingJobsInFlight: blockingInFlight.load(ordering: .relaxed),
+            ownedThreads: pool.threadCount + (threadAlive ? 1 : 0),
+            isClosed: closedFlag.load(ordering: .acquiring))
+    }
+
+    // MARK: Driving
+
+    func drive() {
+        while true {
+            let incoming = shared.withLock { shared -> Deque<Work> in
+                defer { shared.remote.removeAll() }
+                return shared.remote
+            }
+            local.append(contentsOf: incoming)
+            if stopRequested && local.isEmpty { return }
+            if !local.isEmpty {
+                runBatch()
+                pollIO(timeout: 0)
+                continue
+            }
+            if fireDueTimers() > 0 { continue }
+            // Idle: every task is blocked.
+            let watching = shared.withLock { !$0.readers.isEmpty || !$0.writers.isEmpty }
+            let nextTimer = timers.withLock { $0.nextDeadline }.flatMap { $0.isNever ? nil : $0 }
+            let timeout: Int32
+            if blockingInFlight.load(ordering: .acquiring) > 0 {
+                timeout = -1  // the work's completion wakes us
+            } else if watching {
+                timeout = nextTimer == nil ? -1 : quietMilliseconds
+            } else {
+                timeout = nextTimer == nil ? -1 : 0
+            }
+            if pollIO(timeout: timeout) { continue }
+            if blockingInFlight.load(ordering: .acquiring) == 0, let nextTimer,
+                shared.withLock({ $0.remote.isEmpty })
+            {
+                // Autojump: nothing can happen before the next deadline.
+                let current = virtualNow.load(ordering: .acquiring)
+                if nextTimer.nanoseconds > current { virtualNow.store(nextTimer.nanoseconds, ordering: .releasing) }
+            }
+        }
+    }
+
+    /// Polls the wake fd and the watched fds; delivers readiness. Returns whether anything happened.
+    @discardableResult
+    private func pollIO(timeout: Int32) -> Bool {
+        var fds = [pollfd(fd: wakeFD, events: Int16(POLLIN), revents: 0)]
+        shared.withLock { shared in
+            var wanted: [Int32: Int16] = [:]
+            for fd in shared.readers.keys { wanted[fd, default: 0] |= Int16(POLLIN) }
+            for fd in shared.writers.keys { wanted[fd, default: 0] |= Int16(POLLOUT) }
+            for (fd, events) in wanted { fds.append(pollfd(fd: fd, events: events, revents: 0)) }
+        }
+        let count = poll(&fds, nfds_t(fds.count), timeout)
+        guard count > 0 else { return false }
+        if fds[0].revents != 0 {
+            var buffer = [UInt8](repeating: 0, count: 64)
+            while read(wakeFD, &buffer, buffer.count) > 0 {}
+        }
+        var woken: [(VirtualWatch, IOEvents)] = []
+        shared.withLock { shared in
+            for entry in fds.dropFirst() where entry.revents != 0 {
+                let failed = entry.revents & Int16(POLLERR | POLLHUP | POLLNVAL) != 0
+                if entry.revents & Int16(POLLIN) != 0 || failed, let reader = shared.readers[entry.fd] {
+                    shared.readers[entry.fd] = nil
+                    if shared.writers[entry.fd] === reader { shared.writers[entry.fd] = nil }
+                    woken.append((reader, .read))
+                }
+                if entry.revents & Int16(POLLOUT) != 0 || failed, let writer = shared.writers[entry.fd] {
+                    shared.writers[entry.fd] = nil
+                    if shared.readers[entry.fd] === writer { shared.readers[entry.fd] = nil }
+                    woken.append((writer, .write))
+                }
+            }
+        }
+        for (watch, events) in woken { watch.finish(.success(events)) }
+        return true
+    }
+
+    private func runBatch() {
+        var batch = spare
+        swap(&batch, &local)
+        let executor = executorObject.asUnownedTaskExecutor()
+        for work in batch {
+            switch work {
+            case .job(let job): job.runSynchronously(on: executor)
+            case .closure(let closure): closure()
+            }
+        }
+        batch.removeAll(keepingCapacity: true)
+        spare = batch
+    }
+
+    /// Ends the run after ``drive()`` returned. Loop thread only.
+    func close() {
+        pool.shutdown()
+        while true {
+            let incoming = shared.withLock { shared -> Deque<Work> in
+                defer { shared.remote.removeAll() }
+                return shared.remote
+            }
+            local.append(contentsOf: incoming)
+            if local.isEmpty { break }
+            runBatch()
+        }
+        let watches = shared.withLock { shared -> [VirtualWatch] in
+            shared.closed = true
+            defer {
+                shared.readers.removeAll()
+                shared.writers.removeAll()
+            }
+            return Array(shared.readers.values) + Array(shared.writers.values)
+        }
+        let closed = RuntimeError(.closed, "the runtime ended while a task waited on fd readiness")
+        for watch in watches { watch.finish(.failure(closed)) }
+        _ = timers.withLock { $0.removeAll() }
+        Glibc.close(wakeFD)
+        Glibc.close(wakeWriteFD)
+        hasThread.store(false, ordering: .releasing)
+        closedFlag.store(true, ordering: .releasing)
+    }
+
+    // MARK: Own thread
+
+    private let threadExit = Mutex<(done: Bool, waiter: UnsafeContinuation<Void, Never>?)>((false, nil))
+    private let threadStarted = Atomic<Bool>(false)
+
+    func startThread() throws(RuntimeError) {
+        let context = Unmanaged.passRetained(self).toOpaque()
+        var handle = pthread_t()
+        let rc = pthread_create(&handle, nil, { context in
+            guard let context else { return nil }
+            // The backend was retained for this thread; released here.
+            let backend = Unmanaged<VirtualTimeBackend>.fromOpaque(context).takeRetainedValue()
+            backend.adoptCurrentThread()
+            backend.threadStarted.store(true, ordering: .releasing)
+            backend.drive()
+            backend.close()
+            let waiter = backend.threadExit.withLock { state -> UnsafeContinuation<Void, Never>? in
+                state.done = true
+                defer { state.waiter = nil }
+                return state.waiter
+            }
+            waiter?.resume()
+            return nil
+        }, context)
+        guard rc == 0 else {
+            Unmanaged<VirtualTimeBackend>.fromOpaque(context).release()
+            throw RuntimeError(.backendFailure, "cannot start the virtual-time loop thread (pthread_create: \(rc))")
+        }
+        thread.withLock { $0 = handle }
+        while !threadStarted.load(ordering: .acquiring) { sched_yield() }
+    }
+
+    func stopThread() async {
+        stop()
+        await withUnsafeContinuation { (continuation: UnsafeContinuation<Void, Never>) in
+            let done = threadExit.withLock { state -> Bool in
+                if state.done { return true }
+                state.waiter = continuation
+                return false
+            }
+            if done { continuation.resume() }
+        }
+        if let handle = thread.withLock({ state -> pthread_t? in defer { state = nil }; return state }) {
+            pthread_join(handle, nil)
+        }
+    }
+}
+
+/// The executor of a virtual-time runtime. Kept alive on purpose, like the other backends' executors.
+final class VirtualExecutor: TaskExecutor, @unchecked Sendable {
+    // @unchecked Sendable: `backend` is written once, before the executor is handed to any task.
+    unowned(unsafe) var backend: VirtualTimeBackend?
+
+    init() { _ = Unmanaged.passRetained(self) }
+
+    func enqueue(_ job: consuming ExecutorJob) {
+        let job = UnownedJob(job)
+        backend?.submit(.job(job))
+    }
+}
+
+/// A virtual timer.
+struct VirtualTimer: BackendRegistration {
+    let entry: TimerQueue.Entry
+    let backend: VirtualTimeBackend
+
+    func cancel() {
+        entry.markCancelled()
+        backend.removeTimer(entry)
+    }
+}
+
+/// A readiness watch of a virtual-time runtime.
+final class VirtualWatch: BackendRegistration, Sendable {
+    let fd: Int32
+    let events: IOEvents
+    private let ready: @Sendable (Result<IOEvents, RuntimeError>) -> Void
+    private let finished = Atomic<Bool>(false)
+    private unowned let backend: VirtualTimeBackend
+
+    init(
+        fd: Int32, events: IOEvents, backend: VirtualTimeBackend,
+        ready: @escaping @Sendable (Result<IOEvents, RuntimeError>) -> Void
+    ) {
+        self.fd = fd
+        self.events = events
+        self.backend = backend
+        self.ready = ready
+    }
+
+    func finish(_ result: Result<IOEvents, RuntimeError>) {
+        if finished.exchange(true, ordering: .acquiringAndReleasing) { return }
+        ready(result)
+    }
+
+    func cancel() {
+        if finished.exchange(true, ordering: .acquiringAndReleasing) { return }
+        backend.unregister(self)
+    }
+}

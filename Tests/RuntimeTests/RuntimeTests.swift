@@ -1,0 +1,151 @@
+import AnyRuntime
+import Runtime
+import RuntimeTesting
+import Synchronization
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Runs `body` on a runtime of `backend` (the two real ones and virtual time).
+enum TestBackend: String, CaseIterable, Sendable {
+    case uv, dispatch, virtual
+
+    func run<T>(_ body: () async throws -> T) async throws -> T {
+        switch self {
+        case .uv: try await Backend.uv.run(body)
+        case .dispatch: try await Backend.dispatch.run(body)
+        case .virtual: try await VirtualTimeRuntime.run(body)
+        }
+    }
+}
+
+@Suite("Runtime", .timeLimit(.minutes(1)))
+struct RuntimeTests {
+    @Test("runtime APIs outside a runtime throw noRuntime, naming the fix")
+    func noRuntime() async throws {
+        #expect(Runtime.currentIfAny == nil)
+        do {
+            try await Runtime.sleep(for: .milliseconds(1))
+            Issue.record("sleep outside a runtime did not throw")
+        } catch let error as RuntimeError {
+            #expect(error.code == .noRuntime)
+            #expect(error.message.contains("run {"))
+        }
+        await #expect(throws: RuntimeError.self) { _ = try await moveOnAfter(.seconds(1)) { _ in 1 } }
+    }
+
+    @Test("Runtime.current names the backend; the clock is monotonic", arguments: TestBackend.allCases)
+    func currentAndClock(_ backend: TestBackend) async throws {
+        try await backend.run {
+            let runtime = try Runtime.current
+            #expect(runtime.name == backend.rawValue)
+            let clock = runtime.clock
+            let start = clock.now
+            try await clock.sleep(for: .milliseconds(3))
+            #expect(start.duration(to: clock.now) >= .milliseconds(3))
+        }
+    }
+
+    @Test("a Swift task cancelled inside a shield: runtime waits finish, the next checkpoint after it throws",
+          arguments: TestBackend.allCases)
+    func swiftCancellationInsideShield(_ backend: TestBackend) async throws {
+        try await backend.run {
+            let finished = Flag()
+            let afterShield = Flag()
+            try await Runtime.withTaskGroup { group in
+                try group.startSoon {
+                    _ = try await withCancelScope(shield: true) { _ in
+                        try await Runtime.sleep(for: .milliseconds(20))
+                        finished.set()
+                    }
+                    try await Runtime.checkpoint()
+                    afterShield.set()
+                }
+                try await Runtime.sleep(for: .milliseconds(2))
+                group.cancel()
+            }
+            #expect(finished.isSet)
+            #expect(!afterShield.isSet)
+        }
+    }
+
+    @Test("a task group started from a child task's group handle", arguments: TestBackend.allCases)
+    func childrenStartSiblings(_ backend: TestBackend) async throws {
+        try await backend.run {
+            let count = Counter()
+            try await Runtime.withTaskGroup { group in
+                try group.startSoon {
+                    for _ in 0..<10 {
+                        try group.startSoon {
+                            try await Runtime.checkpoint()
+                            count.increment()
+                        }
+                    }
+                }
+            }
+            #expect(count.value == 10)
+        }
+    }
+
+    @Test("a channel's receiver is an AsyncSequence that ends when every sender is released",
+          arguments: TestBackend.allCases)
+    func channelEndsWhenSendersAreReleased(_ backend: TestBackend) async throws {
+        try await backend.run {
+            var (send, receive) = makeMemoryChannel(of: Int.self, bufferSize: 4) as (MemorySendChannel<Int>?, MemoryReceiveChannel<Int>)
+            try send?.sendNowait(1)
+            try send?.sendNowait(2)
+            send = nil  // released without close(): the channel still ends
+            var values: [Int] = []
+            for try await value in receive { values.append(value) }
+            #expect(values == [1, 2])
+        }
+    }
+
+    @Test("Backend names parse; unknown names are a typed error listing the choices")
+    func backendNames() throws {
+        #expect(try Backend(named: "UV") == .uv)
+        #expect(try Backend(named: "libuv") == .uv)
+        #expect(try Backend(named: "dispatch") == .dispatch)
+        do {
+            _ = try Backend(named: "trio")
+            Issue.record("an unknown backend name was accepted")
+        } catch {
+            #expect(error.code == .invalidArgument)
+            #expect(error.message.contains("uv, dispatch"))
+        }
+    }
+
+    @Test("RuntimeInstant arithmetic saturates instead of trapping")
+    func instantArithmetic() {
+        let instant = RuntimeInstant(nanoseconds: 5)
+        #expect(instant.advanced(by: .seconds(1)).nanoseconds == 1_000_000_005)
+        #expect(RuntimeInstant.never.advanced(by: .seconds(1)) == .never)
+        #expect(instant.advanced(by: .seconds(Int64.max)) == .never)
+        #expect(RuntimeInstant(nanoseconds: .min).duration(to: .never) == .nanoseconds(Int64.max))
+        #expect(Duration.seconds(Int64.max).saturatingNanoseconds == .max)
+    }
+
+    @Test("Semaphore rejects bad values with a typed error")
+    func semaphoreArguments() throws {
+        #expect(throws: RuntimeError.self) { try Semaphore(initialValue: -1) }
+        #expect(throws: RuntimeError.self) { try Semaphore(initialValue: 3, maxValue: 2) }
+        let bounded = try Semaphore(initialValue: 1, maxValue: 1)
+        #expect(throws: RuntimeError.self) { try bounded.release() }
+    }
+}
+
+/// A thread-safe counter for tests.
+final class Counter: Sendable {
+    private let storage = Mutex(0)
+    func increment() { storage.withLock { $0 += 1 } }
+    var value: Int { storage.withLock { $0 } }
+}
+
+/// A thread-safe flag for tests.
+final class Flag: Sendable {
+    private let storage = Mutex(false)
+    func set() { storage.withLock { $0 = true } }
+    var isSet: Bool { storage.withLock { $0 } }
+}

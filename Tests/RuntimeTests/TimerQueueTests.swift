@@ -1,0 +1,59 @@
+import Runtime
+import Testing
+
+@Suite("TimerQueue and BlockingThreadPool")
+struct TimerQueueTests {
+    @Test("pops due entries in deadline order and removes arbitrary entries in O(log n)")
+    func heapOrder() {
+        var queue = TimerQueue()
+        var seed: UInt64 = 42
+        var entries: [TimerQueue.Entry] = []
+        for _ in 0..<1_000 {
+            seed = seed &* 6_364_136_223_846_793_005 &+ 1
+            entries.append(TimerQueue.Entry(deadline: RuntimeInstant(nanoseconds: Int64(seed >> 40)), fire: {}))
+        }
+        for entry in entries { queue.insert(entry) }
+        let count = queue.count
+        #expect(count == 1_000)
+        // Remove every third entry, as cancelled timeouts would be.
+        for (index, entry) in entries.enumerated() where index % 3 == 0 {
+            let removed = queue.remove(entry)
+            #expect(removed)
+        }
+        let removedTwice = queue.remove(entries[0])
+        #expect(!removedTwice, "a removed entry was removed twice")
+        let due = queue.popDue(now: .never)
+        #expect(due.count == entries.count - (entries.count + 2) / 3)
+        #expect(zip(due, due.dropFirst()).allSatisfy { $0.deadline <= $1.deadline })
+        let isEmpty = queue.isEmpty
+        #expect(isEmpty)
+    }
+
+    @Test("popDue leaves future entries; insert reports a new earliest deadline")
+    func partialPop() {
+        var queue = TimerQueue()
+        let late = TimerQueue.Entry(deadline: RuntimeInstant(nanoseconds: 100), fire: {})
+        let early = TimerQueue.Entry(deadline: RuntimeInstant(nanoseconds: 10), fire: {})
+        let firstChanged = queue.insert(late)
+        let secondChanged = queue.insert(early)
+        #expect(firstChanged && secondChanged)
+        let due = queue.popDue(now: RuntimeInstant(nanoseconds: 50)).map(\.deadline.nanoseconds)
+        #expect(due == [10])
+        let next = queue.nextDeadline
+        #expect(next == RuntimeInstant(nanoseconds: 100))
+    }
+
+    @Test("the pool bounds its threads, runs every job and joins its threads on shutdown")
+    func pool() {
+        let pool = BlockingThreadPool(maximumThreads: 3)
+        let counter = Counter()
+        for _ in 0..<100 { pool.submit { counter.increment() } }
+        pool.shutdown()
+        #expect(counter.value == 100)
+        #expect(pool.threadCount == 0)
+        #expect(pool.jobsInFlight == 0)
+        pool.submit { counter.increment() }  // after shutdown: still run, by the next shutdown
+        pool.shutdown()
+        #expect(counter.value == 101)
+    }
+}
