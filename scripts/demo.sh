@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Runs the demo on every backend (or the ones in ANYRUNTIME_BACKEND=uv|dispatch|uv,dispatch).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/bootstrap.sh
+swift build --product anyruntime-demo -q
+exec .build/debug/anyruntime-demo "$@"

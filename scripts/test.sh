@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh machine: installs what is missing, builds with a warning check,
+# checks the architecture rules, runs every test on every backend.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/bootstrap.sh
+
+echo "== build"
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+swift build --build-tests 2>&1 | tee "$log" | grep -vE '^\[[0-9]+/[0-9]+\]' || true
+if grep -q "error:" "$log"; then
+    echo "test.sh: the build failed" >&2
+    exit 1
+fi
+# No warnings in the project's own code (dependencies are not ours to fix).
+if grep -E "^$(pwd)/(Sources|Tests)/.*warning:" "$log" | sort -u | grep .; then
+    echo "test.sh: the build has warnings in the project's code" >&2
+    exit 1
+fi
+
+echo "== architecture rules"
+scripts/check-rules.sh
+
+echo "== tests"
+swift test --skip-build 2>&1 | tee "$log" | grep -vE '^◇ Test case passing|^◇ Test .* started'
+status=${PIPESTATUS[0]}
+exit "$status"
