@@ -1,0 +1,314 @@
+// Runtime workloads of ../shared/benchmarks/WORKLOADS.md (RT-*), for each backend, beside Swift's own
+// global executor, in one process run. Median of the repetitions after a warm-up.
+//
+//   swift run -c release --package-path Benchmarks RuntimeBenchmarks [--quick] [--repetitions N] [--only RT-X,…]
+import AnyRuntime
+import Runtime
+import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+// MARK: Options
+
+struct Options {
+    var quick = false
+    var repetitions = 5
+    var only: Set<String>?
+
+    init(_ arguments: [String]) throws {
+        var iterator = arguments.dropFirst().makeIterator()
+        while let argument = iterator.next() {
+            switch argument {
+            case "--quick": quick = true
+            case "--repetitions":
+                guard let value = iterator.next().flatMap(Int.init), value > 0 else {
+                    throw RuntimeError(.invalidArgument, "--repetitions needs a positive number")
+                }
+                repetitions = value
+            case "--only":
+                guard let value = iterator.next() else { throw RuntimeError(.invalidArgument, "--only needs a list") }
+                only = Set(value.split(separator: ",").map(String.init))
+            case "--help", "-h":
+                print("usage: RuntimeBenchmarks [--quick] [--repetitions N] [--only RT-SPAWN,RT-FD-PINGPONG,…]")
+                exit(0)
+            default: throw RuntimeError(.invalidArgument, "unknown argument \(argument)")
+            }
+        }
+    }
+
+    func count(_ full: Int) -> Int { quick ? max(1, full / 20) : full }
+}
+
+// MARK: Measuring
+
+func monotonicNanoseconds() -> Int64 {
+    var ts = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return Int64(ts.tv_sec) * 1_000_000_000 + Int64(ts.tv_nsec)
+}
+
+struct Row {
+    let workload: String
+    let system: String
+    let operations: Int
+    var seconds: [Double] = []
+    var extra = ""
+
+    var opsPerSecond: [Double] { seconds.map { Double(operations) / $0 }.sorted() }
+    var median: Double { let v = opsPerSecond; return v.isEmpty ? 0 : v[v.count / 2] }
+}
+
+/// Runs `body` once to warm up, then `repetitions` times; returns the row.
+func measure(
+    _ workload: String, _ system: String, operations: Int, repetitions: Int,
+    _ body: () async throws -> String
+) async throws -> Row {
+    var row = Row(workload: workload, system: system, operations: operations)
+    _ = try await body()
+    for _ in 0..<repetitions {
+        let start = monotonicNanoseconds()
+        row.extra = try await body()
+        row.seconds.append(Double(monotonicNanoseconds() - start) / 1e9)
+    }
+    return row
+}
+
+func format(_ value: Double) -> String {
+    if value >= 1e6 { return "\(Double(Int(value / 1e4)) / 100)M" }
+    if value >= 1e3 { return "\(Double(Int(value / 10)) / 100)k" }
+    return "\(Int(value))"
+}
+
+/// Lateness samples appended from many tasks.
+final class Samples: Sendable {
+    private let storage = Mutex<[Int64]>([])
+    func append(_ value: Int64) { storage.withLock { $0.append(value) } }
+    var values: [Int64] { storage.withLock { $0 } }
+}
+
+// MARK: Workloads on a runtime
+
+func spawn(_ count: Int) async throws -> String {
+    try await Runtime.withTaskGroup { group in
+        for _ in 0..<count { try group.startSoon {} }
+    }
+    return ""
+}
+
+func pingPong(_ rounds: Int) async throws -> String {
+    let (toB, fromA) = makeMemoryChannel(of: Int.self)
+    let (toA, fromB) = makeMemoryChannel(of: Int.self)
+    try await Runtime.withTaskGroup { group in
+        try group.startSoon {
+            for _ in 0..<rounds { try await toA.send(try await fromA.receive() + 1) }
+        }
+        var value = 0
+        for _ in 0..<rounds {
+            try await toB.send(value)
+            value = try await fromB.receive()
+        }
+    }
+    return ""
+}
+
+func fdPingPong(_ rounds: Int) async throws -> String {
+    let runtime = try Runtime.current
+    var fds: [Int32] = [-1, -1]
+    guard socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0, &fds) == 0 else {
+        throw RuntimeError(.backendFailure, "socketpair failed")
+    }
+    for fd in fds { _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK) }
+    let (a, b) = (fds[0], fds[1])
+    @Sendable func readByte(_ fd: Int32) async throws {
+        var byte: UInt8 = 0
+        while read(fd, &byte, 1) != 1 { try await runtime.wait(fd: fd, for: .read) }
+    }
+    @Sendable func writeByte(_ fd: Int32) {
+        var byte: UInt8 = 1
+        _ = write(fd, &byte, 1)
+    }
+    try await Runtime.withTaskGroup { group in
+        try group.startSoon {
+            for _ in 0..<rounds {
+                try await readByte(b)
+                writeByte(b)
+            }
+        }
+        for _ in 0..<rounds {
+            writeByte(a)
+            try await readByte(a)
+        }
+    }
+    await runtime.forget(fd: a)
+    await runtime.forget(fd: b)
+    close(a)
+    close(b)
+    return ""
+}
+
+/// Random sleeps of 0–100 ms; returns lateness p50 / p99.
+func timers(_ count: Int) async throws -> String {
+    let runtime = try Runtime.current
+    let lateness = Samples()
+    var seed: UInt64 = 0x1234_5678
+    try await Runtime.withTaskGroup { group in
+        for _ in 0..<count {
+            seed = seed &* 6_364_136_223_846_793_005 &+ 1_442_695_040_888_963_407
+            let duration = Int64((seed >> 33) % 100_000_000)
+            try group.startSoon {
+                let deadline = runtime.now.advanced(by: .nanoseconds(duration))
+                try await runtime.sleep(until: deadline)
+                lateness.append(runtime.now.nanoseconds - deadline.nanoseconds)
+            }
+        }
+    }
+    return percentiles(lateness.values)
+}
+
+func percentiles(_ values: [Int64]) -> String {
+    let sorted = values.sorted()
+    guard !sorted.isEmpty else { return "" }
+    func ms(_ q: Double) -> String {
+        let ns = sorted[min(sorted.count - 1, Int(Double(sorted.count) * q))]
+        return "\(Double(ns / 10_000) / 100) ms"
+    }
+    return "late p50 \(ms(0.5)), p99 \(ms(0.99))"
+}
+
+func bareCheckpoints(_ count: Int) async throws -> String {
+    for _ in 0..<count { try await Runtime.checkpoint() }
+    return ""
+}
+
+func timeoutScopes(_ count: Int) async throws -> String {
+    for _ in 0..<count {
+        _ = try await moveOnAfter(.seconds(10)) { _ in try await Runtime.checkpoint() }
+    }
+    return ""
+}
+
+// MARK: Reference rows: Swift's global executor
+
+func globalSpawn(_ count: Int) async -> String {
+    await withDiscardingTaskGroup { group in
+        for _ in 0..<count { group.addTask {} }
+    }
+    return ""
+}
+
+func globalPingPong(_ rounds: Int) async -> String {
+    let (toB, continuationB) = AsyncStream.makeStream(of: Int.self)
+    let (toA, continuationA) = AsyncStream.makeStream(of: Int.self)
+    await withDiscardingTaskGroup { group in
+        group.addTask {
+            var iterator = toB.makeAsyncIterator()
+            for _ in 0..<rounds {
+                guard let value = await iterator.next() else { return }
+                continuationA.yield(value + 1)
+            }
+        }
+        var iterator = toA.makeAsyncIterator()
+        var value = 0
+        for _ in 0..<rounds {
+            continuationB.yield(value)
+            value = await iterator.next() ?? 0
+        }
+    }
+    return ""
+}
+
+func globalTimers(_ count: Int) async -> String {
+    let lateness = Samples()
+    var seed: UInt64 = 0x1234_5678
+    await withDiscardingTaskGroup { group in
+        for _ in 0..<count {
+            seed = seed &* 6_364_136_223_846_793_005 &+ 1_442_695_040_888_963_407
+            let duration = Int64((seed >> 33) % 100_000_000)
+            group.addTask {
+                let deadline = monotonicNanoseconds() + duration
+                try? await Task.sleep(nanoseconds: UInt64(duration))
+                lateness.append(monotonicNanoseconds() - deadline)
+            }
+        }
+    }
+    return percentiles(lateness.values)
+}
+
+/// The naive timeout: race the body against Task.sleep in a task group.
+func naiveTimeouts(_ count: Int) async throws -> String {
+    for _ in 0..<count {
+        try await withThrowingTaskGroup(of: Bool.self) { group in
+            group.addTask { await Task.yield(); return true }
+            group.addTask { try await Task.sleep(for: .seconds(10)); return false }
+            _ = try await group.next()
+            group.cancelAll()
+        }
+    }
+    return ""
+}
+
+// MARK: Main
+
+let options = try Options(CommandLine.arguments)
+let reps = options.repetitions
+var rows: [Row] = []
+func wanted(_ id: String) -> Bool { options.only.map { $0.contains(id) } ?? true }
+
+for backend in try Backend.allFromEnvironment() {
+    let backendRows = try backend.run { () async throws -> [Row] in
+        var out: [Row] = []
+        let system = "AnyRuntime \(backend)"
+        if wanted("RT-SPAWN") {
+            let n = options.count(100_000)
+            out.append(try await measure("RT-SPAWN", system, operations: n, repetitions: reps) { try await spawn(n) })
+        }
+        if wanted("RT-PINGPONG") {
+            let n = options.count(100_000)
+            out.append(try await measure("RT-PINGPONG", system, operations: n, repetitions: reps) { try await pingPong(n) })
+        }
+        if wanted("RT-FD-PINGPONG") {
+            let n = options.count(100_000)
+            out.append(try await measure("RT-FD-PINGPONG", system, operations: n, repetitions: reps) { try await fdPingPong(n) })
+        }
+        if wanted("RT-TIMERS") {
+            let n = options.count(10_000)
+            out.append(try await measure("RT-TIMERS", system, operations: n, repetitions: reps) { try await timers(n) })
+        }
+        if wanted("RT-TIMEOUT") {
+            let n = options.count(1_000_000)
+            out.append(try await measure("RT-TIMEOUT", system, operations: n, repetitions: reps) { try await timeoutScopes(n) })
+            out.append(try await measure("RT-TIMEOUT", system + " (baseline: bare checkpoint, no scope)", operations: n, repetitions: reps) { try await bareCheckpoints(n) })
+        }
+        return out
+    }
+    rows.append(contentsOf: backendRows)
+}
+
+// Swift's global executor, outside any runtime.
+let system = "Swift global executor"
+if wanted("RT-SPAWN") {
+    let n = options.count(100_000)
+    rows.append(try await measure("RT-SPAWN", system, operations: n, repetitions: reps) { await globalSpawn(n) })
+}
+if wanted("RT-PINGPONG") {
+    let n = options.count(100_000)
+    rows.append(try await measure("RT-PINGPONG", system + " (AsyncStream)", operations: n, repetitions: reps) { await globalPingPong(n) })
+}
+if wanted("RT-TIMERS") {
+    let n = options.count(10_000)
+    rows.append(try await measure("RT-TIMERS", system + " (Task.sleep)", operations: n, repetitions: reps) { await globalTimers(n) })
+}
+if wanted("RT-TIMEOUT") {
+    let n = options.count(100_000)
+    rows.append(try await measure("RT-TIMEOUT", system + " (race vs Task.sleep)", operations: n, repetitions: reps) { try await naiveTimeouts(n) })
+}
+
+print("| workload | system | ops/s (median) | min – max | note |")
+print("| --- | --- | ---: | --- | --- |")
+for row in rows {
+    let values = row.opsPerSecond
+    let range = values.isEmpty ? "" : "\(format(values.first ?? 0)) – \(format(values.last ?? 0))"
+    print("| \(row.workload) | \(row.system) | \(format(row.median)) | \(range) | \(row.extra) |")
+}
