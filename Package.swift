@@ -38,7 +38,9 @@ let package = Package(
 
         .executableTarget(name: "RuntimeDemo", dependencies: ["AnyRuntime", "Runtime"], swiftSettings: swiftSettings),
 
-        .testTarget(name: "RuntimeTests", dependencies: ["Runtime", "RuntimeTesting", "AnyRuntime"], swiftSettings: swiftSettings),
+        .testTarget(
+            name: "RuntimeTests", dependencies: ["Runtime", "RuntimeTesting", "RuntimeUV", "AnyRuntime"],
+            swiftSettings: swiftSettings),
         .testTarget(
             name: "RuntimeConformanceTests",
             dependencies: ["Runtime", "RuntimeTesting", "RuntimeUV", "RuntimeDispatch", "AnyRuntime"],

@@ -15,7 +15,7 @@ import Darwin
 /// try backend.run { try await app() }
 /// ```
 ///
-/// Library code never needs this: it uses ``Runtime/current``. Applications, demos, tests and benchmarks
+/// Library code never needs this: it uses `Runtime.current`. Applications, demos, tests and benchmarks
 /// use it to run the same code on each backend.
 public enum Backend: String, CaseIterable, Sendable, CustomStringConvertible {
     /// libuv (`RuntimeUV`).
@@ -30,7 +30,7 @@ public enum Backend: String, CaseIterable, Sendable, CustomStringConvertible {
 
     /// The backend named `name` (`uv`, `libuv`, `dispatch`, case-insensitive).
     ///
-    /// - Throws: ``RuntimeError/Code/invalidArgument`` naming the accepted values.
+    /// - Throws: `RuntimeError.Code.invalidArgument` naming the accepted values.
     public init(named name: String) throws(RuntimeError) {
         switch name.lowercased() {
         case "uv", "libuv": self = .uv
@@ -44,7 +44,7 @@ public enum Backend: String, CaseIterable, Sendable, CustomStringConvertible {
 
     /// The backend named by `variable`, or `default` when it is unset or empty.
     ///
-    /// - Throws: ``RuntimeError/Code/invalidArgument`` when the variable names no backend.
+    /// - Throws: `RuntimeError.Code.invalidArgument` when the variable names no backend.
     public static func fromEnvironment(
         variable: String = environmentVariable,
         default: Backend = .uv
@@ -55,7 +55,7 @@ public enum Backend: String, CaseIterable, Sendable, CustomStringConvertible {
 
     /// The backends listed in `variable` (comma-separated, or `all`), or every backend when it is unset.
     ///
-    /// - Throws: ``RuntimeError/Code/invalidArgument`` when a name is unknown.
+    /// - Throws: `RuntimeError.Code.invalidArgument` when a name is unknown.
     public static func allFromEnvironment(variable: String = environmentVariable) throws(RuntimeError) -> [Backend] {
         guard let value = getenv(variable).map({ String(cString: $0) }), !value.isEmpty, value != "all" else {
             return allCases

@@ -5,9 +5,9 @@ import Synchronization
 ///
 /// Create one with ``withCancelScope(deadline:shield:isolation:_:)``, ``moveOnAfter(_:shield:isolation:_:)``
 /// or ``failAfter(_:isolation:_:)``. Scopes form a chain through a task-local value; every runtime wait
-/// (``Runtime/sleep(for:)``, readiness, ``Event``, locks, channels, ``Runtime/checkpoint()`` …) consults the
-/// chain. Entering and leaving a scope starts no task and arms no timer: a deadline timer is armed only
-/// while something inside the scope is blocked.
+/// (`Runtime.sleep(for:)`, readiness, ``Event``, locks, channels, `Runtime.checkpoint()` …) consults the
+/// chain. Entering and leaving a scope starts no task and arms no timer: a deadline timer is armed the first
+/// time something inside the scope has to block, and cancelled when the scope exits.
 ///
 /// Semantics, as in trio:
 /// - **Level-triggered.** Once a scope is cancelled, every runtime wait inside it throws
@@ -20,8 +20,8 @@ import Synchronization
 ///
 /// - Warning: Only runtime waits observe a scope. An await the runtime does not own (`Task.sleep`, another
 ///   library's continuation) runs on until it finishes, and the next runtime wait throws. To interrupt such
-///   an await as well, run it in a task of a ``Runtime/TaskGroup``: cancelling the group cancels its tasks
-///   the Swift way too.
+///   an await as well, wrap it in `Runtime.interruptible { }`, which runs it as a task that the scope's
+///   cancellation cancels the Swift way.
 public final class CancelScope: Sendable {
     @TaskLocal static var current: CancelScope?
 

@@ -1,4 +1,6 @@
-/// What ``Runtime/runBlocking(limiter:onCancel:_:)`` does when the caller is cancelled while the closure runs.
+import Synchronization
+
+/// What `Runtime.runBlocking(limiter:onCancel:_:)` does when the caller is cancelled while the closure runs.
 ///
 /// A closure that has not started yet never starts once the caller is cancelled, whatever the choice.
 public struct BlockingCancellation: Sendable {
@@ -28,7 +30,7 @@ extension Runtime {
     /// Runs the synchronous, possibly blocking, `work` on a worker thread and returns its result on the
     /// caller's executor (anyio's `to_thread.run_sync`).
     ///
-    /// At most `limiter.totalTokens` closures of one limiter run at once (``defaultBlockingLimiter``, 40, when
+    /// At most `limiter.totalTokens` closures of one limiter run at once (`defaultBlockingLimiter`, 40, when
     /// none is given); the rest wait for a token, and that wait is cancellable.
     ///
     /// - Parameters:
@@ -52,27 +54,35 @@ extension Runtime {
             throw error
         }
         let parker = Parker<T>()
+        // pending → running (the worker took it) or pending → withdrawn (the caller was cancelled first).
+        let gate = StartGate()
         let abandons: Bool
         if case .abandon = onCancel.kind { abandons = true } else { abandons = false }
         backend.runBlocking {
-            let result = Result { try work() }
-            // When the caller abandoned the call, the token is returned only now that the work is over.
-            if abandons { try? limiter.release() }
-            parker.resume(result)
+            // When the caller abandoned the call, the token is returned only once the work is over.
+            defer { if abandons { try? limiter.release() } }
+            guard gate.start() else { return }  // withdrawn while queued: never runs
+            parker.resume(Result { try work() })
+        }
+        // Cancellation while the closure is still queued withdraws it; once it runs, the policy decides.
+        let withdraw: @Sendable () -> Bool = {
+            guard gate.withdraw() else { return false }
+            parker.resume(throwing: CancellationError())
+            return true
         }
         switch onCancel.kind {
         case .waitForCompletion:
             defer { try? limiter.release() }
-            return try await Runtime.parkUninterruptibly(parker)
+            return try await Runtime.parkCallingOnCancel(parker) { _ = withdraw() }
         case .interrupt(let interrupt):
             defer { try? limiter.release() }
-            return try await Runtime.parkCallingOnCancel(parker, interrupt)
+            return try await Runtime.parkCallingOnCancel(parker) { if !withdraw() { interrupt() } }
         case .abandon:
             return try await Runtime.park(parker) {}
         }
     }
 
-    /// ``runBlocking(limiter:onCancel:_:)`` on the current runtime.
+    /// `runBlocking(limiter:onCancel:_:)` on the current runtime.
     public static func runBlocking<T: Sendable>(
         limiter: CapacityLimiter? = nil,
         onCancel: BlockingCancellation = .waitForCompletion,
@@ -80,4 +90,13 @@ extension Runtime {
     ) async throws -> T {
         try await current.runBlocking(limiter: limiter, onCancel: onCancel, work)
     }
+}
+
+/// Decides, exactly once, whether a queued blocking closure runs or is withdrawn.
+private final class StartGate: Sendable {
+    private let state = Atomic<UInt8>(0)  // 0 pending, 1 running, 2 withdrawn
+    /// The worker: returns whether the closure may run.
+    func start() -> Bool { state.compareExchange(expected: 0, desired: 1, ordering: .acquiringAndReleasing).exchanged }
+    /// The caller: returns whether the closure was withdrawn before it started.
+    func withdraw() -> Bool { state.compareExchange(expected: 0, desired: 2, ordering: .acquiringAndReleasing).exchanged }
 }

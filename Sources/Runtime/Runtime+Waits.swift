@@ -13,7 +13,7 @@ extension Runtime {
 
     /// Suspends until the runtime's clock reaches `deadline`.
     ///
-    /// A deadline already reached makes this a ``checkpoint()``. It never returns early.
+    /// A deadline already reached makes this a `checkpoint()`. It never returns early.
     ///
     /// - Throws: `CancellationError` when an enclosing cancel scope, or the task, is cancelled.
     public func sleep(until deadline: RuntimeInstant) async throws {
@@ -66,13 +66,13 @@ extension Runtime {
 // MARK: - The same, on the current runtime
 
 extension Runtime {
-    /// ``checkpoint()`` on the current runtime.
+    /// `checkpoint()` on the current runtime.
     public static func checkpoint() async throws { try await current.checkpoint() }
-    /// ``sleep(until:)`` on the current runtime.
+    /// `sleep(until:)` on the current runtime.
     public static func sleep(until deadline: RuntimeInstant) async throws { try await current.sleep(until: deadline) }
-    /// ``sleep(for:)`` on the current runtime.
+    /// `sleep(for:)` on the current runtime.
     public static func sleep(for duration: Duration) async throws { try await current.sleep(for: duration) }
-    /// ``wait(fd:for:)`` on the current runtime.
+    /// `wait(fd:for:)` on the current runtime.
     @discardableResult
     public static func wait(fd: Int32, for events: IOEvents) async throws -> IOEvents {
         try await current.wait(fd: fd, for: events)

@@ -31,7 +31,7 @@ public final class Runtime: Sendable {
     /// The backend this runtime runs on.
     public let backend: any RuntimeBackend
 
-    /// The limiter that bounds ``runBlocking(limiter:onCancel:_:)`` when no other is given: 40 tokens, as in anyio.
+    /// The limiter that bounds `runBlocking(limiter:onCancel:_:)` when no other is given: 40 tokens, as in anyio.
     public let defaultBlockingLimiter: CapacityLimiter
 
     /// Tasks started by this runtime's task groups that have not finished yet.
@@ -88,6 +88,9 @@ extension Runtime {
         let scope = CancelScope.current
         try CancelScope.checkCancelled(scope)
         try arm()
+        // Resolved while arming (a set event, a free permit, a ready element): nothing to wait for, so no
+        // scope registration and no deadline timer.
+        if parker.isResolved { return try await parker.wait() }
         guard let scope else {
             return try await withTaskCancellationHandler(
                 operation: { try await parker.wait() },
@@ -116,7 +119,8 @@ extension Runtime {
     }
 
     /// Suspends until `parker` resumes; when cancellation arrives meanwhile, calls `onCancel` once and keeps
-    /// waiting. Used where the waited-for work can be interrupted but must still be collected.
+    /// waiting (unless `onCancel` resumes the parker itself). Used where the waited-for work can be
+    /// interrupted or withdrawn but must still be collected.
     static func parkCallingOnCancel<Value>(
         _ parker: Parker<Value>,
         isolation: isolated (any Actor)? = #isolation,

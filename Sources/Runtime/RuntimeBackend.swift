@@ -10,15 +10,17 @@
 ///
 /// ## Rules every backend follows
 ///
-/// - **Threads.** Every requirement may be called from any thread. Callbacks (`fire`, `ready`, blocking
-///   `work`) may run on any thread; they are short and never block.
-/// - **Exactly once.** A timer's `fire` and a watch's `ready` run at most once, and never after
-///   ``BackendRegistration/cancel()`` has returned *on the backend's executor*. A callback racing a cancel
-///   from another thread is tolerated: ``Runtime`` ignores the late one.
+/// - **Threads.** Every requirement may be called from any thread. The callbacks `fire` and `ready` may run
+///   on any thread; they are short and never block. (The closures given to ``runBlocking(_:)`` may block:
+///   that is their purpose.)
+/// - **At most once.** A timer's `fire` and a watch's `ready` run at most once. A callback may race a
+///   ``BackendRegistration/cancel()`` made on another thread and still run just after it: ``Runtime``
+///   ignores such a late call. Neither is ever called synchronously from inside `scheduleTimer` or `watch`.
 /// - **Never early.** A timer fires only once ``now()`` has reached its deadline.
 /// - **Readiness is one-shot and per direction.** One watcher per fd and direction at a time; a second one
-///   throws ``RuntimeError/Code/busy``. After `ready` has run, or after the registration is cancelled, the
-///   slot is free again.
+///   gets ``RuntimeError/Code/busy``. After `ready` has run, or after the registration is cancelled, the
+///   slot is free again. A backend that registers asynchronously (when called off its executor) may report
+///   `busy` or `badDescriptor` through `ready` instead of throwing; ``Runtime`` treats both alike.
 /// - **Forget before close.** ``forget(fd:)`` fails the fd's watchers with ``RuntimeError/Code/closed``,
 ///   releases every OS registration of it, and returns only when the fd may be closed.
 /// - **Executor.** Tasks of this runtime prefer ``executor`` (SE-0417), so structured children,

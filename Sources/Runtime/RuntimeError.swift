@@ -57,12 +57,12 @@ public struct RuntimeError: Error, Sendable, Hashable, CustomStringConvertible {
         RuntimeError(
             .noRuntime,
             "\(api) needs a running runtime, and none is active in this task. Run the code inside "
-                + "UVRuntime.run { … }, DispatchRuntime.run { … } or Backend.run { … } (module AnyRuntime), "
-                + "or pass a Runtime explicitly.")
+                + "UVRuntime.run { … }, DispatchRuntime.run { … } or try Backend.fromEnvironment().run { … } "
+                + "(module AnyRuntime), or pass a Runtime explicitly.")
     }
 }
 
-/// Thrown by ``failAfter(_:_:)`` and ``fail(at:_:)`` when the deadline expired (anyio's `TimeoutError`).
+/// Thrown by ``failAfter(_:isolation:_:)`` and ``fail(at:isolation:_:)`` when the deadline expired (anyio's `TimeoutError`).
 public struct TimeoutError: Error, Sendable, Hashable, CustomStringConvertible {
     /// The deadline that expired.
     public let deadline: RuntimeInstant

@@ -44,7 +44,7 @@ extension Runtime {
         }
     }
 
-    /// ``withTaskGroup(isolation:_:)`` on the current runtime.
+    /// `withTaskGroup(isolation:_:)` on the current runtime.
     public static func withTaskGroup(
         isolation: isolated (any Actor)? = #isolation,
         _ body: (TaskGroup) async throws -> Void
@@ -54,7 +54,7 @@ extension Runtime {
 
     /// A handle to a running task group, for starting tasks in it and cancelling it.
     ///
-    /// Obtained from ``Runtime/withTaskGroup(isolation:_:)``. It may be passed to the group's own tasks.
+    /// Obtained from `Runtime.withTaskGroup(isolation:_:)`. It may be passed to the group's own tasks.
     public final class TaskGroup: Sendable {
         /// The runtime the group's tasks run on.
         public let runtime: Runtime
@@ -269,4 +269,46 @@ extension Runtime {
 extension Runtime.TaskStatus where Value == Void {
     /// Signals that the task is ready.
     public func started() { started(()) }
+}
+
+// MARK: - Interrupting awaits the runtime does not own
+
+extension Runtime {
+    /// Runs `body` so that the cancellation of an enclosing cancel scope interrupts it even where it awaits
+    /// something the runtime does not own (`Task.sleep`, an `AsyncStream`, another library's continuation).
+    ///
+    /// Cancel scopes reach runtime waits only. This runs `body` as a task of a new task group; when an
+    /// enclosing scope is cancelled (or its deadline passes), the group cancels that task the Swift way, so
+    /// any await that honours Swift task cancellation ends too. It costs one task.
+    ///
+    /// ```swift
+    /// let reply = try await moveOnAfter(.seconds(2)) { _ in
+    ///     try await Runtime.interruptible { try await someLibrary.request() }   // not a runtime wait
+    /// }
+    /// ```
+    ///
+    /// - Throws: what `body` throws; `CancellationError` when it was interrupted.
+    public func interruptible<T: Sendable>(
+        isolation: isolated (any Actor)? = #isolation,
+        _ body: @escaping @Sendable () async throws -> T
+    ) async throws -> T {
+        let result = Mutex<T?>(nil)
+        try await withTaskGroup(isolation: isolation) { group in
+            try group.startSoon {
+                let value = try await body()
+                result.withLock { $0 = value }
+            }
+        }
+        // The group ended without an error, so its only task returned a value.
+        guard let value = result.withLock({ $0 }) else { throw CancellationError() }
+        return value
+    }
+
+    /// `interruptible(isolation:_:)` on the current runtime.
+    public static func interruptible<T: Sendable>(
+        isolation: isolated (any Actor)? = #isolation,
+        _ body: @escaping @Sendable () async throws -> T
+    ) async throws -> T {
+        try await current.interruptible(isolation: isolation, body)
+    }
 }

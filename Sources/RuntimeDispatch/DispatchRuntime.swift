@@ -15,7 +15,7 @@ import Synchronization
 public enum DispatchRuntime {
     /// Tuning for one run.
     public struct Configuration: Sendable {
-        /// The size of ``Runtime/defaultBlockingLimiter`` (default 40, as in anyio).
+        /// The size of `Runtime.defaultBlockingLimiter` (default 40, as in anyio).
         public var blockingTokens = 40
         /// The label of the executor's queue.
         public var label = "anyruntime.dispatch"
@@ -79,7 +79,7 @@ public enum DispatchRuntime {
     }
 }
 
-/// The ``RuntimeBackend`` over a ``DispatchLoop``.
+/// The `RuntimeBackend` over a ``DispatchLoop``.
 final class DispatchBackend: RuntimeBackend {
     let loop: DispatchLoop
     private let polls: DispatchPollRegistry

@@ -24,7 +24,7 @@ import Glibc
 ///   time, and jumps only if none came;
 /// - otherwise it jumps at once to the earliest timer.
 ///
-/// It is written against the public ``RuntimeBackend`` contract only, like a third-party backend would be.
+/// It is written against the public `RuntimeBackend` contract only, like a third-party backend would be.
 public enum VirtualTimeRuntime {
     /// Tuning for one run.
     public struct Configuration: Sendable {
@@ -33,7 +33,7 @@ public enum VirtualTimeRuntime {
         public var ioQuietPeriod: Duration = .milliseconds(25)
         /// The virtual clock's reading at the start (default 1,000 s: arithmetic below zero stays valid).
         public var start = RuntimeInstant(nanoseconds: 1_000_000_000_000)
-        /// The size of ``Runtime/defaultBlockingLimiter``.
+        /// The size of `Runtime.defaultBlockingLimiter`.
         public var blockingTokens = 40
 
         public init() {}
@@ -88,7 +88,7 @@ public enum VirtualTimeRuntime {
     /// Moves the current virtual-time runtime's clock forward by `duration` and runs the timers that became
     /// due (trio's `MockClock.jump`).
     ///
-    /// - Throws: ``RuntimeError/Code/invalidArgument`` when the current runtime is not a virtual-time one.
+    /// - Throws: `RuntimeError.Code.invalidArgument` when the current runtime is not a virtual-time one.
     public static func jump(by duration: Duration) throws(RuntimeError) {
         guard let backend = try Runtime.current.backend as? VirtualTimeBackend else {
             throw RuntimeError(.invalidArgument, "VirtualTimeRuntime.jump needs a virtual-time runtime")
@@ -97,7 +97,7 @@ public enum VirtualTimeRuntime {
     }
 }
 
-/// The virtual-time ``RuntimeBackend``.
+/// The virtual-time `RuntimeBackend`.
 final class VirtualTimeBackend: RuntimeBackend, @unchecked Sendable {
     // @unchecked Sendable: `local`, `spare` and `stopRequested` are confined to the loop thread (the one
     // that called adoptCurrentThread / runs drive and close); everything else is a Mutex, an atomic, or

@@ -24,10 +24,10 @@ import Glibc
 public enum UVRuntime {
     /// Tuning for one run.
     public struct Configuration: Sendable {
-        /// The most threads for blocking work (default 64). ``Runtime/defaultBlockingLimiter`` bounds how
+        /// The most threads for blocking work (default 64). `Runtime.defaultBlockingLimiter` bounds how
         /// many closures use them at once.
         public var blockingThreads = 64
-        /// The size of ``Runtime/defaultBlockingLimiter`` (default 40, as in anyio).
+        /// The size of `Runtime.defaultBlockingLimiter` (default 40, as in anyio).
         public var blockingTokens = 40
         /// How many jobs run between two polls for IO (default 128).
         public var jobsBetweenPolls = 128
@@ -38,7 +38,7 @@ public enum UVRuntime {
     /// Runs `body` on a new libuv loop driven by the calling thread, and returns when it finished (anyio's
     /// `run`). For `main` and other synchronous code.
     ///
-    /// - Throws: what `body` throws; ``RuntimeError/Code/backendFailure`` when the loop could not be closed.
+    /// - Throws: what `body` throws; `RuntimeError.Code.backendFailure` when the loop could not be closed.
     /// - Warning: Blocks the calling thread. Do not call it from a task of another runtime.
     public static func run<T: Sendable>(
         configuration: Configuration = Configuration(),
@@ -71,7 +71,7 @@ public enum UVRuntime {
     /// The calling task runs `body` on the loop (it prefers the loop's executor) and comes back to its own
     /// executor afterwards. Cancelling the calling task cancels every runtime wait inside.
     ///
-    /// - Throws: what `body` throws; ``RuntimeError/Code/backendFailure`` when the loop could not start or close.
+    /// - Throws: what `body` throws; `RuntimeError.Code.backendFailure` when the loop could not start or close.
     public static func run<T>(
         configuration: Configuration = Configuration(),
         isolation: isolated (any Actor)? = #isolation,
@@ -91,7 +91,7 @@ public enum UVRuntime {
     }
 }
 
-/// The ``RuntimeBackend`` over a ``UVLoop``.
+/// The `RuntimeBackend` over a ``UVLoop``.
 final class UVBackend: RuntimeBackend {
     let loop: UVLoop
     private let pool: BlockingThreadPool

@@ -1,5 +1,6 @@
 import AnyRuntime
 import Runtime
+import RuntimeUV
 import RuntimeTesting
 import Synchronization
 import Testing
@@ -8,9 +9,18 @@ import Testing
 import Glibc
 #endif
 
-/// Runs `body` on a runtime of `backend` (the two real ones and virtual time).
+/// Runs `body` on a runtime of `backend` (the two real ones and virtual time). `ANYRUNTIME_BACKEND`
+/// (comma-separated, or `all`) narrows the list.
 enum TestBackend: String, CaseIterable, Sendable {
     case uv, dispatch, virtual
+
+    static var selected: [TestBackend] {
+        guard let raw = getenv(Backend.environmentVariable).map({ String(cString: $0) }), !raw.isEmpty,
+            raw != "all"
+        else { return allCases }
+        let names = raw.lowercased().split(separator: ",").map { $0 == "libuv" ? "uv" : String($0) }
+        return allCases.filter { names.contains($0.rawValue) }
+    }
 
     func run<T>(_ body: () async throws -> T) async throws -> T {
         switch self {
@@ -36,7 +46,7 @@ struct RuntimeTests {
         await #expect(throws: RuntimeError.self) { _ = try await moveOnAfter(.seconds(1)) { _ in 1 } }
     }
 
-    @Test("Runtime.current names the backend; the clock is monotonic", arguments: TestBackend.allCases)
+    @Test("Runtime.current names the backend; the clock is monotonic", arguments: TestBackend.selected)
     func currentAndClock(_ backend: TestBackend) async throws {
         try await backend.run {
             let runtime = try Runtime.current
@@ -49,7 +59,7 @@ struct RuntimeTests {
     }
 
     @Test("a Swift task cancelled inside a shield: runtime waits finish, the next checkpoint after it throws",
-          arguments: TestBackend.allCases)
+          arguments: TestBackend.selected)
     func swiftCancellationInsideShield(_ backend: TestBackend) async throws {
         try await backend.run {
             let finished = Flag()
@@ -71,7 +81,7 @@ struct RuntimeTests {
         }
     }
 
-    @Test("a task group started from a child task's group handle", arguments: TestBackend.allCases)
+    @Test("a task group started from a child task's group handle", arguments: TestBackend.selected)
     func childrenStartSiblings(_ backend: TestBackend) async throws {
         try await backend.run {
             let count = Counter()
@@ -90,7 +100,7 @@ struct RuntimeTests {
     }
 
     @Test("a channel's receiver is an AsyncSequence that ends when every sender is released",
-          arguments: TestBackend.allCases)
+          arguments: TestBackend.selected)
     func channelEndsWhenSendersAreReleased(_ backend: TestBackend) async throws {
         try await backend.run {
             var (send, receive) = makeMemoryChannel(of: Int.self, bufferSize: 4) as (MemorySendChannel<Int>?, MemoryReceiveChannel<Int>)
@@ -101,6 +111,28 @@ struct RuntimeTests {
             for try await value in receive { values.append(value) }
             #expect(values == [1, 2])
         }
+    }
+
+    @Test("a blocking closure still queued for a thread when its caller is cancelled never runs")
+    func queuedBlockingWorkIsWithdrawn() async throws {
+        var configuration = UVRuntime.Configuration()
+        configuration.blockingThreads = 1
+        let firstMayEnd = Flag()
+        let secondRan = Flag()
+        try await UVRuntime.run(configuration: configuration) {
+            let runtime = try Runtime.current
+            try await Runtime.withTaskGroup { group in
+                // Occupies the only thread.
+                try group.startSoon { try await runtime.runBlocking { while !firstMayEnd.isSet { usleep(200) } } }
+                try await Runtime.sleep(for: .milliseconds(5))
+                let result: Void? = try await moveOnAfter(.milliseconds(10)) { _ in
+                    try await runtime.runBlocking { secondRan.set() }  // queued behind the first
+                }
+                #expect(result == nil, "the queued call was not cancelled")
+                firstMayEnd.set()
+            }
+        }
+        #expect(!secondRan.isSet, "a withdrawn closure ran")
     }
 
     @Test("Backend names parse; unknown names are a typed error listing the choices")

@@ -21,6 +21,7 @@ public final class BlockingThreadPool: @unchecked Sendable {
     private var idle = 0
     private var inFlight = 0
     private var shuttingDown = false
+    private var shutDown = false
 
     /// The most threads the pool starts.
     public let maximumThreads: Int
@@ -50,22 +51,28 @@ public final class BlockingThreadPool: @unchecked Sendable {
     /// Threads alive.
     public var threadCount: Int { locked { threads.count } }
 
-    /// Runs `work` on a pool thread. After ``shutdown()`` began, it runs on the thread calling `shutdown`,
-    /// so that nothing submitted is lost.
+    /// Runs `work` on a pool thread. Nothing submitted is lost: while ``shutdown()`` runs, the job runs
+    /// before it returns; after it returned, the job gets a detached thread of its own.
     public func submit(_ work: @escaping @Sendable () -> Void) {
-        let spawn = locked { () -> Bool in
+        enum Spawn { case none, pooled, detached }
+        let spawn = locked { () -> Spawn in
             inFlight += 1
             queue.append(work)
+            if shutDown { return .detached }
             if idle > 0 {
                 pthread_cond_signal(wakeWorkers)
-                return false
+                return .none
             }
-            return !shuttingDown && threads.count < maximumThreads
+            return !shuttingDown && threads.count < maximumThreads ? .pooled : .none
         }
-        if spawn { startThread() }
+        switch spawn {
+        case .none: break
+        case .pooled: startThread(detached: false)
+        case .detached: startThread(detached: true)
+        }
     }
 
-    private func startThread() {
+    private func startThread(detached: Bool) {
         let context = Unmanaged.passRetained(self).toOpaque()
         var thread = pthread_t()
         let rc = pthread_create(&thread, nil, { context in
@@ -80,7 +87,11 @@ public final class BlockingThreadPool: @unchecked Sendable {
             Unmanaged<BlockingThreadPool>.fromOpaque(context).release()
             return
         }
-        locked { threads.append(thread) }
+        if detached {
+            pthread_detach(thread)  // it runs the queue empty and exits; nobody joins it
+        } else {
+            locked { threads.append(thread) }
+        }
     }
 
     private func workerLoop() {
@@ -114,6 +125,9 @@ public final class BlockingThreadPool: @unchecked Sendable {
             job()
             locked { inFlight -= 1 }
         }
-        locked { threads.removeAll() }
+        locked {
+            threads.removeAll()
+            shutDown = true
+        }
     }
 }

@@ -3,7 +3,7 @@ import Synchronization
 /// Bounds how many tasks use a resource at once (anyio's `CapacityLimiter`).
 ///
 /// Unlike a ``Semaphore`` its size can change while in use. Every ``Runtime`` has a default one of 40 tokens
-/// bounding ``Runtime/runBlocking(limiter:onCancel:_:)``.
+/// bounding `Runtime.runBlocking(limiter:onCancel:_:)`.
 ///
 /// Difference from anyio: tokens are not tied to the borrowing task, so one task may hold several.
 public final class CapacityLimiter: Sendable {

@@ -248,5 +248,48 @@ extension RuntimeConformance {
                 try check(scopeBox.withLock { $0 }?.cancelledCaught == true, "the cancelled scope did not catch")
             }
         },
+
+        ConformanceTest(
+            "g3.foreign-awaits",
+            "a scope does not interrupt a foreign await by itself; Runtime.interruptible makes its deadline do so"
+        ) { backend in
+            try await backend.run {
+                let runtime = try Runtime.current
+                // A foreign await: an AsyncStream that never yields ends only on Swift task cancellation.
+                let start = runtime.now
+                let interrupted: Int? = try await moveOnAfter(.milliseconds(20)) { _ in
+                    try await Runtime.interruptible { () async -> Int in
+                        let (stream, continuation) = AsyncStream.makeStream(of: Int.self)
+                        var count = 0
+                        for await _ in stream { count += 1 }
+                        continuation.finish()
+                        return count
+                    }
+                }
+                let took = elapsed(since: start, on: runtime)
+                try check(interrupted == nil, "the foreign await was not interrupted")
+                try check(took >= .milliseconds(20) && took < .seconds(10), "interrupted after \(took)")
+
+                // The value comes back when nothing cancels it.
+                let value = try await Runtime.interruptible { () async -> Int in 41 + 1 }
+                try check(value == 42, "interruptible returned \(value)")
+
+                // A plain scope only marks itself: the foreign await finishes, the next runtime wait throws.
+                let (stream, continuation) = AsyncStream.makeStream(of: Int.self)
+                let reachedCheckpoint = Flag()
+                let plain: Int? = try await withCancelScope { scope in
+                    scope.cancel()
+                    continuation.yield(1)
+                    continuation.finish()
+                    var received = 0
+                    for await value in stream { received += value }
+                    try check(received == 1, "the foreign await saw \(received)")
+                    reachedCheckpoint.set()
+                    try await Runtime.checkpoint()
+                    return received
+                }
+                try check(reachedCheckpoint.isSet && plain == nil, "the next runtime wait did not throw")
+            }
+        },
     ]
 }

@@ -18,7 +18,7 @@ public struct ConformanceBackend: Sendable, CustomStringConvertible {
 
     /// - Parameters:
     ///   - name: the name shown in test output.
-    ///   - run: starts a new runtime of the backend, runs `body` on it (with ``Runtime/current`` set), shuts
+    ///   - run: starts a new runtime of the backend, runs `body` on it (with `Runtime.current` set), shuts
     ///     the runtime down completely, and returns; it rethrows what `body` throws.
     public init(name: String, run: @escaping @Sendable (_ body: () async throws -> Void) async throws -> Void) {
         self.name = name
