@@ -23,6 +23,9 @@ fi
 echo "== architecture rules"
 scripts/check-rules.sh
 
+echo "== documentation"
+scripts/check-docs.sh
+
 echo "== tests"
 swift test --skip-build 2>&1 | tee "$log" | grep -vE '^◇ Test case passing|^◇ Test .* started|Executed 0 tests|^Test Suite .* (started|passed)'
 status=${PIPESTATUS[0]}

@@ -241,6 +241,7 @@ public final class CancelScope: Sendable {
 /// - Parameters:
 ///   - deadline: when the scope cancels itself, on the current runtime's clock.
 ///   - shield: hide enclosing cancellation from the runtime waits inside.
+///   - isolation: the caller's isolation, which the body inherits (leave the default).
 ///   - body: the code to run; it receives the scope, which it may hand to other tasks to cancel it.
 /// - Throws: whatever `body` throws, except the scope's own cancellation;
 ///   ``RuntimeError/Code/noRuntime`` outside a runtime.

@@ -39,7 +39,9 @@ public final class Runtime: Sendable {
 
     /// Wraps `backend`. Backends call this from their entry point, once per run.
     ///
-    /// - Parameter blockingTokens: the size of ``defaultBlockingLimiter``.
+    /// - Parameters:
+    ///   - backend: the backend of this run.
+    ///   - blockingTokens: the size of ``defaultBlockingLimiter``.
     public init(backend: any RuntimeBackend, blockingTokens: Int = 40) {
         self.backend = backend
         self.defaultBlockingLimiter = CapacityLimiter(totalTokens: max(1, blockingTokens))

@@ -11,6 +11,7 @@ import Synchronization
 /// ```
 ///
 /// - Parameters:
+///   - type: the element type, for call sites that cannot infer it.
 ///   - bufferSize: how many elements wait in the channel before ``MemorySendChannel/send(_:)`` blocks. 0 (the
 ///     default, as in anyio) makes every send wait for a receiver; `Int.max` never blocks.
 /// - Returns: the sending and the receiving end. Each end can be cloned; the channel ends for receivers when
