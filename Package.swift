@@ -15,14 +15,18 @@ let package = Package(
         .library(name: "RuntimeDispatch", targets: ["RuntimeDispatch"]),
         .library(name: "RuntimeTesting", targets: ["RuntimeTesting"]),
         .library(name: "AnyRuntime", targets: ["AnyRuntime"]),
+        .library(name: "SQLAsync", targets: ["SQLAsync"]),
         .executable(name: "anyruntime-demo", targets: ["RuntimeDemo"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-collections", from: "1.1.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
     ],
     targets: [
         // C libraries enter through thin system-library targets.
         .systemLibrary(name: "CLibUV", path: "Sources/CLibUV", providers: [.apt(["libuv1-dev"])]),
+        .systemLibrary(name: "CLibPQ", path: "Sources/CLibPQ", providers: [.apt(["libpq-dev"])]),
+        .systemLibrary(name: "CSQLite3", path: "Sources/CSQLite3", providers: [.apt(["libsqlite3-dev"])]),
 
         // The contract and everything built once on it. Imports nothing backend-specific.
         .target(
@@ -36,11 +40,23 @@ let package = Package(
         // Picks a backend by name (ANYRUNTIME_BACKEND=uv|dispatch) for applications, demos and tests.
         .target(name: "AnyRuntime", dependencies: ["Runtime", "RuntimeUV", "RuntimeDispatch"], swiftSettings: swiftSettings),
 
+        // The async SQL toolkit: imports Runtime and the C libraries, never a backend (scripts/check-rules.sh).
+        .target(
+            name: "SQLAsync",
+            dependencies: [
+                "Runtime", "CLibPQ", "CSQLite3",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "DequeModule", package: "swift-collections"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+
         .executableTarget(name: "RuntimeDemo", dependencies: ["AnyRuntime", "Runtime"], swiftSettings: swiftSettings),
 
         .testTarget(
             name: "RuntimeTests", dependencies: ["Runtime", "RuntimeTesting", "RuntimeUV", "AnyRuntime"],
             swiftSettings: swiftSettings),
+        .testTarget(name: "SQLAsyncTests", dependencies: ["SQLAsync"], swiftSettings: swiftSettings),
         .testTarget(
             name: "RuntimeConformanceTests",
             dependencies: ["Runtime", "RuntimeTesting", "RuntimeUV", "RuntimeDispatch", "AnyRuntime"],

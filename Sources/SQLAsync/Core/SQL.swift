@@ -1,0 +1,118 @@
+/// A statement whose string interpolations become bound parameters.
+///
+/// ```swift
+/// let name = "O'Brien; DROP TABLE users"
+/// let query: SQL = "SELECT id FROM users WHERE name = \(name) AND age > \(30)"
+/// // PostgreSQL: SELECT id FROM users WHERE name = $1 AND age > $2   — values bound, never spliced
+/// // SQLite:     SELECT id FROM users WHERE name = ? AND age > ?
+/// ```
+///
+/// Text that must be SQL (an identifier chosen at run time, say) goes in only through the explicitly unsafe
+/// ``unsafeRaw(_:)`` / `\(unsafeRaw: text)`; quote identifiers with ``identifier(_:)``.
+public struct SQL: Sendable, Hashable, ExpressibleByStringInterpolation, CustomStringConvertible {
+    enum Fragment: Sendable, Hashable {
+        case text(String)
+        case value(SQLValue)
+    }
+
+    private(set) var fragments: [Fragment] = []
+
+    public init(stringLiteral value: String) { fragments = value.isEmpty ? [] : [.text(value)] }
+
+    public init(stringInterpolation: StringInterpolation) { fragments = stringInterpolation.fragments }
+
+    init(fragments: [Fragment]) { self.fragments = fragments }
+
+    /// Raw SQL text, inserted as it is. Never pass user input here.
+    public static func unsafeRaw(_ text: String) -> SQL { SQL(fragments: [.text(text)]) }
+
+    /// A quoted identifier (table or column name): `"name"`, with embedded quotes doubled.
+    public static func identifier(_ name: String) -> SQL {
+        SQL(fragments: [.text("\"" + name.replacingAll("\"", with: "\"\"") + "\"")])
+    }
+
+    /// Appends `other`.
+    public mutating func append(_ other: SQL) { fragments.append(contentsOf: other.fragments) }
+
+    /// The bound values, in order.
+    public var values: [SQLValue] {
+        fragments.compactMap { if case .value(let value) = $0 { value } else { nil } }
+    }
+
+    /// The text with placeholders for `style`.
+    public func text(placeholders style: PlaceholderStyle) -> String {
+        var text = ""
+        var index = 0
+        for fragment in fragments {
+            switch fragment {
+            case .text(let part): text += part
+            case .value:
+                index += 1
+                switch style {
+                case .dollarNumbered: text += "$\(index)"
+                case .questionMark: text += "?"
+                }
+            }
+        }
+        return text
+    }
+
+    /// The SQL with `$n` placeholders: never the values.
+    public var description: String { text(placeholders: .dollarNumbered) }
+
+    /// How a dialect writes parameter placeholders.
+    public enum PlaceholderStyle: Sendable {
+        /// PostgreSQL: `$1`, `$2`, …
+        case dollarNumbered
+        /// SQLite: `?`
+        case questionMark
+    }
+
+    public struct StringInterpolation: StringInterpolationProtocol, Sendable {
+        var fragments: [Fragment] = []
+
+        public init(literalCapacity: Int, interpolationCount: Int) {
+            fragments.reserveCapacity(interpolationCount * 2 + 1)
+        }
+
+        public mutating func appendLiteral(_ literal: String) {
+            guard !literal.isEmpty else { return }
+            if case .text(let previous)? = fragments.last {
+                fragments[fragments.count - 1] = .text(previous + literal)
+            } else {
+                fragments.append(.text(literal))
+            }
+        }
+
+        /// A value: bound as a parameter.
+        public mutating func appendInterpolation(_ value: some SQLBindable) {
+            fragments.append(.value(value.sqlValue))
+        }
+
+        /// An optional value: bound as a parameter, `nil` as SQL NULL.
+        public mutating func appendInterpolation<Value: SQLBindable>(_ value: Value?) {
+            fragments.append(.value(value?.sqlValue ?? .null))
+        }
+
+        /// Another statement fragment, with its own bound values.
+        public mutating func appendInterpolation(_ sql: SQL) {
+            for fragment in sql.fragments {
+                if case .text(let text) = fragment { appendLiteral(text) } else { fragments.append(fragment) }
+            }
+        }
+
+        /// Raw SQL text. Never pass user input here.
+        public mutating func appendInterpolation(unsafeRaw text: String) { appendLiteral(text) }
+    }
+}
+
+extension String {
+    func replacingAll(_ target: Character, with replacement: String) -> String {
+        var result = ""
+        result.reserveCapacity(count)
+        for character in self {
+            if character == target { result += replacement } else { result.append(character) }
+        }
+        return result
+    }
+}

@@ -1,0 +1,67 @@
+/// An error from the SQL layer: a bad URL, a failed connection, a statement the database refused, a pool
+/// that timed out, a value that does not decode.
+///
+/// The SQL text is kept; bound values never appear in an error or its description, and neither does a
+/// password.
+public struct SQLError: Error, Sendable, CustomStringConvertible {
+    /// What kind of failure this is.
+    public struct Kind: Sendable, Hashable, CustomStringConvertible {
+        private let raw: String
+        private init(_ raw: String) { self.raw = raw }
+        public var description: String { raw }
+
+        /// The database URL is malformed or names an unsupported database.
+        public static let invalidURL = Kind("invalidURL")
+        /// Connecting failed, or the connection broke.
+        public static let connection = Kind("connection")
+        /// The statement is not valid SQL for this database.
+        public static let syntax = Kind("syntax")
+        /// A constraint (unique, foreign key, not null, check) was violated.
+        public static let constraint = Kind("constraint")
+        /// The transaction could not be serialized; retry it.
+        public static let serializationFailure = Kind("serializationFailure")
+        /// A deadlock was detected; retry the transaction.
+        public static let deadlock = Kind("deadlock")
+        /// A statement or lock timeout.
+        public static let timeout = Kind("timeout")
+        /// The query was cancelled.
+        public static let cancelled = Kind("cancelled")
+        /// No connection became free before the pool's checkout timeout.
+        public static let poolTimeout = Kind("poolTimeout")
+        /// A value did not decode to the requested type, or a NULL met a non-optional.
+        public static let decoding = Kind("decoding")
+        /// The API was misused (for example a result consumed twice).
+        public static let misuse = Kind("misuse")
+        /// Any other error the database reported.
+        public static let database = Kind("database")
+    }
+
+    /// What kind of failure this is.
+    public let kind: Kind
+    /// A sentence saying what happened.
+    public let message: String
+    /// The SQLSTATE code (PostgreSQL), when the server sent one.
+    public let sqlState: String?
+    /// The result code (SQLite), when there is one.
+    public let resultCode: Int32?
+    /// The SQL text of the statement, without its values.
+    public let sql: String?
+
+    public init(
+        _ kind: Kind, _ message: String, sqlState: String? = nil, resultCode: Int32? = nil, sql: String? = nil
+    ) {
+        self.kind = kind
+        self.message = message
+        self.sqlState = sqlState
+        self.resultCode = resultCode
+        self.sql = sql
+    }
+
+    public var description: String {
+        var text = "SQLError.\(kind): \(message)"
+        if let sqlState { text += " [SQLSTATE \(sqlState)]" }
+        if let resultCode { text += " [SQLite code \(resultCode)]" }
+        if let sql { text += " — SQL: \(sql)" }
+        return text
+    }
+}
