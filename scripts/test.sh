@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine: installs what is missing, builds with a warning check,
-# checks the architecture rules, runs every test on every backend.
+# checks the architecture rules and the docs, starts a throw-away PostgreSQL, runs every test on every
+# backend, and stops the server.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,7 +27,7 @@ scripts/check-rules.sh
 echo "== documentation"
 scripts/check-docs.sh
 
-echo "== tests"
-swift test --skip-build 2>&1 | tee "$log" | grep -vE '^◇ Test case passing|^◇ Test .* started|Executed 0 tests|^Test Suite .* (started|passed)'
+echo "== tests (with a throw-away PostgreSQL unless ANYRUNTIME_PG_URL names one)"
+scripts/with-postgres.sh swift test --skip-build 2>&1 | tee "$log" | grep -vE '^◇ Test case passing|^◇ Test .* started|Executed 0 tests|^Test Suite .* (started|passed)'
 status=${PIPESTATUS[0]}
 exit "$status"
