@@ -78,7 +78,12 @@ extension Runtime {
             defer { try? limiter.release() }
             return try await Runtime.parkCallingOnCancel(parker) { if !withdraw() { interrupt() } }
         case .abandon:
-            return try await Runtime.park(parker) {}
+            do {
+                return try await Runtime.park(parker) {}
+            } catch {
+                _ = gate.withdraw()  // still queued: it never starts (the worker returns the token)
+                throw error
+            }
         }
     }
 

@@ -40,11 +40,14 @@ extension Runtime {
     /// drained the data first); treat `EAGAIN` after a wake-up as "wait again".
     ///
     /// - Throws: `CancellationError` when cancelled (the registration is withdrawn and the fd can be waited
-    ///   on again at once); ``RuntimeError/Code/busy`` when another task waits on `fd` in one of these
+    ///   on again at once); ``RuntimeError/Code/invalidArgument`` for empty `events`; ``RuntimeError/Code/busy`` when another task waits on `fd` in one of these
     ///   directions; ``RuntimeError/Code/closed`` when the fd is forgotten meanwhile.
     /// - Warning: Call ``forget(fd:)`` before closing `fd`.
     @discardableResult
     public func wait(fd: Int32, for events: IOEvents) async throws -> IOEvents {
+        guard !events.isEmpty else {
+            throw RuntimeError(.invalidArgument, "wait(fd:for:) needs .read, .write or both; got no events")
+        }
         let parker = Parker<IOEvents>()
         var registration: (any BackendRegistration)?
         defer { registration?.cancel() }

@@ -173,9 +173,11 @@ extension Runtime {
                     firstFailure = !state.cancelRequested
                 }
                 var joiner: Parker<Void>?
-                if state.pending == 0 {
-                    joiner = state.joiner
+                if state.pending == 0, let waiting = state.joiner {
+                    // The body is waiting in join: the group ends now, so it refuses new tasks from here on.
+                    joiner = waiting
                     state.joiner = nil
+                    state.closed = true
                 }
                 return (firstFailure, joiner)
             }
@@ -186,13 +188,10 @@ extension Runtime {
 
         fileprivate func bodyFailed(_ error: any Error) {
             let firstFailure = state.withLock { state -> Bool in
-                if error is CancellationError {
-                    state.bodyCancelled = true
-                    return false
-                }
-                state.errors.append(error)
+                if error is CancellationError { state.bodyCancelled = true } else { state.errors.append(error) }
                 return !state.cancelRequested
             }
+            // As in trio, any exception leaving the body, cancellation included, cancels the children.
             if firstFailure { cancel() }
         }
 
@@ -236,8 +235,9 @@ extension Runtime {
                 state.closed = true
                 return (state.errors, state.bodyCancelled || state.joinCancelled)
             }
-            if errors.count == 1 { throw errors[0] }
-            if errors.count > 1 { throw ErrorGroup(errors: errors) }
+            // A recorded CancellationError (one no scope explains) must not be swallowed by the group's scope.
+            if errors.count == 1, !(errors[0] is CancellationError) { throw errors[0] }
+            if !errors.isEmpty { throw ErrorGroup(errors: errors) }
             if cancelled { throw CancellationError() }
         }
     }

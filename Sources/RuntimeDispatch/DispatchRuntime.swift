@@ -85,6 +85,9 @@ final class DispatchBackend: RuntimeBackend {
     private let polls: DispatchPollRegistry
     private let blockingInFlight = Atomic<Int>(0)
     private let blockingGroup = DispatchGroup()
+    /// Threads owned by the run: libdispatch's global pool grows slowly on Linux, and 40 blocking closures
+    /// that wait on one another must not queue behind each other.
+    private let pool = BlockingThreadPool(maximumThreads: 64)
     private let closedFlag = Atomic<Bool>(false)
 
     init(configuration: DispatchRuntime.Configuration) {
@@ -100,6 +103,10 @@ final class DispatchBackend: RuntimeBackend {
 
     func scheduleTimer(at deadline: RuntimeInstant, _ fire: @escaping @Sendable () -> Void) -> any BackendRegistration {
         let entry = TimerQueue.Entry(deadline: deadline, fire: fire)
+        guard !closedFlag.load(ordering: .acquiring) else {
+            fire()  // the run has ended: a task that outlived it is not left sleeping forever
+            return DispatchTimerRegistration(entry: entry, loop: loop)
+        }
         loop.insertTimer(entry)
         return DispatchTimerRegistration(entry: entry, loop: loop)
     }
@@ -109,6 +116,9 @@ final class DispatchBackend: RuntimeBackend {
         for events: IOEvents,
         _ ready: @escaping @Sendable (Result<IOEvents, RuntimeError>) -> Void
     ) throws(RuntimeError) -> any BackendRegistration {
+        guard !closedFlag.load(ordering: .acquiring) else {
+            throw RuntimeError(.closed, "the runtime has ended; this task outlived it")
+        }
         let watch = DispatchWatch(fd: fd, events: events, registry: polls, ready: ready)
         try polls.register(watch)
         return watch
@@ -118,9 +128,11 @@ final class DispatchBackend: RuntimeBackend {
 
     func runBlocking(_ work: @escaping @Sendable () -> Void) {
         blockingInFlight.add(1, ordering: .relaxed)
-        DispatchQueue.global().async(group: blockingGroup) { [self] in
+        blockingGroup.enter()
+        pool.submit { [self] in
             work()
             blockingInFlight.subtract(1, ordering: .relaxed)
+            blockingGroup.leave()
         }
     }
 
@@ -129,8 +141,8 @@ final class DispatchBackend: RuntimeBackend {
             pendingTimers: loop.pendingTimers,
             watchedDescriptors: polls.watchedDescriptors,
             blockingJobsInFlight: blockingInFlight.load(ordering: .relaxed),
-            // libdispatch's worker threads belong to libdispatch, not to the runtime.
-            ownedThreads: 0,
+            // libdispatch's own worker threads belong to libdispatch; the blocking pool's are ours.
+            ownedThreads: pool.threadCount,
             isClosed: closedFlag.load(ordering: .acquiring))
     }
 
@@ -138,8 +150,12 @@ final class DispatchBackend: RuntimeBackend {
     /// and waits for their cancel handlers.
     func close() async {
         let group = blockingGroup
+        let pool = self.pool
         await withUnsafeContinuation { (continuation: UnsafeContinuation<Void, Never>) in
-            group.notify(queue: loop.ioQueue) { continuation.resume() }
+            group.notify(queue: loop.ioQueue) {
+                pool.shutdown()  // every job has finished: this only joins idle threads
+                continuation.resume()
+            }
         }
         await polls.forgetAll()
         await loop.close()

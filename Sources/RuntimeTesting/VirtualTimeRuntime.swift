@@ -175,26 +175,33 @@ final class VirtualTimeBackend: RuntimeBackend, @unchecked Sendable {
             local.append(work)
             return
         }
-        let wasEmpty = shared.withLock { shared -> Bool? in
-            if shared.closed { return nil }
-            defer { shared.remote.append(work) }
-            return shared.remote.isEmpty
+        let accepted = shared.withLock { shared -> Bool in
+            if shared.closed { return false }
+            shared.remote.append(work)
+            if shared.remote.count == 1 { wakeLocked() }
+            return true
         }
-        switch wasEmpty {
-        case .some(true): wake()
-        case .some(false): break
-        case .none:
-            switch work {
-            case .job(let job): globalConcurrentExecutor.enqueue(ExecutorJob(job))
-            case .closure(let closure): closure()
-            }
+        if !accepted { Self.runAfterClose(work) }
+    }
+
+    /// Work for a backend that has closed (a task that outlived its run): jobs go to the global executor;
+    /// closures are the backend's own and only resume tasks, so they run here.
+    private static func runAfterClose(_ work: Work) {
+        switch work {
+        case .job(let job): globalConcurrentExecutor.enqueue(ExecutorJob(job))
+        case .closure(let closure): closure()
         }
     }
 
-    private func wake() {
+    /// Wakes the loop from poll(2). Takes the lock: close() closes the pipe under it.
+    private func wake() { shared.withLock { if !$0.closed { wakeLocked() } } }
+
+    private func wakeLocked() {
         var one: UInt8 = 1
         _ = write(wakeWriteFD, &one, 1)  // a full pipe (EAGAIN) already means "wake up"
     }
+
+    private var isClosed: Bool { closedFlag.load(ordering: .acquiring) }
 
     func stop() { submit(.closure { [self] in stopRequested = true }) }
 
@@ -202,6 +209,10 @@ final class VirtualTimeBackend: RuntimeBackend, @unchecked Sendable {
 
     func scheduleTimer(at deadline: RuntimeInstant, _ fire: @escaping @Sendable () -> Void) -> any BackendRegistration {
         let entry = TimerQueue.Entry(deadline: deadline, fire: fire)
+        guard !isClosed else {
+            fire()  // the run has ended: a task that outlived it is not left sleeping forever
+            return VirtualTimer(entry: entry, backend: self)
+        }
         timers.withLock { _ = $0.insert(entry) }
         if !isOnExecutor { wake() }
         return VirtualTimer(entry: entry, backend: self)
@@ -224,7 +235,14 @@ final class VirtualTimeBackend: RuntimeBackend, @unchecked Sendable {
 
     func jump(by duration: Duration) {
         let step = max(0, duration.saturatingNanoseconds)
-        _ = virtualNow.wrappingAdd(step, ordering: .acquiringAndReleasing)
+        var current = virtualNow.load(ordering: .acquiring)
+        while true {
+            let (sum, overflow) = current.addingReportingOverflow(step)
+            let (exchanged, original) = virtualNow.compareExchange(
+                expected: current, desired: overflow ? .max : sum, ordering: .acquiringAndReleasing)
+            if exchanged { break }
+            current = original
+        }
         submit(.closure { [self] in _ = fireDueTimers() })
     }
 
@@ -240,6 +258,7 @@ final class VirtualTimeBackend: RuntimeBackend, @unchecked Sendable {
         }
         let watch = VirtualWatch(fd: fd, events: events, backend: self, ready: ready)
         try shared.withLock { shared throws(RuntimeError) in
+            if shared.closed { throw RuntimeError(.closed, "the runtime has ended; this task outlived it") }
             if (events.contains(.read) && shared.readers[fd] != nil)
                 || (events.contains(.write) && shared.writers[fd] != nil)
             {
@@ -341,6 +360,7 @@ final class VirtualTimeBackend: RuntimeBackend, @unchecked Sendable {
             for (fd, events) in wanted { fds.append(pollfd(fd: fd, events: events, revents: 0)) }
         }
         let count = poll(&fds, nfds_t(fds.count), timeout)
+        if count < 0 { return errno == EINTR }  // interrupted: not a quiet period, so no autojump
         guard count > 0 else { return false }
         if fds[0].revents != 0 {
             var buffer = [UInt8](repeating: 0, count: 64)
@@ -392,21 +412,25 @@ final class VirtualTimeBackend: RuntimeBackend, @unchecked Sendable {
             if local.isEmpty { break }
             runBatch()
         }
-        let watches = shared.withLock { shared -> [VirtualWatch] in
+        // Closed, drained and the wake pipe shut in one critical section: later work goes to runAfterClose.
+        let (leftovers, watches) = shared.withLock { shared -> (Deque<Work>, [VirtualWatch]) in
             shared.closed = true
+            closedFlag.store(true, ordering: .releasing)
             defer {
+                shared.remote.removeAll()
                 shared.readers.removeAll()
                 shared.writers.removeAll()
+                Glibc.close(wakeFD)
+                Glibc.close(wakeWriteFD)
             }
-            return Array(shared.readers.values) + Array(shared.writers.values)
+            return (shared.remote, Array(shared.readers.values) + Array(shared.writers.values))
         }
+        for work in leftovers { Self.runAfterClose(work) }
         let closed = RuntimeError(.closed, "the runtime ended while a task waited on fd readiness")
         for watch in watches { watch.finish(.failure(closed)) }
-        _ = timers.withLock { $0.removeAll() }
-        Glibc.close(wakeFD)
-        Glibc.close(wakeWriteFD)
+        // A task that outlived the run: its sleeps end now instead of never.
+        for entry in timers.withLock({ $0.removeAll() }) where !entry.isCancelled { entry.fire() }
         hasThread.store(false, ordering: .releasing)
-        closedFlag.store(true, ordering: .releasing)
     }
 
     // MARK: Own thread

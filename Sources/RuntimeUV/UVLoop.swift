@@ -21,7 +21,8 @@ final class UVLoop: @unchecked Sendable {
         // @unchecked: UnownedJob is Sendable; the closure is @Sendable. (The enum is spelled out only because
         // the checker cannot see through `UnownedJob` inside an indirect payload on this toolchain.)
         case job(UnownedJob)
-        case closure(@Sendable () -> Void)
+        /// Loop-thread-only work, and what to do instead if the loop has closed before it could run.
+        case closure(@Sendable () -> Void, ifClosed: (@Sendable () -> Void)?)
     }
 
     let loop: UnsafeMutablePointer<uv_loop_t>
@@ -94,36 +95,39 @@ final class UVLoop: @unchecked Sendable {
             if insideUVRun { uv_stop(loop) }
             return
         }
-        let wasEmpty = remote.withLock { queue -> Bool? in
-            if closedFlag.load(ordering: .acquiring) { return nil }
-            let wasEmpty = queue.isEmpty
+        let accepted = remote.withLock { queue -> Bool in
+            if closedFlag.load(ordering: .acquiring) { return false }
             queue.append(work)
-            return wasEmpty
+            // Sent under the lock: close() frees the async handle only after taking this lock.
+            if queue.count == 1 { uv_async_send(wakeup) }
+            return true
         }
-        switch wasEmpty {
-        case .some(true): uv_async_send(wakeup)
-        case .some(false): break
-        case .none: Self.runAfterClose(work)
-        }
+        if !accepted { Self.runAfterClose(work) }
     }
 
-    /// Work that arrives after the loop closed (a task that outlived its runtime) continues on Swift's global
-    /// executor, so that nothing is lost.
+    /// Work that arrives after the loop closed (a task that outlived its runtime): jobs continue on Swift's
+    /// global executor, loop-only closures run their closed fallback. Nothing is lost and nothing touches the
+    /// closed loop.
     private static func runAfterClose(_ work: Work) {
         switch work {
         case .job(let job): globalConcurrentExecutor.enqueue(ExecutorJob(job))
-        case .closure(let closure): closure()
+        case .closure(_, let ifClosed): ifClosed?()
         }
     }
 
-    /// Runs `body` on the loop thread: inline when already there, else queued.
-    func execute(_ body: @escaping @Sendable () -> Void) {
-        if isOnLoopThread { body() } else { submit(.closure(body)) }
+    /// Runs `body` on the loop thread: inline when already there, else queued; `ifClosed` instead once the
+    /// loop has closed.
+    func execute(_ body: @escaping @Sendable () -> Void, ifClosed: (@Sendable () -> Void)? = nil) {
+        if isOnLoopThread && !isClosed {
+            body()
+        } else {
+            submit(.closure(body, ifClosed: ifClosed))
+        }
     }
 
     /// Asks ``drive()`` to return once the queued work has run. Safe from any thread.
     func stop() {
-        submit(.closure { [self] in stopRequested = true })
+        submit(.closure({ [self] in stopRequested = true }, ifClosed: nil))
     }
 
     // MARK: Driving
@@ -161,7 +165,7 @@ final class UVLoop: @unchecked Sendable {
         for work in batch {
             switch work {
             case .job(let job): job.runSynchronously(on: executor)
-            case .closure(let closure): closure()
+            case .closure(let closure, _): closure()
             }
         }
         let count = batch.count
@@ -216,11 +220,20 @@ final class UVLoop: @unchecked Sendable {
         drainBlockingWork()
         takeRemoteWork()
         while !local.isEmpty { _ = runBatch(); takeRemoteWork() }
-        // From here on, work from other threads goes to the global executor.
-        remote.withLock { _ in closedFlag.store(true, ordering: .releasing) }
+        // Closed and drained in one critical section: later work goes through runAfterClose, and nothing
+        // is left stranded in `remote`.
+        let leftovers = remote.withLock { queue -> [Work] in
+            closedFlag.store(true, ordering: .releasing)
+            defer { queue = [] }
+            return queue
+        }
+        for work in leftovers + local { Self.runAfterClose(work) }
+        local = []
         for fd in polls.indices where polls[fd] != nil { forgetOnLoop(fd: Int32(fd)) }
+        // A task that outlived the run: its sleeps end now instead of never.
         let abandoned = timers.removeAll()
         pendingTimerCount.subtract(abandoned.count, ordering: .relaxed)
+        for entry in abandoned where !entry.isCancelled { entry.fire() }
         uv_timer_stop(timerHandle)
         uv_close(UnsafeMutableRawPointer(timerHandle).assumingMemoryBound(to: uv_handle_t.self), nil)
         uv_close(UnsafeMutableRawPointer(wakeup).assumingMemoryBound(to: uv_handle_t.self), nil)

@@ -2,6 +2,10 @@ import CLibUV
 import Runtime
 import Synchronization
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// One watcher of one fd in one or both directions: what ``UVLoop`` keeps in a poll slot.
 final class UVWatch: BackendRegistration, @unchecked Sendable {
     // @unchecked Sendable: `ready` is called at most once, on the loop thread, guarded by `finished`
@@ -32,7 +36,7 @@ final class UVWatch: BackendRegistration, @unchecked Sendable {
     func cancel() {
         if cancelled.exchange(true, ordering: .acquiringAndReleasing) { return }
         let loop = self.loop
-        loop.execute { [self] in loop.unregister(self) }
+        loop.execute({ [self] in loop.unregister(self) }, ifClosed: nil)
     }
 }
 
@@ -89,6 +93,10 @@ extension UVLoop {
     }
 
     private func pollEntry(for fd: Int32) throws(RuntimeError) -> UVPoll {
+        // Validate before growing the fd-indexed table: a closed or absurd fd is an error, not an allocation.
+        guard fcntl(fd, F_GETFD) != -1 else {
+            throw RuntimeError(.badDescriptor, "fd \(fd) is not an open file descriptor")
+        }
         let index = Int(fd)
         if index >= polls.count { polls.append(contentsOf: repeatElement(nil, count: index - polls.count + 1)) }
         if let poll = polls[index] { return poll }

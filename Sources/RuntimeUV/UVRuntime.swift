@@ -113,7 +113,8 @@ final class UVBackend: RuntimeBackend {
     func scheduleTimer(at deadline: RuntimeInstant, _ fire: @escaping @Sendable () -> Void) -> any BackendRegistration {
         let entry = TimerQueue.Entry(deadline: deadline, fire: fire)
         let loop = self.loop
-        loop.execute { loop.insertTimer(entry) }
+        // After the run ended (a task that outlived it), the timer fires at once rather than never.
+        loop.execute({ loop.insertTimer(entry) }, ifClosed: { if !entry.isCancelled { entry.fire() } })
         return UVTimerRegistration(entry: entry, loop: loop)
     }
 
@@ -123,34 +124,39 @@ final class UVBackend: RuntimeBackend {
         _ ready: @escaping @Sendable (Result<IOEvents, RuntimeError>) -> Void
     ) throws(RuntimeError) -> any BackendRegistration {
         let watch = UVWatch(fd: fd, events: events, loop: loop, ready: ready)
+        guard !loop.isClosed else { throw Self.closedError }
         if loop.isOnLoopThread {
             try loop.register(watch)
         } else {
             // Off the loop thread the registration is queued; a refusal reaches the waiter through `ready`.
             let loop = self.loop
-            loop.submit(.closure {
+            loop.submit(.closure({
                 do throws(RuntimeError) {
                     try loop.register(watch)
                 } catch {
                     watch.finish(.failure(error))
                 }
-            })
+            }, ifClosed: { watch.finish(.failure(Self.closedError)) }))
         }
         return watch
     }
 
     func forget(fd: Int32) async {
-        if loop.isOnLoopThread {
+        if loop.isOnLoopThread && !loop.isClosed {
             loop.forgetOnLoop(fd: fd)
             return
         }
         let loop = self.loop
         await withUnsafeContinuation { (continuation: UnsafeContinuation<Void, Never>) in
-            loop.submit(.closure {
+            loop.submit(.closure({
                 loop.forgetOnLoop(fd: fd)
                 continuation.resume()
-            })
+            }, ifClosed: { continuation.resume() }))  // closed: every registration is gone already
         }
+    }
+
+    static var closedError: RuntimeError {
+        RuntimeError(.closed, "the runtime has ended; this task outlived it")
     }
 
     func runBlocking(_ work: @escaping @Sendable () -> Void) { pool.submit(work) }
@@ -256,6 +262,6 @@ struct UVTimerRegistration: BackendRegistration {
     func cancel() {
         entry.markCancelled()
         let (entry, loop) = (self.entry, self.loop)
-        loop.execute { loop.removeTimer(entry) }
+        loop.execute({ loop.removeTimer(entry) }, ifClosed: nil)
     }
 }

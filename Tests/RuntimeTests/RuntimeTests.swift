@@ -129,6 +129,10 @@ struct RuntimeTests {
                     try await runtime.runBlocking { secondRan.set() }  // queued behind the first
                 }
                 #expect(result == nil, "the queued call was not cancelled")
+                let abandoned: Void? = try await moveOnAfter(.milliseconds(10)) { _ in
+                    try await runtime.runBlocking(onCancel: .abandon) { secondRan.set() }
+                }
+                #expect(abandoned == nil, "the queued abandoned call was not cancelled")
                 firstMayEnd.set()
             }
         }

@@ -1,6 +1,10 @@
 import Runtime
 import Testing
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 @Suite("TimerQueue and BlockingThreadPool")
 struct TimerQueueTests {
     @Test("pops due entries in deadline order and removes arbitrary entries in O(log n)")
@@ -41,6 +45,23 @@ struct TimerQueueTests {
         #expect(due == [10])
         let next = queue.nextDeadline
         #expect(next == RuntimeInstant(nanoseconds: 100))
+    }
+
+    @Test("a burst of jobs gets threads of its own, even when a worker is idle (a job may wait for the next)")
+    func burstDoesNotShareAnIdleThread() {
+        let pool = BlockingThreadPool(maximumThreads: 4)
+        let warm = Counter()
+        pool.submit { warm.increment() }
+        while pool.jobsInFlight > 0 { usleep(100) }  // one idle worker now
+        let secondRan = Flag()
+        let firstDone = Flag()
+        pool.submit {
+            for _ in 0..<5_000 where !secondRan.isSet { usleep(1_000) }  // waits up to 5 s for the next job
+            firstDone.set()
+        }
+        pool.submit { secondRan.set() }
+        pool.shutdown()
+        #expect(secondRan.isSet && firstDone.isSet)
     }
 
     @Test("the pool bounds its threads, runs every job and joins its threads on shutdown")

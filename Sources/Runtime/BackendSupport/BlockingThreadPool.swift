@@ -18,6 +18,7 @@ public final class BlockingThreadPool: @unchecked Sendable {
     private let wakeWorkers = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)
     private var queue = Deque<@Sendable () -> Void>()
     private var threads: [pthread_t] = []
+    private var starting = 0  // threads reserved under the lock, not yet in `threads`
     private var idle = 0
     private var inFlight = 0
     private var shuttingDown = false
@@ -59,11 +60,13 @@ public final class BlockingThreadPool: @unchecked Sendable {
             inFlight += 1
             queue.append(work)
             if shutDown { return .detached }
-            if idle > 0 {
-                pthread_cond_signal(wakeWorkers)
-                return .none
-            }
-            return !shuttingDown && threads.count < maximumThreads ? .pooled : .none
+            if idle > 0 { pthread_cond_signal(wakeWorkers) }
+            // An idle worker takes one queued job; start a thread for each job beyond them. (`idle` drops only
+            // when a woken worker runs, so counting queued jobs against it is what keeps a burst from
+            // sharing one thread.)
+            guard queue.count > idle, !shuttingDown, threads.count + starting < maximumThreads else { return .none }
+            starting += 1
+            return .pooled
         }
         switch spawn {
         case .none: break
@@ -85,12 +88,16 @@ public final class BlockingThreadPool: @unchecked Sendable {
         guard rc == 0 else {
             // No new thread: the job waits for a running thread, or for shutdown(), which runs leftovers.
             Unmanaged<BlockingThreadPool>.fromOpaque(context).release()
+            if !detached { locked { starting -= 1 } }
             return
         }
         if detached {
             pthread_detach(thread)  // it runs the queue empty and exits; nobody joins it
         } else {
-            locked { threads.append(thread) }
+            locked {
+                starting -= 1
+                threads.append(thread)
+            }
         }
     }
 
@@ -120,14 +127,18 @@ public final class BlockingThreadPool: @unchecked Sendable {
             return threads
         }
         for thread in running { pthread_join(thread, nil) }
-        // Jobs submitted after the threads left run here.
-        while let job = locked({ queue.popFirst() }) {
+        // Jobs submitted after the threads left run here; the queue is found empty and the pool marked shut
+        // down in one critical section, so a job submitted meanwhile is either run here or gets its own thread.
+        while true {
+            let job = locked { () -> (@Sendable () -> Void)? in
+                if let job = queue.popFirst() { return job }
+                threads.removeAll()
+                shutDown = true
+                return nil
+            }
+            guard let job else { return }
             job()
             locked { inFlight -= 1 }
-        }
-        locked {
-            threads.removeAll()
-            shutDown = true
         }
     }
 }

@@ -45,6 +45,9 @@ final class MemoryChannelCore<Element: Sendable>: Sendable {
     static var endOfStream: RuntimeError {
         RuntimeError(.endOfStream, "every send end of the channel is closed and its buffer is empty")
     }
+    static var closedWhileWaiting: RuntimeError {
+        RuntimeError(.closedResource, "the channel's receive end was closed while this receive waited")
+    }
     static var broken: RuntimeError {
         RuntimeError(.brokenResource, "every receive end of the channel is closed")
     }
@@ -160,7 +163,7 @@ public final class MemoryReceiveChannel<Element: Sendable>: Sendable, AsyncSeque
     /// When cancelled, no element is lost: one handed over before the cancellation is returned instead.
     ///
     /// - Throws: ``RuntimeError/Code/endOfStream`` when every sender is closed and the buffer is empty;
-    ///   ``RuntimeError/Code/closedResource`` when this end is closed; `CancellationError`.
+    ///   ``RuntimeError/Code/closedResource`` when this end is closed (also while waiting); `CancellationError`.
     public func receive() async throws -> Element {
         try CancelScope.checkCancelled(CancelScope.current)
         if let element = try receiveNowOrNil() { return element }
@@ -168,6 +171,10 @@ public final class MemoryReceiveChannel<Element: Sendable>: Sendable, AsyncSeque
         do {
             return try await Runtime.park(parker) {
                 let element = try core.state.withLock { state throws(RuntimeError) -> Element? in
+                    // Closed by another task since the fast path: refuse instead of waiting forever.
+                    guard state.openReceivers > 0, !closed.load(ordering: .acquiring) else {
+                        throw RuntimeError(.closedResource, "receive on a closed receive end of a channel")
+                    }
                     if let element = try Self.take(&state, bufferSize: core.bufferSize) { return element }
                     state.waitingReceivers.append(parker)
                     return nil
@@ -175,7 +182,7 @@ public final class MemoryReceiveChannel<Element: Sendable>: Sendable, AsyncSeque
                 if let element { parker.resume(returning: element) }
             }
         } catch {
-            core.state.withLock { $0.waitingReceivers.remove(parker) }
+            _ = core.state.withLock { $0.waitingReceivers.remove(parker) }
             throw error
         }
     }
@@ -236,15 +243,19 @@ public final class MemoryReceiveChannel<Element: Sendable>: Sendable, AsyncSeque
     /// ``RuntimeError/Code/brokenResource`` and buffered elements are dropped. Idempotent.
     public func close() {
         if closed.exchange(true, ordering: .acquiringAndReleasing) { return }
-        core.state.withLock { state in
+        // Elements leave the lock before they are released: one may hold the last reference to an end of this
+        // same channel, whose deinit closes it and takes the lock again.
+        let dropped = core.state.withLock { state -> (Deque<Element>, Deque<MemoryChannelCore<Element>.WaitingSender>) in
             state.openReceivers -= 1
-            if state.openReceivers == 0 {
-                state.buffer.removeAll()
-                while let sender = state.waitingSenders.popFirst() {
-                    sender.parker.resume(throwing: MemoryChannelCore<Element>.broken)
-                }
-            }
+            guard state.openReceivers == 0 else { return ([], []) }
+            let dropped = (state.buffer, state.waitingSenders)
+            state.buffer = []
+            state.waitingSenders = []
+            // Receivers blocked on another (already closed) receive end can never be served now.
+            state.waitingReceivers.resumeAll(.failure(MemoryChannelCore<Element>.closedWhileWaiting))
+            return dropped
         }
+        for sender in dropped.1 { sender.parker.resume(throwing: MemoryChannelCore<Element>.broken) }
     }
 
     // MARK: AsyncSequence

@@ -27,13 +27,18 @@ public final class CapacityLimiter: Sendable {
         set {
             let newTotal = max(1, newValue)
             state.withLock { state in
-                let delta = newTotal - state.total
+                var delta = newTotal - state.total
                 state.total = newTotal
-                if delta > 0 {
-                    for _ in 0..<delta { state.pool.give() }
-                } else {
+                if delta <= 0 {
                     state.pool.available += delta  // may go negative: returned tokens pay the debt first
+                    return
                 }
+                // New tokens pay any debt first, then go to waiters one each, then to the free count.
+                let debt = min(delta, max(0, -state.pool.available))
+                state.pool.available += debt
+                delta -= debt
+                while delta > 0, state.pool.waiters.resumeFirst(.success(())) { delta -= 1 }
+                state.pool.available += delta
             }
         }
     }
@@ -50,7 +55,7 @@ public final class CapacityLimiter: Sendable {
     public func acquire() async throws {
         try await PermitPool.acquire(
             take: { parker in state.withLock { $0.pool.takeOrEnqueue(parker) } },
-            remove: { parker in state.withLock { $0.pool.waiters.remove(parker) } })
+            remove: { parker in _ = state.withLock { $0.pool.waiters.remove(parker) } })
     }
 
     /// Takes a token if one is free; returns whether it did.

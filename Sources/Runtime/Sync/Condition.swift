@@ -30,6 +30,7 @@ public final class Condition: Sendable {
         guard lock.isLocked else {
             throw RuntimeError(.notHeld, "Condition.wait() needs the condition's lock to be held")
         }
+        try CancelScope.checkCancelled(CancelScope.current)
         let parker = Parker<Void>()
         waiters.withLock { $0.append(parker) }
         try lock.release()
@@ -37,7 +38,9 @@ public final class Condition: Sendable {
         do {
             try await Runtime.park(parker) {}
         } catch {
-            waiters.withLock { $0.remove(parker) }
+            // Not queued any more: a notify took this waiter. If its hand-off won before the cancellation was
+            // seen, pass the notification on so that it is not lost (a spurious wake-up at worst).
+            if !waiters.withLock({ $0.remove(parker) }) { notify(1) }
             failure = error
         }
         await lock.acquireUninterruptibly()

@@ -36,7 +36,7 @@ public final class Lock: Sendable {
             }
         } catch {
             // A hand-off and a cancellation cannot both win: the parker resumes once.
-            state.withLock { $0.waiters.remove(parker) }
+            _ = state.withLock { $0.waiters.remove(parker) }
             throw error
         }
     }

@@ -30,7 +30,7 @@ public final class Semaphore: Sendable {
     public func acquire() async throws {
         try await PermitPool.acquire(
             take: { parker in pool.withLock { $0.takeOrEnqueue(parker) } },
-            remove: { parker in pool.withLock { $0.waiters.remove(parker) } })
+            remove: { parker in _ = pool.withLock { $0.waiters.remove(parker) } })
     }
 
     /// Takes a permit if one is free; returns whether it did.
@@ -41,10 +41,11 @@ public final class Semaphore: Sendable {
     /// - Throws: ``RuntimeError/Code/invalidArgument`` when the value would exceed ``maxValue``.
     public func release() throws(RuntimeError) {
         try pool.withLock { pool throws(RuntimeError) in
-            if let maxValue, pool.waiters.isEmpty, pool.available >= maxValue {
+            if pool.waiters.resumeFirst(.success(())) { return }  // handed to a waiter still waiting
+            if let maxValue, pool.available >= maxValue {
                 throw RuntimeError(.invalidArgument, "Semaphore.release() would exceed maxValue \(maxValue)")
             }
-            pool.give()
+            pool.available += 1
         }
     }
 

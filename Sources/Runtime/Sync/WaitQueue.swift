@@ -23,8 +23,11 @@ struct WaitQueue<Value: Sendable>: Sendable {
         while let parker = waiters.popFirst() { parker.resume(result) }
     }
 
-    /// Removes `parker` (after it was cancelled).
-    mutating func remove(_ parker: Parker<Value>) {
-        if let index = waiters.firstIndex(where: { $0 === parker }) { waiters.remove(at: index) }
+    /// Removes `parker` (after it was cancelled); returns whether it was still queued.
+    @discardableResult
+    mutating func remove(_ parker: Parker<Value>) -> Bool {
+        guard let index = waiters.firstIndex(where: { $0 === parker }) else { return false }
+        waiters.remove(at: index)
+        return true
     }
 }

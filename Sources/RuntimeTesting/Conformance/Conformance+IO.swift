@@ -83,6 +83,20 @@ extension RuntimeConformance {
                 try check(pair.receive(on: pair.left) == 9, "read the wrong byte after forget")
                 await pair.close(on: runtime)
 
+                // Bad arguments are typed errors, not hangs or huge allocations.
+                do {
+                    try await runtime.wait(fd: 2_000_000_000, for: .read)
+                    throw fail("an absurd fd was accepted")
+                } catch let error as RuntimeError {
+                    try check(error.code == .badDescriptor, "an absurd fd gave \(error)")
+                }
+                do {
+                    try await runtime.wait(fd: pair.right, for: [])
+                    throw fail("a wait for no events was accepted")
+                } catch let error as RuntimeError {
+                    try check(error.code == .invalidArgument, "empty events gave \(error)")
+                }
+
                 // A closed fd is refused, not waited on forever.
                 do {
                     try await runtime.wait(fd: pair.left, for: .read)

@@ -48,6 +48,28 @@ extension RuntimeConformance {
         },
 
         ConformanceTest(
+            "k2.after-the-run",
+            "a task that outlives its run is not stranded: sleeps end at once, waits fail with closed, forget returns"
+        ) { backend in
+            let captured = Mutex<Runtime?>(nil)
+            try await backend.run { captured.withLock { $0 = try? Runtime.current } }
+            guard let runtime = captured.withLock({ $0 }) else { throw fail("the body did not run") }
+            try await runtime.sleep(for: .seconds(3600))  // returns: the run has ended
+            let pair = try SocketPair()
+            do {
+                try await runtime.wait(fd: pair.left, for: .read)
+                throw fail("a readiness wait after the run did not fail")
+            } catch let error as RuntimeError {
+                try check(error.code == .closed, "a wait after the run gave \(error)")
+            }
+            await runtime.forget(fd: pair.left)
+            let value = try await runtime.runBlocking { 7 }
+            try check(value == 7, "blocking work after the run returned \(value)")
+            _ = Glibc.close(pair.left)
+            _ = Glibc.close(pair.right)
+        },
+
+        ConformanceTest(
             "l.many-sleepers",
             "10,000 tasks sleeping pseudo-random deadlines all wake, each in order, none early"
         ) { backend in

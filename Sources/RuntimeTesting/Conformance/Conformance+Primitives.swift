@@ -69,6 +69,27 @@ extension RuntimeConformance {
                     limiter.totalTokens = 3
                 }
                 try check(limiter.borrowedTokens == 3, "raising totalTokens did not wake the waiter")
+
+                // Lowering below what is borrowed is a debt that new tokens pay before any waiter gets one.
+                let debtor = CapacityLimiter(totalTokens: 2)
+                try await debtor.acquire()
+                try await debtor.acquire()
+                debtor.totalTokens = 1
+                let woke = Flag()
+                try await Runtime.withTaskGroup { group in
+                    try group.startSoon {
+                        try await debtor.acquire()
+                        woke.set()
+                    }
+                    try await Runtime.sleep(for: .milliseconds(2))
+                    debtor.totalTokens = 2
+                    try await Runtime.sleep(for: .milliseconds(2))
+                    try check(!woke.isSet, "a waiter got a token while 2 of 2 were borrowed")
+                    try debtor.release()
+                }
+                try check(woke.isSet && debtor.borrowedTokens == 2, "the waiter did not get the returned token")
+                debtor.totalTokens = Int.max  // "unbounded": must not loop per token
+                try check(debtor.availableTokens == Int.max - 2, "availableTokens is \(debtor.availableTokens)")
             }
         },
 
@@ -174,6 +195,28 @@ extension RuntimeConformance {
                 }
                 send2.close()
                 receive2.close()
+
+                // Closing the receive end wakes a task blocked on it.
+                let (send3, receive3) = makeMemoryChannel(of: Int.self)
+                let receiveCodes = Recorder<RuntimeError.Code>()
+                try await Runtime.withTaskGroup { group in
+                    try group.startSoon {
+                        do { _ = try await receive3.receive() } catch let error as RuntimeError {
+                            receiveCodes.append(error.code)
+                        }
+                    }
+                    try await Runtime.sleep(for: .milliseconds(2))
+                    receive3.close()
+                }
+                try check(receiveCodes.values == [.closedResource], "a blocked receiver got \(receiveCodes.values)")
+                send3.close()
+
+                // An element holding an end of its own channel: dropping it on close must not deadlock.
+                let (send4, receive4) = makeMemoryChannel(of: MemorySendChannel<Int>.self, bufferSize: 1)
+                let (inner, _) = makeMemoryChannel(of: Int.self)
+                try send4.sendNowait(inner)
+                receive4.close()
+                send4.close()
             }
         },
 

@@ -101,6 +101,14 @@ extension RuntimeConformance {
                     let ids = group.errors.compactMap { ($0 as? Boom)?.id }.sorted()
                     try check(ids == [1, 2], "expected Boom 1 and 2 in the ErrorGroup, got \(group.errors)")
                 }
+
+                // A CancellationError that no cancellation explains is a failure, not swallowed.
+                do {
+                    try await Runtime.withTaskGroup { group in try group.startSoon { throw CancellationError() } }
+                    throw fail("a child's unexplained CancellationError was swallowed")
+                } catch let group as ErrorGroup {
+                    try check(group.errors.count == 1 && group.errors[0] is CancellationError, "got \(group.errors)")
+                }
             }
         },
 
