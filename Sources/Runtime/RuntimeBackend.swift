@@ -25,6 +25,10 @@
 ///   releases every OS registration of it, and returns only when the fd may be closed.
 /// - **Executor.** Tasks of this runtime prefer ``executor`` (SE-0417), so structured children,
 ///   `async let`, nonisolated async functions and default actors run on it too.
+/// - **After the run.** A task can outlive its run (an unstructured `Task` holding the runtime). Once the
+///   backend has shut down, new timers fire at once, new watches fail with ``RuntimeError/Code/closed``,
+///   `forget` returns at once, and blocking work still runs; jobs sent to the executor continue on Swift's
+///   global executor. Nothing hangs and nothing touches released resources.
 ///
 /// The conformance suite in `RuntimeTesting` checks all of this; a third backend passes it and needs
 /// nothing else. See the "Writing a backend" article.
