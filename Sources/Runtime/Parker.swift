@@ -56,6 +56,15 @@ final class Parker<Value: Sendable>: Sendable, CancellationWaker {
         }
     }
 
+    /// Marks the wait as given up by its waiter (it stopped waiting before a result came): later
+    /// ``resume(_:)`` calls return `false`. Call only after the waiter left `wait()` or never entered it.
+    func abandon() {
+        state.withLock { state in
+            if case .waiting = state { return }  // not possible after the waiter left; keep it exact anyway
+            state = .done
+        }
+    }
+
     @discardableResult func resume(returning value: Value) -> Bool { resume(.success(value)) }
     @discardableResult func resume(throwing error: any Error) -> Bool { resume(.failure(error)) }
 

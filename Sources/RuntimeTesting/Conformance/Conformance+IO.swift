@@ -229,6 +229,63 @@ extension RuntimeConformance {
                 try check(abandonedFinished.isSet, "the abandoned closure's token came back before it ended")
                 try abandonLimiter.release()
             }
-        }
+        },
+        ConformanceTest(
+            "i2.completion",
+            "withCompletion waits for a result from another thread, under each cancellation policy"
+        ) { backend in
+            try await backend.run {
+                let runtime = try Runtime.current
+                @Sendable func later(_ body: @escaping @Sendable () -> Void) {
+                    runtime.backend.runBlocking {
+                        usleep(2_000)
+                        body()
+                    }
+                }
+                let value: Int = try await Runtime.withCompletion { completion in
+                    later { completion.resume(returning: 5) }
+                }
+                try check(value == 5, "withCompletion returned \(value)")
+                do {
+                    let _: Int = try await Runtime.withCompletion { completion in
+                        later { completion.resume(throwing: Boom(id: 4)) }
+                    }
+                    throw fail("withCompletion did not throw the delivered error")
+                } catch let error as Boom {
+                    try check(error.id == 4, "threw \(error)")
+                }
+                // Already cancelled: start is not called.
+                let started = Flag()
+                _ = try await withCancelScope { scope in
+                    scope.cancel()
+                    let _: Int? = try? await Runtime.withCompletion { _ in started.set() }
+                }
+                try check(!started.isSet, "start ran although the caller was cancelled")
+                // Abandon: returns at once; the late result is ignored.
+                let lateAccepted = Recorder<Bool>()
+                let abandoned: Int? = try await withCancelScope { scope in
+                    try await Runtime.withCompletion(onCancel: .abandon) { completion in
+                        scope.cancel()
+                        later { lateAccepted.append(completion.resume(returning: 1)) }
+                    }
+                }
+                try check(abandoned == nil, "an abandoned wait returned a value")
+                // Interrupt: the hook runs, the wait goes on, the delivered outcome comes back.
+                let hook = Flag()
+                let interrupted: Int? = try await withCancelScope { scope in
+                    try await Runtime.withCompletion(onCancel: .interrupt { hook.set() }) { completion in
+                        later {
+                            scope.cancel()
+                            while !hook.isSet { usleep(200) }
+                            completion.resume(returning: 3)
+                        }
+                    }
+                }
+                try check(hook.isSet && interrupted == 3, "interrupt: hook \(hook.isSet), value \(String(describing: interrupted))")
+                // Wait for the abandoned delivery to happen before the run ends.
+                for _ in 0..<1_000 where lateAccepted.count == 0 { _ = try await Runtime.runBlocking { usleep(1_000) } }
+                try check(lateAccepted.values == [false], "a late resume after abandon was accepted")
+            }
+        },
     ]
 }

@@ -1,0 +1,69 @@
+/// The receiving end of ``Runtime/withCompletion(onCancel:isolation:_:)``: resume it once, from any thread.
+///
+/// Later resumptions are ignored, and so is one that comes after the waiter stopped waiting (it was
+/// cancelled under ``BlockingCancellation/abandon``).
+public struct Completion<Value: Sendable>: Sendable {
+    let parker: Parker<Value>
+
+    /// Delivers `result`; returns whether this call was the one that finished the wait.
+    @discardableResult
+    public func resume(with result: Result<Value, any Error>) -> Bool { parker.resume(result) }
+
+    /// Delivers `value`; returns whether this call was the one that finished the wait.
+    @discardableResult
+    public func resume(returning value: Value) -> Bool { parker.resume(.success(value)) }
+
+    /// Delivers `error`; returns whether this call was the one that finished the wait.
+    @discardableResult
+    public func resume(throwing error: any Error) -> Bool { parker.resume(.failure(error)) }
+}
+
+extension Completion where Value == Void {
+    /// Finishes the wait.
+    @discardableResult
+    public func resume() -> Bool { parker.resume(.success(())) }
+}
+
+extension Runtime {
+    /// Waits for a result that arrives through a callback from any thread — a C library's callback, a thread
+    /// the caller owns — taking part in cancel scopes like every runtime wait.
+    ///
+    /// ```swift
+    /// let rows = try await Runtime.withCompletion(onCancel: .interrupt { sqlite3_interrupt(db) }) { completion in
+    ///     worker.submit { completion.resume(with: Result { try step(statement) }) }
+    /// }
+    /// ```
+    ///
+    /// - Parameters:
+    ///   - onCancel: what a cancellation does while waiting: ``BlockingCancellation/waitForCompletion`` (the
+    ///     default: keep waiting, return the result; the next runtime wait sees the cancellation),
+    ///     ``BlockingCancellation/interrupt(_:)`` (call the hook, then keep waiting) or
+    ///     ``BlockingCancellation/abandon`` (throw `CancellationError` at once; the late result is dropped).
+    ///   - isolation: the caller's isolation (leave the default).
+    ///   - start: starts the work and arranges for `completion` to be resumed exactly once. It runs before
+    ///     the wait; if it throws, that error is thrown and nothing is awaited.
+    /// - Throws: what the completion delivers; `CancellationError` when the caller was already cancelled
+    ///   (then `start` is not called) or, under `.abandon`, when it is cancelled while waiting.
+    public static func withCompletion<Value: Sendable>(
+        onCancel: BlockingCancellation = .waitForCompletion,
+        isolation: isolated (any Actor)? = #isolation,
+        _ start: (Completion<Value>) throws -> Void
+    ) async throws -> Value {
+        try CancelScope.checkCancelled(CancelScope.current)
+        let parker = Parker<Value>()
+        try start(Completion(parker: parker))
+        switch onCancel.kind {
+        case .waitForCompletion:
+            return try await parkUninterruptibly(parker)
+        case .interrupt(let interrupt):
+            return try await parkCallingOnCancel(parker, interrupt)
+        case .abandon:
+            do {
+                return try await park(parker) {}
+            } catch {
+                parker.abandon()  // a late resume reports that nobody took it
+                throw error
+            }
+        }
+    }
+}
