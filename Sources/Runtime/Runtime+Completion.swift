@@ -1,27 +1,59 @@
+import Synchronization
+
 /// The receiving end of ``Runtime/withCompletion(onCancel:isolation:_:)``: resume it once, from any thread.
 ///
 /// Later resumptions are ignored, and so is one that comes after the waiter stopped waiting (it was
 /// cancelled under ``BlockingCancellation/abandon``).
 public struct Completion<Value: Sendable>: Sendable {
     let parker: Parker<Value>
+    let tracking: OutsideWork?
 
     /// Delivers `result`; returns whether this call was the one that finished the wait.
     @discardableResult
-    public func resume(with result: Result<Value, any Error>) -> Bool { parker.resume(result) }
+    public func resume(with result: Result<Value, any Error>) -> Bool {
+        let taken = parker.resume(result)
+        tracking?.finish()  // after the resume: the woken task is queued before the clock may move
+        return taken
+    }
 
     /// Delivers `value`; returns whether this call was the one that finished the wait.
     @discardableResult
-    public func resume(returning value: Value) -> Bool { parker.resume(.success(value)) }
+    public func resume(returning value: Value) -> Bool { resume(with: .success(value)) }
 
     /// Delivers `error`; returns whether this call was the one that finished the wait.
     @discardableResult
-    public func resume(throwing error: any Error) -> Bool { parker.resume(.failure(error)) }
+    public func resume(throwing error: any Error) -> Bool { resume(with: .failure(error)) }
 }
 
 extension Completion where Value == Void {
     /// Finishes the wait.
     @discardableResult
-    public func resume() -> Bool { parker.resume(.success(())) }
+    public func resume() -> Bool { resume(with: .success(())) }
+}
+
+/// A backend that needs to know when work outside it is in flight: a virtual clock must not jump while a
+/// thread it does not own is still computing a result someone waits for.
+///
+/// A refinement, not part of ``RuntimeBackend``: real backends have no use for it.
+/// ``Runtime/withCompletion(onCancel:isolation:_:)`` calls it around every wait.
+public protocol OutsideWorkTracking: RuntimeBackend {
+    /// Outside work started; a matching ``outsideWorkFinished()`` follows, from any thread.
+    func outsideWorkStarted()
+    /// Outside work finished (its result was delivered, or dropped).
+    func outsideWorkFinished()
+}
+
+/// Calls `outsideWorkFinished` exactly once.
+final class OutsideWork: Sendable {
+    private let backend: any OutsideWorkTracking
+    private let finished = Atomic<Bool>(false)
+    init(_ backend: any OutsideWorkTracking) {
+        self.backend = backend
+        backend.outsideWorkStarted()
+    }
+    func finish() {
+        if !finished.exchange(true, ordering: .acquiringAndReleasing) { backend.outsideWorkFinished() }
+    }
 }
 
 extension Runtime {
@@ -51,7 +83,13 @@ extension Runtime {
     ) async throws -> Value {
         try CancelScope.checkCancelled(CancelScope.current)
         let parker = Parker<Value>()
-        try start(Completion(parker: parker))
+        let tracking = (currentIfAny?.backend as? any OutsideWorkTracking).map(OutsideWork.init)
+        do {
+            try start(Completion(parker: parker, tracking: tracking))
+        } catch {
+            tracking?.finish()
+            throw error
+        }
         switch onCancel.kind {
         case .waitForCompletion:
             return try await parkUninterruptibly(parker)

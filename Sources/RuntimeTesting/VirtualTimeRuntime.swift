@@ -19,7 +19,8 @@ import Glibc
 /// file descriptors, blocking work runs on real threads.
 ///
 /// **When the clock jumps.** The loop is idle when no job is runnable. Then:
-/// - while blocking work is in flight, it waits for that work (the clock stands still);
+/// - while blocking work is in flight, or outside work awaited through `Runtime.withCompletion`, it waits for
+///   that work (the clock stands still);
 /// - while file descriptors are watched, it waits for readiness for ``Configuration/ioQuietPeriod`` of real
 ///   time, and jumps only if none came;
 /// - otherwise it jumps at once to the earliest timer.
@@ -98,7 +99,7 @@ public enum VirtualTimeRuntime {
 }
 
 /// The virtual-time `RuntimeBackend`.
-final class VirtualTimeBackend: RuntimeBackend, @unchecked Sendable {
+final class VirtualTimeBackend: RuntimeBackend, OutsideWorkTracking, @unchecked Sendable {
     // @unchecked Sendable: `local`, `spare` and `stopRequested` are confined to the loop thread (the one
     // that called adoptCurrentThread / runs drive and close); everything else is a Mutex, an atomic, or
     // immutable.
@@ -298,6 +299,15 @@ final class VirtualTimeBackend: RuntimeBackend, @unchecked Sendable {
             blockingInFlight.subtract(1, ordering: .releasing)
             wake()  // the clock may move again
         }
+    }
+
+    // Outside work (a thread the runtime does not own, awaited through Runtime.withCompletion) holds the
+    // clock still exactly like blocking work does.
+    func outsideWorkStarted() { blockingInFlight.add(1, ordering: .relaxed) }
+
+    func outsideWorkFinished() {
+        blockingInFlight.subtract(1, ordering: .releasing)
+        wake()
     }
 
     func diagnostics() -> RuntimeDiagnostics {

@@ -282,6 +282,25 @@ extension RuntimeConformance {
                     }
                 }
                 try check(hook.isSet && interrupted == 3, "interrupt: hook \(hook.isSet), value \(String(describing: interrupted))")
+                // Outside work holds the clock still: a virtual clock must not jump while a thread the runtime
+                // does not own computes the awaited result (here a sibling's one-hour sleep would end).
+                let outside = BlockingThreadPool(maximumThreads: 1)
+                let siblingWoke = Flag()
+                try await Runtime.withTaskGroup { group in
+                    try group.startSoon {
+                        try await Runtime.sleep(for: .seconds(3600))
+                        siblingWoke.set()
+                    }
+                    let slow: Int = try await Runtime.withCompletion { completion in
+                        outside.submit {
+                            usleep(30_000)
+                            completion.resume(returning: 9)
+                        }
+                    }
+                    try check(slow == 9 && !siblingWoke.isSet, "the clock moved while outside work was in flight")
+                    group.cancel()
+                }
+                outside.shutdown()
                 // Wait for the abandoned delivery to happen before the run ends.
                 for _ in 0..<1_000 where lateAccepted.count == 0 { _ = try await Runtime.runBlocking { usleep(1_000) } }
                 try check(lateAccepted.values == [false], "a late resume after abandon was accepted")
