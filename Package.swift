@@ -56,7 +56,9 @@ let package = Package(
         .testTarget(
             name: "RuntimeTests", dependencies: ["Runtime", "RuntimeTesting", "RuntimeUV", "AnyRuntime"],
             swiftSettings: swiftSettings),
-        .testTarget(name: "SQLAsyncTests", dependencies: ["SQLAsync"], swiftSettings: swiftSettings),
+        .testTarget(
+            name: "SQLAsyncTests", dependencies: ["SQLAsync", "Runtime", "RuntimeTesting", "AnyRuntime"],
+            swiftSettings: swiftSettings),
         .testTarget(
             name: "RuntimeConformanceTests",
             dependencies: ["Runtime", "RuntimeTesting", "RuntimeUV", "RuntimeDispatch", "AnyRuntime"],

@@ -18,6 +18,10 @@ import Glibc
 /// Everything else is real: tasks run on a loop thread of their own, readiness waits use `poll(2)` on real
 /// file descriptors, blocking work runs on real threads.
 ///
+/// Blocking work and outside work (awaited through `Runtime.withCompletion`) take no virtual time: the clock
+/// stands still until they finish, so a deadline never interrupts them here. Cancel such work explicitly
+/// (`CancelScope.cancel()`) when a test needs to.
+///
 /// **When the clock jumps.** The loop is idle when no job is runnable. Then:
 /// - while blocking work is in flight, or outside work awaited through `Runtime.withCompletion`, it waits for
 ///   that work (the clock stands still);

@@ -1,0 +1,100 @@
+import CSQLite3
+import Runtime
+import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The rows a statement produced, fully decoded, plus its counters.
+struct RawRows: Sendable {
+    var columns: [String] = []
+    var rows: [[SQLValue]] = []
+    var rowsAffected = 0
+}
+
+/// One SQLite connection. It owns a thread: every statement is one job on it (prepare or take from the cache,
+/// bind, step every row, decode), so the runtime's executor never blocks and a statement costs one hop.
+///
+/// Cancellation interrupts the running statement with `sqlite3_interrupt`, which is safe from any thread; the
+/// call then throws `CancellationError` and the connection stays usable.
+final class SQLiteConnection: Sendable {
+    private let worker: BlockingThreadPool
+    private let handle: SQLiteHandle
+
+    private init(handle: SQLiteHandle, worker: BlockingThreadPool) {
+        self.handle = handle
+        self.worker = worker
+    }
+
+    /// Opens `path` (`nil`: a private in-memory database). File databases use WAL.
+    static func open(path: String?, busyTimeoutMilliseconds: Int32 = 5_000) async throws -> SQLiteConnection {
+        let worker = BlockingThreadPool(maximumThreads: 1)
+        let handle = try await Runtime.withCompletion { (completion: Completion<SQLiteHandle>) in
+            worker.submit {
+                completion.resume(with: Result { () throws(SQLError) -> SQLiteHandle in
+                    try SQLiteHandle(path: path, busyTimeoutMilliseconds: busyTimeoutMilliseconds)
+                }.mapError { $0 as any Error })
+            }
+        }
+        return SQLiteConnection(handle: handle, worker: worker)
+    }
+
+    /// Runs `sql` with `binds` and returns every row.
+    ///
+    /// - Throws: ``SQLError`` (the SQL text, never the values); `CancellationError` when cancelled (the
+    ///   statement was interrupted and the connection is clean).
+    func execute(_ sql: String, _ binds: [SQLValue]) async throws -> RawRows {
+        let handle = self.handle
+        let interrupted = InterruptFlag()
+        do {
+            return try await Runtime.withCompletion(onCancel: .interrupt {
+                interrupted.set()
+                handle.interrupt()
+            }) { (completion: Completion<RawRows>) in
+                worker.submit {
+                    completion.resume(with: Result { () throws(SQLError) -> RawRows in
+                        try handle.run(sql, binds)
+                    }.mapError { $0 as any Error })
+                }
+            }
+        } catch let error as SQLError where error.kind == .cancelled && interrupted.isSet {
+            throw CancellationError()
+        }
+    }
+
+    /// Finalizes cached statements and closes the database; waits for the connection's thread to end.
+    func close() async {
+        let handle = self.handle
+        let worker = self.worker
+        await withUncancelledCompletion { completion in
+            worker.submit {
+                handle.close()
+                completion.resume()
+            }
+        }
+        // Its last job has run: joining the thread takes no time worth a hop.
+        worker.shutdown()
+    }
+
+    /// A wait that no cancellation cuts short: clean-up must finish.
+    private func withUncancelledCompletion(_ start: (Completion<Void>) -> Void) async {
+        _ = try? await Runtime.withCompletion(onCancel: .waitForCompletion) { (completion: Completion<Void>) in
+            start(completion)
+        }
+    }
+
+    deinit {
+        // An unclosed connection still releases its thread and database.
+        let handle = self.handle
+        worker.submit { handle.close() }
+        worker.shutdown()
+    }
+}
+
+/// Set when a cancellation interrupted the statement.
+private final class InterruptFlag: Sendable {
+    private let storage = Mutex(false)
+    func set() { storage.withLock { $0 = true } }
+    var isSet: Bool { storage.withLock { $0 } }
+}

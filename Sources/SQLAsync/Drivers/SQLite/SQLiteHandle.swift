@@ -1,0 +1,174 @@
+import CSQLite3
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The `sqlite3*` of a connection and its statement cache.
+///
+/// `@unchecked Sendable`: every member except ``interrupt()`` is called only by jobs on the connection's
+/// single worker thread (``SQLiteConnection`` submits them to a one-thread pool, so they never overlap);
+/// `sqlite3_interrupt` is documented as safe to call from any thread while the connection is open, and
+/// `closed` is read under `lock` by `interrupt` and written under it by `close`.
+final class SQLiteHandle: @unchecked Sendable {
+    private var db: OpaquePointer?
+    private var statements: [String: OpaquePointer] = [:]
+    private let lock = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
+
+    init(path: String?, busyTimeoutMilliseconds: Int32) throws(SQLError) {
+        pthread_mutex_init(lock, nil)
+        let flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX
+        var connection: OpaquePointer?
+        let rc = sqlite3_open_v2(path ?? ":memory:", &connection, flags, nil)
+        guard rc == SQLITE_OK, let connection else {
+            let message = connection.map { String(cString: sqlite3_errmsg($0)) } ?? "out of memory"
+            sqlite3_close_v2(connection)
+            throw SQLError(.connection, "cannot open SQLite database: \(message)", resultCode: rc)
+        }
+        db = connection
+        sqlite3_busy_timeout(connection, busyTimeoutMilliseconds)
+        sqlite3_extended_result_codes(connection, 1)
+        do {
+            _ = try run("PRAGMA foreign_keys = ON", [])
+            if path != nil {
+                _ = try run("PRAGMA journal_mode = WAL", [])
+                _ = try run("PRAGMA synchronous = NORMAL", [])
+            }
+        } catch {
+            close()
+            throw error
+        }
+    }
+
+    deinit {
+        pthread_mutex_destroy(lock)
+        lock.deallocate()
+    }
+
+    /// Interrupts the running statement, if any. Any thread.
+    func interrupt() {
+        pthread_mutex_lock(lock)
+        defer { pthread_mutex_unlock(lock) }
+        if let db { sqlite3_interrupt(db) }
+    }
+
+    func close() {
+        for statement in statements.values { sqlite3_finalize(statement) }
+        statements.removeAll()
+        pthread_mutex_lock(lock)
+        let connection = db
+        db = nil
+        pthread_mutex_unlock(lock)
+        sqlite3_close_v2(connection)
+    }
+
+    /// Prepares (or reuses), binds, steps every row and decodes. Worker thread only.
+    func run(_ sql: String, _ binds: [SQLValue]) throws(SQLError) -> RawRows {
+        guard let db else { throw SQLError(.connection, "the SQLite connection is closed", sql: sql) }
+        let statement = try prepared(sql, db: db)
+        defer {
+            sqlite3_reset(statement)
+            sqlite3_clear_bindings(statement)
+        }
+        let parameterCount = Int(sqlite3_bind_parameter_count(statement))
+        guard parameterCount == binds.count else {
+            throw SQLError(
+                .misuse, "the statement has \(parameterCount) parameters but \(binds.count) values were given",
+                sql: sql)
+        }
+        for (offset, value) in binds.enumerated() {
+            let rc = bind(value, at: Int32(offset + 1), in: statement)
+            guard rc == SQLITE_OK else { throw error(rc, db: db, sql: sql) }
+        }
+        var result = RawRows()
+        let columnCount = sqlite3_column_count(statement)
+        result.columns = (0..<columnCount).map { String(cString: sqlite3_column_name(statement, $0)) }
+        while true {
+            let rc = sqlite3_step(statement)
+            if rc == SQLITE_DONE { break }
+            guard rc == SQLITE_ROW else { throw error(rc, db: db, sql: sql) }
+            var row: [SQLValue] = []
+            row.reserveCapacity(Int(columnCount))
+            for column in 0..<columnCount { row.append(value(at: column, in: statement)) }
+            result.rows.append(row)
+        }
+        result.rowsAffected = sqlite3_stmt_readonly(statement) != 0 ? 0 : Int(sqlite3_changes(db))
+        return result
+    }
+
+    private func prepared(_ sql: String, db: OpaquePointer) throws(SQLError) -> OpaquePointer {
+        if let cached = statements[sql] { return cached }
+        var statement: OpaquePointer?
+        var tail: UnsafePointer<CChar>?
+        let rc = sqlite3_prepare_v3(db, sql, -1, UInt32(SQLITE_PREPARE_PERSISTENT), &statement, &tail)
+        guard rc == SQLITE_OK, let statement else { throw error(rc, db: db, sql: sql) }
+        if let tail, tail.pointee != 0, !String(cString: tail).allSatisfy({ $0.isWhitespace || $0 == ";" }) {
+            sqlite3_finalize(statement)
+            throw SQLError(.misuse, "only one statement can be executed at a time", sql: sql)
+        }
+        statements[sql] = statement
+        return statement
+    }
+
+    private func bind(_ value: SQLValue, at index: Int32, in statement: OpaquePointer) -> Int32 {
+        switch value {
+        case .null: return sqlite3_bind_null(statement, index)
+        case .integer(let integer): return sqlite3_bind_int64(statement, index, integer)
+        case .double(let double): return sqlite3_bind_double(statement, index, double)
+        case .bool(let bool): return sqlite3_bind_int64(statement, index, bool ? 1 : 0)
+        case .text(let text):
+            // Explicit length: text with NUL bytes binds whole. SQLite copies it (SQLITE_TRANSIENT).
+            var text = text
+            return text.withUTF8 { bytes in
+                guard let base = bytes.baseAddress else {
+                    return sqlite3_bind_text64(statement, index, "", 0, sqliteTransient, UInt8(SQLITE_UTF8))
+                }
+                return base.withMemoryRebound(to: CChar.self, capacity: bytes.count) { characters in
+                    sqlite3_bind_text64(
+                        statement, index, characters, sqlite3_uint64(bytes.count), sqliteTransient, UInt8(SQLITE_UTF8))
+                }
+            }
+        case .bytes(let bytes):
+            return bytes.withUnsafeBytes { buffer in
+                sqlite3_bind_blob64(
+                    statement, index, buffer.baseAddress ?? UnsafeRawPointer(bitPattern: 1), sqlite3_uint64(buffer.count),
+                    sqliteTransient)
+            }
+        }
+    }
+
+    private func value(at column: Int32, in statement: OpaquePointer) -> SQLValue {
+        switch sqlite3_column_type(statement, column) {
+        case SQLITE_INTEGER: return .integer(sqlite3_column_int64(statement, column))
+        case SQLITE_FLOAT: return .double(sqlite3_column_double(statement, column))
+        case SQLITE_TEXT:
+            let count = Int(sqlite3_column_bytes(statement, column))
+            guard let pointer = sqlite3_column_text(statement, column) else { return .text("") }
+            return .text(String(decoding: UnsafeBufferPointer(start: pointer, count: count), as: UTF8.self))
+        case SQLITE_BLOB:
+            let count = Int(sqlite3_column_bytes(statement, column))
+            guard count > 0, let pointer = sqlite3_column_blob(statement, column) else { return .bytes([]) }
+            return .bytes(Array(UnsafeRawBufferPointer(start: pointer, count: count)))
+        default: return .null
+        }
+    }
+
+    private func error(_ rc: Int32, db: OpaquePointer, sql: String) -> SQLError {
+        let message = String(cString: sqlite3_errmsg(db))
+        let primary = rc & 0xFF
+        let kind: SQLError.Kind
+        switch primary {
+        case SQLITE_CONSTRAINT: kind = .constraint
+        case SQLITE_INTERRUPT: kind = .cancelled
+        case SQLITE_BUSY, SQLITE_LOCKED: kind = .timeout
+        case SQLITE_ERROR where message.contains("syntax error") || message.contains("incomplete input"):
+            kind = .syntax
+        case SQLITE_CANTOPEN, SQLITE_NOTADB, SQLITE_IOERR: kind = .connection
+        default: kind = .database
+        }
+        return SQLError(kind, message, resultCode: rc, sql: sql)
+    }
+}
+
+/// `SQLITE_TRANSIENT`: SQLite copies the bound bytes before the call returns (a C macro Swift cannot import).
+private let sqliteTransient = unsafeBitCast(-1, to: sqlite3_destructor_type.self)

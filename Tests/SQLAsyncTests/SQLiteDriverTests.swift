@@ -1,0 +1,139 @@
+import AnyRuntime
+import Runtime
+import RuntimeTesting
+@testable import SQLAsync
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Every backend (ANYRUNTIME_BACKEND narrows the list).
+enum SQLTestBackend: String, CaseIterable, Sendable {
+    case uv, dispatch, virtual
+
+    static var selected: [SQLTestBackend] {
+        guard let raw = getenv(Backend.environmentVariable).map({ String(cString: $0) }), !raw.isEmpty,
+            raw != "all"
+        else { return allCases }
+        let names = raw.lowercased().split(separator: ",").map { $0 == "libuv" ? "uv" : String($0) }
+        return allCases.filter { names.contains($0.rawValue) }
+    }
+
+    func run<T>(_ body: () async throws -> T) async throws -> T {
+        switch self {
+        case .uv: try await Backend.uv.run(body)
+        case .dispatch: try await Backend.dispatch.run(body)
+        case .virtual: try await VirtualTimeRuntime.run(body)
+        }
+    }
+}
+
+@Suite("SQLite driver", .timeLimit(.minutes(1)))
+struct SQLiteDriverTests {
+    @Test("values round-trip exactly: NULL, integer extremes, doubles, non-ASCII and NUL text, bytes",
+          arguments: SQLTestBackend.selected)
+    func roundTrip(_ backend: SQLTestBackend) async throws {
+        try await backend.run {
+            let connection = try await SQLiteConnection.open(path: nil)
+            _ = try await connection.execute("CREATE TABLE t (v)", [])
+            let values: [SQLValue] = [
+                .null, .integer(.max), .integer(.min), .integer(0), .double(-0.5), .double(1e308),
+                .text(""), .text("héllo wörld ✓ 日本"), .text("nul\u{0}inside"), .bytes([]), .bytes([0, 255, 1, 0]),
+            ]
+            for value in values { _ = try await connection.execute("INSERT INTO t (v) VALUES (?)", [value]) }
+            let rows = try await connection.execute("SELECT v FROM t ORDER BY rowid", [])
+            #expect(rows.columns == ["v"])
+            #expect(rows.rows.map { $0[0] } == values)
+            let inserted = try await connection.execute("INSERT INTO t (v) VALUES (?), (?)", [.bool(true), .bool(false)])
+            #expect(inserted.rowsAffected == 2)
+            await connection.close()
+        }
+    }
+
+    @Test("errors are typed, carry the result code and the SQL, never the values", arguments: SQLTestBackend.selected)
+    func errors(_ backend: SQLTestBackend) async throws {
+        try await backend.run {
+            let connection = try await SQLiteConnection.open(path: nil)
+            _ = try await connection.execute("CREATE TABLE u (id INTEGER PRIMARY KEY, name TEXT UNIQUE NOT NULL)", [])
+            _ = try await connection.execute("INSERT INTO u (name) VALUES (?)", [.text("secret-value")])
+            do {
+                _ = try await connection.execute("INSERT INTO u (name) VALUES (?)", [.text("secret-value")])
+                Issue.record("a duplicate was accepted")
+            } catch let error as SQLError {
+                #expect(error.kind == .constraint)
+                #expect(error.resultCode.map { $0 & 0xFF } == 19)
+                #expect(error.sql == "INSERT INTO u (name) VALUES (?)")
+                #expect(!error.description.contains("secret-value"))
+            }
+            await #expect(throws: SQLError.self) { _ = try await connection.execute("SELEC 1", []) }
+            do {
+                _ = try await connection.execute("SELEC 1", [])
+            } catch let error as SQLError {
+                #expect(error.kind == .syntax)
+            }
+            do {
+                _ = try await connection.execute("SELECT ?", [])
+            } catch let error as SQLError {
+                #expect(error.kind == .misuse)
+            }
+            await connection.close()
+        }
+    }
+
+    @Test("a cancelled long query is interrupted at once and the connection stays usable",
+          arguments: SQLTestBackend.selected)
+    func cancellation(_ backend: SQLTestBackend) async throws {
+        try await backend.run {
+            let connection = try await SQLiteConnection.open(path: nil)
+            // Cancelled from another thread once the query runs: on virtual time a deadline would never come,
+            // because outside work takes no virtual time.
+            let canceller = BlockingThreadPool(maximumThreads: 1)
+            let started = monotonicSeconds()
+            let result: RawRows? = try await withCancelScope { scope in
+                canceller.submit {
+                    usleep(50_000)
+                    scope.cancel()
+                }
+                return try await connection.execute(
+                    "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c WHERE x < 0",
+                    [])
+            }
+            canceller.shutdown()
+            #expect(result == nil, "the endless query was not cancelled")
+            #expect(monotonicSeconds() - started < 10)
+            let after = try await connection.execute("SELECT 42", [])
+            #expect(after.rows == [[.integer(42)]])
+            await connection.close()
+        }
+    }
+
+    @Test("a file database uses WAL and survives reopening", arguments: SQLTestBackend.selected)
+    func fileDatabase(_ backend: SQLTestBackend) async throws {
+        var template = Array("/tmp/anyruntime-sqlite-XXXXXX".utf8CString)
+        let directory = template.withUnsafeMutableBufferPointer { String(cString: mkdtemp($0.baseAddress!)) }
+        let path = directory + "/test.db"
+        defer {
+            for suffix in ["", "-wal", "-shm"] { unlink(path + suffix) }
+            rmdir(directory)
+        }
+        try await backend.run {
+            let connection = try await SQLiteConnection.open(path: path)
+            let mode = try await connection.execute("PRAGMA journal_mode", [])
+            #expect(mode.rows == [[.text("wal")]])
+            _ = try await connection.execute("CREATE TABLE kv (k TEXT PRIMARY KEY, v INTEGER)", [])
+            _ = try await connection.execute("INSERT INTO kv VALUES (?, ?)", [.text("a"), .integer(1)])
+            await connection.close()
+            let reopened = try await SQLiteConnection.open(path: path)
+            let rows = try await reopened.execute("SELECT v FROM kv WHERE k = ?", [.text("a")])
+            #expect(rows.rows == [[.integer(1)]])
+            await reopened.close()
+        }
+    }
+}
+
+func monotonicSeconds() -> Double {
+    var ts = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
+}
