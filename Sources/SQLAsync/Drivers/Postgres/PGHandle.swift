@@ -1,0 +1,251 @@
+import CLibPQ
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The `PGconn*` of one connection.
+///
+/// `@unchecked Sendable`: libpq connections are not thread-safe, and this one is used by one task at a time
+/// (``PostgresConnection`` enforces it with its `inUse` flag), so calls never overlap; the task may move
+/// between threads only across awaits, which order the accesses. `cancelObject()` hands out a `PGcancel`,
+/// which libpq documents as safe to use from another thread.
+final class PGHandle: @unchecked Sendable {
+    private var connection: OpaquePointer?
+
+    private init(_ connection: OpaquePointer) { self.connection = connection }
+
+    /// Starts a non-blocking connection attempt.
+    static func start(_ parameters: [(key: String, value: String)]) throws(SQLError) -> PGHandle {
+        let keys = parameters.map { strdup($0.key) } + [nil]
+        let values = parameters.map { strdup($0.value) } + [nil]
+        defer {
+            for pointer in keys { free(pointer) }
+            for pointer in values { free(pointer) }
+        }
+        let connection = keys.map { UnsafePointer($0) }.withUnsafeBufferPointer { keyBuffer in
+            values.map { UnsafePointer($0) }.withUnsafeBufferPointer { valueBuffer in
+                PQconnectStartParams(keyBuffer.baseAddress, valueBuffer.baseAddress, 0)
+            }
+        }
+        guard let connection else { throw SQLError(.connection, "libpq could not allocate a connection") }
+        let handle = PGHandle(connection)
+        guard PQstatus(connection) != CONNECTION_BAD else {
+            throw handle.connectionError("cannot start connecting")
+        }
+        return handle
+    }
+
+    var socket: Int32 { connection.map { PQsocket($0) } ?? -1 }
+    var status: ConnStatusType { connection.map { PQstatus($0) } ?? CONNECTION_BAD }
+    var isBusy: Bool { connection.map { PQisBusy($0) != 0 } ?? false }
+    /// Whether a query was sent whose results were not all read (libpq's transaction status says so).
+    var hasPendingResults: Bool { connection.map { PQtransactionStatus($0) == PQTRANS_ACTIVE } ?? false }
+
+    func connectPoll() -> PostgresPollingStatusType {
+        connection.map { PQconnectPoll($0) } ?? PGRES_POLLING_FAILED
+    }
+
+    func setNonBlocking() -> Bool { connection.map { PQsetnonblocking($0, 1) == 0 } ?? false }
+    func flush() -> Int32 { connection.map { PQflush($0) } ?? -1 }
+    func consumeInput() -> Bool { connection.map { PQconsumeInput($0) != 0 } ?? false }
+    func nextResult() -> OpaquePointer? { connection.flatMap { PQgetResult($0) } }
+
+    /// Sends a parameterized query. Values go as text (bytes as binary `bytea`); the server infers types.
+    ///
+    /// - Throws: ``SQLError/Kind/misuse`` for text containing NUL bytes, which PostgreSQL cannot store (rather
+    ///   than silently cutting it short).
+    func sendQuery(_ sql: String, _ binds: [SQLValue]) throws(SQLError) -> Bool {
+        guard let connection else { return false }
+        for (index, value) in binds.enumerated() {
+            if case .text(let text) = value, text.utf8.contains(0) {
+                throw SQLError(
+                    .misuse, "parameter $\(index + 1) is text with a NUL byte, which PostgreSQL cannot store; bind it as bytes",
+                    sql: sql)
+            }
+        }
+        var types: [Oid] = []
+        var lengths: [Int32] = []
+        var formats: [Int32] = []
+        var buffers: [[UInt8]?] = []
+        for value in binds {
+            switch value {
+            case .null:
+                buffers.append(nil); types.append(0); formats.append(0)
+            case .integer(let integer):
+                buffers.append(Array(String(integer).utf8)); types.append(20); formats.append(0)
+            case .double(let double):
+                buffers.append(Array(Self.text(double).utf8)); types.append(701); formats.append(0)
+            case .bool(let bool):
+                buffers.append(Array((bool ? "true" : "false").utf8)); types.append(16); formats.append(0)
+            case .text(let text):
+                buffers.append(Array(text.utf8)); types.append(0); formats.append(0)
+            case .bytes(let bytes):
+                buffers.append(bytes); types.append(17); formats.append(1)
+            }
+            lengths.append(Int32(buffers.last??.count ?? 0))
+        }
+        return withPointers(buffers) { pointers in
+            PQsendQueryParams(
+                connection, sql, Int32(binds.count), types, pointers, lengths, formats, 0) == 1
+        }
+    }
+
+    /// A double as PostgreSQL reads it back exactly: Swift's shortest round-trip form, plus the specials.
+    private static func text(_ double: Double) -> String {
+        if double.isNaN { return "NaN" }
+        if double.isInfinite { return double < 0 ? "-Infinity" : "Infinity" }
+        return "\(double)"
+    }
+
+    private func withPointers<R>(_ buffers: [[UInt8]?], _ body: ([UnsafePointer<CChar>?]) -> R) -> R {
+        // NUL-terminated copies that live for the call (libpq reads text-format values as C strings and
+        // copies them into its output buffer).
+        let copies: [UnsafeMutablePointer<CChar>?] = buffers.map { buffer in
+            guard let buffer else { return nil }
+            let pointer = UnsafeMutablePointer<CChar>.allocate(capacity: buffer.count + 1)
+            buffer.withUnsafeBytes { raw in
+                if let base = raw.baseAddress { UnsafeMutableRawPointer(pointer).copyMemory(from: base, byteCount: raw.count) }
+            }
+            pointer[buffer.count] = 0
+            return pointer
+        }
+        defer { for pointer in copies { pointer?.deallocate() } }
+        return body(copies.map { $0.map { UnsafePointer($0) } })
+    }
+
+    /// A cancel request object for the running query (nil when there is no connection).
+    func cancelObject() -> PGCancelRequest? {
+        connection.flatMap { PQgetCancel($0) }.map(PGCancelRequest.init)
+    }
+
+    func finish() {
+        if let connection { PQfinish(connection) }
+        connection = nil
+    }
+
+    deinit { finish() }
+
+    // MARK: Errors and rows
+
+    func connectionError(_ what: String, sql: String? = nil) -> SQLError {
+        let detail = connection.map { String(cString: PQerrorMessage($0)) } ?? ""
+        let message = detail.trimmingTrailingNewlines()
+        return SQLError(.connection, message.isEmpty ? what : "\(what): \(message)", sql: sql)
+    }
+
+    static func error(from result: OpaquePointer, sql: String) -> SQLError {
+        func field(_ code: Int32) -> String? {
+            PQresultErrorField(result, code).map { String(cString: $0) }
+        }
+        let state = field(Int32(UInt8(ascii: "C")))  // PG_DIAG_SQLSTATE
+        let message = field(Int32(UInt8(ascii: "M"))) ?? String(cString: PQresultErrorMessage(result)).trimmingTrailingNewlines()
+        let kind: SQLError.Kind
+        switch state {
+        case let code? where code.hasPrefix("23"): kind = .constraint
+        case "42601"?: kind = .syntax
+        case "40001"?: kind = .serializationFailure
+        case "40P01"?: kind = .deadlock
+        case "57014"?: kind = .cancelled
+        case "55P03"?, "25P03"?: kind = .timeout
+        case let code? where code.hasPrefix("08") || code.hasPrefix("57P"): kind = .connection
+        default: kind = .database
+        }
+        return SQLError(kind, message, sqlState: state, sql: sql)
+    }
+
+    /// Decodes every row of a text-format result by column type.
+    static func decode(_ result: OpaquePointer) -> RawRows {
+        var rows = RawRows()
+        let columnCount = PQnfields(result)
+        let rowCount = PQntuples(result)
+        rows.columns = (0..<columnCount).map { String(cString: PQfname(result, $0)) }
+        let types = (0..<columnCount).map { PQftype(result, $0) }
+        rows.rows.reserveCapacity(Int(rowCount))
+        for row in 0..<rowCount {
+            var values: [SQLValue] = []
+            values.reserveCapacity(Int(columnCount))
+            for column in 0..<columnCount {
+                if PQgetisnull(result, row, column) != 0 {
+                    values.append(.null)
+                    continue
+                }
+                let length = Int(PQgetlength(result, row, column))
+                let pointer = PQgetvalue(result, row, column)
+                let bytes = UnsafeRawBufferPointer(start: pointer, count: length)
+                values.append(value(bytes, type: types[Int(column)]))
+            }
+            rows.rows.append(values)
+        }
+        return rows
+    }
+
+    private static func value(_ bytes: UnsafeRawBufferPointer, type: Oid) -> SQLValue {
+        let text = String(decoding: bytes, as: UTF8.self)
+        switch type {
+        case 20, 21, 23, 26:  // int8, int2, int4, oid
+            return Int64(text).map(SQLValue.integer) ?? .text(text)
+        case 700, 701:  // float4, float8
+            switch text {
+            case "NaN": return .double(.nan)
+            case "Infinity": return .double(.infinity)
+            case "-Infinity": return .double(-.infinity)
+            default: return Double(text).map(SQLValue.double) ?? .text(text)
+            }
+        case 16:  // bool
+            return .bool(text == "t")
+        case 17:  // bytea, hex format: \x0aff…
+            return decodeHex(text).map(SQLValue.bytes) ?? .text(text)
+        default:
+            return .text(text)
+        }
+    }
+
+    private static func decodeHex(_ text: String) -> [UInt8]? {
+        let digits = Array(text.utf8)
+        guard digits.count >= 2, digits[0] == UInt8(ascii: "\\"), digits[1] == UInt8(ascii: "x"),
+            digits.count % 2 == 0
+        else { return nil }
+        var bytes: [UInt8] = []
+        bytes.reserveCapacity((digits.count - 2) / 2)
+        var index = 2
+        while index < digits.count {
+            guard let high = hex(digits[index]), let low = hex(digits[index + 1]) else { return nil }
+            bytes.append(high << 4 | low)
+            index += 2
+        }
+        return bytes
+    }
+
+    private static func hex(_ digit: UInt8) -> UInt8? {
+        switch digit {
+        case UInt8(ascii: "0")...UInt8(ascii: "9"): digit - UInt8(ascii: "0")
+        case UInt8(ascii: "a")...UInt8(ascii: "f"): digit - UInt8(ascii: "a") + 10
+        case UInt8(ascii: "A")...UInt8(ascii: "F"): digit - UInt8(ascii: "A") + 10
+        default: nil
+        }
+    }
+}
+
+/// A `PGcancel*`: sends a cancel request for the query running on its connection. Blocking (it opens a new
+/// connection), so it runs on a worker thread.
+final class PGCancelRequest: @unchecked Sendable {
+    // @unchecked Sendable: libpq documents PGcancel as safe to use from any thread; it is freed once, in deinit.
+    private let cancel: OpaquePointer
+    init(_ cancel: OpaquePointer) { self.cancel = cancel }
+    deinit { PQfreeCancel(cancel) }
+
+    /// Sends the request; returns whether the server got it (the query may have finished anyway).
+    func send() -> Bool {
+        var buffer = [CChar](repeating: 0, count: 256)
+        return PQcancel(cancel, &buffer, Int32(buffer.count)) == 1
+    }
+}
+
+extension String {
+    func trimmingTrailingNewlines() -> String {
+        var text = self
+        while let last = text.last, last.isNewline || last == " " { text.removeLast() }
+        return text
+    }
+}

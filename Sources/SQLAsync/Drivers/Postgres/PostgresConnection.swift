@@ -1,0 +1,192 @@
+import CLibPQ
+import Runtime
+import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// One PostgreSQL connection: libpq in non-blocking mode, waiting on its socket only through the runtime's
+/// readiness wait, so the same code runs on every backend.
+///
+/// A connection serves one task at a time (the pool hands it out as a lease); a second concurrent call is a
+/// ``SQLError/Kind/misuse`` error, not a corrupted protocol stream.
+///
+/// Cancellation: a query cancelled at any await sends a cancel request (`PQcancel`, on a worker thread, since
+/// libpq 15 has no non-blocking cancel) and drains the results inside a shielded scope with its own short
+/// deadline, so the connection is clean when the call returns; if that fails the connection is marked broken
+/// and must be discarded.
+final class PostgresConnection: Sendable {
+    private let runtime: Runtime
+    private let handle: PGHandle
+    private let inUse = Atomic<Bool>(false)
+    private let brokenFlag = Atomic<Bool>(false)
+
+    /// How long the clean-up after a cancellation may take before the connection is given up.
+    static let cleanUpDeadline: Duration = .seconds(2)
+
+    private init(runtime: Runtime, handle: PGHandle) {
+        self.runtime = runtime
+        self.handle = handle
+    }
+
+    /// Whether a failed clean-up or a lost server left this connection unusable.
+    var isBroken: Bool { brokenFlag.load(ordering: .acquiring) || handle.status != CONNECTION_OK }
+
+    // MARK: Connecting
+
+    /// Connects to `url` on the current runtime.
+    static func connect(_ url: DatabaseURL) async throws -> PostgresConnection {
+        let runtime = try Runtime.current
+        var parameters = url.libpqParameters()
+        // Name resolution would block inside PQconnectStart: resolve on a worker thread and pass hostaddr.
+        if let host = url.host, !host.hasPrefix("/"), !parameters.contains(where: { $0.key == "hostaddr" }) {
+            let address = try await runtime.runBlocking { () throws -> String in try resolve(host) }
+            parameters.append(("hostaddr", address))
+        }
+        let handle = try PGHandle.start(parameters)
+        let connection = PostgresConnection(runtime: runtime, handle: handle)
+        do {
+            try await connection.finishConnecting()
+        } catch {
+            await connection.close()
+            throw error
+        }
+        return connection
+    }
+
+    private func finishConnecting() async throws {
+        var status = PGRES_POLLING_WRITING
+        while true {
+            let fd = handle.socket
+            switch status {
+            case PGRES_POLLING_OK:
+                guard handle.setNonBlocking() else { throw handle.connectionError("cannot enter non-blocking mode") }
+                return
+            case PGRES_POLLING_FAILED:
+                throw handle.connectionError("cannot connect")
+            case PGRES_POLLING_READING:
+                try await runtime.wait(fd: fd, for: .read)
+            default:
+                try await runtime.wait(fd: fd, for: .write)
+            }
+            // PQconnectPoll may close the socket and open a new one with the same number (SSL or GSS
+            // fallback, another host): drop the registration after every step (FINDINGS Q6, pitfall 1).
+            await runtime.forget(fd: fd)
+            status = handle.connectPoll()
+        }
+    }
+
+    // MARK: Queries
+
+    /// Sends `sql` with `binds` (`$1`, `$2`, … placeholders) and returns every row of its result.
+    func execute(_ sql: String, _ binds: [SQLValue]) async throws -> RawRows {
+        guard !inUse.exchange(true, ordering: .acquiringAndReleasing) else {
+            throw SQLError(.misuse, "a PostgreSQL connection serves one task at a time", sql: sql)
+        }
+        defer { inUse.store(false, ordering: .releasing) }
+        guard !isBroken else { throw SQLError(.connection, "the connection is broken; discard it", sql: sql) }
+        guard try handle.sendQuery(sql, binds) else { throw failure(sql: sql) }
+        do {
+            try await flush(sql: sql)
+            return try await collect(sql: sql)
+        } catch let error as CancellationError {
+            await cleanUpAfterCancellation()
+            throw error
+        } catch let error as SQLError where error.kind == .connection {
+            brokenFlag.store(true, ordering: .releasing)
+            throw error
+        }
+    }
+
+    /// Pushes the query out; while libpq's buffer is full, waits for write readiness, and reads meanwhile so
+    /// that a server blocked writing to us cannot deadlock the exchange (FINDINGS Q6, pitfall 4).
+    private func flush(sql: String) async throws {
+        while true {
+            switch handle.flush() {
+            case 0: return
+            case 1:
+                let ready = try await runtime.wait(fd: handle.socket, for: [.read, .write])
+                if ready.contains(.read), !handle.consumeInput() { throw failure(sql: sql) }
+            default: throw failure(sql: sql)
+            }
+        }
+    }
+
+    /// Reads results until libpq has none left; returns the rows of the last one with tuples or the command
+    /// counts, or throws the server's error.
+    private func collect(sql: String) async throws -> RawRows {
+        var rows = RawRows()
+        var serverError: SQLError?
+        while true {
+            while handle.isBusy {
+                try await runtime.wait(fd: handle.socket, for: .read)
+                guard handle.consumeInput() else { throw failure(sql: sql) }
+            }
+            guard let result = handle.nextResult() else { break }
+            defer { PQclear(result) }
+            switch PQresultStatus(result) {
+            case PGRES_TUPLES_OK, PGRES_SINGLE_TUPLE: rows = PGHandle.decode(result)
+            case PGRES_COMMAND_OK: rows.rowsAffected = Int(String(cString: PQcmdTuples(result))) ?? 0
+            case PGRES_EMPTY_QUERY: break
+            default: serverError = serverError ?? PGHandle.error(from: result, sql: sql)
+            }
+        }
+        if let serverError { throw serverError }
+        return rows
+    }
+
+    /// After a cancelled await mid-query: ask the server to cancel, wait for its answer and drain, all in a
+    /// shielded scope with its own deadline. A late cancel can then never hit the next query.
+    private func cleanUpAfterCancellation() async {
+        let handle = self.handle
+        let clean: Bool? = try? await withCancelScope(
+            deadline: runtime.now.advanced(by: Self.cleanUpDeadline), shield: true
+        ) { _ in
+            guard handle.isBusy || handle.hasPendingResults else { return true }
+            let cancel = handle.cancelObject()
+            _ = try await runtime.runBlocking { cancel?.send() ?? false }
+            // Drain until libpq reports no more results: the cancelled query's error, or its normal end.
+            while true {
+                while handle.isBusy {
+                    try await runtime.wait(fd: handle.socket, for: .read)
+                    guard handle.consumeInput() else { return false }
+                }
+                guard let result = handle.nextResult() else { return true }
+                PQclear(result)
+            }
+        }
+        if clean != true { brokenFlag.store(true, ordering: .releasing) }
+    }
+
+    private func failure(sql: String) -> SQLError {
+        brokenFlag.store(true, ordering: .releasing)
+        return handle.connectionError("the connection failed", sql: sql)
+    }
+
+    // MARK: Closing
+
+    /// Drops the socket's registration and closes the connection. Not interrupted by cancellation.
+    func close() async {
+        let fd = handle.socket
+        if fd >= 0 { await runtime.forget(fd: fd) }
+        handle.finish()
+    }
+}
+
+/// Resolves `host` to a numeric address (blocking: call on a worker thread).
+private func resolve(_ host: String) throws -> String {
+    var hints = addrinfo()
+    hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
+    var list: UnsafeMutablePointer<addrinfo>?
+    let rc = getaddrinfo(host, nil, &hints, &list)
+    guard rc == 0, let first = list else {
+        throw SQLError(.connection, "cannot resolve host '\(host)': \(String(cString: gai_strerror(rc)))")
+    }
+    defer { freeaddrinfo(list) }
+    var buffer = [CChar](repeating: 0, count: Int(NI_MAXHOST))
+    guard getnameinfo(first.pointee.ai_addr, first.pointee.ai_addrlen, &buffer, socklen_t(buffer.count), nil, 0, NI_NUMERICHOST) == 0 else {
+        throw SQLError(.connection, "cannot format the address of host '\(host)'")
+    }
+    return String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+}

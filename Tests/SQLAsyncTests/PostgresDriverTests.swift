@@ -1,0 +1,128 @@
+import Runtime
+import RuntimeTesting
+@testable import SQLAsync
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The server the tests use. `scripts/test.sh` (through `scripts/with-postgres.sh`) starts a throw-away one
+/// and sets ANYRUNTIME_PG_URL; without it the PostgreSQL tests fail and say so — they never skip.
+func postgresURL() throws -> DatabaseURL {
+    guard let raw = getenv("ANYRUNTIME_PG_URL").map({ String(cString: $0) }), !raw.isEmpty else {
+        throw SQLError(
+            .connection,
+            "no PostgreSQL server: run the tests through scripts/test.sh (or scripts/with-postgres.sh swift test), "
+                + "which starts a throw-away server, or set ANYRUNTIME_PG_URL=postgresql://user@host:port/db")
+    }
+    return try DatabaseURL(raw)
+}
+
+@Suite("PostgreSQL driver", .timeLimit(.minutes(1)))
+struct PostgresDriverTests {
+    @Test("connects through the runtime's readiness waits and round-trips values exactly",
+          arguments: SQLTestBackend.selected)
+    func roundTrip(_ backend: SQLTestBackend) async throws {
+        let url = try postgresURL()
+        try await backend.run {
+            let connection = try await PostgresConnection.connect(url)
+            let rows = try await connection.execute(
+                "SELECT $1::int8, $2::int8, $3::float8, $4::text, $5::text, $6::bytea, $7::bool, $8::text, $9::int2",
+                [
+                    .integer(.max), .integer(.min), .double(-0.1), .text("héllo ✓ 日本"), .text(""),
+                    .bytes([0, 255, 7]), .bool(true), .null, .integer(-32768),
+                ])
+            #expect(
+                rows.rows == [[
+                    .integer(.max), .integer(.min), .double(-0.1), .text("héllo ✓ 日本"), .text(""),
+                    .bytes([0, 255, 7]), .bool(true), .null, .integer(-32768),
+                ]])
+            _ = try await connection.execute("CREATE TEMP TABLE t (id serial PRIMARY KEY, name text UNIQUE)", [])
+            let inserted = try await connection.execute(
+                "INSERT INTO t (name) VALUES ($1), ($2)", [.text("a"), .text("b")])
+            #expect(inserted.rowsAffected == 2)
+            let many = try await connection.execute("SELECT g FROM generate_series(1, 5000) g", [])
+            #expect(many.rows.count == 5000 && many.rows.last == [.integer(5000)])
+            await connection.close()
+        }
+    }
+
+    @Test("errors are typed with SQLSTATE and the SQL, never the values", arguments: SQLTestBackend.selected)
+    func errors(_ backend: SQLTestBackend) async throws {
+        let url = try postgresURL()
+        try await backend.run {
+            let connection = try await PostgresConnection.connect(url)
+            _ = try await connection.execute("CREATE TEMP TABLE u (name text UNIQUE)", [])
+            _ = try await connection.execute("INSERT INTO u VALUES ($1)", [.text("secret-value")])
+            do {
+                _ = try await connection.execute("INSERT INTO u VALUES ($1)", [.text("secret-value")])
+                Issue.record("a duplicate was accepted")
+            } catch let error as SQLError {
+                #expect(error.kind == .constraint)
+                #expect(error.sqlState == "23505")
+                #expect(error.sql == "INSERT INTO u VALUES ($1)")
+                #expect(!error.description.contains("secret-value"))
+            }
+            do {
+                _ = try await connection.execute("SELEC 1", [])
+                Issue.record("bad syntax was accepted")
+            } catch let error as SQLError {
+                #expect(error.kind == .syntax && error.sqlState == "42601")
+            }
+            // The connection is still usable after errors.
+            #expect(try await connection.execute("SELECT 1", []).rows == [[.integer(1)]])
+            await connection.close()
+        }
+    }
+
+    @Test("a bad password or an unreachable server is a typed connection error without the password")
+    func connectionErrors() async throws {
+        let url = try postgresURL()
+        try await SQLTestBackend.uv.run {
+            let bad = try DatabaseURL("postgresql://nobody:hunter2@127.0.0.1:1/none")
+            do {
+                _ = try await PostgresConnection.connect(bad)
+                Issue.record("connected to a closed port")
+            } catch let error as SQLError {
+                #expect(error.kind == .connection)
+                #expect(!error.description.contains("hunter2"))
+            }
+            _ = url
+        }
+    }
+
+    @Test("a cancelled pg_sleep is gone from the server within 0.5 s and the connection stays clean",
+          arguments: SQLTestBackend.selected)
+    func cancellation(_ backend: SQLTestBackend) async throws {
+        let url = try postgresURL()
+        try await backend.run {
+            let connection = try await PostgresConnection.connect(url)
+            let observer = try await PostgresConnection.connect(url)
+            // A marker unique to this run: other backends run the same test against the same server.
+            let marker = "cancel-me-\(backend)-\(UInt32.random(in: 0...UInt32.max))"
+            let result: RawRows? = try await moveOnAfter(.milliseconds(100)) { _ in
+                try await connection.execute("SELECT pg_sleep(10) /* \(marker) */", [])
+            }
+            #expect(result == nil, "pg_sleep was not cancelled")
+            #expect(!connection.isBroken, "the connection was not cleaned up")
+            // The server side is gone (the clean-up waited for it) …
+            let active = try await observer.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE query LIKE $1 AND state = 'active' AND pid <> pg_backend_pid()",
+                [.text("%\(marker)%")])
+            #expect(active.rows == [[.integer(0)]], "the cancelled query still runs on the server")
+            // … and no late cancel hits the next query.
+            let next = try await connection.execute("SELECT pg_sleep(0.2), 42", [])
+            #expect(next.rows.first?.last == .integer(42))
+            // Text PostgreSQL cannot store is refused, not cut short.
+            do {
+                _ = try await connection.execute("SELECT $1::text", [.text("nul\u{0}inside")])
+                Issue.record("text with a NUL byte was accepted")
+            } catch let error as SQLError {
+                #expect(error.kind == .misuse)
+            }
+            await connection.close()
+            await observer.close()
+        }
+    }
+}
