@@ -53,15 +53,19 @@ let package = Package(
 
         .executableTarget(name: "RuntimeDemo", dependencies: ["AnyRuntime", "Runtime"], swiftSettings: swiftSettings),
 
-        .testTarget(
-            name: "RuntimeTests", dependencies: ["Runtime", "RuntimeTesting", "RuntimeUV", "AnyRuntime"],
+        // Test support shared by the test targets (backend selection); not a product.
+        .target(
+            name: "TestSupport", dependencies: ["Runtime", "RuntimeTesting", "AnyRuntime"], path: "Tests/TestSupport",
             swiftSettings: swiftSettings),
         .testTarget(
-            name: "SQLAsyncTests", dependencies: ["SQLAsync", "Runtime", "RuntimeTesting", "AnyRuntime"],
+            name: "RuntimeTests", dependencies: ["Runtime", "RuntimeTesting", "RuntimeUV", "AnyRuntime", "TestSupport"],
+            swiftSettings: swiftSettings),
+        .testTarget(
+            name: "SQLAsyncTests", dependencies: ["SQLAsync", "Runtime", "RuntimeTesting", "TestSupport"],
             swiftSettings: swiftSettings),
         .testTarget(
             name: "RuntimeConformanceTests",
-            dependencies: ["Runtime", "RuntimeTesting", "RuntimeUV", "RuntimeDispatch", "AnyRuntime"],
+            dependencies: ["Runtime", "RuntimeTesting", "RuntimeUV", "RuntimeDispatch", "AnyRuntime", "TestSupport"],
             swiftSettings: swiftSettings
         ),
     ]

@@ -31,23 +31,14 @@ public enum DispatchRuntime {
         _ body: @escaping @Sendable () async throws -> T
     ) throws -> T {
         let done = DispatchSemaphore(value: 0)
-        let outcome = Mutex<Result<T, any Error>?>(nil)
         let backend = DispatchBackend(configuration: configuration)
-        Task(executorPreference: backend.executor) {
-            let result: Result<T, any Error>
-            do {
-                result = .success(try await run(configuration: configuration, backend: backend, body))
-            } catch {
-                result = .failure(error)
-            }
-            outcome.withLock { $0 = result }
-            done.signal()
-        }
+        let runtime = Runtime(backend: backend, blockingTokens: configuration.blockingTokens)
+        // The root task ends after the backend closed, so the caller returns with nothing left behind.
+        let root = RootTask(runtime: runtime, { () async throws -> T in
+            try await Runtime.current.enter(body, afterwards: { await backend.close() })
+        }, finished: { done.signal() })
         done.wait()
-        guard let result = outcome.withLock({ $0 }) else {
-            throw RuntimeError(.backendFailure, "the dispatch runtime ended before its root task finished")
-        }
-        return try result.get()
+        return try root.result()
     }
 
     /// Runs `body` on a new serial queue, from code already inside Swift concurrency.
@@ -56,26 +47,9 @@ public enum DispatchRuntime {
         isolation: isolated (any Actor)? = #isolation,
         _ body: () async throws -> T
     ) async throws -> T {
-        try await run(
-            configuration: configuration, backend: DispatchBackend(configuration: configuration),
-            isolation: isolation, body)
-    }
-
-    private static func run<T>(
-        configuration: Configuration,
-        backend: DispatchBackend,
-        isolation: isolated (any Actor)? = #isolation,
-        _ body: () async throws -> T
-    ) async throws -> T {
+        let backend = DispatchBackend(configuration: configuration)
         let runtime = Runtime(backend: backend, blockingTokens: configuration.blockingTokens)
-        let result: Result<T, any Error>
-        do {
-            result = .success(try await runtime.enter(isolation: isolation, body))
-        } catch {
-            result = .failure(error)
-        }
-        await backend.close()
-        return try result.get()
+        return try await runtime.enter(isolation: isolation, body, afterwards: { await backend.close() })
     }
 }
 

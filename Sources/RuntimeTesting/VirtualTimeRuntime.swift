@@ -34,8 +34,10 @@ public enum VirtualTimeRuntime {
     /// Tuning for one run.
     public struct Configuration: Sendable {
         /// Real time the loop waits for IO before it lets the virtual clock jump while fds are watched
-        /// (default 25 ms).
-        public var ioQuietPeriod: Duration = .milliseconds(25)
+        /// (default 250 ms). It bounds how long a real peer — a database server — may take to answer before
+        /// virtual deadlines pass: raise it for slow peers or loaded machines, lower it for tests that only
+        /// talk to themselves.
+        public var ioQuietPeriod: Duration = .milliseconds(250)
         /// The virtual clock's reading at the start (default 1,000 s: arithmetic below zero stays valid).
         public var start = RuntimeInstant(nanoseconds: 1_000_000_000_000)
         /// The size of `Runtime.defaultBlockingLimiter`.
@@ -51,24 +53,11 @@ public enum VirtualTimeRuntime {
     ) throws -> T {
         let backend = VirtualTimeBackend(configuration: configuration)
         let runtime = Runtime(backend: backend, blockingTokens: configuration.blockingTokens)
-        let outcome = Mutex<Result<T, any Error>?>(nil)
         backend.adoptCurrentThread()
-        Task(executorPreference: backend.executor) {
-            let result: Result<T, any Error>
-            do {
-                result = .success(try await runtime.enter { try await body() })
-            } catch {
-                result = .failure(error)
-            }
-            outcome.withLock { $0 = result }
-            backend.stop()
-        }
+        let root = RootTask(runtime: runtime, body) { backend.stop() }
         backend.drive()
         backend.close()
-        guard let result = outcome.withLock({ $0 }) else {
-            throw RuntimeError(.backendFailure, "the virtual-time loop stopped before the root task finished")
-        }
-        return try result.get()
+        return try root.result()
     }
 
     /// Runs `body` on a new virtual-time runtime with a loop thread of its own.
@@ -80,14 +69,7 @@ public enum VirtualTimeRuntime {
         let backend = VirtualTimeBackend(configuration: configuration)
         let runtime = Runtime(backend: backend, blockingTokens: configuration.blockingTokens)
         try backend.startThread()
-        let result: Result<T, any Error>
-        do {
-            result = .success(try await runtime.enter(isolation: isolation, body))
-        } catch {
-            result = .failure(error)
-        }
-        await backend.stopThread()
-        return try result.get()
+        return try await runtime.enter(isolation: isolation, body, afterwards: { await backend.stopThread() })
     }
 
     /// Moves the current virtual-time runtime's clock forward by `duration` and runs the timers that became
@@ -134,7 +116,7 @@ final class VirtualTimeBackend: RuntimeBackend, OutsideWorkTracking, @unchecked 
     private let threadID = Atomic<UInt>(0)
     private let hasThread = Atomic<Bool>(false)
     private let closedFlag = Atomic<Bool>(false)
-    private let thread = Mutex<pthread_t?>(nil)
+    private let thread = Mutex<LoopThread?>(nil)
     private let quietMilliseconds: Int32
     private let executorObject: VirtualExecutor
 
@@ -449,49 +431,19 @@ final class VirtualTimeBackend: RuntimeBackend, OutsideWorkTracking, @unchecked 
 
     // MARK: Own thread
 
-    private let threadExit = Mutex<(done: Bool, waiter: UnsafeContinuation<Void, Never>?)>((false, nil))
-    private let threadStarted = Atomic<Bool>(false)
-
     func startThread() throws(RuntimeError) {
-        let context = Unmanaged.passRetained(self).toOpaque()
-        var handle = pthread_t()
-        let rc = pthread_create(&handle, nil, { context in
-            guard let context else { return nil }
-            // The backend was retained for this thread; released here.
-            let backend = Unmanaged<VirtualTimeBackend>.fromOpaque(context).takeRetainedValue()
-            backend.adoptCurrentThread()
-            backend.threadStarted.store(true, ordering: .releasing)
-            backend.drive()
-            backend.close()
-            let waiter = backend.threadExit.withLock { state -> UnsafeContinuation<Void, Never>? in
-                state.done = true
-                defer { state.waiter = nil }
-                return state.waiter
-            }
-            waiter?.resume()
-            return nil
-        }, context)
-        guard rc == 0 else {
-            Unmanaged<VirtualTimeBackend>.fromOpaque(context).release()
-            throw RuntimeError(.backendFailure, "cannot start the virtual-time loop thread (pthread_create: \(rc))")
+        let thread = try LoopThread.start(prepare: { [self] in adoptCurrentThread() }) { [self] in
+            drive()
+            close()
         }
-        thread.withLock { $0 = handle }
-        while !threadStarted.load(ordering: .acquiring) { sched_yield() }
+        self.thread.withLock { $0 = thread }
     }
 
     func stopThread() async {
         stop()
-        await withUnsafeContinuation { (continuation: UnsafeContinuation<Void, Never>) in
-            let done = threadExit.withLock { state -> Bool in
-                if state.done { return true }
-                state.waiter = continuation
-                return false
-            }
-            if done { continuation.resume() }
-        }
-        if let handle = thread.withLock({ state -> pthread_t? in defer { state = nil }; return state }) {
-            pthread_join(handle, nil)
-        }
+        guard let thread = thread.withLock({ $0 }) else { return }
+        await thread.join()
+        self.thread.withLock { $0 = nil }
     }
 }
 

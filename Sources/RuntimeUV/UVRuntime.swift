@@ -46,24 +46,11 @@ public enum UVRuntime {
     ) throws -> T {
         let backend = UVBackend(configuration: configuration)
         let runtime = Runtime(backend: backend, blockingTokens: configuration.blockingTokens)
-        let outcome = Mutex<Result<T, any Error>?>(nil)
         backend.loop.adoptCurrentThread()
-        Task(executorPreference: backend.executor) {
-            let result: Result<T, any Error>
-            do {
-                result = .success(try await runtime.enter { try await body() })
-            } catch {
-                result = .failure(error)
-            }
-            outcome.withLock { $0 = result }
-            backend.loop.stop()
-        }
+        let root = RootTask(runtime: runtime, body) { backend.loop.stop() }
         backend.loop.drive()
         try backend.close()
-        guard let result = outcome.withLock({ $0 }) else {
-            throw RuntimeError(.backendFailure, "the uv loop stopped before the root task finished")
-        }
-        return try result.get()
+        return try root.result()
     }
 
     /// Runs `body` on a new libuv loop with a thread of its own, from code already inside Swift concurrency.
@@ -80,14 +67,7 @@ public enum UVRuntime {
         let backend = UVBackend(configuration: configuration)
         let runtime = Runtime(backend: backend, blockingTokens: configuration.blockingTokens)
         try backend.startThread()
-        let result: Result<T, any Error>
-        do {
-            result = .success(try await runtime.enter(isolation: isolation, body))
-        } catch {
-            result = .failure(error)
-        }
-        try await backend.stopThread()
-        return try result.get()
+        return try await runtime.enter(isolation: isolation, body, afterwards: { try await backend.stopThread() })
     }
 }
 
@@ -95,7 +75,7 @@ public enum UVRuntime {
 final class UVBackend: RuntimeBackend {
     let loop: UVLoop
     private let pool: BlockingThreadPool
-    private let thread = Mutex<pthread_t?>(nil)
+    private let thread = Mutex<LoopThread?>(nil)
     private let closedFlag = Atomic<Bool>(false)
     private let closeResult = Atomic<Int32>(0)
 
@@ -183,74 +163,32 @@ final class UVBackend: RuntimeBackend {
         }
     }
 
-    /// Starts a thread that drives the loop until ``stopThread()``.
+    /// Starts a thread that drives the loop until ``stopThread()``, then closes it.
     func startThread() throws(RuntimeError) {
-        let context = Unmanaged.passRetained(ThreadContext(backend: self)).toOpaque()
-        var handle = pthread_t()
-        let rc = pthread_create(&handle, nil, { context in
-            guard let context else { return nil }
-            // The context was retained for this thread; it is released here.
-            let ctx = Unmanaged<ThreadContext>.fromOpaque(context).takeRetainedValue()
-            ctx.backend.loop.adoptCurrentThread()
-            ctx.backend.threadStarted.store(true, ordering: .releasing)
-            ctx.backend.loop.drive()
+        let loop = self.loop
+        let thread = try LoopThread.start(prepare: { loop.adoptCurrentThread() }) { [self] in
+            loop.drive()
             let result: Result<Void, RuntimeError>
             do throws(RuntimeError) {
-                try ctx.backend.close()
+                try close()
                 result = .success(())
             } catch {
                 result = .failure(error)
             }
-            ctx.backend.finishThread(result)
-            return nil
-        }, context)
-        guard rc == 0 else {
-            Unmanaged<ThreadContext>.fromOpaque(context).release()
-            throw RuntimeError(.backendFailure, "cannot start the uv loop thread (pthread_create: \(rc))")
+            closeOutcome.withLock { $0 = result }
         }
-        thread.withLock { $0 = handle }
-        // Wait until the thread owns the loop, so that `isOnExecutor` is meaningful from the first job on.
-        while !threadStarted.load(ordering: .acquiring) { sched_yield() }
+        self.thread.withLock { $0 = thread }
     }
 
-    let threadStarted = Atomic<Bool>(false)
-    private let threadExit = Mutex<ThreadExit>(ThreadExit())
-
-    private struct ThreadExit: Sendable {
-        var result: Result<Void, RuntimeError>?
-        var waiter: UnsafeContinuation<Result<Void, RuntimeError>, Never>?
-    }
-
-    private func finishThread(_ result: Result<Void, RuntimeError>) {
-        let waiter = threadExit.withLock { state -> UnsafeContinuation<Result<Void, RuntimeError>, Never>? in
-            state.result = result
-            defer { state.waiter = nil }
-            return state.waiter
-        }
-        waiter?.resume(returning: result)
-    }
+    private let closeOutcome = Mutex<Result<Void, RuntimeError>?>(nil)
 
     /// Stops the loop thread, waits for it to close the loop, and joins it. Not interruptible.
     func stopThread() async throws(RuntimeError) {
         loop.stop()
-        let result = await withUnsafeContinuation { (continuation: UnsafeContinuation<Result<Void, RuntimeError>, Never>) in
-            let done = threadExit.withLock { state -> Result<Void, RuntimeError>? in
-                if let result = state.result { return result }
-                state.waiter = continuation
-                return nil
-            }
-            if let done { continuation.resume(returning: done) }
-        }
-        // The thread has finished its work and is returning; joining takes microseconds.
-        if let handle = thread.withLock({ state -> pthread_t? in defer { state = nil }; return state }) {
-            pthread_join(handle, nil)
-        }
-        try result.get()
-    }
-
-    private final class ThreadContext: Sendable {
-        let backend: UVBackend
-        init(backend: UVBackend) { self.backend = backend }
+        guard let thread = thread.withLock({ $0 }) else { return }
+        await thread.join()
+        self.thread.withLock { $0 = nil }
+        try closeOutcome.withLock({ $0 })?.get()
     }
 }
 

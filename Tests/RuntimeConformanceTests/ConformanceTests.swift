@@ -3,26 +3,11 @@ import Runtime
 import RuntimeDispatch
 import RuntimeTesting
 import RuntimeUV
+import TestSupport
 import Testing
 
-#if canImport(Glibc)
-import Glibc
-#endif
-
-/// Every backend this package ships, as the conformance suite sees them; `ANYRUNTIME_BACKEND=uv,virtual`
-/// (comma-separated names, or `all`) narrows the list.
-let allBackends: [ConformanceBackend] = selectBackends([
-    ConformanceBackend(name: "uv") { body in try await UVRuntime.run { try await body() } },
-    ConformanceBackend(name: "dispatch") { body in try await DispatchRuntime.run { try await body() } },
-    .virtualTime,
-])
-
-func selectBackends(_ all: [ConformanceBackend]) -> [ConformanceBackend] {
-    guard let raw = getenv(Backend.environmentVariable).map({ String(cString: $0) }), !raw.isEmpty, raw != "all"
-    else { return all }
-    let names = Set(raw.lowercased().split(separator: ",").map { $0 == "libuv" ? "uv" : String($0) })
-    return all.filter { names.contains($0.name) }
-}
+/// Every backend this package ships, as the conformance suite sees them (ANYRUNTIME_BACKEND narrows it).
+let allBackends: [ConformanceBackend] = TestBackend.selected.map(\.conformanceBackend)
 
 @Suite("Runtime conformance")
 struct ConformanceTests {

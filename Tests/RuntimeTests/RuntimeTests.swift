@@ -1,6 +1,7 @@
 import AnyRuntime
 import Runtime
 import RuntimeUV
+import TestSupport
 import RuntimeTesting
 import Synchronization
 import Testing
@@ -8,28 +9,6 @@ import Testing
 #if canImport(Glibc)
 import Glibc
 #endif
-
-/// Runs `body` on a runtime of `backend` (the two real ones and virtual time). `ANYRUNTIME_BACKEND`
-/// (comma-separated, or `all`) narrows the list.
-enum TestBackend: String, CaseIterable, Sendable {
-    case uv, dispatch, virtual
-
-    static var selected: [TestBackend] {
-        guard let raw = getenv(Backend.environmentVariable).map({ String(cString: $0) }), !raw.isEmpty,
-            raw != "all"
-        else { return allCases }
-        let names = raw.lowercased().split(separator: ",").map { $0 == "libuv" ? "uv" : String($0) }
-        return allCases.filter { names.contains($0.rawValue) }
-    }
-
-    func run<T>(_ body: () async throws -> T) async throws -> T {
-        switch self {
-        case .uv: try await Backend.uv.run(body)
-        case .dispatch: try await Backend.dispatch.run(body)
-        case .virtual: try await VirtualTimeRuntime.run(body)
-        }
-    }
-}
 
 @Suite("Runtime", .timeLimit(.minutes(1)))
 struct RuntimeTests {

@@ -1,5 +1,6 @@
 import Runtime
 import RuntimeTesting
+import TestSupport
 @testable import SQLAsync
 import Testing
 
@@ -22,8 +23,8 @@ func postgresURL() throws -> DatabaseURL {
 @Suite("PostgreSQL driver", .timeLimit(.minutes(1)))
 struct PostgresDriverTests {
     @Test("connects through the runtime's readiness waits and round-trips values exactly",
-          arguments: SQLTestBackend.selected)
-    func roundTrip(_ backend: SQLTestBackend) async throws {
+          arguments: TestBackend.selected)
+    func roundTrip(_ backend: TestBackend) async throws {
         let url = try postgresURL()
         try await backend.run {
             let connection = try await PostgresConnection.connect(url)
@@ -48,8 +49,8 @@ struct PostgresDriverTests {
         }
     }
 
-    @Test("errors are typed with SQLSTATE and the SQL, never the values", arguments: SQLTestBackend.selected)
-    func errors(_ backend: SQLTestBackend) async throws {
+    @Test("errors are typed with SQLSTATE and the SQL, never the values", arguments: TestBackend.selected)
+    func errors(_ backend: TestBackend) async throws {
         let url = try postgresURL()
         try await backend.run {
             let connection = try await PostgresConnection.connect(url)
@@ -79,7 +80,7 @@ struct PostgresDriverTests {
     @Test("a bad password or an unreachable server is a typed connection error without the password")
     func connectionErrors() async throws {
         let url = try postgresURL()
-        try await SQLTestBackend.uv.run {
+        try await TestBackend.uv.run {
             let bad = try DatabaseURL("postgresql://nobody:hunter2@127.0.0.1:1/none")
             do {
                 _ = try await PostgresConnection.connect(bad)
@@ -93,8 +94,8 @@ struct PostgresDriverTests {
     }
 
     @Test("a cancelled pg_sleep is gone from the server within 0.5 s and the connection stays clean",
-          arguments: SQLTestBackend.selected)
-    func cancellation(_ backend: SQLTestBackend) async throws {
+          arguments: TestBackend.selected)
+    func cancellation(_ backend: TestBackend) async throws {
         let url = try postgresURL()
         try await backend.run {
             let connection = try await PostgresConnection.connect(url)

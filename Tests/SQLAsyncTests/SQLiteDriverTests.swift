@@ -1,6 +1,6 @@
-import AnyRuntime
 import Runtime
 import RuntimeTesting
+import TestSupport
 @testable import SQLAsync
 import Testing
 
@@ -8,32 +8,11 @@ import Testing
 import Glibc
 #endif
 
-/// Every backend (ANYRUNTIME_BACKEND narrows the list).
-enum SQLTestBackend: String, CaseIterable, Sendable {
-    case uv, dispatch, virtual
-
-    static var selected: [SQLTestBackend] {
-        guard let raw = getenv(Backend.environmentVariable).map({ String(cString: $0) }), !raw.isEmpty,
-            raw != "all"
-        else { return allCases }
-        let names = raw.lowercased().split(separator: ",").map { $0 == "libuv" ? "uv" : String($0) }
-        return allCases.filter { names.contains($0.rawValue) }
-    }
-
-    func run<T>(_ body: () async throws -> T) async throws -> T {
-        switch self {
-        case .uv: try await Backend.uv.run(body)
-        case .dispatch: try await Backend.dispatch.run(body)
-        case .virtual: try await VirtualTimeRuntime.run(body)
-        }
-    }
-}
-
 @Suite("SQLite driver", .timeLimit(.minutes(1)))
 struct SQLiteDriverTests {
     @Test("values round-trip exactly: NULL, integer extremes, doubles, non-ASCII and NUL text, bytes",
-          arguments: SQLTestBackend.selected)
-    func roundTrip(_ backend: SQLTestBackend) async throws {
+          arguments: TestBackend.selected)
+    func roundTrip(_ backend: TestBackend) async throws {
         try await backend.run {
             let connection = try await SQLiteConnection.open(path: nil)
             _ = try await connection.execute("CREATE TABLE t (v)", [])
@@ -51,8 +30,8 @@ struct SQLiteDriverTests {
         }
     }
 
-    @Test("errors are typed, carry the result code and the SQL, never the values", arguments: SQLTestBackend.selected)
-    func errors(_ backend: SQLTestBackend) async throws {
+    @Test("errors are typed, carry the result code and the SQL, never the values", arguments: TestBackend.selected)
+    func errors(_ backend: TestBackend) async throws {
         try await backend.run {
             let connection = try await SQLiteConnection.open(path: nil)
             _ = try await connection.execute("CREATE TABLE u (id INTEGER PRIMARY KEY, name TEXT UNIQUE NOT NULL)", [])
@@ -82,8 +61,8 @@ struct SQLiteDriverTests {
     }
 
     @Test("a cancelled long query is interrupted at once and the connection stays usable",
-          arguments: SQLTestBackend.selected)
-    func cancellation(_ backend: SQLTestBackend) async throws {
+          arguments: TestBackend.selected)
+    func cancellation(_ backend: TestBackend) async throws {
         try await backend.run {
             let connection = try await SQLiteConnection.open(path: nil)
             // Cancelled from another thread once the query runs: on virtual time a deadline would never come,
@@ -108,8 +87,8 @@ struct SQLiteDriverTests {
         }
     }
 
-    @Test("a file database uses WAL and survives reopening", arguments: SQLTestBackend.selected)
-    func fileDatabase(_ backend: SQLTestBackend) async throws {
+    @Test("a file database uses WAL and survives reopening", arguments: TestBackend.selected)
+    func fileDatabase(_ backend: TestBackend) async throws {
         var template = Array("/tmp/anyruntime-sqlite-XXXXXX".utf8CString)
         let directory = template.withUnsafeMutableBufferPointer { String(cString: mkdtemp($0.baseAddress!)) }
         let path = directory + "/test.db"

@@ -1,0 +1,44 @@
+// Shared by the test targets: which backends to run on, and how.
+import AnyRuntime
+import Runtime
+public import RuntimeTesting
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Every backend the tests run on: the two real ones and virtual time. `ANYRUNTIME_BACKEND`
+/// (comma-separated names, or `all`) narrows the list.
+public enum TestBackend: String, CaseIterable, Sendable, CustomStringConvertible {
+    case uv, dispatch, virtual
+
+    public var description: String { rawValue }
+
+    /// The backends selected by `ANYRUNTIME_BACKEND`; all of them when it is unset.
+    public static var selected: [TestBackend] {
+        guard let names = selectedNames() else { return allCases }
+        return allCases.filter { names.contains($0.rawValue) }
+    }
+
+    /// Runs `body` on a fresh runtime of this backend.
+    public func run<T>(isolation: isolated (any Actor)? = #isolation, _ body: () async throws -> T) async throws -> T {
+        switch self {
+        case .uv: try await Backend.uv.run(isolation: isolation, body)
+        case .dispatch: try await Backend.dispatch.run(isolation: isolation, body)
+        case .virtual: try await VirtualTimeRuntime.run(isolation: isolation, body)
+        }
+    }
+
+    /// This backend as the conformance suite sees it.
+    public var conformanceBackend: ConformanceBackend {
+        let backend = self
+        return ConformanceBackend(name: rawValue) { body in try await backend.run(body) }
+    }
+}
+
+/// The lowercased names in `ANYRUNTIME_BACKEND`, or nil when it is unset, empty or `all`.
+func selectedNames() -> Set<String>? {
+    guard let raw = getenv(Backend.environmentVariable).map({ String(cString: $0) }), !raw.isEmpty, raw != "all"
+    else { return nil }
+    return Set(raw.lowercased().split(separator: ",").map { $0 == "libuv" ? "uv" : String($0) })
+}
