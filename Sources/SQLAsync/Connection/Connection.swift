@@ -1,0 +1,46 @@
+import Runtime
+
+/// A connection to a database: statements, written once with ``SQL``, compiled for its dialect.
+///
+/// Obtain one from ``Engine/connect()``; call ``close()`` when done. A connection serves one task at a time.
+public final class Connection: Sendable {
+    enum Driver: Sendable {
+        case postgres(PostgresConnection)
+        case sqlite(SQLiteConnection)
+    }
+
+    let driver: Driver
+
+    init(_ driver: Driver) { self.driver = driver }
+
+    /// Runs `sql` and reads its whole result. Every interpolated value is a bound parameter.
+    ///
+    /// - Throws: ``SQLError`` (its SQL text, never the values); `CancellationError` when cancelled — the
+    ///   statement was cancelled on the server or interrupted, and the connection is clean (or, if that could
+    ///   not be ensured, ``isBroken``).
+    public func execute(_ sql: SQL) async throws -> QueryResult {
+        switch driver {
+        case .postgres(let connection):
+            QueryResult(try await connection.execute(sql.text(placeholders: .dollarNumbered), sql.values))
+        case .sqlite(let connection):
+            QueryResult(try await connection.execute(sql.text(placeholders: .questionMark), sql.values))
+        }
+    }
+
+    /// Whether the connection can no longer be used (the server went away, or a cancelled query could not
+    /// be cleaned up); discard it.
+    public var isBroken: Bool {
+        switch driver {
+        case .postgres(let connection): connection.isBroken
+        case .sqlite: false
+        }
+    }
+
+    /// Closes the connection. Not interrupted by cancellation.
+    public func close() async {
+        switch driver {
+        case .postgres(let connection): await connection.close()
+        case .sqlite(let connection): await connection.close()
+        }
+    }
+}

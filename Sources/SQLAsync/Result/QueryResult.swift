@@ -1,0 +1,63 @@
+/// The rows and counters of one statement, read in full.
+///
+/// ```swift
+/// let result = try await connection.execute("SELECT id, name FROM users WHERE age > \(30)")
+/// for row in result { print(try row.decode("name", as: String.self)) }
+/// let count: Int? = try await connection.execute("SELECT count(*) FROM users").scalar()
+/// ```
+public struct QueryResult: Sendable, RandomAccessCollection {
+    /// The column names.
+    public let columns: [String]
+    /// Rows inserted, updated or deleted (0 for queries).
+    public let rowsAffected: Int
+    private let rowValues: [[SQLValue]]
+
+    init(_ raw: RawRows) {
+        columns = raw.columns
+        rowsAffected = raw.rowsAffected
+        rowValues = raw.rows
+    }
+
+    public var startIndex: Int { rowValues.startIndex }
+    public var endIndex: Int { rowValues.endIndex }
+    public subscript(position: Int) -> Row { Row(columns: columns, values: rowValues[position]) }
+
+    /// Every row.
+    public func all() -> [Row] { Array(self) }
+
+    /// The first row, or `nil` when there is none.
+    public func first() -> Row? { isEmpty ? nil : self[startIndex] }
+
+    /// The only row.
+    ///
+    /// - Throws: ``SQLError/Kind/misuse`` when there is no row or more than one.
+    public func one() throws(SQLError) -> Row {
+        guard count == 1 else { throw SQLError(.misuse, "one() expected exactly one row, got \(count)") }
+        return self[startIndex]
+    }
+
+    /// The only row, or `nil` when there is none.
+    ///
+    /// - Throws: ``SQLError/Kind/misuse`` when there is more than one.
+    public func oneOrNone() throws(SQLError) -> Row? {
+        guard count <= 1 else { throw SQLError(.misuse, "oneOrNone() expected at most one row, got \(count)") }
+        return first()
+    }
+
+    /// The first column of the first row as `T`, or `nil` when there is no row.
+    public func scalar<T: SQLDecodable>(_ type: T.Type = T.self) throws(SQLError) -> T? {
+        guard let row = first() else { return nil }
+        return try row.decode(0, as: T.self)
+    }
+
+    /// The first column of every row as `T`.
+    public func scalars<T: SQLDecodable>(_ type: T.Type = T.self) throws(SQLError) -> [T] {
+        var values: [T] = []
+        values.reserveCapacity(count)
+        for row in self { values.append(try row.decode(0, as: T.self)) }
+        return values
+    }
+
+    /// Every row as column name → value.
+    public func mappings() -> [[String: SQLValue]] { map(\.mapping) }
+}
