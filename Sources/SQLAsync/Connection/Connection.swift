@@ -1,4 +1,5 @@
 import Runtime
+import Synchronization
 
 /// A connection to a database: statements, written once with ``SQL``, compiled for its dialect.
 ///
@@ -10,8 +11,15 @@ public final class Connection: Sendable {
     }
 
     let driver: Driver
+    /// 0 outside a transaction, 1 in one, more inside savepoints.
+    let transactionDepth = Mutex(0)
+    let readOnlyTransaction = Mutex(false)
+    private let broken = Atomic<Bool>(false)
 
     init(_ driver: Driver) { self.driver = driver }
+
+    /// Marks the connection unusable (its state could not be restored).
+    func markBroken() { broken.store(true, ordering: .releasing) }
 
     /// Runs `sql` and reads its whole result. Every interpolated value is a bound parameter.
     ///
@@ -30,9 +38,10 @@ public final class Connection: Sendable {
     /// Whether the connection can no longer be used (the server went away, or a cancelled query could not
     /// be cleaned up); discard it.
     public var isBroken: Bool {
+        if broken.load(ordering: .acquiring) { return true }
         switch driver {
-        case .postgres(let connection): connection.isBroken
-        case .sqlite: false
+        case .postgres(let connection): return connection.isBroken
+        case .sqlite: return false
         }
     }
 

@@ -1,0 +1,121 @@
+import Runtime
+import Synchronization
+
+/// How a transaction isolates itself from concurrent ones.
+///
+/// SQLite runs every transaction serializably, so there the level is accepted and has no further effect.
+public enum IsolationLevel: String, Sendable, CaseIterable {
+    case readCommitted = "READ COMMITTED"
+    case repeatableRead = "REPEATABLE READ"
+    case serializable = "SERIALIZABLE"
+}
+
+extension Connection {
+    /// How long the rollback after an error or a cancellation may take before the connection is given up.
+    static let rollbackDeadline: Duration = .seconds(5)
+
+    /// Runs `body` in a transaction: commits when it returns, rolls back when it throws or is cancelled.
+    ///
+    /// Called inside another transaction on the same connection, it uses a savepoint instead, so that only the
+    /// inner work is undone on failure.
+    ///
+    /// ```swift
+    /// try await connection.withTransaction(isolationLevel: .serializable) { connection in
+    ///     try await connection.execute("UPDATE accounts SET balance = balance - \(amount) WHERE id = \(from)")
+    ///     try await connection.execute("UPDATE accounts SET balance = balance + \(amount) WHERE id = \(to)")
+    /// }
+    /// ```
+    ///
+    /// The rollback runs in a shielded scope with its own deadline, so a cancelled caller still leaves the
+    /// connection outside any transaction; if even that fails, the connection ``isBroken``.
+    ///
+    /// - Parameters:
+    ///   - isolationLevel: the isolation level of an outermost transaction (PostgreSQL; ignored for savepoints).
+    ///   - readOnly: refuse writes in an outermost transaction.
+    /// - Throws: what `body` throws, after the rollback; the commit's ``SQLError`` (for example
+    ///   ``SQLError/Kind/serializationFailure``: retry the transaction).
+    public func withTransaction<T>(
+        isolationLevel: IsolationLevel? = nil,
+        readOnly: Bool = false,
+        isolation: isolated (any Actor)? = #isolation,
+        _ body: (Connection) async throws -> T
+    ) async throws -> T {
+        let savepoint = try await begin(isolation: isolationLevel, readOnly: readOnly)
+        let result: T
+        do {
+            result = try await body(self)
+        } catch {
+            await rollBackShielded(savepoint)
+            throw error
+        }
+        do {
+            try await commit(savepoint)
+        } catch {
+            await rollBackShielded(savepoint)
+            throw error
+        }
+        return result
+    }
+
+    /// Starts a transaction, or a savepoint inside one; returns the savepoint's name (nil for a transaction).
+    func begin(isolation: IsolationLevel?, readOnly: Bool) async throws -> String? {
+        let depth = transactionDepth.withLock { $0 }
+        if depth > 0 {
+            let name = "anyruntime_sp_\(depth)"
+            _ = try await execute(.unsafeRaw("SAVEPOINT \(name)"))
+            transactionDepth.withLock { $0 += 1 }
+            return name
+        }
+        switch driver {
+        case .postgres:
+            var text = "BEGIN"
+            if let isolation { text += " ISOLATION LEVEL \(isolation.rawValue)" }
+            if readOnly { text += " READ ONLY" }
+            _ = try await execute(.unsafeRaw(text))
+        case .sqlite:
+            _ = try await execute(.unsafeRaw(readOnly ? "BEGIN DEFERRED" : "BEGIN IMMEDIATE"))
+            if readOnly { _ = try await execute("PRAGMA query_only = ON") }
+        }
+        transactionDepth.withLock { $0 = 1 }
+        readOnlyTransaction.withLock { $0 = readOnly }
+        return nil
+    }
+
+    private func commit(_ savepoint: String?) async throws {
+        if let savepoint {
+            _ = try await execute(.unsafeRaw("RELEASE SAVEPOINT \(savepoint)"))
+            transactionDepth.withLock { $0 -= 1 }
+            return
+        }
+        _ = try await execute("COMMIT")
+        await endTransaction()
+    }
+
+    /// Rolls back the transaction or savepoint, shielded, within ``rollbackDeadline``; marks the connection
+    /// broken when that is not possible.
+    private func rollBackShielded(_ savepoint: String?) async {
+        let rolledBack: Bool? = try? await withCancelScope(
+            deadline: Runtime.current.now.advanced(by: Self.rollbackDeadline), shield: true
+        ) { _ in
+            if let savepoint {
+                _ = try await execute(.unsafeRaw("ROLLBACK TO SAVEPOINT \(savepoint)"))
+                _ = try await execute(.unsafeRaw("RELEASE SAVEPOINT \(savepoint)"))
+                transactionDepth.withLock { $0 -= 1 }
+            } else {
+                _ = try await execute("ROLLBACK")
+                await endTransaction()
+            }
+            return true
+        }
+        if rolledBack != true { markBroken() }
+    }
+
+    private func endTransaction() async {
+        transactionDepth.withLock { $0 = 0 }
+        let wasReadOnly = readOnlyTransaction.withLock { state -> Bool in defer { state = false }; return state }
+        if case .sqlite = driver, wasReadOnly { _ = try? await execute("PRAGMA query_only = OFF") }
+    }
+
+    /// Whether a transaction (or savepoint) opened through this API is in progress.
+    public var isInTransaction: Bool { transactionDepth.withLock { $0 > 0 } }
+}

@@ -1,0 +1,144 @@
+import Runtime
+import SQLAsync
+import TestSupport
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+@Suite("Transactions", .timeLimit(.minutes(1)))
+struct TransactionTests {
+    /// Creates a table, runs `body`, drops the table.
+    func withTable(
+        _ database: TestDatabase, _ connection: Connection, _ body: (SQL) async throws -> Void
+    ) async throws {
+        let table = SQL.identifier(database.table("ledger"))
+        _ = try await connection.execute("CREATE TABLE \(table) (id INTEGER PRIMARY KEY, amount INTEGER NOT NULL)")
+        try await body(table)
+        _ = try await connection.execute("DROP TABLE \(table)")
+    }
+
+    func count(_ table: SQL, _ connection: Connection) async throws -> Int {
+        try await connection.execute("SELECT count(*) FROM \(table)").scalar(Int.self) ?? -1
+    }
+
+    @Test("commit on success; rollback on a thrown error", arguments: TestBackend.selected, TestDatabase.allCases)
+    func commitAndRollback(_ backend: TestBackend, _ database: TestDatabase) async throws {
+        let engine = try database.engine()
+        try await backend.run {
+            try await engine.withConnection { connection in
+                try await withTable(database, connection) { table in
+                    try await connection.withTransaction { connection in
+                        _ = try await connection.execute("INSERT INTO \(table) VALUES (\(1), \(10))")
+                    }
+                    #expect(try await count(table, connection) == 1)
+                    struct Abort: Error {}
+                    await #expect(throws: Abort.self) {
+                        try await connection.withTransaction { connection in
+                            _ = try await connection.execute("INSERT INTO \(table) VALUES (\(2), \(20))")
+                            throw Abort()
+                        }
+                    }
+                    #expect(try await count(table, connection) == 1)
+                    #expect(!connection.isInTransaction)
+                    // A failing statement inside rolls back too (PostgreSQL aborts the transaction).
+                    await #expect(throws: SQLError.self) {
+                        try await connection.withTransaction { connection in
+                            _ = try await connection.execute("INSERT INTO \(table) VALUES (\(3), \(30))")
+                            _ = try await connection.execute("INSERT INTO \(table) VALUES (\(3), \(31))")
+                        }
+                    }
+                    #expect(try await count(table, connection) == 1)
+                }
+            }
+        }
+    }
+
+    @Test("a cancelled transaction is rolled back and the connection stays usable",
+          arguments: TestBackend.selected, TestDatabase.allCases)
+    func rollbackOnCancellation(_ backend: TestBackend, _ database: TestDatabase) async throws {
+        let engine = try database.engine()
+        try await backend.run {
+            try await engine.withConnection { connection in
+                try await withTable(database, connection) { table in
+                    let result: Void? = try await withCancelScope { scope in
+                        try await connection.withTransaction { connection in
+                            _ = try await connection.execute("INSERT INTO \(table) VALUES (\(1), \(10))")
+                            scope.cancel()
+                            _ = try await connection.execute("INSERT INTO \(table) VALUES (\(2), \(20))")
+                        }
+                    }
+                    #expect(result == nil)
+                    #expect(!connection.isInTransaction && !connection.isBroken)
+                    #expect(try await count(table, connection) == 0)
+                }
+            }
+        }
+    }
+
+    @Test("nested transactions are savepoints: an inner failure undoes only the inner work",
+          arguments: TestBackend.selected, TestDatabase.allCases)
+    func savepoints(_ backend: TestBackend, _ database: TestDatabase) async throws {
+        let engine = try database.engine()
+        try await backend.run {
+            try await engine.withConnection { connection in
+                try await withTable(database, connection) { table in
+                    struct Inner: Error {}
+                    try await connection.withTransaction { connection in
+                        _ = try await connection.execute("INSERT INTO \(table) VALUES (\(1), \(10))")
+                        do {
+                            try await connection.withTransaction { connection in
+                                _ = try await connection.execute("INSERT INTO \(table) VALUES (\(2), \(20))")
+                                throw Inner()
+                            }
+                        } catch is Inner {}
+                        try await connection.withTransaction { connection in
+                            _ = try await connection.execute("INSERT INTO \(table) VALUES (\(3), \(30))")
+                        }
+                    }
+                    let ids = try await connection.execute("SELECT id FROM \(table) ORDER BY id").scalars(Int.self)
+                    #expect(ids == [1, 3])
+                }
+            }
+        }
+    }
+
+    @Test("isolation level and read-only on PostgreSQL", arguments: TestBackend.selected)
+    func postgresOptions(_ backend: TestBackend) async throws {
+        let engine = try TestDatabase.postgresql.engine()
+        try await backend.run {
+            try await engine.withConnection { connection in
+                let level = try await connection.withTransaction(isolationLevel: .serializable) { connection in
+                    try await connection.execute("SHOW transaction_isolation").scalar(String.self)
+                }
+                #expect(level == "serializable")
+                do {
+                    try await connection.withTransaction(readOnly: true) { connection in
+                        _ = try await connection.execute("CREATE TEMP TABLE t_ro (x int)")
+                    }
+                    Issue.record("a write succeeded in a read-only transaction")
+                } catch let error as SQLError {
+                    #expect(error.sqlState == "25006")
+                }
+            }
+        }
+    }
+
+    @Test("read-only on SQLite refuses writes", arguments: TestBackend.selected)
+    func sqliteReadOnly(_ backend: TestBackend) async throws {
+        let engine = try TestDatabase.sqlite.engine()
+        try await backend.run {
+            try await engine.withConnection { connection in
+                _ = try await connection.execute("CREATE TABLE t (x INTEGER)")
+                await #expect(throws: SQLError.self) {
+                    try await connection.withTransaction(readOnly: true) { connection in
+                        _ = try await connection.execute("INSERT INTO t VALUES (\(1))")
+                    }
+                }
+                _ = try await connection.execute("INSERT INTO t VALUES (\(2))")  // writable again afterwards
+                #expect(try await connection.execute("SELECT count(*) FROM t").scalar(Int.self) == 1)
+            }
+        }
+    }
+}
