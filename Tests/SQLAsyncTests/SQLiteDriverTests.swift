@@ -87,6 +87,30 @@ struct SQLiteDriverTests {
         }
     }
 
+    @Test("a cancellation that lands before the statement starts still stops it (20 races)",
+          arguments: TestBackend.selected)
+    func cancellationBeforeStart(_ backend: TestBackend) async throws {
+        try await backend.run {
+            let connection = try await SQLiteConnection.open(path: nil)
+            let canceller = BlockingThreadPool(maximumThreads: 1)
+            for round in 0..<20 {
+                let result: RawRows? = try await withCancelScope { scope in
+                    canceller.submit {
+                        usleep(UInt32(round % 3) * 1_000)  // 0, 1 or 2 ms: before, around and after the start
+                        scope.cancel()
+                    }
+                    return try await connection.execute(
+                        "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c WHERE x < 0",
+                        [])
+                }
+                #expect(result == nil, "round \(round): the endless query was not stopped")
+            }
+            canceller.shutdown()
+            #expect(try await connection.execute("SELECT 1", []).rows == [[.integer(1)]])
+            await connection.close()
+        }
+    }
+
     @Test("a file database uses WAL and survives reopening", arguments: TestBackend.selected)
     func fileDatabase(_ backend: TestBackend) async throws {
         var template = Array("/tmp/anyruntime-sqlite-XXXXXX".utf8CString)

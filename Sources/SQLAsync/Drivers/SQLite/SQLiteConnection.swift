@@ -54,7 +54,7 @@ final class SQLiteConnection: Sendable {
             }) { (completion: Completion<RawRows>) in
                 worker.submit {
                     completion.resume(with: Result { () throws(SQLError) -> RawRows in
-                        try handle.run(sql, binds)
+                        try handle.run(sql, binds, cancelled: interrupted)
                     }.mapError { $0 as any Error })
                 }
             }
@@ -92,9 +92,10 @@ final class SQLiteConnection: Sendable {
     }
 }
 
-/// Set when a cancellation interrupted the statement.
-private final class InterruptFlag: Sendable {
-    private let storage = Mutex(false)
-    func set() { storage.withLock { $0 = true } }
-    var isSet: Bool { storage.withLock { $0 } }
+/// Set when the caller was cancelled. The statement checks it before it starts and, through SQLite's progress
+/// handler, while it runs: `sqlite3_interrupt` alone is lost when it comes before the statement starts.
+final class InterruptFlag: Sendable {
+    private let storage = Atomic<Bool>(false)
+    func set() { storage.store(true, ordering: .releasing) }
+    var isSet: Bool { storage.load(ordering: .acquiring) }
 }

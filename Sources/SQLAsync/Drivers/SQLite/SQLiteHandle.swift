@@ -63,8 +63,22 @@ final class SQLiteHandle: @unchecked Sendable {
     }
 
     /// Prepares (or reuses), binds, steps every row and decodes. Worker thread only.
-    func run(_ sql: String, _ binds: [SQLValue]) throws(SQLError) -> RawRows {
+    ///
+    /// - Parameter cancelled: when set (before or during the statement), the statement stops with
+    ///   ``SQLError/Kind/cancelled``.
+    func run(_ sql: String, _ binds: [SQLValue], cancelled: InterruptFlag? = nil) throws(SQLError) -> RawRows {
         guard let db else { throw SQLError(.connection, "the SQLite connection is closed", sql: sql) }
+        if let cancelled {
+            guard !cancelled.isSet else { throw SQLError(.cancelled, "cancelled before it started", sql: sql) }
+            // Every 1,000 virtual machine instructions SQLite asks whether to go on.
+            let context = Unmanaged.passUnretained(cancelled).toOpaque()
+            sqlite3_progress_handler(db, 1_000, { context in
+                guard let context else { return 0 }
+                return Unmanaged<InterruptFlag>.fromOpaque(context).takeUnretainedValue().isSet ? 1 : 0
+            }, context)
+        }
+        // The flag is only borrowed for this call (the caller keeps it alive until the call returns).
+        defer { if cancelled != nil { sqlite3_progress_handler(db, 0, nil, nil) } }
         let statement = try prepared(sql, db: db)
         defer {
             sqlite3_reset(statement)
