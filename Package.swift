@@ -51,7 +51,8 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
 
-        .executableTarget(name: "RuntimeDemo", dependencies: ["AnyRuntime", "Runtime"], swiftSettings: swiftSettings),
+        .executableTarget(
+            name: "RuntimeDemo", dependencies: ["AnyRuntime", "Runtime", "SQLAsync"], swiftSettings: swiftSettings),
 
         // Test support shared by the test targets (backend selection); not a product.
         .target(

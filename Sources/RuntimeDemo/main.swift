@@ -1,5 +1,10 @@
-// The same small program on every backend: a task group, a timeout that fires, a shielded clean-up,
-// a socketpair readiness wait and blocking work. ANYRUNTIME_BACKEND=uv|dispatch picks one; default: all.
+// The same small program on every backend: a runtime tour (a task group, a timeout that fires, a shielded
+// clean-up, a socketpair readiness wait, blocking work) and an SQL tour (create, insert, query, a transaction
+// rolled back, a timeout, a cancelled query) on embedded SQLite, or on PostgreSQL when given a URL:
+//
+//   anyruntime-demo [postgresql://user:password@host:port/database]
+//
+// ANYRUNTIME_BACKEND=uv|dispatch picks one backend; default: all.
 import AnyRuntime
 import Runtime
 import Synchronization
@@ -95,11 +100,13 @@ final class Recorder: Sendable {
 
 
 
+let databaseURL = CommandLine.arguments.dropFirst().first ?? "sqlite::memory:"
 do {
     for backend in try Backend.allFromEnvironment() {
-        print("== \(backend) backend")
-        let lines = try backend.run { try await program() }
-        for line in lines { print(line) }
+        print("== \(backend) backend: runtime")
+        for line in try backend.run({ try await program() }) { print(line) }
+        print("== \(backend) backend: SQL")
+        for line in try backend.run({ try await sqlTour(url: databaseURL) }) { print(line) }
         print("")
     }
 } catch {
