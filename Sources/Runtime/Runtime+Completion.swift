@@ -71,6 +71,9 @@ extension Runtime {
     ///     default: keep waiting, return the result; the next runtime wait sees the cancellation),
     ///     ``BlockingCancellation/interrupt(_:)`` (call the hook, then keep waiting) or
     ///     ``BlockingCancellation/abandon`` (throw `CancellationError` at once; the late result is dropped).
+    ///   - resumedByOutsideThread: whether a thread the runtime does not own produces the result (the default),
+    ///     as opposed to another task of the runtime. A virtual-time backend holds its clock still only for
+    ///     the former.
     ///   - isolation: the caller's isolation (leave the default).
     ///   - start: starts the work and arranges for `completion` to be resumed exactly once. It runs before
     ///     the wait; if it throws, that error is thrown and nothing is awaited.
@@ -78,12 +81,15 @@ extension Runtime {
     ///   (then `start` is not called) or, under `.abandon`, when it is cancelled while waiting.
     public static func withCompletion<Value: Sendable>(
         onCancel: BlockingCancellation = .waitForCompletion,
+        resumedByOutsideThread: Bool = true,
         isolation: isolated (any Actor)? = #isolation,
         _ start: (Completion<Value>) throws -> Void
     ) async throws -> Value {
         try CancelScope.checkCancelled(CancelScope.current)
         let parker = Parker<Value>()
-        let tracking = (currentIfAny?.backend as? any OutsideWorkTracking).map(OutsideWork.init)
+        let tracking =
+            resumedByOutsideThread
+            ? (currentIfAny?.backend as? any OutsideWorkTracking).map(OutsideWork.init) : nil
         do {
             try start(Completion(parker: parker, tracking: tracking))
         } catch {

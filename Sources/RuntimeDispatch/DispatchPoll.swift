@@ -85,6 +85,28 @@ final class DispatchPollRegistry: Sendable {
             }
             table[fd] = entry
         }
+        // A resumed source does not always report a state that began while it was suspended (a peer's
+        // hang-up or reset is delivered once): look once, and deliver what is already there.
+        let ready = Self.readiness(of: fd, for: watch.events)
+        if ready.contains(.read) {
+            ioQueue.async { [weak self] in self?.fired(fd: fd, kind: .read) }
+        } else if ready.contains(.write) {
+            ioQueue.async { [weak self] in self?.fired(fd: fd, kind: .write) }
+        }
+    }
+
+    /// What `fd` is ready for now, among `events` (an error or hang-up counts as every requested event).
+    static func readiness(of fd: Int32, for events: IOEvents) -> IOEvents {
+        var probe = pollfd(
+            fd: fd,
+            events: Int16(events.contains(.read) ? POLLIN : 0) | Int16(events.contains(.write) ? POLLOUT : 0),
+            revents: 0)
+        guard poll(&probe, 1, 0) > 0 else { return [] }
+        if probe.revents & Int16(POLLERR | POLLHUP | POLLNVAL) != 0 { return events }
+        var ready: IOEvents = []
+        if probe.revents & Int16(POLLIN) != 0 { ready.insert(.read) }
+        if probe.revents & Int16(POLLOUT) != 0 { ready.insert(.write) }
+        return ready.intersection(events)
     }
 
     /// Creates the source on first use, or resumes it if suspended. Under the table lock.
@@ -106,17 +128,16 @@ final class DispatchPollRegistry: Sendable {
     }
 
     private func fired(fd: Int32, kind: IOEvents) {
-        let watch = table.withLock { table -> DispatchWatch? in
-            guard var entry = table[fd] else { return nil }
-            let watch: DispatchWatch?
-            if kind == .read {
-                watch = entry.reader
-                entry.reader = nil
-                if entry.writer === watch { entry.writer = nil }
-            } else {
-                watch = entry.writer
-                entry.writer = nil
+        let (watch, ready) = table.withLock { table -> (DispatchWatch?, IOEvents) in
+            guard var entry = table[fd] else { return (nil, []) }
+            let candidate = kind == .read ? entry.reader : entry.writer
+            // Sources fire spuriously (and may fire for a state that is gone): report what is really ready, and
+            // keep waiting when nothing is.
+            let ready = candidate.map { Self.readiness(of: fd, for: $0.events) } ?? []
+            let watch: DispatchWatch? = ready.isEmpty ? nil : candidate
+            if let watch {
                 if entry.reader === watch { entry.reader = nil }
+                if entry.writer === watch { entry.writer = nil }
             }
             // Nobody waits in a direction any more: suspend its source, or level-triggered readiness spins.
             if entry.reader == nil, let box = entry.read, !box.suspended {
@@ -128,9 +149,9 @@ final class DispatchPollRegistry: Sendable {
                 box.source.suspend()
             }
             table[fd] = entry
-            return watch
+            return (watch, ready)
         }
-        watch?.finish(.success(kind))
+        watch?.finish(.success(ready))
     }
 
     func unregister(_ watch: DispatchWatch) {

@@ -119,8 +119,11 @@ extension UVLoop {
         var fd: uv_os_fd_t = -1
         uv_fileno(UnsafeMutableRawPointer(handle).assumingMemoryBound(to: uv_handle_t.self), &fd)
         guard fd >= 0, Int(fd) < polls.count, let poll = polls[Int(fd)], poll.handle == handle else { return }
-        // An error (for example EBADF) wakes everybody: their next read or write reports the real error.
+        // An error (POLLERR, for example a reset connection) wakes everybody: their next read or write reports
+        // the real error. libuv has stopped the handle itself before calling us with an error, so it is
+        // disarmed now: the next wait must start it again, or it would wait on a stopped handle forever.
         let fired = status < 0 ? poll.armed : events
+        if status < 0 { poll.armed = 0 }
         var stillWanted = poll.armed
         var woken: [(UVWatch, IOEvents)] = []
         if fired & readable != 0 {

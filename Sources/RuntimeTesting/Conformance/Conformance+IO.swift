@@ -143,6 +143,29 @@ extension RuntimeConformance {
                 await pair.close(on: runtime)
             }
         },
+        ConformanceTest(
+            "h3.peer-reset",
+            "after a peer resets a TCP connection, every readiness wait on the socket still wakes (no stale arming)"
+        ) { backend in
+            try await backend.run {
+                let runtime = try Runtime.current
+                let (client, server) = try tcpPair()
+                // Reset, not an orderly close: SO_LINGER 0 makes close() send RST.
+                var linger = Glibc.linger(l_onoff: 1, l_linger: 0)
+                setsockopt(server, SOL_SOCKET, SO_LINGER, &linger, socklen_t(MemoryLayout<Glibc.linger>.size))
+                _ = Glibc.close(server)
+                var byte: UInt8 = 0
+                for attempt in 1...3 {
+                    let woke: IOEvents? = try await moveOnAfter(.seconds(5)) { _ in
+                        try await runtime.wait(fd: client, for: .read)
+                    }
+                    try check(woke != nil, "wait \(attempt) on a reset socket did not wake")
+                    _ = read(client, &byte, 1)  // ECONNRESET, then end of file
+                }
+                await runtime.forget(fd: client)
+                _ = Glibc.close(client)
+            }
+        },
     ]
 
     static let blockingTests: [ConformanceTest] = [
@@ -311,4 +334,31 @@ extension RuntimeConformance {
             }
         },
     ]
+}
+
+/// A connected pair of non-blocking TCP sockets on loopback (a socketpair cannot be reset).
+func tcpPair() throws(ConformanceFailure) -> (client: Int32, server: Int32) {
+    let listener = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    guard listener >= 0 else { throw fail("socket failed: errno \(errno)") }
+    defer { _ = Glibc.close(listener) }
+    var address = sockaddr_in()
+    address.sin_family = sa_family_t(AF_INET)
+    address.sin_addr.s_addr = UInt32(0x7F00_0001).bigEndian
+    address.sin_port = 0
+    var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+    let bound = withUnsafeMutablePointer(to: &address) { pointer in
+        pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { raw in
+            bind(listener, raw, length) == 0 && listen(listener, 1) == 0 && getsockname(listener, raw, &length) == 0
+        }
+    }
+    guard bound else { throw fail("bind/listen on loopback failed: errno \(errno)") }
+    let client = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    let connected = withUnsafePointer(to: &address) { pointer in
+        pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(client, $0, length) == 0 }
+    }
+    guard client >= 0, connected else { throw fail("connect on loopback failed: errno \(errno)") }
+    let server = accept(listener, nil, nil)
+    guard server >= 0 else { throw fail("accept failed: errno \(errno)") }
+    _ = fcntl(client, F_SETFL, fcntl(client, F_GETFL) | O_NONBLOCK)
+    return (client, server)
 }

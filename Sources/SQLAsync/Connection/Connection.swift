@@ -11,12 +11,26 @@ public final class Connection: Sendable {
     }
 
     let driver: Driver
+    /// The pool this connection returns to on ``close()``, and when it was opened.
+    private let pool: ConnectionPool?
+    private let openedAt: Int64
+    private let released = Atomic<Bool>(false)
     /// 0 outside a transaction, 1 in one, more inside savepoints.
     let transactionDepth = Mutex(0)
     let readOnlyTransaction = Mutex(false)
     private let broken = Atomic<Bool>(false)
 
-    init(_ driver: Driver) { self.driver = driver }
+    init(_ driver: Driver) {
+        self.driver = driver
+        self.pool = nil
+        self.openedAt = 0
+    }
+
+    init(_ pooled: ConnectionPool.Pooled, pool: ConnectionPool) {
+        self.driver = pooled.driver
+        self.pool = pool
+        self.openedAt = pooled.openedAt
+    }
 
     /// Marks the connection unusable (its state could not be restored).
     func markBroken() { broken.store(true, ordering: .releasing) }
@@ -26,12 +40,16 @@ public final class Connection: Sendable {
     /// - Throws: ``SQLError`` (its SQL text, never the values); `CancellationError` when cancelled — the
     ///   statement was cancelled on the server or interrupted, and the connection is clean (or, if that could
     ///   not be ensured, ``isBroken``).
+    @discardableResult
     public func execute(_ sql: SQL) async throws -> QueryResult {
+        guard !released.load(ordering: .acquiring) else {
+            throw SQLError(.misuse, "the connection was closed (returned to its pool)", sql: sql.description)
+        }
         switch driver {
         case .postgres(let connection):
-            QueryResult(try await connection.execute(sql.text(placeholders: .dollarNumbered), sql.values))
+            return QueryResult(try await connection.execute(sql.text(placeholders: .dollarNumbered), sql.values))
         case .sqlite(let connection):
-            QueryResult(try await connection.execute(sql.text(placeholders: .questionMark), sql.values))
+            return QueryResult(try await connection.execute(sql.text(placeholders: .questionMark), sql.values))
         }
     }
 
@@ -45,11 +63,16 @@ public final class Connection: Sendable {
         }
     }
 
-    /// Closes the connection. Not interrupted by cancellation.
+    /// Returns the connection to its engine's pool (or closes it when it came from no pool). A broken
+    /// connection, or one left inside a transaction, is closed instead of reused. Idempotent; not interrupted
+    /// by cancellation.
     public func close() async {
-        switch driver {
-        case .postgres(let connection): await connection.close()
-        case .sqlite(let connection): await connection.close()
+        guard !released.exchange(true, ordering: .acquiringAndReleasing) else { return }
+        guard let pool else {
+            await ConnectionPool.close(driver)
+            return
         }
+        await pool.release(
+            ConnectionPool.Pooled(driver: driver, openedAt: openedAt), healthy: !isBroken && !isInTransaction)
     }
 }

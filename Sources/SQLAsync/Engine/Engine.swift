@@ -1,4 +1,5 @@
 import Runtime
+import Synchronization
 
 /// The entry point to a database: a URL and the settings to connect with.
 ///
@@ -13,26 +14,89 @@ import Runtime
 public final class Engine: Sendable {
     /// Where the database is. Its description hides the password.
     public let url: DatabaseURL
+    /// How connections are pooled.
+    public let poolConfiguration: PoolConfiguration
 
+    /// One pool per runtime: a PostgreSQL socket is registered with the loop that opened it.
+    private let pools = Mutex<(byRuntime: [ObjectIdentifier: ConnectionPool], disposed: Bool)>(([:], false))
+
+    /// - Parameters:
+    ///   - url: the database URL.
+    ///   - pool: pool settings. An in-memory SQLite database lives inside one connection, so its pool holds
+    ///     exactly one.
     /// - Throws: ``SQLError/Kind/invalidURL`` naming the problem (never the password).
-    public init(_ url: String) throws(SQLError) {
-        self.url = try DatabaseURL(url)
+    public init(_ url: String, pool: PoolConfiguration = PoolConfiguration()) throws(SQLError) {
+        let parsed = try DatabaseURL(url)
+        self.url = parsed
+        self.poolConfiguration = Self.adjusted(pool, for: parsed)
     }
 
     /// An engine for `url`.
-    public init(url: DatabaseURL) { self.url = url }
+    public init(url: DatabaseURL, pool: PoolConfiguration = PoolConfiguration()) {
+        self.url = url
+        self.poolConfiguration = Self.adjusted(pool, for: url)
+    }
 
-    /// Opens a new connection on the current runtime.
+    private static func adjusted(_ configuration: PoolConfiguration, for url: DatabaseURL) -> PoolConfiguration {
+        guard url.database == .sqlite, url.sqlitePath == nil else { return configuration }
+        var single = configuration
+        single.size = 1
+        single.overflow = 0
+        return single
+    }
+
+    /// A connection from the pool of the current runtime; ``Connection/close()`` gives it back.
     ///
-    /// - Throws: ``SQLError/Kind/connection``; `CancellationError`; `RuntimeError.noRuntime` outside a runtime.
+    /// - Throws: ``SQLError/Kind/connection``; ``SQLError/Kind/poolTimeout`` when none became free in time;
+    ///   ``SQLError/Kind/misuse`` after ``dispose()``; `CancellationError`; `RuntimeError.noRuntime` outside a
+    ///   runtime.
     public func connect() async throws -> Connection {
-        switch url.database {
-        case .postgresql: Connection(.postgres(try await PostgresConnection.connect(url)))
-        case .sqlite: Connection(.sqlite(try await SQLiteConnection.open(path: url.sqlitePath)))
+        let pool = try await currentPool()
+        return Connection(try await pool.checkout(), pool: pool)
+    }
+
+    /// Closes every idle connection; connections in use close when they are given back, and later
+    /// `connect()` calls fail. Not interrupted by cancellation.
+    public func dispose() async {
+        let all = pools.withLock { pools -> [ConnectionPool] in
+            pools.disposed = true
+            defer { pools.byRuntime.removeAll() }
+            return Array(pools.byRuntime.values)
         }
+        for pool in all { await pool.dispose() }
+    }
+
+    private func currentPool() async throws -> ConnectionPool {
+        let runtime = try Runtime.current
+        let url = self.url
+        let found = pools.withLock { pools -> (ConnectionPool, [ConnectionPool])? in
+            guard !pools.disposed else { return nil }
+            // Pools of runtimes that have ended can serve nobody again.
+            let ended = pools.byRuntime.filter { $0.value.runtime.backend.diagnostics().isClosed }
+            for key in ended.keys { pools.byRuntime[key] = nil }
+            if let pool = pools.byRuntime[ObjectIdentifier(runtime)] { return (pool, Array(ended.values)) }
+            let pool = ConnectionPool(runtime: runtime, configuration: poolConfiguration) {
+                switch url.database {
+                case .postgresql: .postgres(try await PostgresConnection.connect(url))
+                case .sqlite: .sqlite(try await SQLiteConnection.open(path: url.sqlitePath))
+                }
+            }
+            pools.byRuntime[ObjectIdentifier(runtime)] = pool
+            return (pool, Array(ended.values))
+        }
+        guard let (pool, ended) = found else { throw ConnectionPool.disposedError }
+        for old in ended { await old.dispose() }
+        return pool
+    }
+
+    /// The pool of the current runtime: open, idle and waiting counts (for tests and diagnostics).
+    public func poolStatistics() throws -> (open: Int, idle: Int, waiting: Int) {
+        let runtime = try Runtime.current
+        return pools.withLock { $0.byRuntime[ObjectIdentifier(runtime)]?.statistics } ?? (0, 0, 0)
     }
 
     /// Opens a connection, runs `body` with it and closes it, also when `body` throws or is cancelled.
+    @discardableResult
     public func withConnection<T>(
         isolation: isolated (any Actor)? = #isolation,
         _ body: (Connection) async throws -> T

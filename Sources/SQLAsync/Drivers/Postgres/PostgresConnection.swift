@@ -21,6 +21,10 @@ final class PostgresConnection: Sendable {
     private let handle: PGHandle
     private let inUse = Atomic<Bool>(false)
     private let brokenFlag = Atomic<Bool>(false)
+    /// The socket the runtime watches. libpq closes its socket by itself when the connection is lost, so
+    /// this is kept to `forget` it on every failure (a stale registration would hang the next user of the
+    /// fd number).
+    private let watchedSocket = Atomic<Int32>(-1)
 
     /// How long the clean-up after a cancellation may take before the connection is given up.
     static let cleanUpDeadline: Duration = .seconds(2)
@@ -62,6 +66,7 @@ final class PostgresConnection: Sendable {
             switch status {
             case PGRES_POLLING_OK:
                 guard handle.setNonBlocking() else { throw handle.connectionError("cannot enter non-blocking mode") }
+                watchedSocket.store(handle.socket, ordering: .releasing)
                 return
             case PGRES_POLLING_FAILED:
                 throw handle.connectionError("cannot connect")
@@ -86,7 +91,7 @@ final class PostgresConnection: Sendable {
         }
         defer { inUse.store(false, ordering: .releasing) }
         guard !isBroken else { throw SQLError(.connection, "the connection is broken; discard it", sql: sql) }
-        guard try handle.sendQuery(sql, binds) else { throw failure(sql: sql) }
+        guard try handle.sendQuery(sql, binds) else { throw await failure(sql: sql) }
         do {
             try await flush(sql: sql)
             return try await collect(sql: sql)
@@ -106,9 +111,9 @@ final class PostgresConnection: Sendable {
             switch handle.flush() {
             case 0: return
             case 1:
-                let ready = try await runtime.wait(fd: handle.socket, for: [.read, .write])
-                if ready.contains(.read), !handle.consumeInput() { throw failure(sql: sql) }
-            default: throw failure(sql: sql)
+                let ready = try await runtime.wait(fd: try await liveSocket(sql: sql), for: [.read, .write])
+                if ready.contains(.read), !handle.consumeInput() { throw await failure(sql: sql) }
+            default: throw await failure(sql: sql)
             }
         }
     }
@@ -120,8 +125,8 @@ final class PostgresConnection: Sendable {
         var serverError: SQLError?
         while true {
             while handle.isBusy {
-                try await runtime.wait(fd: handle.socket, for: .read)
-                guard handle.consumeInput() else { throw failure(sql: sql) }
+                try await runtime.wait(fd: try await liveSocket(sql: sql), for: .read)
+                guard handle.consumeInput() else { throw await failure(sql: sql) }
             }
             guard let result = handle.nextResult() else { break }
             defer { PQclear(result) }
@@ -131,6 +136,11 @@ final class PostgresConnection: Sendable {
             case PGRES_EMPTY_QUERY: break
             default: serverError = serverError ?? PGHandle.error(from: result, sql: sql)
             }
+        }
+        if handle.status != CONNECTION_OK {
+            // The server ended the session (for example pg_terminate_backend): libpq has closed the socket.
+            let lost = await failure(sql: sql)
+            throw serverError.map { SQLError(.connection, $0.message, sqlState: $0.sqlState, sql: sql) } ?? lost
         }
         if let serverError { throw serverError }
         return rows
@@ -149,6 +159,7 @@ final class PostgresConnection: Sendable {
             // Drain until libpq reports no more results: the cancelled query's error, or its normal end.
             while true {
                 while handle.isBusy {
+                    guard handle.status == CONNECTION_OK else { return false }
                     try await runtime.wait(fd: handle.socket, for: .read)
                     guard handle.consumeInput() else { return false }
                 }
@@ -156,20 +167,41 @@ final class PostgresConnection: Sendable {
                 PQclear(result)
             }
         }
-        if clean != true { brokenFlag.store(true, ordering: .releasing) }
+        if clean != true {
+            brokenFlag.store(true, ordering: .releasing)
+            await forgetSocket()
+        }
     }
 
-    private func failure(sql: String) -> SQLError {
+    /// The socket to wait on, or the connection error when libpq has lost (and closed) it — then the
+    /// registration is dropped at once, before another task can reuse the fd number.
+    private func liveSocket(sql: String) async throws -> Int32 {
+        let fd = handle.socket
+        guard handle.status == CONNECTION_OK, fd >= 0, fd == watchedSocket.load(ordering: .acquiring) else {
+            throw await failure(sql: sql)
+        }
+        return fd
+    }
+
+    /// Marks the connection broken and drops the runtime's registration of its socket before anything else
+    /// can reuse the number; returns the error to throw.
+    private func failure(sql: String) async -> SQLError {
         brokenFlag.store(true, ordering: .releasing)
-        return handle.connectionError("the connection failed", sql: sql)
+        let error = handle.connectionError("the connection failed", sql: sql)
+        await forgetSocket()
+        return error
+    }
+
+    private func forgetSocket() async {
+        let fd = watchedSocket.exchange(-1, ordering: .acquiringAndReleasing)
+        if fd >= 0 { await runtime.forget(fd: fd) }
     }
 
     // MARK: Closing
 
     /// Drops the socket's registration and closes the connection. Not interrupted by cancellation.
     func close() async {
-        let fd = handle.socket
-        if fd >= 0 { await runtime.forget(fd: fd) }
+        await forgetSocket()
         handle.finish()
     }
 }

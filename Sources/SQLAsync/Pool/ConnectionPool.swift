@@ -1,0 +1,206 @@
+import Runtime
+import Synchronization
+
+/// How an ``Engine`` pools its connections.
+public struct PoolConfiguration: Sendable {
+    /// Connections kept open when idle (default 5).
+    public var size = 5
+    /// Extra connections opened under load and closed when they come back (default 10).
+    public var overflow = 10
+    /// How long `connect()` waits for a connection before ``SQLError/Kind/poolTimeout`` (default 30 s).
+    public var checkoutTimeout: Duration = .seconds(30)
+    /// Check an idle connection with a trivial query before handing it out (default off).
+    public var prePing = false
+    /// Close connections older than this instead of reusing them (default: never).
+    public var recycle: Duration?
+
+    public init() {}
+}
+
+/// A pool of driver connections on one runtime, driven by ``PoolStateMachine``.
+final class ConnectionPool: Sendable {
+    /// A driver connection and when it was opened.
+    struct Pooled: Sendable {
+        let driver: Connection.Driver
+        let openedAt: RuntimeInstantNanos
+    }
+
+    /// What a waiting task receives.
+    enum Handoff: Sendable {
+        case connection(Pooled)
+        /// A slot: open a connection yourself.
+        case openSlot
+        /// Close this stale connection, then try again.
+        case closeAndRetry(Connection.Driver)
+    }
+
+    private struct State: ~Copyable {
+        var machine: PoolStateMachine<Pooled, UInt64>
+        var waiting: [UInt64: Completion<Handoff>] = [:]
+    }
+
+    private let state: Mutex<State>
+    private let nextWaiter = Atomic<UInt64>(0)
+    private let configuration: PoolConfiguration
+    private let openConnection: @Sendable () async throws -> Connection.Driver
+    let runtime: Runtime
+
+    init(
+        runtime: Runtime, configuration: PoolConfiguration,
+        open: @escaping @Sendable () async throws -> Connection.Driver
+    ) {
+        self.runtime = runtime
+        self.configuration = configuration
+        self.openConnection = open
+        state = Mutex(State(machine: PoolStateMachine(
+            size: configuration.size, overflow: configuration.overflow,
+            maxAge: configuration.recycle.map(\.saturatingNanoseconds))))
+    }
+
+    private var now: RuntimeInstantNanos { runtime.now.nanoseconds }
+
+    // MARK: Checkout
+
+    /// A connection for the calling task.
+    ///
+    /// - Throws: ``SQLError/Kind/poolTimeout`` after the checkout timeout; the open error; `CancellationError`.
+    func checkout() async throws -> Pooled {
+        while true {
+            switch try await waitForHandoff() {
+            case .connection(let pooled):
+                if configuration.prePing, !(await ping(pooled)) {
+                    await release(pooled, healthy: false)
+                    continue
+                }
+                return pooled
+            case .openSlot:
+                do {
+                    return Pooled(driver: try await openConnection(), openedAt: now)
+                } catch {
+                    passSlot()
+                    throw error
+                }
+            case .closeAndRetry(let stale):
+                await Self.close(stale)
+            }
+        }
+    }
+
+    private func waitForHandoff() async throws -> Handoff {
+        let id = nextWaiter.add(1, ordering: .relaxed).newValue
+        let deadline = runtime.now.advanced(by: configuration.checkoutTimeout)
+        do {
+            return try await fail(at: deadline) {
+                // Resumed by another task giving a connection back, not by an outside thread.
+                try await Runtime.withCompletion(onCancel: .abandon, resumedByOutsideThread: false) {
+                    (completion: Completion<Handoff>) in
+                    let now = self.now
+                    let action = state.withLock { state in
+                        let action = state.machine.checkout(id, now: now)
+                        if case .wait = action { state.waiting[id] = completion }
+                        return action
+                    }
+                    switch action {
+                    case .use(let idle): completion.resume(returning: .connection(idle.connection))
+                    case .open: completion.resume(returning: .openSlot)
+                    case .wait: break
+                    case .fail: completion.resume(throwing: Self.disposedError)
+                    case .closeAndRetry(let stale): completion.resume(returning: .closeAndRetry(stale.driver))
+                    }
+                }
+            }
+        } catch {
+            // Gave up waiting (timeout or cancellation): leave the queue. A hand-off racing with this sees the
+            // abandoned completion refuse it and gives the connection back.
+            state.withLock { state in
+                state.machine.withdraw(id)
+                state.waiting[id] = nil
+            }
+            if error is TimeoutError {
+                throw SQLError(
+                    .poolTimeout,
+                    "no connection became free within \(configuration.checkoutTimeout) "
+                        + "(size \(configuration.size), overflow \(configuration.overflow))")
+            }
+            throw error
+        }
+    }
+
+    private func ping(_ pooled: Pooled) async -> Bool {
+        let connection = Connection(pooled.driver)
+        return (try? await connection.execute("SELECT 1")) != nil && !connection.isBroken
+    }
+
+    // MARK: Release
+
+    /// Takes a connection back: hands it to a waiter, keeps it idle, or closes it.
+    func release(_ pooled: Pooled, healthy: Bool) async {
+        var healthy = healthy
+        while true {
+            let now = self.now
+            let (action, completion) = state.withLock { state -> (PoolStateMachine<Pooled, UInt64>.ReleaseAction, Completion<Handoff>?) in
+                let action = state.machine.release(pooled, openedAt: pooled.openedAt, healthy: healthy, now: now)
+                switch action {
+                case .handTo(let waiter, _), .closeAndOpenFor(let waiter, _):
+                    return (action, state.waiting.removeValue(forKey: waiter))
+                case .keep, .close:
+                    return (action, nil)
+                }
+            }
+            switch action {
+            case .keep:
+                return
+            case .close(let connection):
+                await Self.close(connection.driver)
+                return
+            case .handTo(_, let idle):
+                if completion?.resume(returning: .connection(idle.connection)) == true { return }
+                // The waiter left: the connection comes back through the machine again, still healthy.
+                healthy = true
+            case .closeAndOpenFor(_, let connection):
+                await Self.close(connection.driver)
+                if completion?.resume(returning: .openSlot) != true { passSlot() }
+                return
+            }
+        }
+    }
+
+    /// An opening slot nobody will use: pass it to the next waiter, or free it.
+    private func passSlot() {
+        while true {
+            let (waiter, completion) = state.withLock { state -> (UInt64?, Completion<Handoff>?) in
+                guard let waiter = state.machine.openFailed() else { return (nil, nil) }
+                return (waiter, state.waiting.removeValue(forKey: waiter))
+            }
+            guard waiter != nil else { return }
+            if completion?.resume(returning: .openSlot) == true { return }
+        }
+    }
+
+    // MARK: Disposal
+
+    /// Closes the idle connections and fails the waiters; busy connections close when they come back.
+    func dispose() async {
+        let (connections, waiters) = state.withLock { state -> ([Pooled], [Completion<Handoff>]) in
+            let (connections, waiterIDs) = state.machine.dispose()
+            let waiters = waiterIDs.compactMap { state.waiting.removeValue(forKey: $0) }
+            return (connections, waiters)
+        }
+        for waiter in waiters { waiter.resume(throwing: Self.disposedError) }
+        for connection in connections { await Self.close(connection.driver) }
+    }
+
+    /// Open connections, idle ones and waiting tasks, for tests and diagnostics.
+    var statistics: (open: Int, idle: Int, waiting: Int) {
+        state.withLock { ($0.machine.open, $0.machine.idle.count, $0.machine.waiters.count) }
+    }
+
+    static var disposedError: SQLError { SQLError(.misuse, "the engine was disposed; create a new one") }
+
+    static func close(_ driver: Connection.Driver) async {
+        switch driver {
+        case .postgres(let connection): await connection.close()
+        case .sqlite(let connection): await connection.close()
+        }
+    }
+}

@@ -1,0 +1,164 @@
+import Runtime
+@testable import SQLAsync
+import TestSupport
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+@Suite("Pool state machine")
+struct PoolStateMachineTests {
+    typealias Machine = PoolStateMachine<String, Int>
+
+    @Test("opens up to size + overflow, then queues waiters in order")
+    func limits() {
+        var machine = Machine(size: 1, overflow: 1, maxAge: nil)
+        guard case .open = machine.checkout(1, now: 0), case .open = machine.checkout(2, now: 0),
+            case .wait = machine.checkout(3, now: 0), case .wait = machine.checkout(4, now: 0)
+        else { Issue.record("unexpected actions"); return }
+        #expect(machine.open == 2 && machine.waiters == [3, 4])
+        // A connection coming back goes to the first waiter.
+        guard case .handTo(3, let idle) = machine.release("a", openedAt: 0, healthy: true, now: 1) else {
+            Issue.record("not handed to the first waiter"); return
+        }
+        #expect(idle.connection == "a")
+        machine.withdraw(4)
+        // Overflow connections close when they come back; the pool keeps `size`.
+        guard case .close("b") = machine.release("b", openedAt: 0, healthy: true, now: 1),
+            case .keep = machine.release("a", openedAt: 0, healthy: true, now: 2)
+        else { Issue.record("overflow not closed"); return }
+        #expect(machine.open == 1 && machine.idle.count == 1)
+        guard case .use(let reused) = machine.checkout(5, now: 3) else { Issue.record("idle not reused"); return }
+        #expect(reused.connection == "a")
+    }
+
+    @Test("a broken connection is closed and its slot goes to a waiter; a failed open passes the slot on")
+    func brokenAndFailed() {
+        var machine = Machine(size: 1, overflow: 0, maxAge: nil)
+        _ = machine.checkout(1, now: 0)
+        _ = machine.checkout(2, now: 0)
+        guard case .closeAndOpenFor(2, "x") = machine.release("x", openedAt: 0, healthy: false, now: 1) else {
+            Issue.record("broken connection not replaced for the waiter"); return
+        }
+        #expect(machine.open == 1)
+        _ = machine.checkout(3, now: 1)
+        #expect(machine.openFailed() == 3, "the slot did not pass to the next waiter")
+        #expect(machine.openFailed() == nil)
+        #expect(machine.open == 0)
+    }
+
+    @Test("connections past their age are recycled; disposal closes idle ones and fails waiters")
+    func recycleAndDispose() {
+        var machine = Machine(size: 2, overflow: 0, maxAge: 100)
+        _ = machine.checkout(1, now: 0)
+        _ = machine.release("old", openedAt: 0, healthy: true, now: 10)
+        guard case .closeAndRetry("old") = machine.checkout(2, now: 200) else {
+            Issue.record("an old connection was reused"); return
+        }
+        _ = machine.checkout(3, now: 200)
+        _ = machine.checkout(4, now: 200)
+        _ = machine.checkout(5, now: 200)
+        let (close, fail) = machine.dispose()
+        #expect(close.isEmpty && fail == [5])
+        guard case .fail = machine.checkout(6, now: 300) else { Issue.record("a disposed pool served"); return }
+        guard case .close("late") = machine.release("late", openedAt: 200, healthy: true, now: 300) else {
+            Issue.record("a connection returned after disposal was kept"); return
+        }
+    }
+}
+
+/// Databases that can hold several connections: PostgreSQL, and SQLite in a file.
+enum PoolDatabase: String, CaseIterable, Sendable, CustomStringConvertible {
+    case sqliteFile, postgresql
+    var description: String { rawValue }
+
+    func withEngine(_ pool: PoolConfiguration, _ body: (Engine) async throws -> Void) async throws {
+        switch self {
+        case .postgresql:
+            try await body(Engine(url: try postgresURL(), pool: pool))
+        case .sqliteFile:
+            var template = Array("/tmp/anyruntime-pool-XXXXXX".utf8CString)
+            guard let made = template.withUnsafeMutableBufferPointer({ buffer in buffer.baseAddress.flatMap { mkdtemp($0) } }) else {
+                throw SQLError(.connection, "mkdtemp failed")
+            }
+            let directory = String(cString: made)
+            let path = directory + "/pool.db"
+            defer {
+                for suffix in ["", "-wal", "-shm"] { unlink(path + suffix) }
+                rmdir(directory)
+            }
+            try await body(Engine("sqlite:///" + path, pool: pool))
+        }
+    }
+}
+
+@Suite("Pool", .timeLimit(.minutes(1)))
+struct PoolTests {
+    @Test("connections are reused; size + overflow bound them; the checkout timeout is a typed error",
+          arguments: TestBackend.selected, PoolDatabase.allCases)
+    func limitsAndTimeout(_ backend: TestBackend, _ database: PoolDatabase) async throws {
+        var configuration = PoolConfiguration()
+        configuration.size = 1
+        configuration.overflow = 1
+        configuration.checkoutTimeout = .milliseconds(50)
+        try await database.withEngine(configuration) { engine in
+            try await backend.run {
+                let first = try await engine.connect()
+                await first.close()
+                let again = try await engine.connect()
+                #expect(try engine.poolStatistics().open == 1, "the idle connection was not reused")
+                let second = try await engine.connect()
+                #expect(try engine.poolStatistics().open == 2)
+                do {
+                    _ = try await engine.connect()
+                    Issue.record("a third connection was handed out")
+                } catch let error as SQLError {
+                    #expect(error.kind == .poolTimeout)
+                }
+                // A waiter is served as soon as a connection comes back.
+                try await Runtime.withTaskGroup { group in
+                    try group.startSoon {
+                        let third = try await engine.connect()
+                        #expect(try await third.execute("SELECT \(1)").scalar(Int.self) == 1)
+                        await third.close()
+                    }
+                    try await Runtime.sleep(for: .milliseconds(5))
+                    await second.close()
+                }
+                await again.close()
+                let statistics = try engine.poolStatistics()
+                #expect(statistics.open == 1 && statistics.idle == 1 && statistics.waiting == 0)
+                await engine.dispose()
+                await #expect(throws: SQLError.self) { _ = try await engine.connect() }
+            }
+        }
+    }
+
+    @Test("a connection the server killed fails with a typed error and is replaced", arguments: TestBackend.selected)
+    func serverGoesAway(_ backend: TestBackend) async throws {
+        var configuration = PoolConfiguration()
+        configuration.size = 2
+        let engine = Engine(url: try postgresURL(), pool: configuration)
+        try await backend.run {
+            let victim = try await engine.connect()
+            let pid = try await victim.execute("SELECT pg_backend_pid()").scalar(Int32.self)
+            try await engine.withConnection { admin in
+                // Integers are bound as int8; the function takes int4.
+                try await admin.execute("SELECT pg_terminate_backend(\(pid)::int)")
+            }
+            do {
+                try await victim.execute("SELECT 1")
+                Issue.record("a query on a terminated backend succeeded")
+            } catch let error as SQLError {
+                #expect(error.kind == .connection)
+            }
+            #expect(victim.isBroken)
+            await victim.close()  // discarded, not pooled
+            let fresh = try await engine.connect()
+            #expect(try await fresh.execute("SELECT \(7)").scalar(Int.self) == 7)
+            await fresh.close()
+            await engine.dispose()
+        }
+    }
+}
