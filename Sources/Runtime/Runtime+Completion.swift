@@ -1,6 +1,6 @@
 import Synchronization
 
-/// The receiving end of ``Runtime/withCompletion(onCancel:isolation:_:)``: resume it once, from any thread.
+/// The receiving end of ``Runtime/withCompletion(onCancel:resumedByOutsideThread:isolation:_:)``: resume it once, from any thread.
 ///
 /// Later resumptions are ignored, and so is one that comes after the waiter stopped waiting (it was
 /// cancelled under ``BlockingCancellation/abandon``).
@@ -35,7 +35,7 @@ extension Completion where Value == Void {
 /// thread it does not own is still computing a result someone waits for.
 ///
 /// A refinement, not part of ``RuntimeBackend``: real backends have no use for it.
-/// ``Runtime/withCompletion(onCancel:isolation:_:)`` calls it around every wait.
+/// ``Runtime/withCompletion(onCancel:resumedByOutsideThread:isolation:_:)`` calls it around every wait.
 public protocol OutsideWorkTracking: RuntimeBackend {
     /// Outside work started; a matching ``outsideWorkFinished()`` follows, from any thread.
     func outsideWorkStarted()
