@@ -62,7 +62,10 @@ let package = Package(
             name: "RuntimeTests", dependencies: ["Runtime", "RuntimeTesting", "RuntimeUV", "AnyRuntime", "TestSupport"],
             swiftSettings: swiftSettings),
         .testTarget(
-            name: "SQLAsyncTests", dependencies: ["SQLAsync", "Runtime", "RuntimeTesting", "TestSupport"],
+            name: "SQLAsyncTests",
+            dependencies: [
+                "SQLAsync", "Runtime", "RuntimeTesting", "TestSupport", .product(name: "Logging", package: "swift-log"),
+            ],
             swiftSettings: swiftSettings),
         .testTarget(
             name: "RuntimeConformanceTests",

@@ -1,3 +1,4 @@
+import Logging
 import Runtime
 import Synchronization
 
@@ -15,6 +16,7 @@ public final class Connection: Sendable {
     private let pool: ConnectionPool?
     private let openedAt: Int64
     private let released = Atomic<Bool>(false)
+    private let logger: Logger?
     /// 0 outside a transaction, 1 in one, more inside savepoints.
     let transactionDepth = Mutex(0)
     let readOnlyTransaction = Mutex(false)
@@ -24,12 +26,14 @@ public final class Connection: Sendable {
         self.driver = driver
         self.pool = nil
         self.openedAt = 0
+        self.logger = nil
     }
 
-    init(_ pooled: ConnectionPool.Pooled, pool: ConnectionPool) {
+    init(_ pooled: ConnectionPool.Pooled, pool: ConnectionPool, logger: Logger) {
         self.driver = pooled.driver
         self.pool = pool
         self.openedAt = pooled.openedAt
+        self.logger = logger
     }
 
     /// Marks the connection unusable (its state could not be restored).
@@ -45,6 +49,8 @@ public final class Connection: Sendable {
         guard !released.load(ordering: .acquiring) else {
             throw SQLError(.misuse, "the connection was closed (returned to its pool)", sql: sql.description)
         }
+        // The SQL text with placeholders only: bound values never reach a log.
+        logger?.debug("execute", metadata: ["sql": "\(sql.description)", "parameters": "\(sql.values.count)"])
         switch driver {
         case .postgres(let connection):
             return QueryResult(try await connection.execute(sql.text(placeholders: .dollarNumbered), sql.values))

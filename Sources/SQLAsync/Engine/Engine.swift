@@ -1,3 +1,4 @@
+public import Logging
 import Runtime
 import Synchronization
 
@@ -16,6 +17,9 @@ public final class Engine: Sendable {
     public let url: DatabaseURL
     /// How connections are pooled.
     public let poolConfiguration: PoolConfiguration
+    /// Where the engine logs: connections at info level, every statement's SQL at debug level. Bound
+    /// values and the password never appear.
+    public let logger: Logger
 
     /// One pool per runtime: a PostgreSQL socket is registered with the loop that opened it.
     private let pools = Mutex<(byRuntime: [ObjectIdentifier: ConnectionPool], disposed: Bool)>(([:], false))
@@ -25,16 +29,25 @@ public final class Engine: Sendable {
     ///   - pool: pool settings. An in-memory SQLite database lives inside one connection, so its pool holds
     ///     exactly one.
     /// - Throws: ``SQLError/Kind/invalidURL`` naming the problem (never the password).
-    public init(_ url: String, pool: PoolConfiguration = PoolConfiguration()) throws(SQLError) {
+    ///   - logger: where the engine logs (by default a logger labelled `anyruntime.sqlasync`).
+    public convenience init(
+        _ url: String, pool: PoolConfiguration = PoolConfiguration(),
+        logger: Logger = Logger(label: "anyruntime.sqlasync")
+    ) throws(SQLError) {
         let parsed = try DatabaseURL(url)
-        self.url = parsed
-        self.poolConfiguration = Self.adjusted(pool, for: parsed)
+        self.init(url: parsed, pool: pool, logger: logger)
     }
 
     /// An engine for `url`.
-    public init(url: DatabaseURL, pool: PoolConfiguration = PoolConfiguration()) {
+    public init(
+        url: DatabaseURL, pool: PoolConfiguration = PoolConfiguration(),
+        logger: Logger = Logger(label: "anyruntime.sqlasync")
+    ) {
         self.url = url
         self.poolConfiguration = Self.adjusted(pool, for: url)
+        var logger = logger
+        logger[metadataKey: "database"] = "\(url)"  // the description hides the password
+        self.logger = logger
     }
 
     private static func adjusted(_ configuration: PoolConfiguration, for url: DatabaseURL) -> PoolConfiguration {
@@ -52,7 +65,7 @@ public final class Engine: Sendable {
     ///   runtime.
     public func connect() async throws -> Connection {
         let pool = try await currentPool()
-        return Connection(try await pool.checkout(), pool: pool)
+        return Connection(try await pool.checkout(), pool: pool, logger: logger)
     }
 
     /// Closes every idle connection; connections in use close when they are given back, and later
@@ -69,6 +82,7 @@ public final class Engine: Sendable {
     private func currentPool() async throws -> ConnectionPool {
         let runtime = try Runtime.current
         let url = self.url
+        let logger = self.logger
         let found = pools.withLock { pools -> (ConnectionPool, [ConnectionPool])? in
             guard !pools.disposed else { return nil }
             // Pools of runtimes that have ended can serve nobody again.
@@ -76,9 +90,10 @@ public final class Engine: Sendable {
             for key in ended.keys { pools.byRuntime[key] = nil }
             if let pool = pools.byRuntime[ObjectIdentifier(runtime)] { return (pool, Array(ended.values)) }
             let pool = ConnectionPool(runtime: runtime, configuration: poolConfiguration) {
+                logger.info("opening a connection", metadata: ["runtime": "\(runtime.name)"])
                 switch url.database {
-                case .postgresql: .postgres(try await PostgresConnection.connect(url))
-                case .sqlite: .sqlite(try await SQLiteConnection.open(path: url.sqlitePath))
+                case .postgresql: return .postgres(try await PostgresConnection.connect(url))
+                case .sqlite: return .sqlite(try await SQLiteConnection.open(path: url.sqlitePath))
                 }
             }
             pools.byRuntime[ObjectIdentifier(runtime)] = pool
