@@ -57,11 +57,20 @@ final class Parker<Value: Sendable>: Sendable, CancellationWaker {
     }
 
     /// Marks the wait as given up by its waiter (it stopped waiting before a result came): later
-    /// ``resume(_:)`` calls return `false`. Call only after the waiter left `wait()` or never entered it.
-    func abandon() {
+    /// ``resume(_:)`` calls return `false`. Returns a result that was delivered before, so that the caller
+    /// can still take it instead of losing it. Call only after the waiter left `wait()` or never entered it.
+    func abandon() -> Result<Value, any Error>? {
         state.withLock { state in
-            if case .waiting = state { return }  // not possible after the waiter left; keep it exact anyway
-            state = .done
+            switch state {
+            case .resolvedEarly(let result):
+                state = .done
+                return result
+            case .idle, .done:
+                state = .done
+                return nil
+            case .waiting:
+                return nil  // not possible after the waiter left
+            }
         }
     }
 

@@ -96,6 +96,8 @@ extension Runtime {
             tracking?.finish()
             throw error
         }
+        // Already delivered (by `start` itself, or at once): take it, cancelled or not — nothing is lost.
+        if parker.isResolved { return try await parker.wait() }
         switch onCancel.kind {
         case .waitForCompletion:
             return try await parkUninterruptibly(parker)
@@ -105,7 +107,8 @@ extension Runtime {
             do {
                 return try await park(parker) {}
             } catch {
-                parker.abandon()  // a late resume reports that nobody took it
+                // A late resume reports that nobody took it; one that slipped in just now is still taken.
+                if case .success(let value)? = parker.abandon() { return value }
                 throw error
             }
         }

@@ -101,7 +101,7 @@ struct PoolTests {
         var configuration = PoolConfiguration()
         configuration.size = 1
         configuration.overflow = 1
-        configuration.checkoutTimeout = .milliseconds(50)
+        configuration.checkoutTimeout = .milliseconds(500)  // long enough for the waiter below under load
         try await database.withEngine(configuration) { engine in
             try await backend.run {
                 let first = try await engine.connect()

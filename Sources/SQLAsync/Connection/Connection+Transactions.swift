@@ -34,6 +34,7 @@ extension Connection {
     ///   - readOnly: refuse writes in an outermost transaction.
     /// - Throws: what `body` throws, after the rollback; the commit's ``SQLError`` (for example
     ///   ``SQLError/Kind/serializationFailure``: retry the transaction).
+    @discardableResult
     public func withTransaction<T>(
         isolationLevel: IsolationLevel? = nil,
         readOnly: Bool = false,
@@ -62,22 +63,35 @@ extension Connection {
         let depth = transactionDepth.withLock { $0 }
         if depth > 0 {
             let name = "anyruntime_sp_\(depth)"
-            _ = try await execute(.unsafeRaw("SAVEPOINT \(name)"))
             transactionDepth.withLock { $0 += 1 }
+            do {
+                _ = try await execute(.unsafeRaw("SAVEPOINT \(name)"))
+            } catch {
+                // The savepoint may or may not exist; the enclosing transaction ends it either way.
+                transactionDepth.withLock { $0 -= 1 }
+                throw error
+            }
             return name
         }
-        switch driver {
-        case .postgres:
-            var text = "BEGIN"
-            if let isolation { text += " ISOLATION LEVEL \(isolation.rawValue)" }
-            if readOnly { text += " READ ONLY" }
-            _ = try await execute(.unsafeRaw(text))
-        case .sqlite:
-            _ = try await execute(.unsafeRaw(readOnly ? "BEGIN DEFERRED" : "BEGIN IMMEDIATE"))
-            if readOnly { _ = try await execute("PRAGMA query_only = ON") }
-        }
+        // Recorded before BEGIN is sent: a cancellation can land after the server started the transaction but
+        // before the reply arrived, and the rollback below must then still happen.
         transactionDepth.withLock { $0 = 1 }
         readOnlyTransaction.withLock { $0 = readOnly }
+        do {
+            switch driver {
+            case .postgres:
+                var text = "BEGIN"
+                if let isolation { text += " ISOLATION LEVEL \(isolation.rawValue)" }
+                if readOnly { text += " READ ONLY" }
+                _ = try await execute(.unsafeRaw(text))
+            case .sqlite:
+                _ = try await execute(.unsafeRaw(readOnly ? "BEGIN DEFERRED" : "BEGIN IMMEDIATE"))
+                if readOnly { _ = try await execute("PRAGMA query_only = ON") }
+            }
+        } catch {
+            await rollBackShielded(nil)
+            throw error
+        }
         return nil
     }
 

@@ -69,6 +69,14 @@ public final class Connection: Sendable {
         }
     }
 
+    /// Whether the database itself reports no open transaction (PostgreSQL: libpq's transaction status).
+    private var serverIsIdle: Bool {
+        switch driver {
+        case .postgres(let connection): connection.isIdleOutsideTransaction
+        case .sqlite: true
+        }
+    }
+
     /// Returns the connection to its engine's pool (or closes it when it came from no pool). A broken
     /// connection, or one left inside a transaction, is closed instead of reused. Idempotent; not interrupted
     /// by cancellation.
@@ -79,6 +87,6 @@ public final class Connection: Sendable {
             return
         }
         await pool.release(
-            ConnectionPool.Pooled(driver: driver, openedAt: openedAt), healthy: !isBroken && !isInTransaction)
+            ConnectionPool.Pooled(driver: driver, openedAt: openedAt), healthy: !isBroken && !isInTransaction && serverIsIdle)
     }
 }

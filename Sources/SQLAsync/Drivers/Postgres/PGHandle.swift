@@ -39,6 +39,9 @@ final class PGHandle: @unchecked Sendable {
     var socket: Int32 { connection.map { PQsocket($0) } ?? -1 }
     var status: ConnStatusType { connection.map { PQstatus($0) } ?? CONNECTION_BAD }
     var isBusy: Bool { connection.map { PQisBusy($0) != 0 } ?? false }
+    /// Whether the server session is idle outside any transaction (libpq's view of the last ReadyForQuery).
+    var isIdleOutsideTransaction: Bool { connection.map { PQtransactionStatus($0) == PQTRANS_IDLE } ?? false }
+
     /// Whether a query was sent whose results were not all read (libpq's transaction status says so).
     var hasPendingResults: Bool { connection.map { PQtransactionStatus($0) == PQTRANS_ACTIVE } ?? false }
 

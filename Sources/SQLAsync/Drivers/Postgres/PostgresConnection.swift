@@ -34,6 +34,10 @@ final class PostgresConnection: Sendable {
         self.handle = handle
     }
 
+    /// Whether the server says the session is idle outside any transaction: the only state a pooled
+    /// connection may be reused in.
+    var isIdleOutsideTransaction: Bool { handle.isIdleOutsideTransaction }
+
     /// Whether a failed clean-up or a lost server left this connection unusable.
     var isBroken: Bool { brokenFlag.load(ordering: .acquiring) || handle.status != CONNECTION_OK }
 
