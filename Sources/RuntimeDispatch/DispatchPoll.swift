@@ -6,36 +6,6 @@ import Synchronization
 import Glibc
 #endif
 
-/// One watcher of one fd: what a ``DispatchFD`` keeps in its reader / writer slot.
-final class DispatchWatch: BackendRegistration, Sendable {
-    let fd: Int32
-    let events: IOEvents
-    private let ready: @Sendable (Result<IOEvents, RuntimeError>) -> Void
-    private let finished = Atomic<Bool>(false)
-    private unowned let registry: DispatchPollRegistry
-
-    init(
-        fd: Int32, events: IOEvents, registry: DispatchPollRegistry,
-        ready: @escaping @Sendable (Result<IOEvents, RuntimeError>) -> Void
-    ) {
-        self.fd = fd
-        self.events = events
-        self.registry = registry
-        self.ready = ready
-    }
-
-    /// Delivers `result` once; later calls and calls after ``cancel()`` do nothing.
-    func finish(_ result: Result<IOEvents, RuntimeError>) {
-        if finished.exchange(true, ordering: .acquiringAndReleasing) { return }
-        ready(result)
-    }
-
-    func cancel() {
-        if finished.exchange(true, ordering: .acquiringAndReleasing) { return }
-        registry.unregister(self)
-    }
-}
-
 /// A read or write `DispatchSource` (not `Sendable` on Linux).
 final class DispatchSourceBox: @unchecked Sendable {
     // @unchecked Sendable: DispatchSource's methods are thread-safe per libdispatch; `suspended` is read
@@ -49,8 +19,8 @@ final class DispatchSourceBox: @unchecked Sendable {
 struct DispatchFD: Sendable {
     var read: DispatchSourceBox?
     var write: DispatchSourceBox?
-    var reader: DispatchWatch?
-    var writer: DispatchWatch?
+    var reader: ReadinessWatch?
+    var writer: ReadinessWatch?
 }
 
 /// The fd registry of a dispatch runtime.
@@ -62,7 +32,7 @@ final class DispatchPollRegistry: Sendable {
 
     var watchedDescriptors: Int { table.withLock { $0.count } }
 
-    func register(_ watch: DispatchWatch) throws(RuntimeError) {
+    func register(_ watch: ReadinessWatch) throws(RuntimeError) {
         let fd = watch.fd
         // A source on a closed fd would never fire: refuse it instead of waiting forever.
         guard fd >= 0, fcntl(fd, F_GETFD) != -1 else {
@@ -128,13 +98,13 @@ final class DispatchPollRegistry: Sendable {
     }
 
     private func fired(fd: Int32, kind: IOEvents) {
-        let (watch, ready) = table.withLock { table -> (DispatchWatch?, IOEvents) in
+        let (watch, ready) = table.withLock { table -> (ReadinessWatch?, IOEvents) in
             guard var entry = table[fd] else { return (nil, []) }
             let candidate = kind == .read ? entry.reader : entry.writer
             // Sources fire spuriously (and may fire for a state that is gone): report what is really ready, and
             // keep waiting when nothing is.
             let ready = candidate.map { Self.readiness(of: fd, for: $0.events) } ?? []
-            let watch: DispatchWatch? = ready.isEmpty ? nil : candidate
+            let watch: ReadinessWatch? = ready.isEmpty ? nil : candidate
             if let watch {
                 if entry.reader === watch { entry.reader = nil }
                 if entry.writer === watch { entry.writer = nil }
@@ -154,7 +124,7 @@ final class DispatchPollRegistry: Sendable {
         watch?.finish(.success(ready))
     }
 
-    func unregister(_ watch: DispatchWatch) {
+    func unregister(_ watch: ReadinessWatch) {
         table.withLock { table in
             guard var entry = table[watch.fd] else { return }
             if entry.reader === watch { entry.reader = nil }

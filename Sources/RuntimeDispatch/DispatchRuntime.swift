@@ -93,7 +93,8 @@ final class DispatchBackend: RuntimeBackend {
         guard !closedFlag.load(ordering: .acquiring) else {
             throw RuntimeError(.closed, "the runtime has ended; this task outlived it")
         }
-        let watch = DispatchWatch(fd: fd, events: events, registry: polls, ready: ready)
+        let polls = self.polls
+        let watch = ReadinessWatch(fd: fd, events: events, ready: ready) { polls.unregister($0) }
         try polls.register(watch)
         return watch
     }

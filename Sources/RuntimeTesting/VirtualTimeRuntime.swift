@@ -95,14 +95,10 @@ final class VirtualTimeBackend: RuntimeBackend, OutsideWorkTracking, @unchecked 
         case closure(@Sendable () -> Void)
     }
 
-    private struct Watch: Sendable {
-        let registration: VirtualWatch
-    }
-
     private struct Shared: Sendable {
         var remote = Deque<Work>()
-        var readers: [Int32: VirtualWatch] = [:]
-        var writers: [Int32: VirtualWatch] = [:]
+        var readers: [Int32: ReadinessWatch] = [:]
+        var writers: [Int32: ReadinessWatch] = [:]
         var closed = false
     }
 
@@ -243,7 +239,7 @@ final class VirtualTimeBackend: RuntimeBackend, OutsideWorkTracking, @unchecked 
         guard fd >= 0, fcntl(fd, F_GETFD) != -1 else {
             throw RuntimeError(.badDescriptor, "fd \(fd) is not an open file descriptor")
         }
-        let watch = VirtualWatch(fd: fd, events: events, backend: self, ready: ready)
+        let watch = ReadinessWatch(fd: fd, events: events, ready: ready) { [weak self] in self?.unregister($0) }
         try shared.withLock { shared throws(RuntimeError) in
             if shared.closed { throw RuntimeError(.closed, "the runtime has ended; this task outlived it") }
             if (events.contains(.read) && shared.readers[fd] != nil)
@@ -258,7 +254,7 @@ final class VirtualTimeBackend: RuntimeBackend, OutsideWorkTracking, @unchecked 
         return watch
     }
 
-    fileprivate func unregister(_ watch: VirtualWatch) {
+    func unregister(_ watch: ReadinessWatch) {
         shared.withLock { shared in
             if shared.readers[watch.fd] === watch { shared.readers[watch.fd] = nil }
             if shared.writers[watch.fd] === watch { shared.writers[watch.fd] = nil }
@@ -266,7 +262,7 @@ final class VirtualTimeBackend: RuntimeBackend, OutsideWorkTracking, @unchecked 
     }
 
     func forget(fd: Int32) async {
-        let watches = shared.withLock { shared -> [VirtualWatch] in
+        let watches = shared.withLock { shared -> [ReadinessWatch] in
             let watches = [shared.readers[fd], shared.writers[fd]].compactMap { $0 }
             shared.readers[fd] = nil
             shared.writers[fd] = nil
@@ -362,7 +358,7 @@ final class VirtualTimeBackend: RuntimeBackend, OutsideWorkTracking, @unchecked 
             var buffer = [UInt8](repeating: 0, count: 64)
             while read(wakeFD, &buffer, buffer.count) > 0 {}
         }
-        var woken: [(VirtualWatch, IOEvents)] = []
+        var woken: [(ReadinessWatch, IOEvents)] = []
         shared.withLock { shared in
             for entry in fds.dropFirst() where entry.revents != 0 {
                 let failed = entry.revents & Int16(POLLERR | POLLHUP | POLLNVAL) != 0
@@ -409,7 +405,7 @@ final class VirtualTimeBackend: RuntimeBackend, OutsideWorkTracking, @unchecked 
             runBatch()
         }
         // Closed, drained and the wake pipe shut in one critical section: later work goes to runAfterClose.
-        let (leftovers, watches) = shared.withLock { shared -> (Deque<Work>, [VirtualWatch]) in
+        let (leftovers, watches) = shared.withLock { shared -> (Deque<Work>, [ReadinessWatch]) in
             shared.closed = true
             closedFlag.store(true, ordering: .releasing)
             defer {
@@ -468,34 +464,5 @@ struct VirtualTimer: BackendRegistration {
     func cancel() {
         entry.markCancelled()
         backend.removeTimer(entry)
-    }
-}
-
-/// A readiness watch of a virtual-time runtime.
-final class VirtualWatch: BackendRegistration, Sendable {
-    let fd: Int32
-    let events: IOEvents
-    private let ready: @Sendable (Result<IOEvents, RuntimeError>) -> Void
-    private let finished = Atomic<Bool>(false)
-    private unowned let backend: VirtualTimeBackend
-
-    init(
-        fd: Int32, events: IOEvents, backend: VirtualTimeBackend,
-        ready: @escaping @Sendable (Result<IOEvents, RuntimeError>) -> Void
-    ) {
-        self.fd = fd
-        self.events = events
-        self.backend = backend
-        self.ready = ready
-    }
-
-    func finish(_ result: Result<IOEvents, RuntimeError>) {
-        if finished.exchange(true, ordering: .acquiringAndReleasing) { return }
-        ready(result)
-    }
-
-    func cancel() {
-        if finished.exchange(true, ordering: .acquiringAndReleasing) { return }
-        backend.unregister(self)
     }
 }
