@@ -126,4 +126,38 @@ struct PostgresDriverTests {
             await observer.close()
         }
     }
+
+    @Test("connects cancelled at every stage leave no readiness registration behind",
+          arguments: TestBackend.selected.filter { $0 != .virtual })
+    func cancelledConnects(_ backend: TestBackend) async throws {
+        let url = try postgresURL()
+        try await backend.run {
+            let runtime = try Runtime.current
+            let before = runtime.backend.diagnostics().watchedDescriptors
+            // Deadlines from 0 to twice a measured connect land before, during and after the start-up
+            // exchange. A registration outliving its socket would make a later socket with the same number
+            // wait forever (the bug this guards against hung the pool torture test).
+            let start = runtime.now
+            await (try await PostgresConnection.connect(url)).close()
+            let connectTime = start.duration(to: runtime.now)
+            var connected = 0
+            for step in 0..<150 {
+                let opened: PostgresConnection? = try await moveOnAfter(connectTime * 2 * (Double(step % 30) / 30)) { _ in
+                    try await PostgresConnection.connect(url)
+                }
+                if let opened {
+                    connected += 1
+                    await opened.close()
+                }
+                #expect(runtime.backend.diagnostics().watchedDescriptors == before, "after step \(step)")
+            }
+            // The same fd numbers are reused at once by working connections.
+            for _ in 0..<5 {
+                let connection = try await PostgresConnection.connect(url)
+                #expect(try await connection.execute("SELECT 1", []).rows == [[.integer(1)]])
+                await connection.close()
+            }
+            #expect(connected < 150, "no connect was cancelled")
+        }
+    }
 }

@@ -74,14 +74,16 @@ final class PostgresConnection: Sendable {
                 return
             case PGRES_POLLING_FAILED:
                 throw handle.connectionError("cannot connect")
-            case PGRES_POLLING_READING:
-                try await runtime.wait(fd: fd, for: .read)
             default:
-                try await runtime.wait(fd: fd, for: .write)
+                // Recorded before the wait, so that a cancelled connect forgets it in `close()` before
+                // PQfinish closes the socket (a registration outliving its fd hangs the next socket that
+                // gets the same number).
+                watchedSocket.store(fd, ordering: .releasing)
+                try await runtime.wait(fd: fd, for: status == PGRES_POLLING_READING ? .read : .write)
             }
             // PQconnectPoll may close the socket and open a new one with the same number (SSL or GSS
             // fallback, another host): drop the registration after every step (FINDINGS Q6, pitfall 1).
-            await runtime.forget(fd: fd)
+            await forgetSocket()
             status = handle.connectPoll()
         }
     }
