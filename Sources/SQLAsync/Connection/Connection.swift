@@ -41,21 +41,34 @@ public final class Connection: Sendable {
 
     /// Runs `sql` and reads its whole result. Every interpolated value is a bound parameter.
     ///
+    /// - Parameter parameters: the values of the statement's named parameters (`\(parameter: "name")`).
     /// - Throws: ``SQLError`` (its SQL text, never the values); `CancellationError` when cancelled — the
     ///   statement was cancelled on the server or interrupted, and the connection is clean (or, if that could
     ///   not be ensured, ``isBroken``).
     @discardableResult
-    public func execute(_ sql: SQL) async throws -> QueryResult {
+    public func execute(_ sql: SQL, parameters: [String: any SQLBindable] = [:]) async throws -> QueryResult {
+        let binds = try sql.binds(parameters.mapValues(\.sqlValue))
+        return try await execute(text: sql.text(placeholders: dialect.placeholderStyle), binds: binds)
+    }
+
+    /// The SQL dialect of the database behind this connection.
+    public var dialect: SQLDialect {
+        switch driver {
+        case .postgres: .postgresql
+        case .sqlite: .sqlite
+        }
+    }
+
+    /// Runs compiled `text` with `binds` (one per placeholder).
+    func execute(text: String, binds: [SQLValue]) async throws -> QueryResult {
         guard !released.load(ordering: .acquiring) else {
-            throw SQLError(.misuse, "the connection was closed (returned to its pool)", sql: sql.description)
+            throw SQLError(.misuse, "the connection was closed (returned to its pool)", sql: text)
         }
         // The SQL text with placeholders only: bound values never reach a log.
-        logger?.debug("execute", metadata: ["sql": "\(sql.description)", "parameters": "\(sql.values.count)"])
+        logger?.debug("execute", metadata: ["sql": "\(text)", "parameters": "\(binds.count)"])
         switch driver {
-        case .postgres(let connection):
-            return QueryResult(try await connection.execute(sql.text(placeholders: .dollarNumbered), sql.values))
-        case .sqlite(let connection):
-            return QueryResult(try await connection.execute(sql.text(placeholders: .questionMark), sql.values))
+        case .postgres(let connection): return QueryResult(try await connection.execute(text, binds))
+        case .sqlite(let connection): return QueryResult(try await connection.execute(text, binds))
         }
     }
 

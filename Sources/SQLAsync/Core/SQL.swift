@@ -13,6 +13,8 @@ public struct SQL: Sendable, Hashable, ExpressibleByStringInterpolation, CustomS
     enum Fragment: Sendable, Hashable {
         case text(String)
         case value(SQLValue)
+        /// A named parameter, given its value at execution (``Connection/execute(_:parameters:)``).
+        case parameter(String)
     }
 
     private(set) var fragments: [Fragment] = []
@@ -28,15 +30,75 @@ public struct SQL: Sendable, Hashable, ExpressibleByStringInterpolation, CustomS
 
     /// A quoted identifier (table or column name): `"name"`, with embedded quotes doubled.
     public static func identifier(_ name: String) -> SQL {
-        SQL(fragments: [.text("\"" + name.replacingAll("\"", with: "\"\"") + "\"")])
+        SQL(fragments: [.text(quoted(name))])
     }
 
     /// Appends `other`.
-    public mutating func append(_ other: SQL) { fragments.append(contentsOf: other.fragments) }
+    public mutating func append(_ other: SQL) {
+        for fragment in other.fragments {
+            if case .text(let text) = fragment { appendText(text) } else { fragments.append(fragment) }
+        }
+    }
 
-    /// The bound values, in order.
+    /// Appends raw text (internal: the query builder's keywords and quoted identifiers).
+    mutating func appendText(_ text: String) {
+        guard !text.isEmpty else { return }
+        if case .text(let previous)? = fragments.last {
+            fragments[fragments.count - 1] = .text(previous + text)
+        } else {
+            fragments.append(.text(text))
+        }
+    }
+
+    /// Appends a bound value.
+    mutating func appendValue(_ value: SQLValue) { fragments.append(.value(value)) }
+
+    /// Appends a named parameter.
+    mutating func appendParameter(_ name: String) { fragments.append(.parameter(name)) }
+
+    /// `name` quoted as an identifier.
+    static func quoted(_ name: String) -> String { "\"" + name.replacingAll("\"", with: "\"\"") + "\"" }
+
+    /// The bound values, in order (named parameters not included).
     public var values: [SQLValue] {
         fragments.compactMap { if case .value(let value) = $0 { value } else { nil } }
+    }
+
+    /// The names of the named parameters, in order of first use.
+    public var parameterNames: [String] {
+        var seen: Set<String> = []
+        return fragments.compactMap { fragment in
+            if case .parameter(let name) = fragment, seen.insert(name).inserted { name } else { nil }
+        }
+    }
+
+    /// The values to bind, one per placeholder: bound values, and named parameters from `parameters`.
+    ///
+    /// - Throws: ``SQLError/Kind/misuse`` when a named parameter has no value, or `parameters` names one the
+    ///   statement does not have.
+    func binds(_ parameters: [String: SQLValue]) throws(SQLError) -> [SQLValue] {
+        var binds: [SQLValue] = []
+        var used = 0
+        var seen: Set<String> = []
+        for fragment in fragments {
+            switch fragment {
+            case .text: continue
+            case .value(let value): binds.append(value)
+            case .parameter(let name):
+                guard let value = parameters[name] else {
+                    throw SQLError(.misuse, "the named parameter '\(name)' has no value", sql: description)
+                }
+                if seen.insert(name).inserted { used += 1 }
+                binds.append(value)
+            }
+        }
+        if used != parameters.count {
+            let unknown = parameters.keys.filter { !seen.contains($0) }.sorted()
+            throw SQLError(
+                .misuse, "the statement has no parameter named \(unknown.map { "'\($0)'" }.joined(separator: ", "))",
+                sql: description)
+        }
+        return binds
     }
 
     /// The text with placeholders for `style`.
@@ -46,7 +108,7 @@ public struct SQL: Sendable, Hashable, ExpressibleByStringInterpolation, CustomS
         for fragment in fragments {
             switch fragment {
             case .text(let part): text += part
-            case .value:
+            case .value, .parameter:
                 index += 1
                 switch style {
                 case .dollarNumbered: text += "$\(index)"
@@ -103,6 +165,14 @@ public struct SQL: Sendable, Hashable, ExpressibleByStringInterpolation, CustomS
 
         /// Raw SQL text. Never pass user input here.
         public mutating func appendInterpolation(unsafeRaw text: String) { appendLiteral(text) }
+
+        /// A named parameter: its value is given at execution, by name.
+        ///
+        /// ```swift
+        /// let byName: SQL = "SELECT id FROM users WHERE name = \(parameter: "name")"
+        /// try await connection.execute(byName, parameters: ["name": "ann"])
+        /// ```
+        public mutating func appendInterpolation(parameter name: String) { fragments.append(.parameter(name)) }
     }
 }
 
