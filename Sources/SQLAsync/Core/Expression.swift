@@ -89,6 +89,7 @@ public struct SQLNode: Sendable {
         case exists(Select)
         case subquery(Select)
         case function(String, [SQLNode], distinct: Bool)
+        case cast(SQLNode, String)
         case star(qualifier: String?)
         /// `excluded."column"` in an upsert's update.
         case excluded(String)
@@ -172,6 +173,10 @@ extension SQLNode {
                 argument.render(into: &sql, context)
             }
             sql.appendText(")")
+        case .cast(let operand, let type):
+            sql.appendText("CAST(")
+            operand.render(into: &sql, context)
+            sql.appendText(" AS \(type))")
         case .star(let qualifier):
             if let qualifier { sql.appendText(SQL.quoted(qualifier) + ".") }
             sql.appendText("*")
@@ -319,11 +324,18 @@ extension SQLExpressible {
 }
 
 extension SQLExpressible where Value: SQLNumeric {
-    /// `sum(expression)` (NULL over no rows).
-    public func sum() -> SQLExpression<Value.NonOptional?> { SQLExpression(.function("sum", [node], distinct: false)) }
+    /// `sum(expression)` (NULL over no rows). An integer sum is cast back to `BIGINT`: PostgreSQL widens
+    /// it to `numeric` (and reports an overflow rather than rounding).
+    public func sum() -> SQLExpression<Value.NonOptional?> {
+        let sum = SQLNode(.function("sum", [node], distinct: false))
+        return SQLExpression(Value.columnType.isInteger ? SQLNode(.cast(sum, "BIGINT")) : sum)
+    }
 
-    /// `avg(expression)` as a double (NULL over no rows).
-    public func average() -> SQLExpression<Double?> { SQLExpression(.function("avg", [node], distinct: false)) }
+    /// `avg(expression)` as a double (NULL over no rows); PostgreSQL's `numeric` average is cast to
+    /// `DOUBLE PRECISION`.
+    public func average() -> SQLExpression<Double?> {
+        SQLExpression(.cast(SQLNode(.function("avg", [node], distinct: false)), "DOUBLE PRECISION"))
+    }
 }
 
 extension SQLExpressible where Value.NonOptional == String {

@@ -193,7 +193,11 @@ final class PGHandle: @unchecked Sendable {
             case "NaN": return .double(.nan)
             case "Infinity": return .double(.infinity)
             case "-Infinity": return .double(-.infinity)
-            default: return Double(text).map(SQLValue.double) ?? .text(text)
+            default:
+                // float4 text is the shortest form that reads back as the same float4: parse it as a Float,
+                // or "0.1" would become the double nearest 0.1, which no Float holds exactly.
+                if type == 700 { return Float(text).map { .double(Double($0)) } ?? .text(text) }
+                return Double(text).map(SQLValue.double) ?? .text(text)
             }
         case 16:  // bool
             return .bool(text == "t")
