@@ -16,7 +16,7 @@ public final class Connection: Sendable {
     private let pool: ConnectionPool?
     private let openedAt: Int64
     private let released = Atomic<Bool>(false)
-    private let logger: Logger?
+    let logger: Logger?
     /// 0 outside a transaction, 1 in one, more inside savepoints.
     let transactionDepth = Mutex(0)
     let readOnlyTransaction = Mutex(false)
@@ -59,16 +59,61 @@ public final class Connection: Sendable {
         }
     }
 
+    /// Throws when the connection was given back: a stale reference must not run statements on a connection
+    /// another task now holds.
+    func checkOpen(_ sql: String) throws(SQLError) {
+        guard !released.load(ordering: .acquiring) else {
+            throw SQLError(.misuse, "the connection was closed (returned to its pool)", sql: sql)
+        }
+    }
+
     /// Runs compiled `text` with `binds` (one per placeholder).
     func execute(text: String, binds: [SQLValue]) async throws -> QueryResult {
-        guard !released.load(ordering: .acquiring) else {
-            throw SQLError(.misuse, "the connection was closed (returned to its pool)", sql: text)
-        }
+        try checkOpen(text)
         // The SQL text with placeholders only: bound values never reach a log.
         logger?.debug("execute", metadata: ["sql": "\(text)", "parameters": "\(binds.count)"])
         switch driver {
         case .postgres(let connection): return QueryResult(try await connection.execute(text, binds))
         case .sqlite(let connection): return QueryResult(try await connection.execute(text, binds))
+        }
+    }
+
+    /// Runs one statement once per parameter set: PostgreSQL sends the whole batch in pipeline mode (one round
+    /// trip); SQLite runs it in one job on its thread. All sets take effect or none: SQLite wraps the batch in
+    /// a savepoint; on PostgreSQL outside a transaction the pipeline is one implicit transaction, and a batch
+    /// cancelled before it was fully sent closes the connection, which rolls it back.
+    ///
+    /// ```swift
+    /// let insertUser = try insert(into: Users.self)
+    ///     .values(Users.name.set(Parameter<String>("name")), Users.age.set(Parameter<Int>("age"))).compiled()
+    /// try await connection.executeMany(insertUser, parameterSets: people.map { ["name": $0.name, "age": $0.age] })
+    /// ```
+    ///
+    /// - Returns: the rows every execution returned (for `RETURNING`), and ``QueryResult/rowsAffected`` summed.
+    /// - Throws: ``SQLError`` (the first error; nothing of the batch is kept); `CancellationError`.
+    @discardableResult
+    public func executeMany(_ statement: CompiledStatement, parameterSets: [[String: any SQLBindable]]) async throws -> QueryResult {
+        let form = statement.form(dialect)
+        var sets: [[SQLValue]] = []
+        sets.reserveCapacity(parameterSets.count)
+        for parameters in parameterSets { sets.append(try form.sql.binds(parameters.mapValues(\.sqlValue))) }
+        return try await executeMany(text: form.text, sets: sets)
+    }
+
+    /// ``executeMany(_:parameterSets:)`` for a statement written with named parameters
+    /// (`\(parameter: "name")`) or built with ``Parameter``s.
+    @discardableResult
+    public func executeMany(_ statement: some SQLStatement, parameterSets: [[String: any SQLBindable]]) async throws -> QueryResult {
+        try await executeMany(try statement.compiled(), parameterSets: parameterSets)
+    }
+
+    /// Runs compiled `text` once per set of values (one per placeholder).
+    func executeMany(text: String, sets: [[SQLValue]]) async throws -> QueryResult {
+        try checkOpen(text)
+        logger?.debug("executeMany", metadata: ["sql": "\(text)", "sets": "\(sets.count)"])
+        switch driver {
+        case .postgres(let connection): return QueryResult(try await connection.executeMany(text, sets))
+        case .sqlite(let connection): return QueryResult(try await connection.executeMany(text, sets))
         }
     }
 

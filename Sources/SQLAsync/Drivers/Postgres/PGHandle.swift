@@ -60,61 +60,106 @@ final class PGHandle: @unchecked Sendable {
     ///   than silently cutting it short).
     func sendQuery(_ sql: String, _ binds: [SQLValue]) throws(SQLError) -> Bool {
         guard let connection else { return false }
-        for (index, value) in binds.enumerated() {
-            if case .text(let text) = value, text.utf8.contains(0) {
-                throw SQLError(
-                    .misuse, "parameter $\(index + 1) is text with a NUL byte, which PostgreSQL cannot store; bind it as bytes",
-                    sql: sql)
-            }
+        let parameters = try Parameters(binds, sql: sql)
+        return parameters.withPointers { values in
+            PQsendQueryParams(
+                connection, sql, Int32(binds.count), parameters.types, values, parameters.lengths, parameters.formats, 0) == 1
         }
+    }
+
+    /// Sends a statement to prepare under `name` with the parameter types of `types` (0: inferred).
+    func sendPrepare(_ name: String, _ sql: String, types: [Oid]) -> Bool {
+        guard let connection else { return false }
+        return PQsendPrepare(connection, name, sql, Int32(types.count), types) == 1
+    }
+
+    /// Sends the execution of the prepared statement `name` with `binds`.
+    func sendQueryPrepared(_ name: String, _ binds: [SQLValue], sql: String) throws(SQLError) -> Bool {
+        guard let connection else { return false }
+        let parameters = try Parameters(binds, sql: sql)
+        return parameters.withPointers { values in
+            PQsendQueryPrepared(connection, name, Int32(binds.count), values, parameters.lengths, parameters.formats, 0) == 1
+        }
+    }
+
+    /// Asks for the rows of the query just sent one result at a time (streaming).
+    func setSingleRowMode() -> Bool { connection.map { PQsetSingleRowMode($0) == 1 } ?? false }
+
+    func enterPipelineMode() -> Bool { connection.map { PQenterPipelineMode($0) == 1 } ?? false }
+    func exitPipelineMode() -> Bool { connection.map { PQexitPipelineMode($0) == 1 } ?? false }
+    func pipelineSync() -> Bool { connection.map { PQpipelineSync($0) == 1 } ?? false }
+    var isInPipelineMode: Bool { connection.map { PQpipelineStatus($0) != PQ_PIPELINE_OFF } ?? false }
+
+    /// The type PostgreSQL is told for a value (0: let the server infer it from the context).
+    static func typeOID(_ value: SQLValue) -> Oid {
+        switch value {
+        case .null, .text: 0
+        case .integer: 20
+        case .double: 701
+        case .bool: 16
+        case .bytes: 17
+        }
+    }
+
+    /// Bound values marshalled for libpq: types, lengths, formats and NUL-terminated copies.
+    struct Parameters {
         var types: [Oid] = []
         var lengths: [Int32] = []
         var formats: [Int32] = []
         var buffers: [[UInt8]?] = []
-        for value in binds {
-            switch value {
-            case .null:
-                buffers.append(nil); types.append(0); formats.append(0)
-            case .integer(let integer):
-                buffers.append(Array(String(integer).utf8)); types.append(20); formats.append(0)
-            case .double(let double):
-                buffers.append(Array(Self.text(double).utf8)); types.append(701); formats.append(0)
-            case .bool(let bool):
-                buffers.append(Array((bool ? "true" : "false").utf8)); types.append(16); formats.append(0)
-            case .text(let text):
-                buffers.append(Array(text.utf8)); types.append(0); formats.append(0)
-            case .bytes(let bytes):
-                buffers.append(bytes); types.append(17); formats.append(1)
+
+        init(_ binds: [SQLValue], sql: String) throws(SQLError) {
+            types.reserveCapacity(binds.count)
+            lengths.reserveCapacity(binds.count)
+            formats.reserveCapacity(binds.count)
+            buffers.reserveCapacity(binds.count)
+            for (index, value) in binds.enumerated() {
+                types.append(PGHandle.typeOID(value))
+                switch value {
+                case .null:
+                    buffers.append(nil); formats.append(0)
+                case .integer(let integer):
+                    buffers.append(Array(String(integer).utf8)); formats.append(0)
+                case .double(let double):
+                    buffers.append(Array(PGHandle.text(double).utf8)); formats.append(0)
+                case .bool(let bool):
+                    buffers.append(Array((bool ? "true" : "false").utf8)); formats.append(0)
+                case .text(let text):
+                    if text.utf8.contains(0) {
+                        throw SQLError(
+                            .misuse, "parameter $\(index + 1) is text with a NUL byte, which PostgreSQL cannot store; bind it as bytes",
+                            sql: sql)
+                    }
+                    buffers.append(Array(text.utf8)); formats.append(0)
+                case .bytes(let bytes):
+                    buffers.append(bytes); formats.append(1)
+                }
+                lengths.append(Int32(buffers.last??.count ?? 0))
             }
-            lengths.append(Int32(buffers.last??.count ?? 0))
         }
-        return withPointers(buffers) { pointers in
-            PQsendQueryParams(
-                connection, sql, Int32(binds.count), types, pointers, lengths, formats, 0) == 1
+
+        func withPointers<R>(_ body: ([UnsafePointer<CChar>?]) -> R) -> R {
+            // NUL-terminated copies that live for the call (libpq reads text-format values as C strings and
+            // copies them into its output buffer).
+            let copies: [UnsafeMutablePointer<CChar>?] = buffers.map { buffer in
+                guard let buffer else { return nil }
+                let pointer = UnsafeMutablePointer<CChar>.allocate(capacity: buffer.count + 1)
+                buffer.withUnsafeBytes { raw in
+                    if let base = raw.baseAddress { UnsafeMutableRawPointer(pointer).copyMemory(from: base, byteCount: raw.count) }
+                }
+                pointer[buffer.count] = 0
+                return pointer
+            }
+            defer { for pointer in copies { pointer?.deallocate() } }
+            return body(copies.map { $0.map { UnsafePointer($0) } })
         }
     }
 
     /// A double as PostgreSQL reads it back exactly: Swift's shortest round-trip form, plus the specials.
-    private static func text(_ double: Double) -> String {
+    fileprivate static func text(_ double: Double) -> String {
         if double.isNaN { return "NaN" }
         if double.isInfinite { return double < 0 ? "-Infinity" : "Infinity" }
         return "\(double)"
-    }
-
-    private func withPointers<R>(_ buffers: [[UInt8]?], _ body: ([UnsafePointer<CChar>?]) -> R) -> R {
-        // NUL-terminated copies that live for the call (libpq reads text-format values as C strings and
-        // copies them into its output buffer).
-        let copies: [UnsafeMutablePointer<CChar>?] = buffers.map { buffer in
-            guard let buffer else { return nil }
-            let pointer = UnsafeMutablePointer<CChar>.allocate(capacity: buffer.count + 1)
-            buffer.withUnsafeBytes { raw in
-                if let base = raw.baseAddress { UnsafeMutableRawPointer(pointer).copyMemory(from: base, byteCount: raw.count) }
-            }
-            pointer[buffer.count] = 0
-            return pointer
-        }
-        defer { for pointer in copies { pointer?.deallocate() } }
-        return body(copies.map { $0.map { UnsafePointer($0) } })
     }
 
     /// A cancel request object for the running query (nil when there is no connection).

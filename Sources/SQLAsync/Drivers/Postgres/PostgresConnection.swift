@@ -110,6 +110,227 @@ final class PostgresConnection: Sendable {
         }
     }
 
+    // MARK: Streaming
+
+    /// Sends `sql` in single-row mode and keeps the connection for the stream until ``closeStream()``.
+    func openStream(_ sql: String, _ binds: [SQLValue]) async throws {
+        guard !inUse.exchange(true, ordering: .acquiringAndReleasing) else {
+            throw SQLError(.misuse, "a PostgreSQL connection serves one task at a time", sql: sql)
+        }
+        do {
+            guard !isBroken else { throw SQLError(.connection, "the connection is broken; discard it", sql: sql) }
+            guard try handle.sendQuery(sql, binds) else { throw await failure(sql: sql) }
+            guard handle.setSingleRowMode() else { throw await failure(sql: sql) }
+            try await flush(sql: sql)
+        } catch {
+            await closeStream()
+            throw error
+        }
+    }
+
+    /// Up to `limit` more rows of the stream; `nil` after the last. Reads from the socket only as rows are
+    /// asked for, so the server is held back (TCP flow control) instead of memory growing.
+    func nextRows(limit: Int, sql: String) async throws -> RawRows? {
+        var rows = RawRows()
+        var serverError: SQLError?
+        do {
+            while rows.rows.count < limit {
+                while handle.isBusy {
+                    // Rows in hand go out first: waiting for more would hold them back.
+                    if !rows.rows.isEmpty, serverError == nil { return rows }
+                    try await runtime.wait(fd: try await liveSocket(sql: sql), for: .read)
+                    guard handle.consumeInput() else { throw await failure(sql: sql) }
+                }
+                guard let result = handle.nextResult() else {
+                    if handle.status != CONNECTION_OK { throw await failure(sql: sql) }
+                    if let serverError { throw serverError }
+                    return rows.rows.isEmpty ? nil : rows
+                }
+                defer { PQclear(result) }
+                switch PQresultStatus(result) {
+                case PGRES_SINGLE_TUPLE:
+                    let row = PGHandle.decode(result)
+                    if rows.columns.isEmpty { rows.columns = row.columns }
+                    rows.rows += row.rows
+                case PGRES_TUPLES_OK, PGRES_COMMAND_OK:
+                    break  // the end: zero rows; NULL follows
+                default:
+                    serverError = serverError ?? PGHandle.error(from: result, sql: sql)
+                }
+            }
+            return rows
+        } catch let error as CancellationError {
+            await cleanUpAfterCancellation()
+            throw error
+        } catch let error as SQLError where error.kind == .connection {
+            brokenFlag.store(true, ordering: .releasing)
+            throw error
+        }
+    }
+
+    /// Ends the stream: when rows are left, cancels the query and drains (shielded, with a deadline). The
+    /// connection is then free again.
+    func closeStream() async {
+        await cleanUpAfterCancellation()
+        inUse.store(false, ordering: .releasing)
+    }
+
+    /// Runs `sql` once per parameter set in libpq's pipeline mode: one prepare, every execution sent without
+    /// waiting, one sync — a single round trip for the batch. Outside a transaction the batch is atomic (the
+    /// server runs a pipeline up to its sync as one implicit transaction); inside one, an error aborts it.
+    ///
+    /// Returns the rows every execution returned (for `RETURNING`), and the rows affected by all.
+    func executeMany(_ sql: String, _ sets: [[SQLValue]]) async throws -> RawRows {
+        guard let first = sets.first else { return RawRows() }
+        guard !inUse.exchange(true, ordering: .acquiringAndReleasing) else {
+            throw SQLError(.misuse, "a PostgreSQL connection serves one task at a time", sql: sql)
+        }
+        defer { inUse.store(false, ordering: .releasing) }
+        guard !isBroken else { throw SQLError(.connection, "the connection is broken; discard it", sql: sql) }
+        // One parameter type per position: the first set's, unless a later set has a non-NULL value of another
+        // type there; then every execution is sent with its own types (no shared prepared statement).
+        var types = first.map(PGHandle.typeOID)
+        var uniform = true
+        for set in sets.dropFirst() {
+            guard set.count == types.count else {
+                throw SQLError(.misuse, "every parameter set needs \(types.count) values; one has \(set.count)", sql: sql)
+            }
+            for (index, value) in set.enumerated() where value != .null {
+                let type = PGHandle.typeOID(value)
+                if types[index] == 0, case .null = first[index] { types[index] = type } else if types[index] != type { uniform = false }
+            }
+        }
+        // Refused before anything is sent, so that a batch never runs in part.
+        for set in sets {
+            for (index, value) in set.enumerated() {
+                if case .text(let text) = value, text.utf8.contains(0) {
+                    throw SQLError(
+                        .misuse, "parameter $\(index + 1) is text with a NUL byte, which PostgreSQL cannot store; bind it as bytes",
+                        sql: sql)
+                }
+            }
+        }
+        guard handle.enterPipelineMode() else { throw await failure(sql: sql) }
+        var synced = false
+        do {
+            var expected = sets.count
+            if uniform {
+                guard handle.sendPrepare("", sql, types: types) else { throw await failure(sql: sql) }
+                expected += 1
+            }
+            for (index, set) in sets.enumerated() {
+                let sent = uniform ? try handle.sendQueryPrepared("", set, sql: sql) : try handle.sendQuery(sql, set)
+                guard sent else { throw await failure(sql: sql) }
+                // Push out what has accumulated now and then, reading meanwhile: memory stays bounded.
+                if index % 256 == 255 { try await flush(sql: sql) }
+            }
+            guard handle.pipelineSync() else { throw await failure(sql: sql) }
+            synced = true
+            try await flush(sql: sql)
+            return try await collectPipeline(expected: expected, sql: sql)
+        } catch let error as CancellationError {
+            await cleanUpPipeline(synced: synced)
+            throw error
+        } catch let error as SQLError where error.kind == .connection {
+            brokenFlag.store(true, ordering: .releasing)
+            throw error
+        } catch {
+            await cleanUpPipeline(synced: synced)
+            throw error
+        }
+    }
+
+    /// Reads the results of `expected` pipelined commands and the sync, then leaves pipeline mode.
+    private func collectPipeline(expected: Int, sql: String) async throws -> RawRows {
+        var rows = RawRows()
+        var serverError: SQLError?
+        var remaining = expected
+        while true {
+            while handle.isBusy {
+                try await runtime.wait(fd: try await liveSocket(sql: sql), for: .read)
+                guard handle.consumeInput() else { throw await failure(sql: sql) }
+            }
+            guard let result = handle.nextResult() else {
+                // The end of one command's results.
+                remaining -= 1
+                // Past the last command only the sync can come; more ends mean the connection is gone.
+                if remaining < -1 || handle.status != CONNECTION_OK { throw await failure(sql: sql) }
+                continue
+            }
+            defer { PQclear(result) }
+            switch PQresultStatus(result) {
+            case PGRES_PIPELINE_SYNC:
+                guard handle.exitPipelineMode() else { throw await failure(sql: sql) }
+                if let serverError { throw serverError }
+                return rows
+            case PGRES_TUPLES_OK:
+                let decoded = PGHandle.decode(result)
+                if rows.columns.isEmpty { rows.columns = decoded.columns }
+                rows.rows += decoded.rows
+                rows.rowsAffected += Int(String(cString: PQcmdTuples(result))) ?? 0
+            case PGRES_COMMAND_OK:
+                rows.rowsAffected += Int(String(cString: PQcmdTuples(result))) ?? 0
+            case PGRES_PIPELINE_ABORTED:
+                break  // skipped after an earlier error, which is the one reported
+            default:
+                serverError = serverError ?? PGHandle.error(from: result, sql: sql)
+            }
+        }
+    }
+
+    /// After a cancelled or failed pipeline, shielded and with a deadline. Before the sync was sent, the
+    /// connection is closed: a sync now would commit the commands already run, so closing (which makes the
+    /// server roll them back) is the only way the batch stays all-or-nothing. After the sync: cancel what
+    /// runs, drain to the sync, leave pipeline mode. The connection is broken if that fails.
+    private func cleanUpPipeline(synced: Bool) async {
+        guard handle.isInPipelineMode else { return }  // the sync was read: nothing is left
+        guard synced else {
+            brokenFlag.store(true, ordering: .releasing)
+            await forgetSocket()
+            handle.finish()
+            return
+        }
+        let handle = self.handle
+        let clean: Bool? = try? await withCancelScope(
+            deadline: runtime.now.advanced(by: Self.cleanUpDeadline), shield: true
+        ) { _ in
+            if handle.isBusy {
+                let cancel = handle.cancelObject()
+                _ = try await runtime.runBlocking { cancel?.send() ?? false }
+            }
+            var ends = 0
+            while true {
+                switch handle.flush() {
+                case 0: break
+                case 1:
+                    let ready = try await runtime.wait(fd: handle.socket, for: [.read, .write])
+                    if ready.contains(.read), !handle.consumeInput() { return false }
+                    continue
+                default: return false
+                }
+                while handle.isBusy {
+                    guard handle.status == CONNECTION_OK else { return false }
+                    try await runtime.wait(fd: handle.socket, for: .read)
+                    guard handle.consumeInput() else { return false }
+                }
+                guard let result = handle.nextResult() else {
+                    // One end per command; two in a row with nothing to wait for would spin forever.
+                    ends += 1
+                    if ends > 1 { return false }
+                    continue
+                }
+                ends = 0
+                let status = PQresultStatus(result)
+                PQclear(result)
+                if status == PGRES_PIPELINE_SYNC { return handle.exitPipelineMode() }
+            }
+        }
+        if clean != true {
+            brokenFlag.store(true, ordering: .releasing)
+            await forgetSocket()
+        }
+    }
+
     /// Pushes the query out; while libpq's buffer is full, waits for write readiness, and reads meanwhile so
     /// that a server blocked writing to us cannot deadlock the exchange (FINDINGS Q6, pitfall 4).
     private func flush(sql: String) async throws {

@@ -45,6 +45,64 @@ final class SQLiteConnection: Sendable {
     /// - Throws: ``SQLError`` (the SQL text, never the values); `CancellationError` when cancelled (the
     ///   statement was interrupted and the connection is clean).
     func execute(_ sql: String, _ binds: [SQLValue]) async throws -> RawRows {
+        try await job(sql) { handle, interrupted throws(SQLError) in try handle.run(sql, binds, cancelled: interrupted) }
+    }
+
+    /// Runs `sql` once per parameter set in one job on the connection's thread, inside a savepoint: all sets
+    /// take effect or none (also when cancelled).
+    func executeMany(_ sql: String, _ sets: [[SQLValue]]) async throws -> RawRows {
+        guard !sets.isEmpty else { return RawRows() }
+        return try await job(sql) { handle, interrupted throws(SQLError) in
+            try handle.run(sql, sets, atomically: true, cancelled: interrupted)
+        }
+    }
+
+    /// Opens a cursor over `sql` (one job).
+    func openStream(_ sql: String, _ binds: [SQLValue]) async throws -> SQLiteCursor {
+        let handle = self.handle
+        return try await Runtime.withCompletion(onCancel: .waitForCompletion) { (completion: Completion<SQLiteCursor>) in
+            worker.submit {
+                completion.resume(with: Result { () throws(SQLError) -> SQLiteCursor in try handle.openCursor(sql, binds) }
+                    .mapError { $0 as any Error })
+            }
+        }
+    }
+
+    /// Up to `limit` more rows (one job); `nil` after the last.
+    func nextRows(_ cursor: SQLiteCursor, limit: Int, sql: String) async throws -> RawRows? {
+        let handle = self.handle
+        let interrupted = InterruptFlag()
+        do {
+            return try await Runtime.withCompletion(onCancel: .interrupt {
+                interrupted.set()
+                handle.interrupt()
+            }) { (completion: Completion<RawRows?>) in
+                worker.submit {
+                    completion.resume(with: Result { () throws(SQLError) -> RawRows? in
+                        try handle.step(cursor, limit: limit, sql: sql, cancelled: interrupted)
+                    }.mapError { $0 as any Error })
+                }
+            }
+        } catch let error as SQLError where error.kind == .cancelled && interrupted.isSet {
+            throw CancellationError()
+        }
+    }
+
+    /// Finalizes the cursor (one job; not interrupted by cancellation).
+    func closeStream(_ cursor: SQLiteCursor) async {
+        let handle = self.handle
+        await withUncancelledCompletion { completion in
+            worker.submit {
+                handle.closeCursor(cursor)
+                completion.resume()
+            }
+        }
+    }
+
+    /// One job on the connection's thread; a cancellation interrupts it and surfaces as `CancellationError`.
+    private func job(
+        _ sql: String, _ work: @escaping @Sendable (SQLiteHandle, InterruptFlag) throws(SQLError) -> RawRows
+    ) async throws -> RawRows {
         let handle = self.handle
         let interrupted = InterruptFlag()
         do {
@@ -54,7 +112,7 @@ final class SQLiteConnection: Sendable {
             }) { (completion: Completion<RawRows>) in
                 worker.submit {
                     completion.resume(with: Result { () throws(SQLError) -> RawRows in
-                        try handle.run(sql, binds, cancelled: interrupted)
+                        try work(handle, interrupted)
                     }.mapError { $0 as any Error })
                 }
             }
@@ -77,10 +135,13 @@ final class SQLiteConnection: Sendable {
         worker.shutdown()
     }
 
-    /// A wait that no cancellation cuts short: clean-up must finish.
+    /// A wait that no cancellation cuts short, or skips: clean-up must run and finish, also in a task
+    /// whose scope was cancelled (a shielded scope; the work itself is short).
     private func withUncancelledCompletion(_ start: (Completion<Void>) -> Void) async {
-        _ = try? await Runtime.withCompletion(onCancel: .waitForCompletion) { (completion: Completion<Void>) in
-            start(completion)
+        _ = try? await withCancelScope(shield: true) { _ in
+            try await Runtime.withCompletion(onCancel: .waitForCompletion) { (completion: Completion<Void>) in
+                start(completion)
+            }
         }
     }
 

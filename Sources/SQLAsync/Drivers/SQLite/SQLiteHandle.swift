@@ -13,6 +13,8 @@ import Glibc
 final class SQLiteHandle: @unchecked Sendable {
     private var db: OpaquePointer?
     private var statements: [String: OpaquePointer] = [:]
+    /// Cached statements' SQL, oldest first.
+    private var statementOrder: [String] = []
     private let lock = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
 
     init(path: String?, busyTimeoutMilliseconds: Int32) throws(SQLError) {
@@ -55,6 +57,7 @@ final class SQLiteHandle: @unchecked Sendable {
     func close() {
         for statement in statements.values { sqlite3_finalize(statement) }
         statements.removeAll()
+        statementOrder.removeAll()
         pthread_mutex_lock(lock)
         let connection = db
         db = nil
@@ -67,6 +70,12 @@ final class SQLiteHandle: @unchecked Sendable {
     /// - Parameter cancelled: when set (before or during the statement), the statement stops with
     ///   ``SQLError/Kind/cancelled``.
     func run(_ sql: String, _ binds: [SQLValue], cancelled: InterruptFlag? = nil) throws(SQLError) -> RawRows {
+        try run(sql, [binds], atomically: false, cancelled: cancelled)
+    }
+
+    /// Runs `sql` once per parameter set, in one job: prepared once, bound and stepped per set. With
+    /// `atomically`, inside a savepoint: all sets take effect or none.
+    func run(_ sql: String, _ sets: [[SQLValue]], atomically: Bool, cancelled: InterruptFlag?) throws(SQLError) -> RawRows {
         guard let db else { throw SQLError(.connection, "the SQLite connection is closed", sql: sql) }
         if let cancelled {
             guard !cancelled.isSet else { throw SQLError(.cancelled, "cancelled before it started", sql: sql) }
@@ -84,6 +93,94 @@ final class SQLiteHandle: @unchecked Sendable {
             sqlite3_reset(statement)
             sqlite3_clear_bindings(statement)
         }
+        var result = RawRows()
+        let columnCount = sqlite3_column_count(statement)
+        result.columns = (0..<columnCount).map { String(cString: sqlite3_column_name(statement, $0)) }
+        guard atomically else {
+            for binds in sets { try step(statement, binds, into: &result, db: db, sql: sql) }
+            return result
+        }
+        try exec("SAVEPOINT anyruntime_batch", db: db)
+        do throws(SQLError) {
+            for binds in sets {
+                if cancelled?.isSet == true { throw SQLError(.cancelled, "cancelled", sql: sql) }
+                try step(statement, binds, into: &result, db: db, sql: sql)
+            }
+            try exec("RELEASE anyruntime_batch", db: db)
+        } catch {
+            sqlite3_reset(statement)
+            // Undo every set; the savepoint then ends (ROLLBACK TO keeps it open).
+            _ = try? exec("ROLLBACK TO anyruntime_batch", db: db)
+            _ = try? exec("RELEASE anyruntime_batch", db: db)
+            throw error
+        }
+        return result
+    }
+
+    // MARK: Cursors (streaming)
+
+    /// Prepares a statement of its own (not the cache's: a cached one could be needed while the stream is
+    /// open) and binds `binds`. Worker thread only; finish with ``closeCursor(_:)``.
+    func openCursor(_ sql: String, _ binds: [SQLValue]) throws(SQLError) -> SQLiteCursor {
+        guard let db else { throw SQLError(.connection, "the SQLite connection is closed", sql: sql) }
+        var statement: OpaquePointer?
+        let rc = sqlite3_prepare_v3(db, sql, -1, 0, &statement, nil)
+        guard rc == SQLITE_OK, let statement else { throw error(rc, db: db, sql: sql) }
+        let cursor = SQLiteCursor(statement)
+        for (offset, value) in binds.enumerated() {
+            if case .double(let double) = value, double.isNaN {
+                closeCursor(cursor)
+                throw SQLError(.misuse, "parameter \(offset + 1) is NaN, which SQLite cannot store (it would become NULL)", sql: sql)
+            }
+            let rc = bind(value, at: Int32(offset + 1), in: statement)
+            guard rc == SQLITE_OK else {
+                let failure = error(rc, db: db, sql: sql)
+                closeCursor(cursor)
+                throw failure
+            }
+        }
+        return cursor
+    }
+
+    /// Steps up to `limit` rows; `nil` after the last. Worker thread only.
+    func step(_ cursor: SQLiteCursor, limit: Int, sql: String, cancelled: InterruptFlag) throws(SQLError) -> RawRows? {
+        guard let db, let statement = cursor.statement else { throw SQLError(.connection, "the SQLite connection is closed", sql: sql) }
+        guard !cancelled.isSet else { throw SQLError(.cancelled, "cancelled", sql: sql) }
+        let context = Unmanaged.passUnretained(cancelled).toOpaque()
+        sqlite3_progress_handler(db, 1_000, { context in
+            guard let context else { return 0 }
+            return Unmanaged<InterruptFlag>.fromOpaque(context).takeUnretainedValue().isSet ? 1 : 0
+        }, context)
+        defer { sqlite3_progress_handler(db, 0, nil, nil) }
+        var rows = RawRows()
+        let columnCount = sqlite3_column_count(statement)
+        rows.columns = (0..<columnCount).map { String(cString: sqlite3_column_name(statement, $0)) }
+        while rows.rows.count < limit {
+            let rc = sqlite3_step(statement)
+            if rc == SQLITE_DONE {
+                cursor.finished = true
+                break
+            }
+            guard rc == SQLITE_ROW else { throw error(rc, db: db, sql: sql) }
+            var row: [SQLValue] = []
+            row.reserveCapacity(Int(columnCount))
+            for column in 0..<columnCount { row.append(value(at: column, in: statement)) }
+            rows.rows.append(row)
+        }
+        return rows.rows.isEmpty && cursor.finished ? nil : rows
+    }
+
+    /// Finalizes the cursor's statement. Worker thread only.
+    func closeCursor(_ cursor: SQLiteCursor) {
+        if let statement = cursor.statement { sqlite3_finalize(statement) }
+        cursor.statement = nil
+    }
+
+    /// Binds one parameter set, steps every row into `result` and resets the statement.
+    private func step(
+        _ statement: OpaquePointer, _ binds: [SQLValue], into result: inout RawRows, db: OpaquePointer, sql: String
+    ) throws(SQLError) {
+        defer { sqlite3_reset(statement) }
         let parameterCount = Int(sqlite3_bind_parameter_count(statement))
         guard parameterCount == binds.count else {
             throw SQLError(
@@ -98,9 +195,7 @@ final class SQLiteHandle: @unchecked Sendable {
             let rc = bind(value, at: Int32(offset + 1), in: statement)
             guard rc == SQLITE_OK else { throw error(rc, db: db, sql: sql) }
         }
-        var result = RawRows()
         let columnCount = sqlite3_column_count(statement)
-        result.columns = (0..<columnCount).map { String(cString: sqlite3_column_name(statement, $0)) }
         while true {
             let rc = sqlite3_step(statement)
             if rc == SQLITE_DONE { break }
@@ -110,9 +205,16 @@ final class SQLiteHandle: @unchecked Sendable {
             for column in 0..<columnCount { row.append(value(at: column, in: statement)) }
             result.rows.append(row)
         }
-        result.rowsAffected = sqlite3_stmt_readonly(statement) != 0 ? 0 : Int(sqlite3_changes(db))
-        return result
+        if sqlite3_stmt_readonly(statement) == 0 { result.rowsAffected += Int(sqlite3_changes(db)) }
     }
+
+    private func exec(_ sql: String, db: OpaquePointer) throws(SQLError) {
+        let rc = sqlite3_exec(db, sql, nil, nil, nil)
+        guard rc == SQLITE_OK else { throw error(rc, db: db, sql: sql) }
+    }
+
+    /// Prepared statements kept per connection; beyond this the oldest is finalized.
+    static let statementCacheCapacity = 256
 
     private func prepared(_ sql: String, db: OpaquePointer) throws(SQLError) -> OpaquePointer {
         if let cached = statements[sql] { return cached }
@@ -124,7 +226,12 @@ final class SQLiteHandle: @unchecked Sendable {
             sqlite3_finalize(statement)
             throw SQLError(.misuse, "only one statement can be executed at a time", sql: sql)
         }
+        if statements.count >= Self.statementCacheCapacity, let oldest = statementOrder.first {
+            statementOrder.removeFirst()
+            if let evicted = statements.removeValue(forKey: oldest) { sqlite3_finalize(evicted) }
+        }
         statements[sql] = statement
+        statementOrder.append(sql)
         return statement
     }
 
@@ -190,3 +297,13 @@ final class SQLiteHandle: @unchecked Sendable {
 
 /// `SQLITE_TRANSIENT`: SQLite copies the bound bytes before the call returns (a C macro Swift cannot import).
 private let sqliteTransient = unsafeBitCast(-1, to: sqlite3_destructor_type.self)
+
+/// A statement being streamed.
+///
+/// `@unchecked Sendable`: it travels between the task and the connection's worker thread, but only jobs on
+/// that one thread read or write it (``SQLiteHandle`` cursor methods), one at a time.
+final class SQLiteCursor: @unchecked Sendable {
+    var statement: OpaquePointer?
+    var finished = false
+    init(_ statement: OpaquePointer) { self.statement = statement }
+}

@@ -1,0 +1,121 @@
+import Runtime
+import SQLAsync
+import TestSupport
+import Testing
+
+@Suite("Streaming", .timeLimit(.minutes(1)))
+struct StreamTests {
+    static func series(_ database: TestDatabase, _ count: Int) -> SQL {
+        database == .postgresql
+            ? "SELECT g AS n, repeat('x', 50) AS pad FROM generate_series(1, \(count)) g"
+            : "WITH RECURSIVE s(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM s WHERE n < \(count)) SELECT n, printf('%.50c', 'x') AS pad FROM s"
+    }
+
+    @Test("100,000 rows arrive in batches of at most the batch size; the connection is clean afterwards",
+          arguments: TestBackend.selected, TestDatabase.allCases)
+    func hundredThousandRows(_ backend: TestBackend, _ database: TestDatabase) async throws {
+        let engine = try database.engine()
+        try await backend.run {
+            try await engine.withConnection { connection in
+                let (count, sum, largestBatch) = try await connection.stream(Self.series(database, 100_000), batchSize: 1_000) { rows in
+                    var count = 0
+                    var sum = 0
+                    var largest = 0
+                    for try await batch in rows.batches {
+                        largest = max(largest, batch.count)
+                        for row in batch {
+                            count += 1
+                            sum += try row.decode("n", as: Int.self)
+                        }
+                    }
+                    return (count, sum, largest)
+                }
+                #expect(count == 100_000 && sum == 100_000 * 100_001 / 2)
+                #expect(largestBatch <= 1_000, "a batch held \(largestBatch) rows")
+                #expect(try await connection.execute("SELECT \(7)").scalar(Int.self) == 7)
+                // A builder query; zero rows end the stream at once.
+                let none = try await connection.stream(select(Parameter<Int64>("n")).where(Parameter<Int64>("n") > 1),
+                                                       parameters: ["n": 1]) { rows in
+                    var count = 0
+                    for try await _ in rows { count += 1 }
+                    return count
+                }
+                #expect(none == 0)
+            }
+            await engine.dispose()
+        }
+    }
+
+    @Test("leaving early, a cancellation and an error mid-stream all leave the connection clean",
+          arguments: TestBackend.selected, TestDatabase.allCases)
+    func endingEarly(_ backend: TestBackend, _ database: TestDatabase) async throws {
+        let engine = try database.engine()
+        try await backend.run {
+            try await engine.withConnection { connection in
+                // Leave after 10 rows of a million.
+                let firstTen = try await connection.stream(Self.series(database, 1_000_000), batchSize: 100) { rows in
+                    var names: [Int] = []
+                    for try await row in rows {
+                        names.append(try row.decode("n", as: Int.self))
+                        if names.count == 10 { break }
+                    }
+                    return names
+                }
+                #expect(firstTen == Array(1...10))
+                #expect(!connection.isBroken && !connection.isInTransaction)
+                #expect(try await connection.execute("SELECT \(1) AS one").scalar(Int.self) == 1)
+
+                // Cancelled by its scope while iterating (the same on every backend) …
+                let counted: Int? = try await withCancelScope { scope in
+                    try await connection.stream(Self.series(database, 10_000_000), batchSize: 500) { rows in
+                        var count = 0
+                        for try await _ in rows {
+                            count += 1
+                            if count == 1_234 { scope.cancel() }
+                        }
+                        return count
+                    }
+                }
+                #expect(counted == nil, "the stream went on after its scope was cancelled")
+                #expect(!connection.isBroken && !connection.isInTransaction)
+                // … and by a deadline, most likely while a batch is read (virtual time stands still while the
+                // database works, so only real clocks).
+                if backend != .virtual {
+                    let seen: Int? = try await moveOnAfter(.milliseconds(50)) { _ in
+                        try await connection.stream(Self.series(database, 10_000_000), batchSize: 500) { rows in
+                            var count = 0
+                            for try await _ in rows { count += 1 }
+                            return count
+                        }
+                    }
+                    #expect(seen == nil, "ten million rows streamed within 50 ms")
+                }
+                #expect(!connection.isBroken && !connection.isInTransaction)
+                #expect(try await connection.execute("SELECT \(2) AS two").scalar(Int.self) == 2)
+
+                // The database fails at row 5,000: the rows before it arrive, then the typed error.
+                let failing: SQL = database == .postgresql
+                    ? "SELECT 10 / (g - 5000) AS q FROM generate_series(1, 10000) g"
+                    : "WITH RECURSIVE s(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM s WHERE n < 10000) SELECT CASE WHEN n = 5000 THEN abs(-9223372036854775807 - 1) ELSE n END AS q FROM s"
+                var received = 0
+                do {
+                    try await connection.stream(failing, batchSize: 100) { rows in
+                        for try await _ in rows { received += 1 }
+                    }
+                    Issue.record("the failing query streamed to its end")
+                } catch let error as SQLError {
+                    #expect(error.kind != .connection, "\(error)")
+                }
+                #expect(received <= 4_999)
+                #expect(!connection.isBroken && !connection.isInTransaction)
+                #expect(try await connection.execute("SELECT \(3) AS three").scalar(Int.self) == 3)
+                if database == .postgresql {
+                    let running = try await connection.execute(
+                        "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query LIKE '%generate_series(1, 1000000%' AND pid <> pg_backend_pid()")
+                    #expect(try running.scalar(Int.self) == 0, "a stream left early still runs on the server")
+                }
+            }
+            await engine.dispose()
+        }
+    }
+}
