@@ -23,6 +23,48 @@ struct TransactionTests {
         try await connection.execute("SELECT count(*) FROM \(table)").scalar(Int.self) ?? -1
     }
 
+    @Test("explicit begin / commit / rollback, savepoints among them, and engine.begin",
+          arguments: TestBackend.selected, TestDatabase.allCases)
+    func explicitTransactions(_ backend: TestBackend, _ database: TestDatabase) async throws {
+        let engine = try database.engine()
+        try await backend.run {
+            let table = SQL.identifier(database.table("explicit"))
+            try await engine.begin { connection in
+                _ = try await connection.execute("CREATE TABLE \(table) (id INTEGER PRIMARY KEY)")
+            }
+            try await engine.withConnection { connection in
+                let outer = try await connection.begin()
+                #expect(connection.isInTransaction && !outer.isSavepoint)
+                _ = try await connection.execute("INSERT INTO \(table) VALUES (\(1))")
+                let inner = try await connection.begin()
+                #expect(inner.isSavepoint)
+                _ = try await connection.execute("INSERT INTO \(table) VALUES (\(2))")
+                try await inner.rollback()
+                try await outer.commit()
+                #expect(!connection.isInTransaction)
+                await #expect { try await outer.commit() } throws: { ($0 as? SQLError)?.kind == .misuse }
+                #expect(try await count(table, connection) == 1)
+
+                let discarded = try await connection.begin(isolationLevel: .serializable)
+                _ = try await connection.execute("INSERT INTO \(table) VALUES (\(3))")
+                try await discarded.rollback()
+                #expect(try await count(table, connection) == 1)
+            }
+            // engine.begin rolls back on error.
+            struct Abort: Error {}
+            await #expect(throws: Abort.self) {
+                try await engine.begin { connection in
+                    _ = try await connection.execute("INSERT INTO \(table) VALUES (\(4))")
+                    throw Abort()
+                }
+            }
+            let remaining = try await engine.begin(readOnly: true) { connection in try await count(table, connection) }
+            #expect(remaining == 1)
+            try await engine.withConnection { connection in _ = try await connection.execute("DROP TABLE \(table)") }
+            await engine.dispose()
+        }
+    }
+
     @Test("commit on success; rollback on a thrown error", arguments: TestBackend.selected, TestDatabase.allCases)
     func commitAndRollback(_ backend: TestBackend, _ database: TestDatabase) async throws {
         let engine = try database.engine()

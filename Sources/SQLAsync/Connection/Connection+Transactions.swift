@@ -58,6 +58,19 @@ extension Connection {
         return result
     }
 
+    /// Starts a transaction (or, inside one, a savepoint) that you end yourself with ``Transaction/commit()``
+    /// or ``Transaction/rollback()``. Prefer ``withTransaction(isolationLevel:readOnly:isolation:_:)``, which
+    /// cannot forget to end it; a connection given back with a transaction still open is closed, not reused.
+    ///
+    /// ```swift
+    /// let transaction = try await connection.begin()
+    /// try await connection.execute("UPDATE accounts SET balance = 0")
+    /// try await transaction.commit()
+    /// ```
+    public func begin(isolationLevel: IsolationLevel? = nil, readOnly: Bool = false) async throws -> Transaction {
+        Transaction(connection: self, savepoint: try await begin(isolation: isolationLevel, readOnly: readOnly))
+    }
+
     /// Starts a transaction, or a savepoint inside one; returns the savepoint's name (nil for a transaction).
     func begin(isolation: IsolationLevel?, readOnly: Bool) async throws -> String? {
         let depth = transactionDepth.withLock { $0 }
@@ -95,7 +108,7 @@ extension Connection {
         return nil
     }
 
-    private func commit(_ savepoint: String?) async throws {
+    func commit(_ savepoint: String?) async throws {
         if let savepoint {
             _ = try await execute(.unsafeRaw("RELEASE SAVEPOINT \(savepoint)"))
             transactionDepth.withLock { $0 -= 1 }
@@ -107,7 +120,7 @@ extension Connection {
 
     /// Rolls back the transaction or savepoint, shielded, within ``rollbackDeadline``; marks the connection
     /// broken when that is not possible.
-    private func rollBackShielded(_ savepoint: String?) async {
+    func rollBackShielded(_ savepoint: String?) async {
         let rolledBack: Bool? = try? await withCancelScope(
             deadline: Runtime.current.now.advanced(by: Self.rollbackDeadline), shield: true
         ) { _ in
@@ -132,4 +145,49 @@ extension Connection {
 
     /// Whether a transaction (or savepoint) opened through this API is in progress.
     public var isInTransaction: Bool { transactionDepth.withLock { $0 > 0 } }
+}
+
+/// A transaction (or savepoint) begun with ``Connection/begin(isolationLevel:readOnly:)``: end it once, with
+/// ``commit()`` or ``rollback()``.
+public final class Transaction: Sendable {
+    private let connection: Connection
+    private let savepoint: String?
+    private let ended = Atomic<Bool>(false)
+
+    init(connection: Connection, savepoint: String?) {
+        self.connection = connection
+        self.savepoint = savepoint
+    }
+
+    /// Whether this is a savepoint inside an enclosing transaction.
+    public var isSavepoint: Bool { savepoint != nil }
+
+    /// Commits (or releases the savepoint). If the commit fails, the transaction is rolled back.
+    ///
+    /// - Throws: the commit's ``SQLError`` (for example ``SQLError/Kind/serializationFailure``);
+    ///   ``SQLError/Kind/misuse`` when the transaction was already ended.
+    public func commit() async throws {
+        try markEnded()
+        do {
+            try await connection.commit(savepoint)
+        } catch {
+            await connection.rollBackShielded(savepoint)
+            throw error
+        }
+    }
+
+    /// Rolls back (to the savepoint), shielded from cancellation and within a deadline; the connection is
+    /// marked broken if even that fails.
+    ///
+    /// - Throws: ``SQLError/Kind/misuse`` when the transaction was already ended.
+    public func rollback() async throws {
+        try markEnded()
+        await connection.rollBackShielded(savepoint)
+    }
+
+    private func markEnded() throws(SQLError) {
+        guard !ended.exchange(true, ordering: .acquiringAndReleasing) else {
+            throw SQLError(.misuse, "the transaction was already committed or rolled back")
+        }
+    }
 }

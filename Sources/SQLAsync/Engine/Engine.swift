@@ -126,4 +126,23 @@ public final class Engine: Sendable {
             throw error
         }
     }
+
+    /// A connection from the pool with a transaction around `body`: committed when `body` returns, rolled back
+    /// when it throws or is cancelled (SQLAlchemy's `engine.begin()`).
+    ///
+    /// ```swift
+    /// try await engine.begin { connection in
+    ///     try await connection.execute(insert(into: Users.self).values(Users.name.set("ann")))
+    /// }
+    /// ```
+    @discardableResult
+    public func begin<T>(
+        isolationLevel: IsolationLevel? = nil, readOnly: Bool = false,
+        isolation: isolated (any Actor)? = #isolation,
+        _ body: (Connection) async throws -> T
+    ) async throws -> T {
+        try await withConnection { connection in
+            try await connection.withTransaction(isolationLevel: isolationLevel, readOnly: readOnly, body)
+        }
+    }
 }
