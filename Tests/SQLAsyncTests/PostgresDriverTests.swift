@@ -160,4 +160,39 @@ struct PostgresDriverTests {
             #expect(connected < 150, "no connect was cancelled")
         }
     }
+
+    @Test("statements are prepared once per connection, survive DISCARD ALL and table changes, and stay bounded",
+          arguments: TestBackend.selected)
+    func preparedStatements(_ backend: TestBackend) async throws {
+        let url = try postgresURL()
+        try await backend.run {
+            let connection = try await PostgresConnection.connect(url)
+            func preparedCount(_ text: String) async throws -> RawRows {
+                try await connection.execute("SELECT count(*) FROM pg_prepared_statements WHERE statement = $1", [.text(text)])
+            }
+            let query = "SELECT $1::int8 + 1"
+            for value in 0..<3 {
+                #expect(try await connection.execute(query, [.integer(Int64(value))]).rows == [[.integer(Int64(value) + 1)]])
+            }
+            #expect(try await preparedCount(query).rows == [[.integer(1)]], "not prepared exactly once")
+            // The server forgets every prepared statement: the next run prepares again, unseen by the caller.
+            _ = try await connection.execute("DISCARD ALL", [])
+            #expect(try await connection.execute(query, [.integer(41)]).rows == [[.integer(42)]])
+            // A table whose columns change under a cached SELECT *.
+            _ = try await connection.execute("CREATE TEMP TABLE shape (a int8)", [])
+            _ = try await connection.execute("INSERT INTO shape VALUES (1)", [])
+            #expect(try await connection.execute("SELECT * FROM shape", []).rows == [[.integer(1)]])
+            _ = try await connection.execute("ALTER TABLE shape ADD COLUMN b text DEFAULT 'x'", [])
+            #expect(try await connection.execute("SELECT * FROM shape", []).rows == [[.integer(1), .text("x")]])
+            // A statement that does not parse is not kept; the connection goes on.
+            await #expect { try await connection.execute("SELEC 1", []) } throws: { ($0 as? SQLError)?.kind == .syntax }
+            #expect(try await preparedCount("SELEC 1").rows == [[.integer(0)]])
+            // More distinct statements than the cache holds: the oldest are deallocated on the server too.
+            for index in 0..<140 { _ = try await connection.execute("SELECT \(index)", []) }
+            let total = try await connection.execute("SELECT count(*) FROM pg_prepared_statements", [])
+            #expect(total.rows.first?.first.flatMap { if case .integer(let n) = $0 { n } else { nil } }.map { $0 <= 128 } == true,
+                    "\(total.rows)")
+            await connection.close()
+        }
+    }
 }

@@ -25,6 +25,8 @@ final class PostgresConnection: Sendable {
     /// this is kept to `forget` it on every failure (a stale registration would hang the next user of the
     /// fd number).
     private let watchedSocket = Atomic<Int32>(-1)
+    /// Statements this connection prepared, by SQL text and parameter types.
+    private let statements = Mutex(StatementCache())
 
     /// How long the clean-up after a cancellation may take before the connection is given up.
     static let cleanUpDeadline: Duration = .seconds(2)
@@ -97,10 +99,21 @@ final class PostgresConnection: Sendable {
         }
         defer { inUse.store(false, ordering: .releasing) }
         guard !isBroken else { throw SQLError(.connection, "the connection is broken; discard it", sql: sql) }
-        guard try handle.sendQuery(sql, binds) else { throw await failure(sql: sql) }
+        let key = StatementCache.key(sql, binds)
         do {
-            try await flush(sql: sql)
-            return try await collect(sql: sql)
+            if let name = statements.withLock({ $0.lookUp(key) }) {
+                do {
+                    return try await runPrepared(name, sql, binds)
+                } catch let error as SQLError where StatementCache.isStale(error) && handle.isIdleOutsideTransaction {
+                    // The server lost every statement (DISCARD ALL) or invalidated this one (a changed table):
+                    // prepare anew and run again — safe only outside a transaction, where the failure changed
+                    // nothing.
+                    statements.withLock { cache in
+                        if error.sqlState == "26000" { cache.removeAll() } else { cache.remove(key, deallocate: true) }
+                    }
+                }
+            }
+            return try await prepareAndRun(key, sql, binds)
         } catch let error as CancellationError {
             await cleanUpAfterCancellation()
             throw error
@@ -108,6 +121,52 @@ final class PostgresConnection: Sendable {
             brokenFlag.store(true, ordering: .releasing)
             throw error
         }
+    }
+
+    /// Runs a statement this connection prepared earlier: no parsing or planning on the server.
+    private func runPrepared(_ name: String, _ sql: String, _ binds: [SQLValue]) async throws -> RawRows {
+        guard try handle.sendQueryPrepared(name, binds, sql: sql) else { throw await failure(sql: sql) }
+        try await flush(sql: sql)
+        return try await collect(sql: sql)
+    }
+
+    /// Prepares `sql` under a new name and runs it, in one pipelined round trip (deallocating the statement
+    /// the cache evicts in the same trip).
+    private func prepareAndRun(_ key: String, _ sql: String, _ binds: [SQLValue]) async throws -> RawRows {
+        // Checked before anything is sent, like every bind.
+        _ = try PGHandle.Parameters(binds, sql: sql)
+        let (name, deallocations) = statements.withLock { $0.insert(key) }
+        // Until the server confirms the PREPARE, the name stays out of the cache.
+        var prepared = false
+        defer { if !prepared { statements.withLock { $0.remove(key) } } }
+        guard handle.enterPipelineMode() else { throw await failure(sql: sql) }
+        for old in deallocations {
+            guard try handle.sendQuery("DEALLOCATE \(old)", []) else { throw await failure(sql: sql) }
+        }
+        let commands = deallocations.count + 2
+        guard handle.sendPrepare(name, sql, types: binds.map(PGHandle.typeOID)),
+            try handle.sendQueryPrepared(name, binds, sql: sql), handle.pipelineSync()
+        else { throw await failure(sql: sql) }
+        let outcome: PipelineOutcome
+        do {
+            try await flush(sql: sql)
+            outcome = try await collectPipeline(expected: commands, sql: sql)
+        } catch let error as CancellationError {
+            await cleanUpPipeline(synced: true)
+            throw error
+        }
+        // The PREPARE is the next to last command; it ran unless it or a command before it failed.
+        prepared = !outcome.failedCommands.contains { $0 <= commands - 2 }
+        if let error = outcome.firstError {
+            if let failed = outcome.failedCommands.first, failed < deallocations.count, handle.isIdleOutsideTransaction {
+                // A DEALLOCATE failed (the server had dropped its statements): forget them all, retry.
+                statements.withLock { $0.removeAll() }
+                prepared = true  // the retry owns the cache entry now
+                return try await prepareAndRun(key, sql, binds)
+            }
+            throw error
+        }
+        return outcome.rows
     }
 
     // MARK: Streaming
@@ -227,7 +286,9 @@ final class PostgresConnection: Sendable {
             guard handle.pipelineSync() else { throw await failure(sql: sql) }
             synced = true
             try await flush(sql: sql)
-            return try await collectPipeline(expected: expected, sql: sql)
+            let outcome = try await collectPipeline(expected: expected, sql: sql)
+            if let error = outcome.firstError { throw error }
+            return outcome.rows
         } catch let error as CancellationError {
             await cleanUpPipeline(synced: synced)
             throw error
@@ -240,11 +301,18 @@ final class PostgresConnection: Sendable {
         }
     }
 
-    /// Reads the results of `expected` pipelined commands and the sync, then leaves pipeline mode.
-    private func collectPipeline(expected: Int, sql: String) async throws -> RawRows {
+    /// What a pipeline returned: the rows of every command, and which commands failed.
+    struct PipelineOutcome {
         var rows = RawRows()
-        var serverError: SQLError?
-        var remaining = expected
+        var firstError: SQLError?
+        /// Indexes of the commands that failed (later ones were skipped, not failed).
+        var failedCommands: [Int] = []
+    }
+
+    /// Reads the results of `expected` pipelined commands and the sync, then leaves pipeline mode.
+    private func collectPipeline(expected: Int, sql: String) async throws -> PipelineOutcome {
+        var outcome = PipelineOutcome()
+        var command = 0
         while true {
             while handle.isBusy {
                 try await runtime.wait(fd: try await liveSocket(sql: sql), for: .read)
@@ -252,28 +320,28 @@ final class PostgresConnection: Sendable {
             }
             guard let result = handle.nextResult() else {
                 // The end of one command's results.
-                remaining -= 1
+                command += 1
                 // Past the last command only the sync can come; more ends mean the connection is gone.
-                if remaining < -1 || handle.status != CONNECTION_OK { throw await failure(sql: sql) }
+                if command > expected + 1 || handle.status != CONNECTION_OK { throw await failure(sql: sql) }
                 continue
             }
             defer { PQclear(result) }
             switch PQresultStatus(result) {
             case PGRES_PIPELINE_SYNC:
                 guard handle.exitPipelineMode() else { throw await failure(sql: sql) }
-                if let serverError { throw serverError }
-                return rows
+                return outcome
             case PGRES_TUPLES_OK:
                 let decoded = PGHandle.decode(result)
-                if rows.columns.isEmpty { rows.columns = decoded.columns }
-                rows.rows += decoded.rows
-                rows.rowsAffected += Int(String(cString: PQcmdTuples(result))) ?? 0
+                if outcome.rows.columns.isEmpty { outcome.rows.columns = decoded.columns }
+                outcome.rows.rows += decoded.rows
+                outcome.rows.rowsAffected += Int(String(cString: PQcmdTuples(result))) ?? 0
             case PGRES_COMMAND_OK:
-                rows.rowsAffected += Int(String(cString: PQcmdTuples(result))) ?? 0
+                outcome.rows.rowsAffected += Int(String(cString: PQcmdTuples(result))) ?? 0
             case PGRES_PIPELINE_ABORTED:
                 break  // skipped after an earlier error, which is the one reported
             default:
-                serverError = serverError ?? PGHandle.error(from: result, sql: sql)
+                outcome.failedCommands.append(command)
+                outcome.firstError = outcome.firstError ?? PGHandle.error(from: result, sql: sql)
             }
         }
     }
@@ -448,4 +516,68 @@ private func resolve(_ host: String) throws -> String {
         throw SQLError(.connection, "cannot format the address of host '\(host)'")
     }
     return String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+}
+
+/// The prepared statements of one connection: SQL text and parameter types → server-side name, least recently
+/// used evicted first.
+struct StatementCache {
+    /// Statements kept per connection; the least recently used beyond this is deallocated.
+    static let capacity = 128
+
+    private var names: [String: String] = [:]
+    private var recency: [String] = []
+    /// Names dropped from the cache whose statements still exist on the server.
+    private var orphans: [String] = []
+    private var counter = 0
+
+    /// The cache key: the text and the parameter types (a statement is prepared for its types).
+    static func key(_ sql: String, _ binds: [SQLValue]) -> String {
+        var key = sql
+        key.append("\u{0}")
+        for bind in binds { key.append(String(PGHandle.typeOID(bind))); key.append(",") }
+        return key
+    }
+
+    /// The name of the statement prepared for `key`, if any (marked most recently used).
+    mutating func lookUp(_ key: String) -> String? {
+        guard let name = names[key] else { return nil }
+        if recency.last != key, let index = recency.firstIndex(of: key) {
+            recency.remove(at: index)
+            recency.append(key)
+        }
+        return name
+    }
+
+    /// A new name for `key`, and the names of statements to deallocate on the server: the one evicted to make
+    /// room, and any dropped from the cache since.
+    mutating func insert(_ key: String) -> (name: String, deallocate: [String]) {
+        counter += 1
+        let name = "anyruntime_\(counter)"
+        if names.count >= Self.capacity, !recency.isEmpty, let evicted = names.removeValue(forKey: recency.removeFirst()) {
+            orphans.append(evicted)
+        }
+        names[key] = name
+        recency.append(key)
+        defer { orphans.removeAll() }
+        return (name, orphans)
+    }
+
+    /// Drops `key`; with `deallocate`, its statement is deallocated on the server with the next prepare.
+    mutating func remove(_ key: String, deallocate: Bool = false) {
+        guard let name = names.removeValue(forKey: key) else { return }
+        recency.removeAll { $0 == key }
+        if deallocate { orphans.append(name) }
+    }
+
+    /// Forgets every statement (the server has dropped them).
+    mutating func removeAll() {
+        names.removeAll()
+        recency.removeAll()
+        orphans.removeAll()
+    }
+
+    /// Whether `error` means the prepared statement is gone (26000) or its plan no longer fits (0A000).
+    static func isStale(_ error: SQLError) -> Bool {
+        error.sqlState == "26000" || (error.sqlState == "0A000" && error.message.contains("cached plan"))
+    }
 }
