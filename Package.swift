@@ -52,7 +52,8 @@ let package = Package(
         ),
 
         .executableTarget(
-            name: "RuntimeDemo", dependencies: ["AnyRuntime", "Runtime", "SQLAsync"], swiftSettings: swiftSettings),
+            name: "RuntimeDemo", dependencies: ["AnyRuntime", "Runtime", "SQLAsync", .product(name: "Logging", package: "swift-log")],
+            swiftSettings: swiftSettings),
 
         // Test support shared by the test targets (backend selection); not a product.
         .target(

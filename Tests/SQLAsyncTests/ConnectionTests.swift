@@ -1,7 +1,15 @@
+import Logging
 import Runtime
 import SQLAsync
 import TestSupport
 import Testing
+
+/// Engines in tests log warnings only (the logging test has its own).
+let quietLogger: Logger = {
+    var logger = Logger(label: "tests")
+    logger.logLevel = .warning
+    return logger
+}()
 
 /// The databases every SQL test runs on.
 enum TestDatabase: String, CaseIterable, Sendable, CustomStringConvertible {
@@ -11,8 +19,8 @@ enum TestDatabase: String, CaseIterable, Sendable, CustomStringConvertible {
     /// A fresh engine: a private in-memory SQLite database, or the test PostgreSQL server.
     func engine() throws -> Engine {
         switch self {
-        case .sqlite: try Engine("sqlite::memory:")
-        case .postgresql: Engine(url: try postgresURL())
+        case .sqlite: try Engine("sqlite::memory:", logger: quietLogger)
+        case .postgresql: Engine(url: try postgresURL(), logger: quietLogger)
         }
     }
 

@@ -76,7 +76,7 @@ enum PoolDatabase: String, CaseIterable, Sendable, CustomStringConvertible {
     func withEngine(_ pool: PoolConfiguration, _ body: (Engine) async throws -> Void) async throws {
         switch self {
         case .postgresql:
-            try await body(Engine(url: try postgresURL(), pool: pool))
+            try await body(Engine(url: try postgresURL(), pool: pool, logger: quietLogger))
         case .sqliteFile:
             var template = Array("/tmp/anyruntime-pool-XXXXXX".utf8CString)
             guard let made = template.withUnsafeMutableBufferPointer({ buffer in buffer.baseAddress.flatMap { mkdtemp($0) } }) else {
@@ -88,7 +88,7 @@ enum PoolDatabase: String, CaseIterable, Sendable, CustomStringConvertible {
                 for suffix in ["", "-wal", "-shm"] { unlink(path + suffix) }
                 rmdir(directory)
             }
-            try await body(Engine("sqlite:///" + path, pool: pool))
+            try await body(Engine("sqlite:///" + path, pool: pool, logger: quietLogger))
         }
     }
 }
@@ -139,7 +139,7 @@ struct PoolTests {
     func serverGoesAway(_ backend: TestBackend) async throws {
         var configuration = PoolConfiguration()
         configuration.size = 2
-        let engine = Engine(url: try postgresURL(), pool: configuration)
+        let engine = Engine(url: try postgresURL(), pool: configuration, logger: quietLogger)
         try await backend.run {
             let victim = try await engine.connect()
             let pid = try await victim.execute("SELECT pg_backend_pid()").scalar(Int32.self)

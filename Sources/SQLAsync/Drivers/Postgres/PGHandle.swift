@@ -49,6 +49,12 @@ final class PGHandle: @unchecked Sendable {
         connection.map { PQconnectPoll($0) } ?? PGRES_POLLING_FAILED
     }
 
+    /// Drops the server's notices (libpq would print them to stderr; a library must not, and a notice can
+    /// quote data).
+    func silenceNotices() {
+        if let connection { _ = PQsetNoticeProcessor(connection, { _, _ in }, nil) }
+    }
+
     func setNonBlocking() -> Bool { connection.map { PQsetnonblocking($0, 1) == 0 } ?? false }
     func flush() -> Int32 { connection.map { PQflush($0) } ?? -1 }
     func consumeInput() -> Bool { connection.map { PQconsumeInput($0) != 0 } ?? false }

@@ -72,6 +72,7 @@ final class PostgresConnection: Sendable {
             switch status {
             case PGRES_POLLING_OK:
                 guard handle.setNonBlocking() else { throw handle.connectionError("cannot enter non-blocking mode") }
+                handle.silenceNotices()
                 watchedSocket.store(handle.socket, ordering: .releasing)
                 return
             case PGRES_POLLING_FAILED:
