@@ -10,13 +10,37 @@ let package = Package(
     name: "AnyRuntimeBenchmarks",
     dependencies: [
         .package(path: ".."),
+        .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
     ],
     targets: [
+        .target(
+            name: "BenchmarkSupport",
+            dependencies: [.product(name: "Runtime", package: root)],
+            swiftSettings: [.swiftLanguageMode(.v6)]
+        ),
+        // The raw C libraries doing the SQL workloads: the floors no wrapper can beat.
+        .target(
+            name: "CFloors",
+            cSettings: [.unsafeFlags(["-I/usr/include/postgresql"])],
+            linkerSettings: [.linkedLibrary("pq"), .linkedLibrary("sqlite3")]
+        ),
         .executableTarget(
             name: "RuntimeBenchmarks",
             dependencies: [
+                "BenchmarkSupport",
                 .product(name: "Runtime", package: root),
                 .product(name: "AnyRuntime", package: root),
+            ],
+            swiftSettings: [.swiftLanguageMode(.v6)]
+        ),
+        .executableTarget(
+            name: "SQLBenchmarks",
+            dependencies: [
+                "BenchmarkSupport", "CFloors",
+                .product(name: "Runtime", package: root),
+                .product(name: "AnyRuntime", package: root),
+                .product(name: "SQLAsync", package: root),
+                .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: [.swiftLanguageMode(.v6)]
         ),

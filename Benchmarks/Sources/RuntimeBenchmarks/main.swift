@@ -3,83 +3,13 @@
 //
 //   swift run -c release --package-path Benchmarks RuntimeBenchmarks [--quick] [--repetitions N] [--only RT-X,…]
 import AnyRuntime
+import BenchmarkSupport
 import Runtime
 import Synchronization
 
 #if canImport(Glibc)
 import Glibc
 #endif
-
-// MARK: Options
-
-struct Options {
-    var quick = false
-    var repetitions = 5
-    var only: Set<String>?
-
-    init(_ arguments: [String]) throws {
-        var iterator = arguments.dropFirst().makeIterator()
-        while let argument = iterator.next() {
-            switch argument {
-            case "--quick": quick = true
-            case "--repetitions":
-                guard let value = iterator.next().flatMap(Int.init), value > 0 else {
-                    throw RuntimeError(.invalidArgument, "--repetitions needs a positive number")
-                }
-                repetitions = value
-            case "--only":
-                guard let value = iterator.next() else { throw RuntimeError(.invalidArgument, "--only needs a list") }
-                only = Set(value.split(separator: ",").map(String.init))
-            case "--help", "-h":
-                print("usage: RuntimeBenchmarks [--quick] [--repetitions N] [--only RT-SPAWN,RT-FD-PINGPONG,…]")
-                exit(0)
-            default: throw RuntimeError(.invalidArgument, "unknown argument \(argument)")
-            }
-        }
-    }
-
-    func count(_ full: Int) -> Int { quick ? max(1, full / 20) : full }
-}
-
-// MARK: Measuring
-
-func monotonicNanoseconds() -> Int64 {
-    var ts = timespec()
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return Int64(ts.tv_sec) * 1_000_000_000 + Int64(ts.tv_nsec)
-}
-
-struct Row {
-    let workload: String
-    let system: String
-    let operations: Int
-    var seconds: [Double] = []
-    var extra = ""
-
-    var opsPerSecond: [Double] { seconds.map { Double(operations) / $0 }.sorted() }
-    var median: Double { let v = opsPerSecond; return v.isEmpty ? 0 : v[v.count / 2] }
-}
-
-/// Runs `body` once to warm up, then `repetitions` times; returns the row.
-func measure(
-    _ workload: String, _ system: String, operations: Int, repetitions: Int,
-    _ body: () async throws -> String
-) async throws -> Row {
-    var row = Row(workload: workload, system: system, operations: operations)
-    _ = try await body()
-    for _ in 0..<repetitions {
-        let start = monotonicNanoseconds()
-        row.extra = try await body()
-        row.seconds.append(Double(monotonicNanoseconds() - start) / 1e9)
-    }
-    return row
-}
-
-func format(_ value: Double) -> String {
-    if value >= 1e6 { return "\(Double(Int(value / 1e4)) / 100)M" }
-    if value >= 1e3 { return "\(Double(Int(value / 10)) / 100)k" }
-    return "\(Int(value))"
-}
 
 /// Lateness samples appended from many tasks.
 final class Samples: Sendable {
@@ -251,14 +181,15 @@ func naiveTimeouts(_ count: Int) async throws -> String {
 
 // MARK: Main
 
-let options = try Options(CommandLine.arguments)
+let options = try Options(
+    CommandLine.arguments, usage: "usage: RuntimeBenchmarks [--quick] [--repetitions N] [--only RT-SPAWN,RT-FD-PINGPONG,…]")
 let reps = options.repetitions
-var rows: [Row] = []
-func wanted(_ id: String) -> Bool { options.only.map { $0.contains(id) } ?? true }
+var rows: [BenchmarkRow] = []
+func wanted(_ id: String) -> Bool { options.wants(id) }
 
 for backend in try Backend.allFromEnvironment() {
-    let backendRows = try backend.run { () async throws -> [Row] in
-        var out: [Row] = []
+    let backendRows = try backend.run { () async throws -> [BenchmarkRow] in
+        var out: [BenchmarkRow] = []
         let system = "AnyRuntime \(backend)"
         if wanted("RT-SPAWN") {
             let n = options.count(100_000)
@@ -305,10 +236,4 @@ if wanted("RT-TIMEOUT") {
     rows.append(try await measure("RT-TIMEOUT", system + " (race vs Task.sleep)", operations: n, repetitions: reps) { try await naiveTimeouts(n) })
 }
 
-print("| workload | system | ops/s (median) | min – max | note |")
-print("| --- | --- | ---: | --- | --- |")
-for row in rows {
-    let values = row.opsPerSecond
-    let range = values.isEmpty ? "" : "\(format(values.first ?? 0)) – \(format(values.last ?? 0))"
-    print("| \(row.workload) | \(row.system) | \(format(row.median)) | \(range) | \(row.extra) |")
-}
+printTable(rows)

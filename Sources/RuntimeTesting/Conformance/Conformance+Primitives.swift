@@ -96,19 +96,25 @@ extension RuntimeConformance {
         ConformanceTest("j.condition", "Condition.notify wakes one waiter, notifyAll the rest") { backend in
             try await backend.run {
                 let condition = Condition()
+                let waiting = Gauge()
                 let woken = Gauge()
                 try await Runtime.withTaskGroup { group in
                     for _ in 0..<5 {
                         try group.startSoon {
                             try await condition.withLock {
+                                waiting.increment()
                                 try await condition.wait()
                                 woken.increment()
                             }
                         }
                     }
-                    try await Runtime.sleep(for: .milliseconds(5))
+                    // Counted under the lock, which `wait` gives up: once all five counted and the lock is ours
+                    // again, all five wait. (Polled rather than timed: a loaded machine may take long.)
+                    while waiting.value < 5 { try await Runtime.sleep(for: .milliseconds(1)) }
+                    try await condition.withLock {}
                     try check(woken.value == 0, "waiters woke without a notification")
                     try await condition.withLock { condition.notify() }
+                    while woken.value == 0 { try await Runtime.sleep(for: .milliseconds(1)) }
                     try await Runtime.sleep(for: .milliseconds(5))
                     try check(woken.value == 1, "notify() woke \(woken.value) waiters")
                     try await condition.withLock { condition.notifyAll() }

@@ -32,6 +32,8 @@ extension Connection {
     /// - Parameters:
     ///   - isolationLevel: the isolation level of an outermost transaction (PostgreSQL; ignored for savepoints).
     ///   - readOnly: refuse writes in an outermost transaction.
+    ///   - isolation: the caller's isolation (leave the default).
+    ///   - body: the work; it gets this connection.
     /// - Throws: what `body` throws, after the rollback; the commit's ``SQLError`` (for example
     ///   ``SQLError/Kind/serializationFailure``: retry the transaction).
     @discardableResult
@@ -124,17 +126,28 @@ extension Connection {
         let rolledBack: Bool? = try? await withCancelScope(
             deadline: Runtime.current.now.advanced(by: Self.rollbackDeadline), shield: true
         ) { _ in
-            if let savepoint {
-                _ = try await execute(.unsafeRaw("ROLLBACK TO SAVEPOINT \(savepoint)"))
-                _ = try await execute(.unsafeRaw("RELEASE SAVEPOINT \(savepoint)"))
-                transactionDepth.withLock { $0 -= 1 }
-            } else {
-                _ = try await execute("ROLLBACK")
+            do {
+                if let savepoint {
+                    _ = try await execute(.unsafeRaw("ROLLBACK TO SAVEPOINT \(savepoint)"))
+                    _ = try await execute(.unsafeRaw("RELEASE SAVEPOINT \(savepoint)"))
+                    transactionDepth.withLock { $0 -= 1 }
+                } else {
+                    _ = try await execute("ROLLBACK")
+                    await endTransaction()
+                }
+            } catch let error as SQLError where dialect == .sqlite && Self.sqliteRolledBackItself(error) {
+                // An interrupted statement (a cancellation) makes SQLite roll the whole transaction back by
+                // itself: nothing is left to undo, at any depth.
                 await endTransaction()
             }
             return true
         }
         if rolledBack != true { markBroken() }
+    }
+
+    /// Whether SQLite refused a rollback because it had already rolled the transaction back itself.
+    static func sqliteRolledBackItself(_ error: SQLError) -> Bool {
+        error.message.contains("no transaction is active") || error.message.hasPrefix("no such savepoint")
     }
 
     private func endTransaction() async {

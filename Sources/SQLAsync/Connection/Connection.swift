@@ -41,7 +41,9 @@ public final class Connection: Sendable {
 
     /// Runs `sql` and reads its whole result. Every interpolated value is a bound parameter.
     ///
-    /// - Parameter parameters: the values of the statement's named parameters (`\(parameter: "name")`).
+    /// - Parameters:
+    ///   - sql: the statement.
+    ///   - parameters: the values of the statement's named parameters (`\(parameter: "name")`).
     /// - Throws: ``SQLError`` (its SQL text, never the values); `CancellationError` when cancelled — the
     ///   statement was cancelled on the server or interrupted, and the connection is clean (or, if that could
     ///   not be ensured, ``isBroken``).

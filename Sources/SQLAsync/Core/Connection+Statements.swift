@@ -7,7 +7,9 @@ extension Connection {
     /// ).scalars(String.self)
     /// ```
     ///
-    /// - Parameter parameters: values of the statement's named ``Parameter``s.
+    /// - Parameters:
+    ///   - statement: a statement of the query builder.
+    ///   - parameters: values of the statement's named ``Parameter``s.
     /// - Throws: ``SQLError`` (``SQLError/Kind/misuse`` for a statement built inconsistently or a named
     ///   parameter without a value); `CancellationError`.
     @discardableResult

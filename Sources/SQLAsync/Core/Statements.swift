@@ -85,7 +85,7 @@ extension Parameter: SQLSelectable {
     public var selectItem: SelectItem { SelectItem(node: node, label: nil) }
 }
 
-/// `SELECT columns…`. Add a table with ``Select/from(_:)-swift.method``.
+/// `SELECT columns…`. Add a table with `from(_:)`.
 public func select(_ items: any SQLSelectable...) -> Select { Select(items: items.map(\.selectItem)) }
 
 /// `SELECT columns…` from a list.

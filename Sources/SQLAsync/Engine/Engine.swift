@@ -11,7 +11,7 @@ import Synchronization
 /// }
 /// ```
 ///
-/// Waits go through ``Runtime/current`` only: the same code runs on every backend.
+/// Waits go through `Runtime.current` only: the same code runs on every backend.
 public final class Engine: Sendable {
     /// Where the database is. Its description hides the password.
     public let url: DatabaseURL
@@ -28,8 +28,8 @@ public final class Engine: Sendable {
     ///   - url: the database URL.
     ///   - pool: pool settings. An in-memory SQLite database lives inside one connection, so its pool holds
     ///     exactly one.
-    /// - Throws: ``SQLError/Kind/invalidURL`` naming the problem (never the password).
     ///   - logger: where the engine logs (by default a logger labelled `anyruntime.sqlasync`).
+    /// - Throws: ``SQLError/Kind/invalidURL`` naming the problem (never the password).
     public convenience init(
         _ url: String, pool: PoolConfiguration = PoolConfiguration(),
         logger: Logger = Logger(label: "anyruntime.sqlasync")
@@ -92,7 +92,7 @@ public final class Engine: Sendable {
             let pool = ConnectionPool(runtime: runtime, configuration: poolConfiguration) {
                 logger.info("opening a connection", metadata: ["runtime": "\(runtime.name)"])
                 switch url.database {
-                case .postgresql: return .postgres(try await PostgresConnection.connect(url))
+                case .postgresql: return .postgres(try await PostgresConnection.connect(url, logger: logger))
                 case .sqlite: return .sqlite(try await SQLiteConnection.open(path: url.sqlitePath))
                 }
             }

@@ -3,8 +3,7 @@
 /// rows arrive in single-row mode and the socket is read only as rows are asked for; SQLite: the statement
 /// is stepped one batch per job on the connection's thread).
 ///
-/// Obtain one from ``Connection/stream(_:parameters:batchSize:isolation:_:)``; it is valid inside that call's
-/// body only.
+/// Obtain one from `Connection.stream(_:parameters:batchSize:_:)`; it is valid inside that call's body only.
 public struct RowStream: AsyncSequence, Sendable {
     public typealias Element = Row
     public typealias Failure = any Error

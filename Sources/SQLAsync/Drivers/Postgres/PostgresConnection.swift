@@ -1,4 +1,5 @@
 import CLibPQ
+import Logging
 import Runtime
 import Synchronization
 
@@ -19,6 +20,8 @@ import Glibc
 final class PostgresConnection: Sendable {
     private let runtime: Runtime
     private let handle: PGHandle
+    /// The engine's logger: a connection given up says why (never with values).
+    private let logger: Logger?
     private let inUse = Atomic<Bool>(false)
     private let brokenFlag = Atomic<Bool>(false)
     /// The socket the runtime watches. libpq closes its socket by itself when the connection is lost, so
@@ -29,11 +32,14 @@ final class PostgresConnection: Sendable {
     private let statements = Mutex(StatementCache())
 
     /// How long the clean-up after a cancellation may take before the connection is given up.
-    static let cleanUpDeadline: Duration = .seconds(2)
+    /// (The same as a rollback's: on a loaded machine a cancel request, which forks a server process, and the
+    /// drain behind it can take more than a second or two.)
+    static let cleanUpDeadline: Duration = .seconds(5)
 
-    private init(runtime: Runtime, handle: PGHandle) {
+    private init(runtime: Runtime, handle: PGHandle, logger: Logger?) {
         self.runtime = runtime
         self.handle = handle
+        self.logger = logger
     }
 
     /// Whether the server says the session is idle outside any transaction: the only state a pooled
@@ -46,7 +52,7 @@ final class PostgresConnection: Sendable {
     // MARK: Connecting
 
     /// Connects to `url` on the current runtime.
-    static func connect(_ url: DatabaseURL) async throws -> PostgresConnection {
+    static func connect(_ url: DatabaseURL, logger: Logger? = nil) async throws -> PostgresConnection {
         let runtime = try Runtime.current
         var parameters = url.libpqParameters()
         // Name resolution would block inside PQconnectStart: resolve on a worker thread and pass hostaddr.
@@ -55,7 +61,7 @@ final class PostgresConnection: Sendable {
             parameters.append(("hostaddr", address))
         }
         let handle = try PGHandle.start(parameters)
-        let connection = PostgresConnection(runtime: runtime, handle: handle)
+        let connection = PostgresConnection(runtime: runtime, handle: handle, logger: logger)
         do {
             try await connection.finishConnecting()
         } catch {
@@ -354,6 +360,7 @@ final class PostgresConnection: Sendable {
     private func cleanUpPipeline(synced: Bool) async {
         guard handle.isInPipelineMode else { return }  // the sync was read: nothing is left
         guard synced else {
+            logger?.info("closing a PostgreSQL connection: a batch was cancelled before it was fully sent (the server rolls it back)")
             brokenFlag.store(true, ordering: .releasing)
             await forgetSocket()
             handle.finish()
@@ -395,6 +402,7 @@ final class PostgresConnection: Sendable {
             }
         }
         if clean != true {
+            logger?.warning("discarding a PostgreSQL connection: the clean-up after a cancelled batch failed")
             brokenFlag.store(true, ordering: .releasing)
             await forgetSocket()
         }
@@ -446,24 +454,30 @@ final class PostgresConnection: Sendable {
     /// shielded scope with its own deadline. A late cancel can then never hit the next query.
     private func cleanUpAfterCancellation() async {
         let handle = self.handle
-        let clean: Bool? = try? await withCancelScope(
-            deadline: runtime.now.advanced(by: Self.cleanUpDeadline), shield: true
-        ) { _ in
-            guard handle.isBusy || handle.hasPendingResults else { return true }
-            let cancel = handle.cancelObject()
-            _ = try await runtime.runBlocking { cancel?.send() ?? false }
-            // Drain until libpq reports no more results: the cancelled query's error, or its normal end.
-            while true {
-                while handle.isBusy {
-                    guard handle.status == CONNECTION_OK else { return false }
-                    try await runtime.wait(fd: handle.socket, for: .read)
-                    guard handle.consumeInput() else { return false }
+        let failure: String?
+        do {
+            failure = try await withCancelScope(
+                deadline: runtime.now.advanced(by: Self.cleanUpDeadline), shield: true
+            ) { _ -> String? in
+                guard handle.isBusy || handle.hasPendingResults else { return nil }
+                let cancel = handle.cancelObject()
+                _ = try await runtime.runBlocking { cancel?.send() ?? false }
+                // Drain until libpq reports no more results: the cancelled query's error, or its normal end.
+                while true {
+                    while handle.isBusy {
+                        guard handle.status == CONNECTION_OK else { return "the server closed the connection" }
+                        try await runtime.wait(fd: handle.socket, for: .read)
+                        guard handle.consumeInput() else { return "reading failed" }
+                    }
+                    guard let result = handle.nextResult() else { return nil }
+                    PQclear(result)
                 }
-                guard let result = handle.nextResult() else { return true }
-                PQclear(result)
-            }
+            } ?? "no answer within \(Self.cleanUpDeadline)"
+        } catch {
+            failure = "\(error)"
         }
-        if clean != true {
+        if let failure {
+            logger?.warning("discarding a PostgreSQL connection: the clean-up after a cancelled query failed: \(failure)")
             brokenFlag.store(true, ordering: .releasing)
             await forgetSocket()
         }

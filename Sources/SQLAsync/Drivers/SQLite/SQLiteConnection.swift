@@ -75,7 +75,7 @@ final class SQLiteConnection: Sendable {
         do {
             return try await Runtime.withCompletion(onCancel: .interrupt {
                 interrupted.set()
-                handle.interrupt()
+                handle.interrupt(interrupted)
             }) { (completion: Completion<RawRows?>) in
                 worker.submit {
                     completion.resume(with: Result { () throws(SQLError) -> RawRows? in
@@ -108,7 +108,7 @@ final class SQLiteConnection: Sendable {
         do {
             return try await Runtime.withCompletion(onCancel: .interrupt {
                 interrupted.set()
-                handle.interrupt()
+                handle.interrupt(interrupted)
             }) { (completion: Completion<RawRows>) in
                 worker.submit {
                     completion.resume(with: Result { () throws(SQLError) -> RawRows in

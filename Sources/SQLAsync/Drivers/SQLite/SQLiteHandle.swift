@@ -13,6 +13,8 @@ import Glibc
 final class SQLiteHandle: @unchecked Sendable {
     private var db: OpaquePointer?
     private var statements: [String: OpaquePointer] = [:]
+    /// The cancellation flag of the job running now (read by `interrupt` under `lock`).
+    private var running: InterruptFlag?
     /// Cached statements' SQL, oldest first.
     private var statementOrder: [String] = []
     private let lock = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
@@ -47,11 +49,28 @@ final class SQLiteHandle: @unchecked Sendable {
         lock.deallocate()
     }
 
-    /// Interrupts the running statement, if any. Any thread.
-    func interrupt() {
+    /// Interrupts the job `flag` belongs to, if it is still running. Any thread.
+    ///
+    /// A cancellation can be delivered late — after its job finished, while the next one runs (the waker
+    /// fires on another thread). `sqlite3_interrupt` would then stop a statement nobody cancelled, so it is
+    /// called only while `flag`'s job holds the connection, checked under the lock the worker takes to end it.
+    func interrupt(_ flag: InterruptFlag) {
         pthread_mutex_lock(lock)
         defer { pthread_mutex_unlock(lock) }
-        if let db { sqlite3_interrupt(db) }
+        if let db, running === flag { sqlite3_interrupt(db) }
+    }
+
+    /// Marks the job of `flag` as running until the returned closure is called. Worker thread only.
+    private func starting(_ flag: InterruptFlag?) -> () -> Void {
+        guard let flag else { return {} }
+        pthread_mutex_lock(lock)
+        running = flag
+        pthread_mutex_unlock(lock)
+        return { [self] in
+            pthread_mutex_lock(lock)
+            running = nil
+            pthread_mutex_unlock(lock)
+        }
     }
 
     func close() {
@@ -77,6 +96,8 @@ final class SQLiteHandle: @unchecked Sendable {
     /// `atomically`, inside a savepoint: all sets take effect or none.
     func run(_ sql: String, _ sets: [[SQLValue]], atomically: Bool, cancelled: InterruptFlag?) throws(SQLError) -> RawRows {
         guard let db else { throw SQLError(.connection, "the SQLite connection is closed", sql: sql) }
+        let finished = starting(cancelled)
+        defer { finished() }
         if let cancelled {
             guard !cancelled.isSet else { throw SQLError(.cancelled, "cancelled before it started", sql: sql) }
             // Every 1,000 virtual machine instructions SQLite asks whether to go on.
@@ -109,9 +130,21 @@ final class SQLiteHandle: @unchecked Sendable {
             try exec("RELEASE anyruntime_batch", db: db)
         } catch {
             sqlite3_reset(statement)
-            // Undo every set; the savepoint then ends (ROLLBACK TO keeps it open).
-            _ = try? exec("ROLLBACK TO anyruntime_batch", db: db)
-            _ = try? exec("RELEASE anyruntime_batch", db: db)
+            // The rollback must not be interrupted in turn: the progress handler would stop it, and the
+            // RELEASE below would then keep the sets that ran.
+            sqlite3_progress_handler(db, 0, nil, nil)
+            // An interrupt or some errors make SQLite roll the whole transaction back by itself; the savepoint
+            // is then gone with every set, and autocommit is on again.
+            if sqlite3_get_autocommit(db) != 0 { throw error }
+            // Otherwise undo every set; the savepoint then ends (ROLLBACK TO keeps it open).
+            do {
+                try exec("ROLLBACK TO anyruntime_batch", db: db)
+                try exec("RELEASE anyruntime_batch", db: db)
+            } catch let rollbackError {
+                throw SQLError(
+                    .connection, "the batch could not be rolled back (\(rollbackError.message)); discard the connection",
+                    resultCode: rollbackError.resultCode, sql: sql)
+            }
             throw error
         }
         return result
@@ -145,7 +178,11 @@ final class SQLiteHandle: @unchecked Sendable {
     /// Steps up to `limit` rows; `nil` after the last. Worker thread only.
     func step(_ cursor: SQLiteCursor, limit: Int, sql: String, cancelled: InterruptFlag) throws(SQLError) -> RawRows? {
         guard let db, let statement = cursor.statement else { throw SQLError(.connection, "the SQLite connection is closed", sql: sql) }
+        // After SQLITE_DONE another step would run the statement again from the start.
+        guard !cursor.finished else { return nil }
         guard !cancelled.isSet else { throw SQLError(.cancelled, "cancelled", sql: sql) }
+        let finished = starting(cancelled)
+        defer { finished() }
         let context = Unmanaged.passUnretained(cancelled).toOpaque()
         sqlite3_progress_handler(db, 1_000, { context in
             guard let context else { return 0 }

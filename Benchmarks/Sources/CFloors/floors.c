@@ -1,0 +1,204 @@
+#include "cfloors.h"
+
+#include <libpq-fe.h>
+#include <sqlite3.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static int fail(char *error, size_t size, const char *what, const char *detail) {
+    snprintf(error, size, "%s: %s", what, detail ? detail : "");
+    return -1;
+}
+
+// MARK: PostgreSQL
+
+static PGconn *pg_connect(const char *conninfo, char *error, size_t size) {
+    PGconn *conn = PQconnectdb(conninfo);
+    if (PQstatus(conn) != CONNECTION_OK) {
+        fail(error, size, "connect", PQerrorMessage(conn));
+        PQfinish(conn);
+        return NULL;
+    }
+    return conn;
+}
+
+int cf_pg_point_seq(const char *conninfo, int count, long long *checksum, char *error, size_t size) {
+    PGconn *conn = pg_connect(conninfo, error, size);
+    if (!conn) return -1;
+    PGresult *prepared = PQprepare(conn, "point", "SELECT id, name, balance FROM accounts WHERE id = $1", 1, NULL);
+    if (PQresultStatus(prepared) != PGRES_COMMAND_OK) {
+        fail(error, size, "prepare", PQerrorMessage(conn));
+        PQclear(prepared);
+        PQfinish(conn);
+        return -1;
+    }
+    PQclear(prepared);
+    long long sum = 0;
+    char id[32];
+    for (int i = 0; i < count; i++) {
+        snprintf(id, sizeof id, "%d", (int)(((long long)i * 7919) % 100000 + 1));
+        const char *values[1] = {id};
+        PGresult *result = PQexecPrepared(conn, "point", 1, values, NULL, NULL, 0);
+        if (PQresultStatus(result) != PGRES_TUPLES_OK || PQntuples(result) != 1) {
+            fail(error, size, "point select", PQerrorMessage(conn));
+            PQclear(result);
+            PQfinish(conn);
+            return -1;
+        }
+        // Decoded to native values, like the Swift rows.
+        long long row_id = atoll(PQgetvalue(result, 0, 0));
+        size_t name_length = strlen(PQgetvalue(result, 0, 1));
+        long long balance = atoll(PQgetvalue(result, 0, 2));
+        sum += row_id + (long long)name_length + balance;
+        PQclear(result);
+    }
+    *checksum = sum;
+    PQfinish(conn);
+    return 0;
+}
+
+int cf_pg_fetch_all(const char *conninfo, long long *checksum, char *error, size_t size) {
+    PGconn *conn = pg_connect(conninfo, error, size);
+    if (!conn) return -1;
+    PGresult *result = PQexecParams(conn, "SELECT id, name, balance FROM accounts", 0, NULL, NULL, NULL, NULL, 0);
+    if (PQresultStatus(result) != PGRES_TUPLES_OK) {
+        fail(error, size, "fetch", PQerrorMessage(conn));
+        PQclear(result);
+        PQfinish(conn);
+        return -1;
+    }
+    long long sum = 0;
+    int rows = PQntuples(result);
+    for (int row = 0; row < rows; row++) {
+        sum += atoll(PQgetvalue(result, row, 0)) + (long long)strlen(PQgetvalue(result, row, 1)) + atoll(PQgetvalue(result, row, 2));
+    }
+    *checksum = sum;
+    PQclear(result);
+    PQfinish(conn);
+    return 0;
+}
+
+int cf_pg_insert_pipeline(const char *conninfo, int count, char *error, size_t size) {
+    PGconn *conn = pg_connect(conninfo, error, size);
+    if (!conn) return -1;
+    PGresult *r = PQexec(conn, "TRUNCATE accounts_ins");
+    PQclear(r);
+    if (!PQenterPipelineMode(conn)) return fail(error, size, "pipeline", PQerrorMessage(conn));
+    PQsendQueryParams(conn, "BEGIN", 0, NULL, NULL, NULL, NULL, 0);
+    PQsendPrepare(conn, "ins", "INSERT INTO accounts_ins (id, name, balance) VALUES ($1, $2, $3)", 3, NULL);
+    char id[32], name[48], balance[32];
+    for (int i = 1; i <= count; i++) {
+        snprintf(id, sizeof id, "%d", i);
+        snprintf(name, sizeof name, "user-%d", i);
+        snprintf(balance, sizeof balance, "%lld", (long long)i * 10);
+        const char *values[3] = {id, name, balance};
+        if (!PQsendQueryPrepared(conn, "ins", 3, values, NULL, NULL, 0)) return fail(error, size, "send", PQerrorMessage(conn));
+    }
+    PQsendQueryParams(conn, "COMMIT", 0, NULL, NULL, NULL, NULL, 0);
+    PQpipelineSync(conn);
+    int failed = 0;
+    for (;;) {
+        PGresult *result = PQgetResult(conn);
+        if (!result) continue;  // the end of one command's results
+        ExecStatusType status = PQresultStatus(result);
+        if (status == PGRES_FATAL_ERROR) failed = 1;
+        PQclear(result);
+        if (status == PGRES_PIPELINE_SYNC) break;
+    }
+    PQexitPipelineMode(conn);
+    if (failed) {
+        fail(error, size, "insert", PQerrorMessage(conn));
+        PQfinish(conn);
+        return -1;
+    }
+    PQfinish(conn);
+    return 0;
+}
+
+// MARK: SQLite
+
+static sqlite3 *sq_open(const char *path, char *error, size_t size) {
+    sqlite3 *db = NULL;
+    if (sqlite3_open_v2(path, &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL) != SQLITE_OK) {
+        fail(error, size, "open", db ? sqlite3_errmsg(db) : "out of memory");
+        sqlite3_close(db);
+        return NULL;
+    }
+    sqlite3_exec(db, "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL", NULL, NULL, NULL);
+    return db;
+}
+
+int cf_sq_point_seq(const char *path, int count, long long *checksum, char *error, size_t size) {
+    sqlite3 *db = sq_open(path, error, size);
+    if (!db) return -1;
+    sqlite3_stmt *statement = NULL;
+    if (sqlite3_prepare_v2(db, "SELECT id, name, balance FROM accounts WHERE id = ?", -1, &statement, NULL) != SQLITE_OK) {
+        fail(error, size, "prepare", sqlite3_errmsg(db));
+        sqlite3_close(db);
+        return -1;
+    }
+    long long sum = 0;
+    for (int i = 0; i < count; i++) {
+        sqlite3_bind_int64(statement, 1, ((long long)i * 7919) % 100000 + 1);
+        if (sqlite3_step(statement) != SQLITE_ROW) {
+            fail(error, size, "step", sqlite3_errmsg(db));
+            sqlite3_finalize(statement);
+            sqlite3_close(db);
+            return -1;
+        }
+        sum += sqlite3_column_int64(statement, 0) + sqlite3_column_bytes(statement, 1) + sqlite3_column_int64(statement, 2);
+        sqlite3_reset(statement);
+    }
+    *checksum = sum;
+    sqlite3_finalize(statement);
+    sqlite3_close(db);
+    return 0;
+}
+
+int cf_sq_fetch_all(const char *path, long long *checksum, char *error, size_t size) {
+    sqlite3 *db = sq_open(path, error, size);
+    if (!db) return -1;
+    sqlite3_stmt *statement = NULL;
+    if (sqlite3_prepare_v2(db, "SELECT id, name, balance FROM accounts", -1, &statement, NULL) != SQLITE_OK) {
+        fail(error, size, "prepare", sqlite3_errmsg(db));
+        sqlite3_close(db);
+        return -1;
+    }
+    long long sum = 0;
+    while (sqlite3_step(statement) == SQLITE_ROW) {
+        sum += sqlite3_column_int64(statement, 0) + sqlite3_column_bytes(statement, 1) + sqlite3_column_int64(statement, 2);
+        (void)sqlite3_column_text(statement, 1);
+    }
+    *checksum = sum;
+    sqlite3_finalize(statement);
+    sqlite3_close(db);
+    return 0;
+}
+
+int cf_sq_insert_bulk(const char *path, int count, char *error, size_t size) {
+    sqlite3 *db = sq_open(path, error, size);
+    if (!db) return -1;
+    sqlite3_exec(db, "DELETE FROM accounts_ins", NULL, NULL, NULL);
+    sqlite3_stmt *statement = NULL;
+    sqlite3_prepare_v2(db, "INSERT INTO accounts_ins (id, name, balance) VALUES (?, ?, ?)", -1, &statement, NULL);
+    sqlite3_exec(db, "BEGIN", NULL, NULL, NULL);
+    char name[48];
+    for (int i = 1; i <= count; i++) {
+        int length = snprintf(name, sizeof name, "user-%d", i);
+        sqlite3_bind_int64(statement, 1, i);
+        sqlite3_bind_text(statement, 2, name, length, SQLITE_TRANSIENT);
+        sqlite3_bind_int64(statement, 3, (long long)i * 10);
+        if (sqlite3_step(statement) != SQLITE_DONE) {
+            fail(error, size, "insert", sqlite3_errmsg(db));
+            sqlite3_finalize(statement);
+            sqlite3_close(db);
+            return -1;
+        }
+        sqlite3_reset(statement);
+    }
+    sqlite3_exec(db, "COMMIT", NULL, NULL, NULL);
+    sqlite3_finalize(statement);
+    sqlite3_close(db);
+    return 0;
+}

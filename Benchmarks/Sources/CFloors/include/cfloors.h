@@ -1,0 +1,18 @@
+// The C floors: the raw libraries doing each SQL workload synchronously, as no wrapper can beat them.
+// Each function returns 0 on success, or -1 with a message in `error` (at most `error_size` bytes).
+#ifndef CFLOORS_H
+#define CFLOORS_H
+
+#include <stddef.h>
+
+// PostgreSQL (libpq, blocking). `conninfo` is a libpq connection string or URL.
+int cf_pg_point_seq(const char *conninfo, int count, long long *checksum, char *error, size_t error_size);
+int cf_pg_fetch_all(const char *conninfo, long long *checksum, char *error, size_t error_size);
+int cf_pg_insert_pipeline(const char *conninfo, int count, char *error, size_t error_size);
+
+// SQLite (sqlite3, on the calling thread). `path` is a database file.
+int cf_sq_point_seq(const char *path, int count, long long *checksum, char *error, size_t error_size);
+int cf_sq_fetch_all(const char *path, long long *checksum, char *error, size_t error_size);
+int cf_sq_insert_bulk(const char *path, int count, char *error, size_t error_size);
+
+#endif

@@ -1,0 +1,230 @@
+// SQL workloads of ../shared/benchmarks/WORKLOADS.md (PG-*, SQ-*) through SQLAsync on each backend, beside
+// the raw C libraries (libpq, sqlite3) doing the same work synchronously, in one process run. Median of the
+// repetitions after a warm-up.
+//
+//   scripts/with-postgres.sh swift run -c release --package-path Benchmarks SQLBenchmarks [--quick] [--repetitions N] [--only PG,SQ-FETCH-ALL,…]
+//
+// PostgreSQL is the server named by ANYRUNTIME_PG_URL (scripts/with-postgres.sh starts a throw-away one);
+// without it the PG rows are left out, and the output says so. SQLite is a file in a temporary folder.
+import AnyRuntime
+import BenchmarkSupport
+import CFloors
+import Logging
+import Runtime
+import SQLAsync
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+let options = try Options(
+    CommandLine.arguments,
+    usage: "usage: SQLBenchmarks [--quick] [--repetitions N] [--only PG,SQ,PG-POINT-SEQ,SQ-FETCH-ALL,…]")
+let reps = options.repetitions
+
+enum Accounts: TableSchema {
+    static let tableName = "accounts"
+    static let id = Column<Int64>("id", of: Accounts.self, .primaryKey)
+    static let name = Column<String>("name", of: Accounts.self)
+    static let balance = Column<Int64>("balance", of: Accounts.self)
+    static let columns: [any AnyColumn] = [id, name, balance]
+}
+
+enum AccountsIns: TableSchema {
+    static let tableName = "accounts_ins"
+    static let id = Column<Int64>("id", of: AccountsIns.self, .primaryKey)
+    static let name = Column<String>("name", of: AccountsIns.self)
+    static let balance = Column<Int64>("balance", of: AccountsIns.self)
+    static let columns: [any AnyColumn] = [id, name, balance]
+}
+
+let pointSelect = try select(Accounts.id, Accounts.name, Accounts.balance).from(Accounts.self)
+    .where(Accounts.id == Parameter<Int64>("id")).compiled()
+let fetchAll = try select(Accounts.id, Accounts.name, Accounts.balance).from(Accounts.self).compiled()
+let insertAccount = try insert(into: AccountsIns.self).values(
+    AccountsIns.id.set(Parameter<Int64>("id")), AccountsIns.name.set(Parameter<String>("name")),
+    AccountsIns.balance.set(Parameter<Int64>("balance"))
+).compiled()
+
+/// The data set: 100,000 accounts, and the empty insert table.
+func load(_ engine: Engine) async throws {
+    try await engine.withConnection { connection in
+        let metadata = Metadata(Accounts.self, AccountsIns.self)
+        try await metadata.dropAll(on: connection)
+        try await metadata.createAll(on: connection)
+        let sets: [[String: any SQLBindable]] = (1...100_000).map { ["id": Int64($0), "name": "user-\($0)", "balance": Int64($0) * 10] }
+        try await connection.withTransaction { connection in
+            try await connection.executeMany(
+                insert(into: Accounts.self).values(
+                    Accounts.id.set(Parameter<Int64>("id")), Accounts.name.set(Parameter<String>("name")),
+                    Accounts.balance.set(Parameter<Int64>("balance"))),
+                parameterSets: sets)
+        }
+        if connection.dialect == .postgresql { try await connection.execute("ANALYZE accounts") }
+    }
+}
+
+func pointSeq(_ engine: Engine, _ count: Int) async throws -> String {
+    var checksum = 0
+    try await engine.withConnection { connection in
+        for i in 0..<count {
+            let row = try await connection.execute(pointSelect, parameters: ["id": Int64(i * 7919 % 100_000 + 1)]).one()
+            let id = try row.decode(0, as: Int.self)
+            let name = try row.decode(1, as: String.self)
+            let balance = try row.decode(2, as: Int.self)
+            checksum &+= id &+ name.utf8.count &+ balance
+        }
+    }
+    return "checksum \(checksum)"
+}
+
+func pointConc(_ engine: Engine, _ count: Int, tasks: Int) async throws -> String {
+    try await Runtime.withTaskGroup { group in
+        for task in 0..<tasks {
+            try group.startSoon {
+                for i in stride(from: task, to: count, by: tasks) {
+                    try await engine.withConnection { connection in
+                        let row = try await connection.execute(pointSelect, parameters: ["id": Int64(i * 7919 % 100_000 + 1)]).one()
+                        _ = try row.decode(0, as: Int.self)
+                        _ = try row.decode(1, as: String.self)
+                        _ = try row.decode(2, as: Int.self)
+                    }
+                }
+            }
+        }
+    }
+    return "\(tasks) tasks"
+}
+
+func insertBulk(_ engine: Engine, _ count: Int) async throws -> String {
+    try await engine.withConnection { connection in
+        try await connection.execute(delete(from: AccountsIns.self))
+        let sets: [[String: any SQLBindable]] = (1...count).map { ["id": Int64($0), "name": "user-\($0)", "balance": Int64($0) * 10] }
+        try await connection.withTransaction { connection in
+            try await connection.executeMany(insertAccount, parameterSets: sets)
+        }
+    }
+    return "executeMany in a transaction"
+}
+
+func fetchAllRows(_ engine: Engine) async throws -> String {
+    var checksum = 0
+    try await engine.withConnection { connection in
+        for row in try await connection.execute(fetchAll) {
+            checksum &+= try row.decode(0, as: Int.self) &+ row.decode(1, as: String.self).utf8.count &+ row.decode(2, as: Int.self)
+        }
+    }
+    return "checksum \(checksum)"
+}
+
+/// Runs a C floor; its failure is an error naming the workload.
+func floor(_ name: String, _ call: (UnsafeMutablePointer<CChar>, Int) -> Int32) throws {
+    var error = [CChar](repeating: 0, count: 512)
+    let rc = error.withUnsafeMutableBufferPointer { call($0.baseAddress!, $0.count) }
+    if rc != 0 {
+        throw SQLError(.database, "\(name) (C): \(String(decoding: error.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self))")
+    }
+}
+
+// MARK: Databases
+
+var template = Array("/tmp/anyruntime-bench-XXXXXX".utf8CString)
+guard let made = template.withUnsafeMutableBufferPointer({ $0.baseAddress.flatMap { mkdtemp($0) } }) else {
+    throw SQLError(.connection, "mkdtemp failed")
+}
+let directory = String(cString: made)
+let sqlitePath = directory + "/bench.db"
+defer {
+    for suffix in ["", "-wal", "-shm"] { unlink(sqlitePath + suffix) }
+    rmdir(directory)
+}
+
+struct Database {
+    let prefix: String
+    let url: String
+    let conninfo: String
+    let concurrentConnections: Int
+}
+
+var databases: [Database] = []
+if let pg = getenv("ANYRUNTIME_PG_URL").map({ String(cString: $0) }), !pg.isEmpty {
+    databases.append(Database(prefix: "PG", url: pg, conninfo: pg, concurrentConnections: 8))
+} else {
+    print("(no ANYRUNTIME_PG_URL: PostgreSQL rows left out; run through scripts/with-postgres.sh)")
+}
+databases.append(Database(prefix: "SQ", url: "sqlite:///" + sqlitePath, conninfo: sqlitePath, concurrentConnections: 4))
+
+var rows: [BenchmarkRow] = []
+let backends = try Backend.allFromEnvironment()
+for database in databases where options.wants(database.prefix) || options.only?.contains(where: { $0.hasPrefix(database.prefix) }) == true {
+    let prefix = database.prefix
+    @Sendable func wanted(_ workload: String) -> Bool { options.wants("\(prefix)-\(workload)") || options.wants(prefix) }
+    var loaded = false
+    for backend in backends {
+        var pool = PoolConfiguration()
+        pool.size = database.concurrentConnections
+        pool.overflow = 0
+        var logger = Logger(label: "benchmarks")
+        logger.logLevel = .warning
+        let engine = try Engine(database.url, pool: pool, logger: logger)
+        let system = "SQLAsync on \(backend)"
+        let needsData = !loaded
+        let measured = try backend.run { () async throws -> [BenchmarkRow] in
+            if needsData { try await load(engine) }
+            var out: [BenchmarkRow] = []
+            if wanted("POINT-SEQ") {
+                let n = options.count(20_000)
+                out.append(try await measure("\(database.prefix)-POINT-SEQ", system, operations: n, repetitions: reps) { try await pointSeq(engine, n) })
+            }
+            if wanted("POINT-CONC") {
+                let n = options.count(50_000)
+                out.append(try await measure("\(database.prefix)-POINT-CONC", system, operations: n, repetitions: reps) {
+                    try await pointConc(engine, n, tasks: 64)
+                })
+            }
+            if wanted("INSERT-BULK") {
+                let n = options.count(50_000)
+                out.append(try await measure("\(database.prefix)-INSERT-BULK", system, operations: n, repetitions: reps) { try await insertBulk(engine, n) })
+            }
+            if wanted("FETCH-ALL") {
+                out.append(try await measure("\(database.prefix)-FETCH-ALL", system, operations: 100_000, repetitions: reps) { try await fetchAllRows(engine) })
+            }
+            await engine.dispose()
+            return out
+        }
+        loaded = true
+        rows += measured
+    }
+    // The C floors, on the calling thread.
+    let c = "C (\(database.prefix == "PG" ? "libpq" : "sqlite3"), synchronous)"
+    var checksum: Int64 = 0
+    if wanted("POINT-SEQ") {
+        let n = Int32(options.count(20_000))
+        rows.append(try measureSync("\(database.prefix)-POINT-SEQ", c, operations: Int(n), repetitions: reps) {
+            try floor("POINT-SEQ") { error, size in
+                database.prefix == "PG"
+                    ? cf_pg_point_seq(database.conninfo, n, &checksum, error, size) : cf_sq_point_seq(database.conninfo, n, &checksum, error, size)
+            }
+        })
+    }
+    if wanted("INSERT-BULK") {
+        let n = Int32(options.count(50_000))
+        rows.append(try measureSync("\(database.prefix)-INSERT-BULK", database.prefix == "PG" ? "C (libpq pipeline mode)" : c, operations: Int(n), repetitions: reps) {
+            try floor("INSERT-BULK") { error, size in
+                database.prefix == "PG"
+                    ? cf_pg_insert_pipeline(database.conninfo, n, error, size) : cf_sq_insert_bulk(database.conninfo, n, error, size)
+            }
+        })
+    }
+    if wanted("FETCH-ALL") {
+        rows.append(try measureSync("\(database.prefix)-FETCH-ALL", c, operations: 100_000, repetitions: reps) {
+            try floor("FETCH-ALL") { error, size in
+                database.prefix == "PG"
+                    ? cf_pg_fetch_all(database.conninfo, &checksum, error, size) : cf_sq_fetch_all(database.conninfo, &checksum, error, size)
+            }
+        })
+    }
+}
+
+rows.sort { $0.workload < $1.workload }
+printTable(rows, reference: { $0.system.hasPrefix("C (") })

@@ -1,0 +1,92 @@
+import FoundationEssentials
+import Runtime
+import SQLAsync
+import TestSupport
+import Testing
+
+/// The README's SQL examples, as they are written there (with a private database), run on every backend ×
+/// both databases so that the README cannot drift from the API.
+enum Readme {
+    enum Owners: TableSchema {
+        static let tableName = "owners"
+        static let id = Column<Int64>("id", of: Owners.self, .primaryKey, .autoIncrement)
+        static let name = Column<String>("name", of: Owners.self, .unique)
+        static let columns: [any AnyColumn] = [id, name]
+    }
+
+    enum Accounts: TableSchema {
+        static let tableName = "accounts"
+        static let id = Column<Int64>("id", of: Accounts.self, .primaryKey, .autoIncrement)
+        static let ownerID = Column<Int64>("owner_id", of: Accounts.self, .references(Owners.id, onDelete: .cascade))
+        static let balance = Column<Int64>("balance", of: Accounts.self, .default(0))
+        static let opened = Column<Date?>("opened", of: Accounts.self)
+        static let columns: [any AnyColumn] = [id, ownerID, balance, opened]
+        static let indexes = [Index(on: ownerID)]
+    }
+}
+
+@Suite("README examples", .timeLimit(.minutes(1)))
+struct ReadmeExampleTests {
+    @Test("the Core examples run as written", arguments: TestBackend.selected, TestDatabase.allCases)
+    func coreExamples(_ backend: TestBackend, _ database: TestDatabase) async throws {
+        typealias Owners = Readme.Owners
+        typealias Accounts = Readme.Accounts
+        let engine = try database.engine()
+        try await backend.run {
+            try await engine.withConnection { connection in
+                let schema = SQL.identifier(database.table("readme"))
+                if database == .postgresql {
+                    // Its own schema on the shared server; the pool's other connections are not used here.
+                    try await connection.execute("CREATE SCHEMA \(schema)")
+                    try await connection.execute("SET search_path TO \(schema)")
+                }
+                // --- the SQLite example
+                try await Metadata(Owners.self, Accounts.self).createAll(on: connection)
+                let ada = try await connection.execute(
+                    insert(into: Owners.self).values(Owners.name.set("Ada")).returning(Owners.id)
+                ).scalar(Int64.self)
+                try await connection.execute(
+                    insert(into: Accounts.self).values(Accounts.ownerID.set(ada ?? 0), Accounts.balance.set(100), Accounts.opened.set(Date())))
+
+                struct Holding: Decodable { let name: String; let balance: Int64 }
+                let holdings = try await connection.execute(
+                    select(Owners.name, Accounts.balance).from(Accounts.self)
+                        .join(Owners.self, on: Owners.id == Accounts.ownerID)
+                        .where(Accounts.balance > 50 && Owners.name.like("A%"))
+                        .orderBy(Accounts.balance.desc()).limit(10)
+                ).decode(Holding.self)
+                #expect(holdings.map(\.name) == ["Ada"] && holdings.map(\.balance) == [100])
+
+                // --- the PostgreSQL example (on one connection: `engine.begin` would take another)
+                let transfer = try update(Accounts.self)
+                    .set(Accounts.balance.set(Accounts.balance + Parameter<Int64>("amount")))
+                    .where(Accounts.id == Parameter<Int64>("account"))
+                    .compiled()
+                try await connection.withTransaction { connection in
+                    try await connection.execute(transfer, parameters: ["amount": -25, "account": 1])
+                    try await connection.execute(transfer, parameters: ["amount": 25, "account": 2])
+                }
+                try await connection.executeMany(
+                    insert(into: Owners.self).values(Owners.name.set(Parameter<String>("name"))),
+                    parameterSets: ["Grace", "Edsger"].map { ["name": $0] })
+                let total = try await connection.stream(select(Accounts.balance).from(Accounts.self)) { rows in
+                    var total: Int64 = 0
+                    for try await row in rows { total += try row.decode(0, as: Int64.self) }
+                    return total
+                }
+                #expect(total == 75)
+                #expect(try await connection.execute(select(count()).from(Owners.self)).scalar(Int.self) == 3)
+                if database == .postgresql {
+                    let slept: QueryResult? = try await moveOnAfter(.milliseconds(50)) { _ in
+                        try await connection.execute("SELECT pg_sleep(10)")
+                    }
+                    #expect(slept == nil)
+                    try await connection.execute("DROP SCHEMA \(schema) CASCADE")
+                } else {
+                    try await Metadata(Owners.self, Accounts.self).dropAll(on: connection)
+                }
+            }
+            await engine.dispose()
+        }
+    }
+}
