@@ -8,16 +8,14 @@ import Testing
 import Glibc
 #endif
 
-/// The server the tests use. `scripts/test.sh` (through `scripts/with-postgres.sh`) starts a throw-away one
-/// and sets ANYRUNTIME_PG_URL; without it the PostgreSQL tests fail and say so — they never skip.
+/// The server the tests use: ANYRUNTIME_PG_URL, or a throw-away cluster started once per test process
+/// (`TestPostgres`). Without either the PostgreSQL tests fail and say why — they never skip.
 func postgresURL() throws -> DatabaseURL {
-    guard let raw = getenv("ANYRUNTIME_PG_URL").map({ String(cString: $0) }), !raw.isEmpty else {
-        throw SQLError(
-            .connection,
-            "no PostgreSQL server: run the tests through scripts/test.sh (or scripts/with-postgres.sh swift test), "
-                + "which starts a throw-away server, or set ANYRUNTIME_PG_URL=postgresql://user@host:port/db")
+    do {
+        return try DatabaseURL(try TestPostgres.url())
+    } catch let unavailable as TestPostgres.Unavailable {
+        throw SQLError(.connection, unavailable.description)
     }
-    return try DatabaseURL(raw)
 }
 
 @Suite("PostgreSQL driver", .timeLimit(.minutes(1)))
