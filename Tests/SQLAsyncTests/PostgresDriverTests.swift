@@ -173,6 +173,24 @@ struct PostgresDriverTests {
                 #expect(try await connection.execute(query, [.integer(Int64(value))]).rows == [[.integer(Int64(value) + 1)]])
             }
             #expect(try await preparedCount(query).rows == [[.integer(1)]], "not prepared exactly once")
+            // From its second run a statement whose columns all decode from binary gets binary results: the
+            // same values as text.
+            let mixed = """
+                SELECT $1::int2, $2::int4, $3::int8, $4::float4, $5::float8, $6::bool, $7::bytea, $8::text,
+                       $9::varchar, NULL::int8, 'pg_class'::regclass::oid, $10::float8, $11::float4
+                """
+            let binds: [SQLValue] = [
+                .integer(-32768), .integer(-2_147_483_648), .integer(.min), .double(Double(Float(0.1))), .double(-0.1),
+                .bool(true), .bytes([0, 255, 0x5C, 0x78]), .text("héllo"), .text(""), .double(.infinity), .double(-.infinity),
+            ]
+            let first = try await connection.execute(mixed, binds)
+            let second = try await connection.execute(mixed, binds)
+            #expect(first.rows == second.rows)
+            #expect(second.rows.first?.prefix(10).map { $0 } == [
+                .integer(-32768), .integer(-2_147_483_648), .integer(.min), .double(Double(Float(0.1))), .double(-0.1),
+                .bool(true), .bytes([0, 255, 0x5C, 0x78]), .text("héllo"), .text(""), .null,
+            ])
+            #expect(second.rows.first?.last == .double(-.infinity))
             // The server forgets every prepared statement: the next run prepares again, unseen by the caller.
             _ = try await connection.execute("DISCARD ALL", [])
             #expect(try await connection.execute(query, [.integer(41)]).rows == [[.integer(42)]])

@@ -80,11 +80,31 @@ final class PGHandle: @unchecked Sendable {
     }
 
     /// Sends the execution of the prepared statement `name` with `binds`.
-    func sendQueryPrepared(_ name: String, _ binds: [SQLValue], sql: String) throws(SQLError) -> Bool {
+    ///
+    /// - Parameter binaryResults: ask for every result column in binary format (see ``binaryDecodable(_:)``).
+    func sendQueryPrepared(_ name: String, _ binds: [SQLValue], sql: String, binaryResults: Bool = false) throws(SQLError) -> Bool {
         guard let connection else { return false }
         let parameters = try Parameters(binds, sql: sql)
         return parameters.withPointers { values in
-            PQsendQueryPrepared(connection, name, Int32(binds.count), values, parameters.lengths, parameters.formats, 0) == 1
+            PQsendQueryPrepared(
+                connection, name, Int32(binds.count), values, parameters.lengths, parameters.formats, binaryResults ? 1 : 0) == 1
+        }
+    }
+
+    /// Sends a request to describe the prepared statement `name` (its parameter and result column types).
+    func sendDescribePrepared(_ name: String) -> Bool {
+        guard let connection else { return false }
+        return PQsendDescribePrepared(connection, name) == 1
+    }
+
+    /// Whether a column of type `type` decodes from binary format to the same value as from text. Integers,
+    /// floats, booleans and `bytea` then skip text parsing (and hex, for `bytea`); text types are the same
+    /// bytes either way. Everything else (numeric, timestamps, JSON…) stays text, and so does a statement
+    /// with any such column.
+    static func binaryDecodable(_ type: Oid) -> Bool {
+        switch type {
+        case 16, 17, 20, 21, 23, 26, 700, 701, 25, 1043, 1042, 19: true
+        default: false
         }
     }
 
@@ -215,6 +235,7 @@ final class PGHandle: @unchecked Sendable {
         let rowCount = PQntuples(result)
         rows.columns = (0..<columnCount).map { String(cString: PQfname(result, $0)) }
         let types = (0..<columnCount).map { PQftype(result, $0) }
+        let binary = (0..<columnCount).map { PQfformat(result, $0) == 1 }
         rows.rows.reserveCapacity(Int(rowCount))
         for row in 0..<rowCount {
             var values: [SQLValue] = []
@@ -227,11 +248,38 @@ final class PGHandle: @unchecked Sendable {
                 let length = Int(PQgetlength(result, row, column))
                 let pointer = PQgetvalue(result, row, column)
                 let bytes = UnsafeRawBufferPointer(start: pointer, count: length)
-                values.append(value(bytes, type: types[Int(column)]))
+                values.append(
+                    binary[Int(column)] ? binaryValue(bytes, type: types[Int(column)]) : value(bytes, type: types[Int(column)]))
             }
             rows.rows.append(values)
         }
         return rows
+    }
+
+    /// A binary-format value of one of the ``binaryDecodable(_:)`` types (big-endian integers and IEEE floats).
+    private static func binaryValue(_ bytes: UnsafeRawBufferPointer, type: Oid) -> SQLValue {
+        func integer(_ width: Int) -> Int64? {
+            guard bytes.count == width else { return nil }
+            var value: UInt64 = 0
+            for byte in bytes { value = value << 8 | UInt64(byte) }
+            // Sign-extend from `width` bytes.
+            let shift = UInt64(64 - width * 8)
+            return Int64(bitPattern: value << shift) >> Int64(shift)
+        }
+        switch type {
+        case 20: return integer(8).map(SQLValue.integer) ?? .bytes(Array(bytes))
+        case 23: return integer(4).map(SQLValue.integer) ?? .bytes(Array(bytes))
+        case 21: return integer(2).map(SQLValue.integer) ?? .bytes(Array(bytes))
+        case 26:  // oid: unsigned
+            return integer(4).map { .integer($0 & 0xFFFF_FFFF) } ?? .bytes(Array(bytes))
+        case 701:
+            return integer(8).map { .double(Double(bitPattern: UInt64(bitPattern: $0))) } ?? .bytes(Array(bytes))
+        case 700:
+            return integer(4).map { .double(Double(Float(bitPattern: UInt32(truncatingIfNeeded: $0)))) } ?? .bytes(Array(bytes))
+        case 16: return bytes.count == 1 ? .bool(bytes[0] != 0) : .bytes(Array(bytes))
+        case 17: return .bytes(Array(bytes))
+        default: return .text(String(decoding: bytes, as: UTF8.self))  // text, varchar, bpchar, name
+        }
     }
 
     private static func value(_ bytes: UnsafeRawBufferPointer, type: Oid) -> SQLValue {

@@ -108,9 +108,9 @@ final class PostgresConnection: Sendable {
         guard !isBroken else { throw SQLError(.connection, "the connection is broken; discard it", sql: sql) }
         let key = StatementCache.key(sql, binds)
         do {
-            if let name = statements.withLock({ $0.lookUp(key) }) {
+            if let entry = statements.withLock({ $0.lookUp(key) }) {
                 do {
-                    return try await runPrepared(name, sql, binds)
+                    return try await runPrepared(entry, sql, binds)
                 } catch let error as SQLError where StatementCache.isStale(error) && handle.isIdleOutsideTransaction {
                     // The server lost every statement (DISCARD ALL) or invalidated this one (a changed table):
                     // prepare anew and run again — safe only outside a transaction, where the failure changed
@@ -131,8 +131,10 @@ final class PostgresConnection: Sendable {
     }
 
     /// Runs a statement this connection prepared earlier: no parsing or planning on the server.
-    private func runPrepared(_ name: String, _ sql: String, _ binds: [SQLValue]) async throws -> RawRows {
-        guard try handle.sendQueryPrepared(name, binds, sql: sql) else { throw await failure(sql: sql) }
+    private func runPrepared(_ entry: StatementCache.Entry, _ sql: String, _ binds: [SQLValue]) async throws -> RawRows {
+        guard try handle.sendQueryPrepared(entry.name, binds, sql: sql, binaryResults: entry.binaryResults) else {
+            throw await failure(sql: sql)
+        }
         try await flush(sql: sql)
         return try await collect(sql: sql)
     }
@@ -150,20 +152,24 @@ final class PostgresConnection: Sendable {
         for old in deallocations {
             guard try handle.sendQuery("DEALLOCATE \(old)", []) else { throw await failure(sql: sql) }
         }
-        let commands = deallocations.count + 2
-        guard handle.sendPrepare(name, sql, types: binds.map(PGHandle.typeOID)),
+        // PREPARE, DESCRIBE (for the result types: binary results pay from the second run on), EXECUTE.
+        let commands = deallocations.count + 3
+        guard handle.sendPrepare(name, sql, types: binds.map(PGHandle.typeOID)), handle.sendDescribePrepared(name),
             try handle.sendQueryPrepared(name, binds, sql: sql), handle.pipelineSync()
         else { throw await failure(sql: sql) }
         let outcome: PipelineOutcome
         do {
             try await flush(sql: sql)
-            outcome = try await collectPipeline(expected: commands, sql: sql)
+            outcome = try await collectPipeline(expected: commands, sql: sql, describing: commands - 2)
         } catch let error as CancellationError {
             await cleanUpPipeline(synced: true)
             throw error
         }
-        // The PREPARE is the next to last command; it ran unless it or a command before it failed.
-        prepared = !outcome.failedCommands.contains { $0 <= commands - 2 }
+        // The PREPARE is the third to last command; it ran unless it or a command before it failed.
+        prepared = !outcome.failedCommands.contains { $0 <= commands - 3 }
+        if prepared, let types = outcome.describedTypes, !types.isEmpty, types.allSatisfy(PGHandle.binaryDecodable) {
+            statements.withLock { $0.useBinaryResults(key) }
+        }
         if let error = outcome.firstError {
             if let failed = outcome.failedCommands.first, failed < deallocations.count, handle.isIdleOutsideTransaction {
                 // A DEALLOCATE failed (the server had dropped its statements): forget them all, retry.
@@ -314,10 +320,12 @@ final class PostgresConnection: Sendable {
         var firstError: SQLError?
         /// Indexes of the commands that failed (later ones were skipped, not failed).
         var failedCommands: [Int] = []
+        /// The result column types the DESCRIBE command reported.
+        var describedTypes: [Oid]?
     }
 
     /// Reads the results of `expected` pipelined commands and the sync, then leaves pipeline mode.
-    private func collectPipeline(expected: Int, sql: String) async throws -> PipelineOutcome {
+    private func collectPipeline(expected: Int, sql: String, describing: Int? = nil) async throws -> PipelineOutcome {
         var outcome = PipelineOutcome()
         var command = 0
         while true {
@@ -342,6 +350,8 @@ final class PostgresConnection: Sendable {
                 if outcome.rows.columns.isEmpty { outcome.rows.columns = decoded.columns }
                 outcome.rows.rows += decoded.rows
                 outcome.rows.rowsAffected += Int(String(cString: PQcmdTuples(result))) ?? 0
+            case PGRES_COMMAND_OK where command == describing:
+                outcome.describedTypes = (0..<PQnfields(result)).map { PQftype(result, $0) }
             case PGRES_COMMAND_OK:
                 outcome.rows.rowsAffected += Int(String(cString: PQcmdTuples(result))) ?? 0
             case PGRES_PIPELINE_ABORTED:
@@ -539,7 +549,13 @@ struct StatementCache {
     /// Statements kept per connection; the least recently used beyond this is deallocated.
     static let capacity = 128
 
-    private var names: [String: String] = [:]
+    /// A prepared statement: its server-side name, and whether its results come in binary format.
+    struct Entry: Sendable {
+        let name: String
+        var binaryResults = false
+    }
+
+    private var names: [String: Entry] = [:]
     private var recency: [String] = []
     /// Names dropped from the cache whose statements still exist on the server.
     private var orphans: [String] = []
@@ -553,15 +569,18 @@ struct StatementCache {
         return key
     }
 
-    /// The name of the statement prepared for `key`, if any (marked most recently used).
-    mutating func lookUp(_ key: String) -> String? {
-        guard let name = names[key] else { return nil }
+    /// The statement prepared for `key`, if any (marked most recently used).
+    mutating func lookUp(_ key: String) -> Entry? {
+        guard let entry = names[key] else { return nil }
         if recency.last != key, let index = recency.firstIndex(of: key) {
             recency.remove(at: index)
             recency.append(key)
         }
-        return name
+        return entry
     }
+
+    /// From now on, ask for `key`'s results in binary format.
+    mutating func useBinaryResults(_ key: String) { names[key]?.binaryResults = true }
 
     /// A new name for `key`, and the names of statements to deallocate on the server: the one evicted to make
     /// room, and any dropped from the cache since.
@@ -569,9 +588,9 @@ struct StatementCache {
         counter += 1
         let name = "anyruntime_\(counter)"
         if names.count >= Self.capacity, !recency.isEmpty, let evicted = names.removeValue(forKey: recency.removeFirst()) {
-            orphans.append(evicted)
+            orphans.append(evicted.name)
         }
-        names[key] = name
+        names[key] = Entry(name: name)
         recency.append(key)
         defer { orphans.removeAll() }
         return (name, orphans)
@@ -579,9 +598,9 @@ struct StatementCache {
 
     /// Drops `key`; with `deallocate`, its statement is deallocated on the server with the next prepare.
     mutating func remove(_ key: String, deallocate: Bool = false) {
-        guard let name = names.removeValue(forKey: key) else { return }
+        guard let entry = names.removeValue(forKey: key) else { return }
         recency.removeAll { $0 == key }
-        if deallocate { orphans.append(name) }
+        if deallocate { orphans.append(entry.name) }
     }
 
     /// Forgets every statement (the server has dropped them).
