@@ -162,3 +162,37 @@ struct PoolTests {
         }
     }
 }
+
+@Suite("SQLite locks", .timeLimit(.minutes(1)))
+struct SQLiteLockTests {
+    @Test("a write waiting for another connection's lock is cancelled promptly, not after the busy timeout",
+          arguments: TestBackend.selected.filter { $0 != .virtual })
+    func cancelledWhileBusy(_ backend: TestBackend) async throws {
+        var configuration = PoolConfiguration()
+        configuration.size = 2
+        try await PoolDatabase.sqliteFile.withEngine(configuration) { engine in
+            try await backend.run {
+                try await engine.withConnection { try await $0.execute("CREATE TABLE counter (n INTEGER NOT NULL)") }
+                let holder = try await engine.connect()
+                let writer = try await engine.connect()
+                let lock = try await holder.begin()  // BEGIN IMMEDIATE: holds the write lock
+                try await holder.execute("INSERT INTO counter VALUES (\(1))")
+                let runtime = try Runtime.current
+                let start = runtime.now
+                let done: QueryResult? = try await moveOnAfter(.milliseconds(100)) { _ in
+                    try await writer.execute("INSERT INTO counter VALUES (\(2))")
+                }
+                let waited = start.duration(to: runtime.now)
+                #expect(done == nil, "the write went through while another connection held the lock")
+                // The busy timeout is 5 s; a cancellation must not wait for it.
+                #expect(waited < .seconds(2), "cancelled after \(waited)")
+                #expect(!writer.isBroken && !writer.isInTransaction)
+                try await lock.rollback()
+                #expect(try await writer.execute("INSERT INTO counter VALUES (\(3))").rowsAffected == 1)
+                await holder.close()
+                await writer.close()
+                await engine.dispose()
+            }
+        }
+    }
+}

@@ -83,7 +83,8 @@ final class SQLiteConnection: Sendable {
                     }.mapError { $0 as any Error })
                 }
             }
-        } catch let error as SQLError where error.kind == .cancelled && interrupted.isSet {
+        } catch let error as SQLError where interrupted.isSet && (error.kind == .cancelled || error.kind == .timeout) {
+            // Interrupted, or gave up waiting for a lock because of the cancellation.
             throw CancellationError()
         }
     }
@@ -116,7 +117,8 @@ final class SQLiteConnection: Sendable {
                     }.mapError { $0 as any Error })
                 }
             }
-        } catch let error as SQLError where error.kind == .cancelled && interrupted.isSet {
+        } catch let error as SQLError where interrupted.isSet && (error.kind == .cancelled || error.kind == .timeout) {
+            // Interrupted, or gave up waiting for a lock because of the cancellation.
             throw CancellationError()
         }
     }

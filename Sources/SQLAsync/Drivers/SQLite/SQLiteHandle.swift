@@ -15,6 +15,8 @@ final class SQLiteHandle: @unchecked Sendable {
     private var statements: [String: OpaquePointer] = [:]
     /// The cancellation flag of the job running now (read by `interrupt` under `lock`).
     private var running: InterruptFlag?
+    /// How long a statement waits for another connection's lock before failing with SQLITE_BUSY.
+    private let busyTimeoutMilliseconds: Int
     /// Cached statements' SQL, oldest first.
     private var statementOrder: [String] = []
     private let lock = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
@@ -30,7 +32,13 @@ final class SQLiteHandle: @unchecked Sendable {
             throw SQLError(.connection, "cannot open SQLite database: \(message)", resultCode: rc)
         }
         db = connection
-        sqlite3_busy_timeout(connection, busyTimeoutMilliseconds)
+        self.busyTimeoutMilliseconds = Int(busyTimeoutMilliseconds)
+        // Waiting for another connection's lock, in steps that check for cancellation (sqlite3_busy_timeout's
+        // wait would hold a cancelled statement for the whole timeout; an interrupt does not reach it).
+        sqlite3_busy_handler(connection, { context, attempt in
+            guard let context else { return 0 }
+            return Unmanaged<SQLiteHandle>.fromOpaque(context).takeUnretainedValue().keepWaitingWhenBusy(attempt: Int(attempt)) ? 1 : 0
+        }, Unmanaged.passUnretained(self).toOpaque())  // the handle owns the connection: it outlives the handler
         sqlite3_extended_result_codes(connection, 1)
         do {
             _ = try run("PRAGMA foreign_keys = ON", [])
@@ -58,6 +66,22 @@ final class SQLiteHandle: @unchecked Sendable {
         pthread_mutex_lock(lock)
         defer { pthread_mutex_unlock(lock) }
         if let db, running === flag { sqlite3_interrupt(db) }
+    }
+
+    /// SQLite's busy handler: sleep a little and try again, until the busy timeout has passed or the running
+    /// job was cancelled. Worker thread (inside a statement).
+    fileprivate func keepWaitingWhenBusy(attempt: Int) -> Bool {
+        func cancelled() -> Bool {
+            pthread_mutex_lock(lock)
+            defer { pthread_mutex_unlock(lock) }
+            return running?.isSet == true
+        }
+        // Steps of 1, 2, … 10 ms, then 10 ms: short waits first, as SQLite's own handler does.
+        func step(_ attempt: Int) -> Int { min(attempt + 1, 10) }
+        let waited = attempt < 10 ? (0..<attempt).reduce(0) { $0 + step($1) } : 55 + (attempt - 10) * 10
+        guard !cancelled(), waited < busyTimeoutMilliseconds else { return false }
+        usleep(useconds_t(step(attempt) * 1_000))
+        return !cancelled()
     }
 
     /// Marks the job of `flag` as running until the returned closure is called. Worker thread only.
