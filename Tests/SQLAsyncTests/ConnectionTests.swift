@@ -26,6 +26,29 @@ enum TestDatabase: String, CaseIterable, Sendable, CustomStringConvertible {
 
     /// A table name unique to one test run, so that parallel runs on one server do not collide.
     func table(_ base: String) -> String { "\(base)_\(UInt32.random(in: 0...UInt32.max))" }
+
+    /// Runs `body` on `backend` with one connection in a namespace of its own: a fresh PostgreSQL schema
+    /// (parallel runs share the server), dropped afterwards whatever happens, or a private in-memory SQLite
+    /// database.
+    func withPrivateConnection(_ backend: TestBackend, _ body: @escaping (Connection) async throws -> Void) async throws {
+        let engine = try engine()
+        try await backend.run {
+            try await engine.withConnection { connection in
+                let schema = SQL.identifier(table("private"))
+                guard self == .postgresql else { return try await body(connection) }
+                try await connection.execute("CREATE SCHEMA \(schema)")
+                try await connection.execute("SET search_path TO \(schema)")
+                do {
+                    try await body(connection)
+                } catch {
+                    _ = try? await withCancelScope(shield: true) { _ in try await connection.execute("DROP SCHEMA \(schema) CASCADE") }
+                    throw error
+                }
+                try await connection.execute("DROP SCHEMA \(schema) CASCADE")
+            }
+            await engine.dispose()
+        }
+    }
 }
 
 @Suite("Connection and results", .timeLimit(.minutes(1)))

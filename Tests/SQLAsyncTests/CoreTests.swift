@@ -134,29 +134,13 @@ struct CoreCompileTests {
 
 @Suite("Core: queries executed", .timeLimit(.minutes(1)))
 struct CoreExecutionTests {
-    /// Runs `body` on a connection with the league's tables created, in a private PostgreSQL schema (parallel
-    /// runs share the server) or a private in-memory SQLite database.
+    /// Runs `body` on a private connection (`TestDatabase.withPrivateConnection`) with the league's tables.
     static func withLeague(_ backend: TestBackend, _ database: TestDatabase, _ body: @escaping (Connection) async throws -> Void) async throws {
-        let engine = try database.engine()
-        try await backend.run {
-            try await engine.withConnection { connection in
-                let schema = SQL.identifier(database.table("core"))
-                if database == .postgresql {
-                    try await connection.execute("CREATE SCHEMA \(schema)")
-                    try await connection.execute("SET search_path TO \(schema)")
-                }
-                do {
-                    try await league.createAll(on: connection)
-                    try await league.createAll(on: connection)  // IF NOT EXISTS: a second run is harmless
-                    try await body(connection)
-                    try await league.dropAll(on: connection)
-                } catch {
-                    if database == .postgresql { _ = try? await connection.execute("DROP SCHEMA \(schema) CASCADE") }
-                    throw error
-                }
-                if database == .postgresql { try await connection.execute("DROP SCHEMA \(schema) CASCADE") }
-            }
-            await engine.dispose()
+        try await database.withPrivateConnection(backend) { connection in
+            try await league.createAll(on: connection)
+            try await league.createAll(on: connection)  // IF NOT EXISTS: a second run is harmless
+            try await body(connection)
+            try await league.dropAll(on: connection)
         }
     }
 

@@ -31,62 +31,50 @@ struct ReadmeExampleTests {
     func coreExamples(_ backend: TestBackend, _ database: TestDatabase) async throws {
         typealias Owners = Readme.Owners
         typealias Accounts = Readme.Accounts
-        let engine = try database.engine()
-        try await backend.run {
-            try await engine.withConnection { connection in
-                let schema = SQL.identifier(database.table("readme"))
-                if database == .postgresql {
-                    // Its own schema on the shared server; the pool's other connections are not used here.
-                    try await connection.execute("CREATE SCHEMA \(schema)")
-                    try await connection.execute("SET search_path TO \(schema)")
-                }
-                // --- the SQLite example
-                try await Metadata(Owners.self, Accounts.self).createAll(on: connection)
-                let ada = try await connection.execute(
-                    insert(into: Owners.self).values(Owners.name.set("Ada")).returning(Owners.id)
-                ).scalar(Int64.self)
-                try await connection.execute(
-                    insert(into: Accounts.self).values(Accounts.ownerID.set(ada ?? 0), Accounts.balance.set(100), Accounts.opened.set(Date())))
+        try await database.withPrivateConnection(backend) { connection in
+            // --- the SQLite example
+            try await Metadata(Owners.self, Accounts.self).createAll(on: connection)
+            let ada = try await connection.execute(
+                insert(into: Owners.self).values(Owners.name.set("Ada")).returning(Owners.id)
+            ).scalar(Int64.self)
+            try await connection.execute(
+                insert(into: Accounts.self).values(Accounts.ownerID.set(ada ?? 0), Accounts.balance.set(100), Accounts.opened.set(Date())))
 
-                struct Holding: Decodable { let name: String; let balance: Int64 }
-                let holdings = try await connection.execute(
-                    select(Owners.name, Accounts.balance).from(Accounts.self)
-                        .join(Owners.self, on: Owners.id == Accounts.ownerID)
-                        .where(Accounts.balance > 50 && Owners.name.like("A%"))
-                        .orderBy(Accounts.balance.desc()).limit(10)
-                ).decode(Holding.self)
-                #expect(holdings.map(\.name) == ["Ada"] && holdings.map(\.balance) == [100])
+            struct Holding: Decodable { let name: String; let balance: Int64 }
+            let holdings = try await connection.execute(
+                select(Owners.name, Accounts.balance).from(Accounts.self)
+                    .join(Owners.self, on: Owners.id == Accounts.ownerID)
+                    .where(Accounts.balance > 50 && Owners.name.like("A%"))
+                    .orderBy(Accounts.balance.desc()).limit(10)
+            ).decode(Holding.self)
+            #expect(holdings.map(\.name) == ["Ada"] && holdings.map(\.balance) == [100])
 
-                // --- the PostgreSQL example (on one connection: `engine.begin` would take another)
-                let transfer = try update(Accounts.self)
-                    .set(Accounts.balance.set(Accounts.balance + Parameter<Int64>("amount")))
-                    .where(Accounts.id == Parameter<Int64>("account"))
-                    .compiled()
-                try await connection.withTransaction { connection in
-                    try await connection.execute(transfer, parameters: ["amount": -25, "account": 1])
-                    try await connection.execute(transfer, parameters: ["amount": 25, "account": 2])
-                }
-                try await connection.executeMany(
-                    insert(into: Owners.self).values(Owners.name.set(Parameter<String>("name"))),
-                    parameterSets: ["Grace", "Edsger"].map { ["name": $0] })
-                let total = try await connection.stream(select(Accounts.balance).from(Accounts.self)) { rows in
-                    var total: Int64 = 0
-                    for try await row in rows { total += try row.decode(0, as: Int64.self) }
-                    return total
-                }
-                #expect(total == 75)
-                #expect(try await connection.execute(select(count()).from(Owners.self)).scalar(Int.self) == 3)
-                if database == .postgresql {
-                    let slept: QueryResult? = try await moveOnAfter(.milliseconds(50)) { _ in
-                        try await connection.execute("SELECT pg_sleep(10)")
-                    }
-                    #expect(slept == nil)
-                    try await connection.execute("DROP SCHEMA \(schema) CASCADE")
-                } else {
-                    try await Metadata(Owners.self, Accounts.self).dropAll(on: connection)
-                }
+            // --- the PostgreSQL example (on one connection: `engine.begin` would take another)
+            let transfer = try update(Accounts.self)
+                .set(Accounts.balance.set(Accounts.balance + Parameter<Int64>("amount")))
+                .where(Accounts.id == Parameter<Int64>("account"))
+                .compiled()
+            try await connection.withTransaction { connection in
+                try await connection.execute(transfer, parameters: ["amount": -25, "account": 1])
+                try await connection.execute(transfer, parameters: ["amount": 25, "account": 2])
             }
-            await engine.dispose()
+            try await connection.executeMany(
+                insert(into: Owners.self).values(Owners.name.set(Parameter<String>("name"))),
+                parameterSets: ["Grace", "Edsger"].map { ["name": $0] })
+            let total = try await connection.stream(select(Accounts.balance).from(Accounts.self)) { rows in
+                var total: Int64 = 0
+                for try await row in rows { total += try row.decode(0, as: Int64.self) }
+                return total
+            }
+            #expect(total == 75)
+            #expect(try await connection.execute(select(count()).from(Owners.self)).scalar(Int.self) == 3)
+            if database == .postgresql {
+                let slept: QueryResult? = try await moveOnAfter(.milliseconds(50)) { _ in
+                    try await connection.execute("SELECT pg_sleep(10)")
+                }
+                #expect(slept == nil)
+            }
+            try await Metadata(Owners.self, Accounts.self).dropAll(on: connection)
         }
     }
 }

@@ -158,25 +158,11 @@ struct TypeRoundTripTests {
     }
 
     static func withSamplesTable(_ backend: TestBackend, _ database: TestDatabase, _ body: @escaping (Connection) async throws -> Void) async throws {
-        let engine = try database.engine()
-        try await backend.run {
-            try await engine.withConnection { connection in
-                let schema = SQL.identifier(database.table("types"))
-                if database == .postgresql {
-                    try await connection.execute("CREATE SCHEMA \(schema)")
-                    try await connection.execute("SET search_path TO \(schema)")
-                }
-                let metadata = Metadata(Samples.self)
-                do {
-                    try await metadata.createAll(on: connection)
-                    try await body(connection)
-                } catch {
-                    if database == .postgresql { _ = try? await connection.execute("DROP SCHEMA \(schema) CASCADE") }
-                    throw error
-                }
-                if database == .postgresql { try await connection.execute("DROP SCHEMA \(schema) CASCADE") } else { try await metadata.dropAll(on: connection) }
-            }
-            await engine.dispose()
+        try await database.withPrivateConnection(backend) { connection in
+            let metadata = Metadata(Samples.self)
+            try await metadata.createAll(on: connection)
+            try await body(connection)
+            try await metadata.dropAll(on: connection)
         }
     }
 }

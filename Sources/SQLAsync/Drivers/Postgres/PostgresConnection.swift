@@ -101,13 +101,10 @@ final class PostgresConnection: Sendable {
 
     /// Sends `sql` with `binds` (`$1`, `$2`, … placeholders) and returns every row of its result.
     func execute(_ sql: String, _ binds: [SQLValue]) async throws -> RawRows {
-        guard !inUse.exchange(true, ordering: .acquiringAndReleasing) else {
-            throw SQLError(.misuse, "a PostgreSQL connection serves one task at a time", sql: sql)
-        }
+        try acquire(sql)
         defer { inUse.store(false, ordering: .releasing) }
-        guard !isBroken else { throw SQLError(.connection, "the connection is broken; discard it", sql: sql) }
         let key = StatementCache.key(sql, binds)
-        do {
+        return try await cleaningUp {
             if let entry = statements.withLock({ $0.lookUp(key) }) {
                 do {
                     return try await runPrepared(entry, sql, binds)
@@ -121,6 +118,25 @@ final class PostgresConnection: Sendable {
                 }
             }
             return try await prepareAndRun(key, sql, binds)
+        }
+    }
+
+    /// Takes the connection for one call: one task at a time, and never once broken.
+    private func acquire(_ sql: String) throws(SQLError) {
+        guard !inUse.exchange(true, ordering: .acquiringAndReleasing) else {
+            throw SQLError(.misuse, "a PostgreSQL connection serves one task at a time", sql: sql)
+        }
+        guard !isBroken else {
+            inUse.store(false, ordering: .releasing)
+            throw SQLError(.connection, "the connection is broken; discard it", sql: sql)
+        }
+    }
+
+    /// Runs one exchange with the server: a cancellation cleans the connection up (cancel request and
+    /// drain), a connection error marks it broken.
+    private func cleaningUp<T>(_ exchange: () async throws -> T) async throws -> T {
+        do {
+            return try await exchange()
         } catch let error as CancellationError {
             await cleanUpAfterCancellation()
             throw error
@@ -186,11 +202,8 @@ final class PostgresConnection: Sendable {
 
     /// Sends `sql` in single-row mode and keeps the connection for the stream until ``closeStream()``.
     func openStream(_ sql: String, _ binds: [SQLValue]) async throws {
-        guard !inUse.exchange(true, ordering: .acquiringAndReleasing) else {
-            throw SQLError(.misuse, "a PostgreSQL connection serves one task at a time", sql: sql)
-        }
+        try acquire(sql)
         do {
-            guard !isBroken else { throw SQLError(.connection, "the connection is broken; discard it", sql: sql) }
             guard try handle.sendQuery(sql, binds) else { throw await failure(sql: sql) }
             guard handle.setSingleRowMode() else { throw await failure(sql: sql) }
             try await flush(sql: sql)
@@ -205,7 +218,7 @@ final class PostgresConnection: Sendable {
     func nextRows(limit: Int, sql: String) async throws -> RawRows? {
         var rows = RawRows()
         var serverError: SQLError?
-        do {
+        return try await cleaningUp {
             while rows.rows.count < limit {
                 while handle.isBusy {
                     // Rows in hand go out first: waiting for more would hold them back.
@@ -231,12 +244,6 @@ final class PostgresConnection: Sendable {
                 }
             }
             return rows
-        } catch let error as CancellationError {
-            await cleanUpAfterCancellation()
-            throw error
-        } catch let error as SQLError where error.kind == .connection {
-            brokenFlag.store(true, ordering: .releasing)
-            throw error
         }
     }
 
@@ -254,11 +261,8 @@ final class PostgresConnection: Sendable {
     /// Returns the rows every execution returned (for `RETURNING`), and the rows affected by all.
     func executeMany(_ sql: String, _ sets: [[SQLValue]]) async throws -> RawRows {
         guard let first = sets.first else { return RawRows() }
-        guard !inUse.exchange(true, ordering: .acquiringAndReleasing) else {
-            throw SQLError(.misuse, "a PostgreSQL connection serves one task at a time", sql: sql)
-        }
+        try acquire(sql)
         defer { inUse.store(false, ordering: .releasing) }
-        guard !isBroken else { throw SQLError(.connection, "the connection is broken; discard it", sql: sql) }
         // One parameter type per position: the first set's, unless a later set has a non-NULL value of another
         // type there; then every execution is sent with its own types (no shared prepared statement).
         var types = first.map(PGHandle.typeOID)

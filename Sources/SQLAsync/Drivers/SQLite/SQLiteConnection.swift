@@ -45,14 +45,14 @@ final class SQLiteConnection: Sendable {
     /// - Throws: ``SQLError`` (the SQL text, never the values); `CancellationError` when cancelled (the
     ///   statement was interrupted and the connection is clean).
     func execute(_ sql: String, _ binds: [SQLValue]) async throws -> RawRows {
-        try await job(sql) { handle, interrupted throws(SQLError) in try handle.run(sql, binds, cancelled: interrupted) }
+        try await job { handle, interrupted throws(SQLError) in try handle.run(sql, binds, cancelled: interrupted) }
     }
 
     /// Runs `sql` once per parameter set in one job on the connection's thread, inside a savepoint: all sets
     /// take effect or none (also when cancelled).
     func executeMany(_ sql: String, _ sets: [[SQLValue]]) async throws -> RawRows {
         guard !sets.isEmpty else { return RawRows() }
-        return try await job(sql) { handle, interrupted throws(SQLError) in
+        return try await job { handle, interrupted throws(SQLError) in
             try handle.run(sql, sets, atomically: true, cancelled: interrupted)
         }
     }
@@ -70,22 +70,8 @@ final class SQLiteConnection: Sendable {
 
     /// Up to `limit` more rows (one job); `nil` after the last.
     func nextRows(_ cursor: SQLiteCursor, limit: Int, sql: String) async throws -> RawRows? {
-        let handle = self.handle
-        let interrupted = InterruptFlag()
-        do {
-            return try await Runtime.withCompletion(onCancel: .interrupt {
-                interrupted.set()
-                handle.interrupt(interrupted)
-            }) { (completion: Completion<RawRows?>) in
-                worker.submit {
-                    completion.resume(with: Result { () throws(SQLError) -> RawRows? in
-                        try handle.step(cursor, limit: limit, sql: sql, cancelled: interrupted)
-                    }.mapError { $0 as any Error })
-                }
-            }
-        } catch let error as SQLError where interrupted.isSet && (error.kind == .cancelled || error.kind == .timeout) {
-            // Interrupted, or gave up waiting for a lock because of the cancellation.
-            throw CancellationError()
+        try await job { handle, interrupted throws(SQLError) in
+            try handle.step(cursor, limit: limit, sql: sql, cancelled: interrupted)
         }
     }
 
@@ -101,18 +87,18 @@ final class SQLiteConnection: Sendable {
     }
 
     /// One job on the connection's thread; a cancellation interrupts it and surfaces as `CancellationError`.
-    private func job(
-        _ sql: String, _ work: @escaping @Sendable (SQLiteHandle, InterruptFlag) throws(SQLError) -> RawRows
-    ) async throws -> RawRows {
+    private func job<Value: Sendable>(
+        _ work: @escaping @Sendable (SQLiteHandle, InterruptFlag) throws(SQLError) -> Value
+    ) async throws -> Value {
         let handle = self.handle
         let interrupted = InterruptFlag()
         do {
             return try await Runtime.withCompletion(onCancel: .interrupt {
                 interrupted.set()
                 handle.interrupt(interrupted)
-            }) { (completion: Completion<RawRows>) in
+            }) { (completion: Completion<Value>) in
                 worker.submit {
-                    completion.resume(with: Result { () throws(SQLError) -> RawRows in
+                    completion.resume(with: Result { () throws(SQLError) -> Value in
                         try work(handle, interrupted)
                     }.mapError { $0 as any Error })
                 }
