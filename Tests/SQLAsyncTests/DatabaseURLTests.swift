@@ -24,6 +24,29 @@ struct DatabaseURLTests {
         #expect(url.description == "postgresql://alice:***@localhost/app")
     }
 
+    @Test(
+        "a password with reserved characters left unencoded is refused without a piece of it in the error",
+        arguments: [
+            "postgresql://alice:pw7x/ss987@localhost/app", "postgresql://alice:pw7x?ss987@localhost/app",
+            "postgresql://alice:pw7x&ss987=x@localhost/app", "postgresql://alice:12/ss987@localhost/app",
+        ])
+    func unencodedPassword(_ text: String) throws {
+        do {
+            let url = try DatabaseURL(text)
+            // Parsed somehow: then no piece of the password may show in the description either.
+            #expect(!url.description.contains("ss987"), "\(url.description)")
+        } catch {
+            #expect(error.kind == .invalidURL)
+            #expect(!error.description.contains("ss987") && !error.description.contains("pw7x"), "\(error.description)")
+        }
+    }
+
+    @Test("an sslpassword parameter is hidden like the password")
+    func sslPasswordHidden() throws {
+        let url = try DatabaseURL("postgresql://alice@localhost/app?sslmode=require&sslpassword=keyphrase")
+        #expect(!url.description.contains("keyphrase") && url.description.contains("sslpassword=***"))
+    }
+
     @Test("IPv6 hosts, defaults and minimal URLs")
     func hosts() throws {
         let v6 = try DatabaseURL("postgresql://[::1]:5433/db")
@@ -48,7 +71,7 @@ struct DatabaseURLTests {
             ("postgresql://u:pw@h:99999/db", "port"),
             ("postgresql://u:pw@h:abc/db", "port"),
             ("postgresql://u:pw@h/db?sslmod=require", "sslmod"),
-            ("postgresql://u:pw@h/db?sslmode", "no value"),
+            ("postgresql://u:pw@h/db?sslmode", "no '='"),
             ("postgresql://u:p%zzw@h/db", "%-escape"),
             ("postgresql://u:pw@[::1/db", "']'"),
             ("postgresql://u@h/db?password=pw", "password"),

@@ -23,6 +23,69 @@ struct TransactionTests {
         try await connection.execute("SELECT count(*) FROM \(table)").scalar(Int.self) ?? -1
     }
 
+    @Test("a transaction whose statement failed never reports a commit, and rolls back cleanly (also with a full statement cache)",
+          arguments: TestBackend.selected, TestDatabase.allCases)
+    func failedStatementInside(_ backend: TestBackend, _ database: TestDatabase) async throws {
+        let engine = try database.engine()
+        try await backend.run {
+            try await engine.withConnection { connection in
+                try await withTable(database, connection) { table in
+                    // More distinct statements than the PostgreSQL cache holds: evictions are pending.
+                    for index in 0..<140 { _ = try await connection.execute("SELECT \(unsafeRaw: String(index)) AS n") }
+                    do {
+                        try await connection.withTransaction { connection in
+                            _ = try await connection.execute("INSERT INTO \(table) VALUES (\(1), \(10))")
+                            // A failing statement whose error the body swallows.
+                            _ = try? await connection.execute("INSERT INTO \(table) VALUES (\(1), \(20))")
+                            _ = try? await connection.execute("SELECT CAST(\("secret-abc") AS BIGINT)")
+                        }
+                        // SQLite keeps the transaction going after a failed statement: the first row commits.
+                        #expect(database == .sqlite, "PostgreSQL reported a commit of an aborted transaction")
+                    } catch let error as SQLError {
+                        #expect(database == .postgresql, "\(error)")
+                        #expect(error.message.contains("cannot commit"))
+                    }
+                    #expect(!connection.isBroken && !connection.isInTransaction)
+                    #expect(try await count(table, connection) == (database == .sqlite ? 1 : 0))
+                }
+            }
+            // The value in a data error is not echoed.
+            try await engine.withConnection { connection in
+                do {
+                    _ = try await connection.execute("SELECT CAST(\("secret-abc") AS BIGINT) AS n")
+                    if database == .postgresql { Issue.record("PostgreSQL cast text to bigint") }
+                } catch let error as SQLError {
+                    #expect(!error.description.contains("secret-abc"), "\(error.description)")
+                }
+            }
+            await engine.dispose()
+        }
+    }
+
+    @Test("a SQLite connection given back inside a raw BEGIN is not reused inside it",
+          arguments: TestBackend.selected)
+    func rawBeginOnPooledSQLite(_ backend: TestBackend) async throws {
+        var configuration = PoolConfiguration()
+        configuration.size = 1
+        configuration.overflow = 0
+        try await PoolDatabase.sqliteFile.withEngine(configuration) { engine in
+            try await backend.run {
+                try await engine.withConnection { connection in
+                    _ = try await connection.execute("CREATE TABLE t (n INTEGER)")
+                    _ = try await connection.execute("BEGIN")
+                    _ = try await connection.execute("INSERT INTO t VALUES (\(1))")
+                }
+                try await engine.withConnection { connection in
+                    // A fresh connection: the raw transaction died with the old one, and so did its row.
+                    _ = try await connection.execute("BEGIN")
+                    _ = try await connection.execute("ROLLBACK")
+                    #expect(try await connection.execute("SELECT count(*) FROM t").scalar(Int.self) == 0)
+                }
+                await engine.dispose()
+            }
+        }
+    }
+
     @Test("explicit begin / commit / rollback, savepoints among them, and engine.begin",
           arguments: TestBackend.selected, TestDatabase.allCases)
     func explicitTransactions(_ backend: TestBackend, _ database: TestDatabase) async throws {

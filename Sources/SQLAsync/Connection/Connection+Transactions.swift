@@ -116,6 +116,12 @@ extension Connection {
             transactionDepth.withLock { $0 -= 1 }
             return
         }
+        if case .postgres(let connection) = driver, connection.isInFailedTransaction {
+            // PostgreSQL answers COMMIT with ROLLBACK here: say so instead of reporting a commit.
+            throw SQLError(
+                .database,
+                "the transaction cannot commit: a statement in it failed (its error was caught inside the transaction); it is rolled back")
+        }
         _ = try await execute("COMMIT")
         await endTransaction()
     }
@@ -153,7 +159,12 @@ extension Connection {
     private func endTransaction() async {
         transactionDepth.withLock { $0 = 0 }
         let wasReadOnly = readOnlyTransaction.withLock { state -> Bool in defer { state = false }; return state }
-        if case .sqlite = driver, wasReadOnly { _ = try? await execute("PRAGMA query_only = OFF") }
+        guard case .sqlite = driver, wasReadOnly else { return }
+        // Shielded: a connection left read-only must not go back to the pool; if this fails, it is discarded.
+        let reset: Void? = try? await withCancelScope(
+            deadline: Runtime.current.now.advanced(by: Self.rollbackDeadline), shield: true
+        ) { _ in _ = try await execute("PRAGMA query_only = OFF") }
+        if reset == nil { markBroken() }
     }
 
     /// Whether a transaction (or savepoint) opened through this API is in progress.

@@ -67,6 +67,10 @@ public final class Connection: Sendable {
         guard !released.load(ordering: .acquiring) else {
             throw SQLError(.misuse, "the connection was closed (returned to its pool)", sql: sql)
         }
+        // libpq and SQLite read statement text as a C string: a NUL would silently cut the statement short.
+        guard !sql.utf8.contains(0) else {
+            throw SQLError(.misuse, "the SQL text contains a NUL byte (an identifier or raw text with one?)")
+        }
     }
 
     /// Runs compiled `text` with `binds` (one per placeholder).
@@ -133,7 +137,7 @@ public final class Connection: Sendable {
     private var serverIsIdle: Bool {
         switch driver {
         case .postgres(let connection): connection.isIdleOutsideTransaction
-        case .sqlite: true
+        case .sqlite(let connection): connection.isIdleOutsideTransaction
         }
     }
 

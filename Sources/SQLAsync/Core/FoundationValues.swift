@@ -105,9 +105,10 @@ enum Timestamp {
         if scanner.take(Array(" BC".utf8)) { civilYear = 1 - year }  // 1 BC is year 0
         guard scanner.atEnd else { return nil }
         let days = days(fromCivil: civilYear, month, day)
-        let (total, overflow) = days.multipliedReportingOverflow(by: 86_400_000_000)
-        guard !overflow else { return nil }
-        return total + micros
+        let (dayMicros, overflow) = days.multipliedReportingOverflow(by: 86_400_000_000)
+        let (total, sumOverflow) = dayMicros.addingReportingOverflow(micros)
+        guard !overflow, !sumOverflow else { return nil }
+        return total
     }
 
     // Howard Hinnant's days-from-civil algorithms (proleptic Gregorian calendar).

@@ -177,12 +177,13 @@ public struct SQL: Sendable, Hashable, ExpressibleByStringInterpolation, CustomS
 }
 
 extension String {
-    func replacingAll(_ target: Character, with replacement: String) -> String {
-        var result = ""
-        result.reserveCapacity(count)
-        for character in self {
-            if character == target { result += replacement } else { result.append(character) }
+    /// Every `target` byte doubled — by Unicode scalar, not by character: a quote fused with a combining or
+    /// prepended mark into one `Character` must be doubled too, or it would end the quoted text.
+    func replacingAll(_ target: Unicode.Scalar, with replacement: String) -> String {
+        var result = String.UnicodeScalarView()
+        for scalar in unicodeScalars {
+            if scalar == target { result.append(contentsOf: replacement.unicodeScalars) } else { result.append(scalar) }
         }
-        return result
+        return String(result)
     }
 }

@@ -128,12 +128,15 @@ public struct DatabaseURL: Sendable, Hashable, CustomStringConvertible {
         var parameters: [(key: String, value: String)] = []
         for pair in query.split(separator: "&") where !pair.isEmpty {
             guard let equals = pair.firstIndex(of: "=") else {
-                throw SQLError(.invalidURL, "the URL parameter '\(pair)' has no value")
+                // Not echoed: with a '?' or '&' left unencoded in the password, this could be part of it.
+                throw SQLError(.invalidURL, "a URL parameter has no '=' and value (is a '?' or '&' in the password not %-encoded?)")
             }
             let key = try Self.percentDecode(pair[..<equals], what: "parameter name")
-            let value = try Self.percentDecode(pair[pair.index(after: equals)...], what: "parameter '\(key)'")
+            let value = try Self.percentDecode(pair[pair.index(after: equals)...], what: "value of a parameter")
             guard Self.isLibpqKeyword(key) else {
-                throw SQLError(.invalidURL, "the URL parameter '\(key)' is not a libpq connection keyword")
+                // Named only when it looks like a keyword: otherwise it may be a piece of a password.
+                let name = key.allSatisfy { $0.isASCII && ($0.isLetter || $0 == "_") } && key.count <= 40 ? "'\(key)' " : ""
+                throw SQLError(.invalidURL, "the URL parameter \(name)is not a libpq connection keyword")
             }
             guard key != "password" else {
                 throw SQLError(.invalidURL, "put the password in the URL's user-info part, not in a parameter")
@@ -144,13 +147,20 @@ public struct DatabaseURL: Sendable, Hashable, CustomStringConvertible {
         self.port = port
         self.user = user
         self.password = password
+        // A '@' after the first '/' means a password with a '/' left unencoded: refused, or a piece of it would
+        // become the database name and show in the description.
+        guard !path.contains("@") else {
+            throw SQLError(.invalidURL, "the database name in the URL contains '@' (is a '/' in the password not %-encoded?)")
+        }
         self.databaseName = path.isEmpty ? nil : try Self.percentDecode(path, what: "database name")
         self.parameters = parameters
     }
 
     private static func parsePort(_ text: Substring) throws(SQLError) -> Int {
         guard let port = Int(text), (1...65_535).contains(port) else {
-            throw SQLError(.invalidURL, "the port '\(text)' in the URL is not a number from 1 to 65535")
+            // Not echoed: with a '/' or '@' left unencoded in the password, this could be part of it.
+            throw SQLError(
+                .invalidURL, "the port in the URL is not a number from 1 to 65535 (is a '/', '?' or '@' in the password not %-encoded?)")
         }
         return port
     }
@@ -187,6 +197,9 @@ public struct DatabaseURL: Sendable, Hashable, CustomStringConvertible {
         default: nil
         }
     }
+
+    /// Keywords whose values are secrets, hidden like the password.
+    static let secretKeywords: Set<String> = ["sslpassword"]
 
     /// libpq's connection keywords (PostgreSQL 15), so that a typo is an error instead of a silent default.
     static func isLibpqKeyword(_ key: String) -> Bool {
@@ -225,7 +238,10 @@ public struct DatabaseURL: Sendable, Hashable, CustomStringConvertible {
             if let host { text += host.contains(":") ? "[\(host)]" : host }
             if let port { text += ":\(port)" }
             if let databaseName { text += "/\(databaseName)" }
-            if !parameters.isEmpty { text += "?" + parameters.map { "\($0.key)=\($0.value)" }.joined(separator: "&") }
+            if !parameters.isEmpty {
+                text += "?" + parameters.map { "\($0.key)=\(Self.secretKeywords.contains($0.key) ? "***" : $0.value)" }
+                    .joined(separator: "&")
+            }
             return text
         }
     }

@@ -42,6 +42,9 @@ final class PGHandle: @unchecked Sendable {
     /// Whether the server session is idle outside any transaction (libpq's view of the last ReadyForQuery).
     var isIdleOutsideTransaction: Bool { connection.map { PQtransactionStatus($0) == PQTRANS_IDLE } ?? false }
 
+    /// Whether the session is in a transaction that an error aborted (only a rollback can follow).
+    var isInFailedTransaction: Bool { connection.map { PQtransactionStatus($0) == PQTRANS_INERROR } ?? false }
+
     /// Whether a query was sent whose results were not all read (libpq's transaction status says so).
     var hasPendingResults: Bool { connection.map { PQtransactionStatus($0) == PQTRANS_ACTIVE } ?? false }
 
@@ -135,6 +138,10 @@ final class PGHandle: @unchecked Sendable {
         var buffers: [[UInt8]?] = []
 
         init(_ binds: [SQLValue], sql: String) throws(SQLError) {
+            // The protocol counts parameters in 16 bits.
+            guard binds.count <= 65_535 else {
+                throw SQLError(.misuse, "a PostgreSQL statement takes at most 65,535 parameters, not \(binds.count)", sql: sql)
+            }
             types.reserveCapacity(binds.count)
             lengths.reserveCapacity(binds.count)
             formats.reserveCapacity(binds.count)
@@ -160,7 +167,10 @@ final class PGHandle: @unchecked Sendable {
                 case .bytes(let bytes):
                     buffers.append(bytes); formats.append(1)
                 }
-                lengths.append(Int32(buffers.last??.count ?? 0))
+                guard let length = Int32(exactly: buffers.last??.count ?? 0) else {
+                    throw SQLError(.misuse, "parameter $\(index + 1) is larger than PostgreSQL accepts (2 GiB)", sql: sql)
+                }
+                lengths.append(length)
             }
         }
 
@@ -213,7 +223,10 @@ final class PGHandle: @unchecked Sendable {
             PQresultErrorField(result, code).map { String(cString: $0) }
         }
         let state = field(Int32(UInt8(ascii: "C")))  // PG_DIAG_SQLSTATE
-        let message = field(Int32(UInt8(ascii: "M"))) ?? String(cString: PQresultErrorMessage(result)).trimmingTrailingNewlines()
+        var message = field(Int32(UInt8(ascii: "M"))) ?? String(cString: PQresultErrorMessage(result)).trimmingTrailingNewlines()
+        // Data exceptions quote the offending value (`invalid input syntax for type integer: "…"`), which may
+        // be a bound value: keep the sentence, not the value.
+        if state?.hasPrefix("22") == true { message = redactingQuoted(message) }
         let kind: SQLError.Kind
         switch state {
         case let code? where code.hasPrefix("23"): kind = .constraint
@@ -226,6 +239,21 @@ final class PGHandle: @unchecked Sendable {
         default: kind = .database
         }
         return SQLError(kind, message, sqlState: state, sql: sql)
+    }
+
+    /// `text` with the contents of every double-quoted part replaced by `…`.
+    static func redactingQuoted(_ text: String) -> String {
+        var result = ""
+        var quoted = false
+        for character in text {
+            if character == "\"" {
+                if !quoted { result += "\"…" } else { result.append("\"") }
+                quoted.toggle()
+            } else if !quoted {
+                result.append(character)
+            }
+        }
+        return result
     }
 
     /// Decodes every row of a text-format result by column type.

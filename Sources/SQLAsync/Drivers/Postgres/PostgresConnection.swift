@@ -46,6 +46,9 @@ final class PostgresConnection: Sendable {
     /// connection may be reused in.
     var isIdleOutsideTransaction: Bool { handle.isIdleOutsideTransaction }
 
+    /// Whether an error aborted the session's transaction: a COMMIT now would roll back, silently.
+    var isInFailedTransaction: Bool { handle.isInFailedTransaction }
+
     /// Whether a failed clean-up or a lost server left this connection unusable.
     var isBroken: Bool { brokenFlag.load(ordering: .acquiring) || handle.status != CONNECTION_OK }
 
@@ -108,13 +111,14 @@ final class PostgresConnection: Sendable {
             if let entry = statements.withLock({ $0.lookUp(key) }) {
                 do {
                     return try await runPrepared(entry, sql, binds)
-                } catch let error as SQLError where StatementCache.isStale(error) && handle.isIdleOutsideTransaction {
+                } catch let error as SQLError where StatementCache.isStale(error) {
                     // The server lost every statement (DISCARD ALL) or invalidated this one (a changed table):
-                    // prepare anew and run again — safe only outside a transaction, where the failure changed
-                    // nothing.
+                    // forget it, and prepare anew and run again — only outside a transaction, where the failure
+                    // changed nothing (inside one, the transaction has failed: the caller rolls it back).
                     statements.withLock { cache in
                         if error.sqlState == "26000" { cache.removeAll() } else { cache.remove(key, deallocate: true) }
                     }
+                    guard handle.isIdleOutsideTransaction else { throw error }
                 }
             }
             return try await prepareAndRun(key, sql, binds)
@@ -160,7 +164,10 @@ final class PostgresConnection: Sendable {
     private func prepareAndRun(_ key: String, _ sql: String, _ binds: [SQLValue]) async throws -> RawRows {
         // Checked before anything is sent, like every bind.
         _ = try PGHandle.Parameters(binds, sql: sql)
-        let (name, deallocations) = statements.withLock { $0.insert(key) }
+        // DEALLOCATEs wait for a moment outside any transaction: in a failed one they would be refused, and
+        // would take the statement they travel with (a ROLLBACK, say) down with them.
+        let idle = handle.isIdleOutsideTransaction
+        let (name, deallocations) = statements.withLock { $0.insert(key, deallocating: idle) }
         // Until the server confirms the PREPARE, the name stays out of the cache.
         var prepared = false
         defer { if !prepared { statements.withLock { $0.remove(key) } } }
@@ -586,9 +593,9 @@ struct StatementCache {
     /// From now on, ask for `key`'s results in binary format.
     mutating func useBinaryResults(_ key: String) { names[key]?.binaryResults = true }
 
-    /// A new name for `key`, and the names of statements to deallocate on the server: the one evicted to make
-    /// room, and any dropped from the cache since.
-    mutating func insert(_ key: String) -> (name: String, deallocate: [String]) {
+    /// A new name for `key`, and — when `deallocating` — the names of statements to deallocate on the server:
+    /// the one evicted to make room, and any dropped from the cache since.
+    mutating func insert(_ key: String, deallocating: Bool = true) -> (name: String, deallocate: [String]) {
         counter += 1
         let name = "anyruntime_\(counter)"
         if names.count >= Self.capacity, !recency.isEmpty, let evicted = names.removeValue(forKey: recency.removeFirst()) {
@@ -596,6 +603,7 @@ struct StatementCache {
         }
         names[key] = Entry(name: name)
         recency.append(key)
+        guard deallocating else { return (name, []) }
         defer { orphans.removeAll() }
         return (name, orphans)
     }

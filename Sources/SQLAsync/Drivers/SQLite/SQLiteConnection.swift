@@ -57,6 +57,9 @@ final class SQLiteConnection: Sendable {
         }
     }
 
+    /// Whether no transaction is open on the database: the only state a pooled connection may be reused in.
+    var isIdleOutsideTransaction: Bool { handle.isAutocommit }
+
     /// Opens a cursor over `sql` (one job).
     func openStream(_ sql: String, _ binds: [SQLValue]) async throws -> SQLiteCursor {
         let handle = self.handle

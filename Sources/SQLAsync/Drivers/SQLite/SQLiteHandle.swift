@@ -84,6 +84,13 @@ final class SQLiteHandle: @unchecked Sendable {
         return !cancelled()
     }
 
+    /// Whether no transaction is open (SQLite's autocommit mode). Read between jobs, when no statement runs.
+    var isAutocommit: Bool {
+        pthread_mutex_lock(lock)
+        defer { pthread_mutex_unlock(lock) }
+        return db.map { sqlite3_get_autocommit($0) != 0 } ?? false
+    }
+
     /// Marks the job of `flag` as running until the returned closure is called. Worker thread only.
     private func starting(_ flag: InterruptFlag?) -> () -> Void {
         guard let flag else { return {} }
