@@ -111,6 +111,8 @@ struct CoreCompileTests {
 
         let many = insert(into: Teams.self).values(Teams.name.set("a")).values(Teams.name.set("b"))
         #expect(try many.sql(for: .sqlite).text(placeholders: .questionMark) == #"INSERT INTO "teams" ("name") VALUES (?), (?)"#)
+        #expect { try insert(into: Teams.self).values().values().sql(for: .sqlite) } throws: { ($0 as? SQLError)?.kind == .misuse }
+        #expect(try insert(into: Teams.self).values().sql(for: .postgresql).description == #"INSERT INTO "teams" DEFAULT VALUES"#)
         let mismatched = insert(into: Players.self).values(Players.name.set("a")).values(Players.score.set(1))
         #expect { try mismatched.sql(for: .sqlite) } throws: { ($0 as? SQLError)?.kind == .misuse }
 

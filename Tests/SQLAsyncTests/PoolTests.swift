@@ -196,3 +196,43 @@ struct SQLiteLockTests {
         }
     }
 }
+
+@Suite("Connect timeouts", .timeLimit(.minutes(1)))
+struct ConnectTimeoutTests {
+    /// A TCP port that accepts connections (the kernel completes the handshake) and never answers.
+    static func silentServer() throws -> (fd: Int32, port: Int) {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        address.sin_port = 0
+        let bound = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        guard fd >= 0, bound == 0, listen(fd, 16) == 0 else { throw SQLError(.connection, "cannot listen") }
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        _ = withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) }
+        }
+        return (fd, Int(UInt16(bigEndian: address.sin_port)))
+    }
+
+    @Test("a server that never answers: the pool's connectTimeout and the URL's connect_timeout are typed timeouts",
+          arguments: TestBackend.selected)
+    func silentServerTimesOut(_ backend: TestBackend) async throws {
+        let (fd, port) = try Self.silentServer()
+        defer { close(fd) }
+        var configuration = PoolConfiguration()
+        configuration.connectTimeout = .milliseconds(200)
+        let engine = Engine(url: try DatabaseURL("postgresql://nobody@127.0.0.1:\(port)/none"), pool: configuration, logger: quietLogger)
+        let withURLTimeout = try Engine("postgresql://nobody@127.0.0.1:\(port)/none?connect_timeout=1", logger: quietLogger)
+        try await backend.run {
+            await #expect { _ = try await engine.connect() } throws: { ($0 as? SQLError)?.kind == .timeout }
+            await #expect { _ = try await withURLTimeout.connect() } throws: { ($0 as? SQLError)?.kind == .timeout }
+            let open = try engine.poolStatistics().open
+            #expect(open == 0, "a timed-out open kept its slot")
+            await engine.dispose()
+            await withURLTimeout.dispose()
+        }
+    }
+}

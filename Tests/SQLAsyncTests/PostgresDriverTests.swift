@@ -211,4 +211,23 @@ struct PostgresDriverTests {
             await connection.close()
         }
     }
+
+    @Test("RETURNING counts affected rows; COPY is refused with a typed error and the connection goes on",
+          arguments: TestBackend.selected)
+    func returningAndCopy(_ backend: TestBackend) async throws {
+        let url = try postgresURL()
+        try await backend.run {
+            let connection = try await PostgresConnection.connect(url)
+            _ = try await connection.execute("CREATE TEMP TABLE r (id serial PRIMARY KEY, name text)", [])
+            let inserted = try await connection.execute("INSERT INTO r (name) VALUES ($1), ($2) RETURNING id", [.text("a"), .text("b")])
+            #expect(inserted.rows.count == 2 && inserted.rowsAffected == 2)
+            #expect(try await connection.execute("SELECT id FROM r", []).rowsAffected == 0)
+            for copy in ["COPY r FROM STDIN", "COPY r TO STDOUT", "COPY (SELECT generate_series(1, 100000)) TO STDOUT"] {
+                await #expect { _ = try await connection.execute(copy, []) } throws: { ($0 as? SQLError)?.kind == .misuse }
+                #expect(!connection.isBroken)
+                #expect(try await connection.execute("SELECT count(*) FROM r", []).rows == [[.integer(2)]])
+            }
+            await connection.close()
+        }
+    }
 }

@@ -130,4 +130,19 @@ struct StreamTests {
             await engine.dispose()
         }
     }
+
+    @Test("a stream kept past its call is refused, not read from a connection someone else holds",
+          arguments: TestBackend.selected, TestDatabase.allCases)
+    func escapedStream(_ backend: TestBackend, _ database: TestDatabase) async throws {
+        let engine = try database.engine()
+        try await backend.run {
+            try await engine.withConnection { connection in
+                let escaped = try await connection.stream(Self.series(database, 1_000), batchSize: 10) { rows in rows }
+                var iterator = escaped.makeAsyncIterator()
+                await #expect { _ = try await iterator.next() } throws: { ($0 as? SQLError)?.kind == .misuse }
+                #expect(try await connection.execute("SELECT \(4) AS four").scalar(Int.self) == 4)
+            }
+            await engine.dispose()
+        }
+    }
 }

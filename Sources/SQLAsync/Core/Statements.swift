@@ -305,6 +305,9 @@ public struct Insert: SQLStatement {
                 + "but the first row sets \(copy.columns)"
         }
         copy.rows.append(assignments.map(\.node))
+        if names.isEmpty, copy.rows.count > 1 {
+            copy.buildError = copy.buildError ?? "an insert into '\(table.name)' of several rows must set at least one column"
+        }
         return copy
     }
 

@@ -13,6 +13,10 @@ public struct PoolConfiguration: Sendable {
     public var prePing = false
     /// Close connections older than this instead of reusing them (default: never).
     public var recycle: Duration?
+    /// How long opening a connection may take before ``SQLError/Kind/timeout`` (default: no limit, as in
+    /// libpq; a PostgreSQL URL's `connect_timeout` applies too). The checkout timeout covers only the wait
+    /// for a free connection.
+    public var connectTimeout: Duration?
 
     public init() {}
 }
@@ -75,7 +79,17 @@ final class ConnectionPool: Sendable {
                 return pooled
             case .openSlot:
                 do {
-                    return Pooled(driver: try await openConnection(), openedAt: now)
+                    let opened: Connection.Driver
+                    if let limit = configuration.connectTimeout {
+                        opened = try await fail(at: runtime.now.advanced(by: limit)) { try await openConnection() }
+                    } else {
+                        opened = try await openConnection()
+                    }
+                    return Pooled(driver: opened, openedAt: now)
+                } catch is TimeoutError {
+                    passSlot()
+                    throw SQLError(
+                        .timeout, "opening a connection took longer than the connect timeout (\(configuration.connectTimeout ?? .zero))")
                 } catch {
                     passSlot()
                     throw error

@@ -1,3 +1,5 @@
+import Synchronization
+
 /// The rows of a statement, read from the database in batches as they are iterated: memory holds one batch,
 /// whatever the result's size, and the database is held back while the consumer is busy (PostgreSQL: the
 /// rows arrive in single-row mode and the socket is read only as rows are asked for; SQLite: the statement
@@ -56,6 +58,9 @@ final class StreamSource: Sendable {
     private let driver: Driver
     private let sql: String
     private let batchSize: Int
+    /// 0 open and idle, 1 a batch is being read, 2 closed. A stream kept past its `stream { }` call, or read
+    /// by two tasks at once, gets a misuse error instead of touching a connection someone else may hold.
+    private let state = Atomic<Int>(0)
 
     private init(driver: Driver, sql: String, batchSize: Int) {
         self.driver = driver
@@ -76,6 +81,12 @@ final class StreamSource: Sendable {
 
     /// The next batch (at most `batchSize` rows), or `nil` after the last.
     func nextBatch() async throws -> [Row]? {
+        switch state.compareExchange(expected: 0, desired: 1, ordering: .acquiringAndReleasing).original {
+        case 0: break
+        case 1: throw SQLError(.misuse, "a stream is read by one task at a time", sql: sql)
+        default: throw SQLError(.misuse, "the stream ended with its stream { } call", sql: sql)
+        }
+        defer { _ = state.compareExchange(expected: 1, desired: 0, ordering: .acquiringAndReleasing) }
         let raw: RawRows?
         switch driver {
         case .postgres(let postgres): raw = try await postgres.nextRows(limit: batchSize, sql: sql)
@@ -87,6 +98,9 @@ final class StreamSource: Sendable {
 
     /// Ends the stream early or late: PostgreSQL cancels what is left and drains; SQLite finalizes.
     func close() async {
+        // Closed once no batch is being read (the body has returned; a batch read by a task the body left
+        // behind is refused from now on).
+        state.store(2, ordering: .releasing)
         switch driver {
         case .postgres(let postgres): await postgres.closeStream()
         case .sqlite(let sqlite, let cursor): await sqlite.closeStream(cursor)

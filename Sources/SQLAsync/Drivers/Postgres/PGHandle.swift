@@ -111,6 +111,25 @@ final class PGHandle: @unchecked Sendable {
         }
     }
 
+    /// Ends a COPY FROM STDIN with an error message.
+    func putCopyEnd(failing message: String) -> Bool { connection.map { PQputCopyEnd($0, message) == 1 } ?? false }
+
+    enum CopyRead { case more, wouldBlock, done, failed }
+
+    /// Reads one row of COPY TO STDOUT data, without blocking, and drops it.
+    func dropCopyData() -> CopyRead {
+        guard let connection else { return .failed }
+        var buffer: UnsafeMutablePointer<CChar>?
+        let count = PQgetCopyData(connection, &buffer, 1)
+        if let buffer { PQfreemem(buffer) }
+        switch count {
+        case let n where n > 0: return .more
+        case 0: return .wouldBlock
+        case -1: return .done
+        default: return .failed
+        }
+    }
+
     /// Asks for the rows of the query just sent one result at a time (streaming).
     func setSingleRowMode() -> Bool { connection.map { PQsetSingleRowMode($0) == 1 } ?? false }
 
@@ -239,6 +258,13 @@ final class PGHandle: @unchecked Sendable {
         default: kind = .database
         }
         return SQLError(kind, message, sqlState: state, sql: sql)
+    }
+
+    /// Rows inserted, updated or deleted by the command of `result` (with or without RETURNING); 0 for queries.
+    static func rowsAffected(_ result: OpaquePointer) -> Int {
+        let status = String(cString: PQcmdStatus(result))
+        guard !status.hasPrefix("SELECT"), !status.hasPrefix("FETCH") else { return 0 }
+        return Int(String(cString: PQcmdTuples(result))) ?? 0
     }
 
     /// `text` with the contents of every double-quoted part replaced by `…`.

@@ -65,8 +65,17 @@ final class PostgresConnection: Sendable {
         }
         let handle = try PGHandle.start(parameters)
         let connection = PostgresConnection(runtime: runtime, handle: handle, logger: logger)
+        // libpq applies connect_timeout only to its blocking connect: enforce it here.
+        let timeout = url.parameters.last { $0.key == "connect_timeout" }.flatMap { Int($0.value) }.flatMap { $0 > 0 ? $0 : nil }
         do {
-            try await connection.finishConnecting()
+            if let timeout {
+                try await fail(at: runtime.now.advanced(by: .seconds(timeout))) { try await connection.finishConnecting() }
+            } else {
+                try await connection.finishConnecting()
+            }
+        } catch is TimeoutError {
+            await connection.close()
+            throw SQLError(.timeout, "connecting took longer than connect_timeout (\(timeout ?? 0) s)")
         } catch {
             await connection.close()
             throw error
@@ -108,6 +117,12 @@ final class PostgresConnection: Sendable {
         defer { inUse.store(false, ordering: .releasing) }
         let key = StatementCache.key(sql, binds)
         return try await cleaningUp {
+            // COPY cannot run in pipeline mode (where statements are prepared): sent as it is, and refused.
+            if Self.isCopy(sql) {
+                guard try handle.sendQuery(sql, binds) else { throw await failure(sql: sql) }
+                try await flush(sql: sql)
+                return try await collect(sql: sql)
+            }
             if let entry = statements.withLock({ $0.lookUp(key) }) {
                 do {
                     return try await runPrepared(entry, sql, binds)
@@ -123,6 +138,12 @@ final class PostgresConnection: Sendable {
             }
             return try await prepareAndRun(key, sql, binds)
         }
+    }
+
+    /// Whether `sql` is a COPY statement (leading blanks aside).
+    static func isCopy(_ sql: String) -> Bool {
+        let start = sql.utf8.drop { $0 == UInt8(ascii: " ") || $0 == UInt8(ascii: "\n") || $0 == UInt8(ascii: "\t") || $0 == UInt8(ascii: "\r") }
+        return start.prefix(4).map { $0 & 0xDF } == Array("COPY".utf8)
     }
 
     /// Takes the connection for one call: one task at a time, and never once broken.
@@ -246,6 +267,9 @@ final class PostgresConnection: Sendable {
                     rows.rows += row.rows
                 case PGRES_TUPLES_OK, PGRES_COMMAND_OK:
                     break  // the end: zero rows; NULL follows
+                case PGRES_COPY_IN, PGRES_COPY_OUT, PGRES_COPY_BOTH:
+                    let refusal = try await refuseCopy(PQresultStatus(result), sql: sql)
+                    serverError = serverError ?? refusal
                 default:
                     serverError = serverError ?? PGHandle.error(from: result, sql: sql)
                 }
@@ -360,13 +384,19 @@ final class PostgresConnection: Sendable {
                 let decoded = PGHandle.decode(result)
                 if outcome.rows.columns.isEmpty { outcome.rows.columns = decoded.columns }
                 outcome.rows.rows += decoded.rows
-                outcome.rows.rowsAffected += Int(String(cString: PQcmdTuples(result))) ?? 0
+                outcome.rows.rowsAffected += PGHandle.rowsAffected(result)
             case PGRES_COMMAND_OK where command == describing:
                 outcome.describedTypes = (0..<PQnfields(result)).map { PQftype(result, $0) }
             case PGRES_COMMAND_OK:
-                outcome.rows.rowsAffected += Int(String(cString: PQcmdTuples(result))) ?? 0
+                outcome.rows.rowsAffected += PGHandle.rowsAffected(result)
             case PGRES_PIPELINE_ABORTED:
                 break  // skipped after an earlier error, which is the one reported
+            case PGRES_COPY_IN, PGRES_COPY_OUT, PGRES_COPY_BOTH:
+                // libpq cannot leave a COPY inside a pipeline: the connection is given up.
+                brokenFlag.store(true, ordering: .releasing)
+                await forgetSocket()
+                handle.finish()
+                throw SQLError(.misuse, "COPY cannot run in a batch or as a prepared statement; the connection was closed", sql: sql)
             default:
                 outcome.failedCommands.append(command)
                 outcome.firstError = outcome.firstError ?? PGHandle.error(from: result, sql: sql)
@@ -393,7 +423,7 @@ final class PostgresConnection: Sendable {
         ) { _ in
             if handle.isBusy {
                 let cancel = handle.cancelObject()
-                _ = try await runtime.runBlocking { cancel?.send() ?? false }
+                _ = try await runtime.runBlocking(onCancel: .abandon) { cancel?.send() ?? false }
             }
             var ends = 0
             while true {
@@ -456,9 +486,14 @@ final class PostgresConnection: Sendable {
             guard let result = handle.nextResult() else { break }
             defer { PQclear(result) }
             switch PQresultStatus(result) {
-            case PGRES_TUPLES_OK, PGRES_SINGLE_TUPLE: rows = PGHandle.decode(result)
-            case PGRES_COMMAND_OK: rows.rowsAffected = Int(String(cString: PQcmdTuples(result))) ?? 0
+            case PGRES_TUPLES_OK, PGRES_SINGLE_TUPLE:
+                rows = PGHandle.decode(result)
+                rows.rowsAffected = PGHandle.rowsAffected(result)  // INSERT … RETURNING counts its rows
+            case PGRES_COMMAND_OK: rows.rowsAffected = PGHandle.rowsAffected(result)
             case PGRES_EMPTY_QUERY: break
+            case PGRES_COPY_IN, PGRES_COPY_OUT, PGRES_COPY_BOTH:
+                let refusal = try await refuseCopy(PQresultStatus(result), sql: sql)
+                serverError = serverError ?? refusal
             default: serverError = serverError ?? PGHandle.error(from: result, sql: sql)
             }
         }
@@ -469,6 +504,35 @@ final class PostgresConnection: Sendable {
         }
         if let serverError { throw serverError }
         return rows
+    }
+
+    /// Ends a COPY the statement started (the protocol would otherwise wait for data forever) and returns the
+    /// error to report: COPY FROM STDIN is ended with a failure the server turns into an error; the data of
+    /// COPY TO STDOUT is read and dropped.
+    private func refuseCopy(_ status: ExecStatusType, sql: String) async throws -> SQLError {
+        let refusal = SQLError(.misuse, "COPY … FROM STDIN / TO STDOUT is not supported; use executeMany or stream", sql: sql)
+        switch status {
+        case PGRES_COPY_IN:
+            guard handle.putCopyEnd(failing: "COPY FROM STDIN is not supported by SQLAsync") else { throw await failure(sql: sql) }
+            try await flush(sql: sql)
+        case PGRES_COPY_OUT:
+            while true {
+                switch handle.dropCopyData() {
+                case .more: continue
+                case .wouldBlock:
+                    try await runtime.wait(fd: try await liveSocket(sql: sql), for: .read)
+                    guard handle.consumeInput() else { throw await failure(sql: sql) }
+                case .done: return refusal
+                case .failed: throw await failure(sql: sql)
+                }
+            }
+        default:
+            // Replication's COPY BOTH: no way back to the normal protocol.
+            brokenFlag.store(true, ordering: .releasing)
+            await forgetSocket()
+            handle.finish()
+        }
+        return refusal
     }
 
     /// After a cancelled await mid-query: ask the server to cancel, wait for its answer and drain, all in a
@@ -482,7 +546,18 @@ final class PostgresConnection: Sendable {
             ) { _ -> String? in
                 guard handle.isBusy || handle.hasPendingResults else { return nil }
                 let cancel = handle.cancelObject()
-                _ = try await runtime.runBlocking { cancel?.send() ?? false }
+                // Abandoned at the deadline: PQcancel blocks while it connects, and an unreachable server must
+                // not hold the clean-up past it.
+                _ = try await runtime.runBlocking(onCancel: .abandon) { cancel?.send() ?? false }
+                // A query cancelled while it was being sent is pushed out whole first: the server answers
+                // only a complete message.
+                while true {
+                    let flushed = handle.flush()
+                    if flushed == 0 { break }
+                    guard flushed == 1 else { return "writing failed" }
+                    let ready = try await runtime.wait(fd: handle.socket, for: [.read, .write])
+                    if ready.contains(.read), !handle.consumeInput() { return "reading failed" }
+                }
                 // Drain until libpq reports no more results: the cancelled query's error, or its normal end.
                 while true {
                     while handle.isBusy {

@@ -30,14 +30,20 @@ final class SQLiteConnection: Sendable {
     /// Opens `path` (`nil`: a private in-memory database). File databases use WAL.
     static func open(path: String?, busyTimeoutMilliseconds: Int32 = 5_000) async throws -> SQLiteConnection {
         let worker = BlockingThreadPool(maximumThreads: 1)
-        let handle = try await Runtime.withCompletion { (completion: Completion<SQLiteHandle>) in
-            worker.submit {
-                completion.resume(with: Result { () throws(SQLError) -> SQLiteHandle in
-                    try SQLiteHandle(path: path, busyTimeoutMilliseconds: busyTimeoutMilliseconds)
-                }.mapError { $0 as any Error })
+        do {
+            let handle = try await Runtime.withCompletion { (completion: Completion<SQLiteHandle>) in
+                worker.submit {
+                    completion.resume(with: Result { () throws(SQLError) -> SQLiteHandle in
+                        try SQLiteHandle(path: path, busyTimeoutMilliseconds: busyTimeoutMilliseconds)
+                    }.mapError { $0 as any Error })
+                }
             }
+            return SQLiteConnection(handle: handle, worker: worker)
+        } catch {
+            // The open job has finished: its thread ends now instead of idling forever.
+            worker.shutdown()
+            throw error
         }
-        return SQLiteConnection(handle: handle, worker: worker)
     }
 
     /// Runs `sql` with `binds` and returns every row.

@@ -229,7 +229,10 @@ final class SQLiteHandle: @unchecked Sendable {
                 cursor.finished = true
                 break
             }
-            guard rc == SQLITE_ROW else { throw error(rc, db: db, sql: sql) }
+            guard rc == SQLITE_ROW else {
+                cursor.finished = true  // stepping again would start the statement over
+                throw error(rc, db: db, sql: sql)
+            }
             var row: [SQLValue] = []
             row.reserveCapacity(Int(columnCount))
             for column in 0..<columnCount { row.append(value(at: column, in: statement)) }
