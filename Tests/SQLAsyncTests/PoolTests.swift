@@ -163,6 +163,75 @@ struct PoolTests {
     }
 }
 
+@Suite("Server going away", .timeLimit(.minutes(1)))
+struct ServerGoesAwayTests {
+    @Test("a backend killed in the middle of a query: a typed connection error, and the pool recovers",
+          arguments: TestBackend.selected)
+    func killedMidQuery(_ backend: TestBackend) async throws {
+        let engine = Engine(url: try postgresURL(), logger: quietLogger)
+        try await backend.run {
+            let victim = try await engine.connect()
+            let pid = try await victim.execute("SELECT pg_backend_pid()").scalar(Int32.self) ?? 0
+            try await Runtime.withTaskGroup { group in
+                try group.startSoon {
+                    do {
+                        try await victim.execute("SELECT pg_sleep(30)")
+                        Issue.record("the killed query returned")
+                    } catch let error as SQLError {
+                        #expect(error.kind == .connection, "\(error)")
+                    }
+                }
+                try await engine.withConnection { admin in
+                    // Wait until the query runs, then end its session.
+                    var running = false
+                    for _ in 0..<500 where !running {
+                        running = try await admin.execute(
+                            "SELECT count(*) FROM pg_stat_activity WHERE pid = \(pid)::int AND state = 'active'").scalar(Int.self) == 1
+                        if !running { try await Runtime.sleep(for: .milliseconds(10)) }
+                    }
+                    #expect(running)
+                    try await admin.execute("SELECT pg_terminate_backend(\(pid)::int)")
+                }
+            }
+            #expect(victim.isBroken)
+            await victim.close()
+            #expect(try await engine.withConnection { try await $0.execute("SELECT \(8)").scalar(Int.self) } == 8)
+            await engine.dispose()
+        }
+    }
+
+    @Test("with pre-ping, an idle connection whose backend died is replaced before it is handed out",
+          arguments: TestBackend.selected)
+    func prePingReplacesDeadConnections(_ backend: TestBackend) async throws {
+        var configuration = PoolConfiguration()
+        configuration.size = 1
+        configuration.overflow = 1
+        configuration.prePing = true
+        let engine = Engine(url: try postgresURL(), pool: configuration, logger: quietLogger)
+        try await backend.run {
+            let pid = try await engine.withConnection { try await $0.execute("SELECT pg_backend_pid()").scalar(Int32.self) } ?? 0
+            // Another engine ends the idle connection's session.
+            let admin = Engine(url: try postgresURL(), logger: quietLogger)
+            try await admin.withConnection { connection in
+                try await connection.execute("SELECT pg_terminate_backend(\(pid)::int)")
+                // Gone for sure before the pool hands the dead connection out.
+                for _ in 0..<500 {
+                    let left = try await connection.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = \(pid)::int").scalar(Int.self)
+                    if left == 0 { break }
+                    try await Runtime.sleep(for: .milliseconds(10))
+                }
+            }
+            await admin.dispose()
+            // Handed out after a failed ping: a new connection, no error for the caller.
+            let answer = try await engine.withConnection { connection in
+                (try await connection.execute("SELECT pg_backend_pid()").scalar(Int32.self), try await connection.execute("SELECT \(9)").scalar(Int.self))
+            }
+            #expect(answer.0 != pid && answer.1 == 9)
+            await engine.dispose()
+        }
+    }
+}
+
 @Suite("SQLite locks", .timeLimit(.minutes(1)))
 struct SQLiteLockTests {
     @Test("a write waiting for another connection's lock is cancelled promptly, not after the busy timeout",
