@@ -230,4 +230,17 @@ struct PostgresDriverTests {
             await connection.close()
         }
     }
+
+    @Test("a host name is resolved off the loop and every address it has is given to libpq to try in turn",
+          arguments: TestBackend.selected)
+    func everyAddressTried(_ backend: TestBackend) async throws {
+        let url = try postgresURL()
+        guard url.host == "127.0.0.1", let port = url.port else { return }  // a server of the environment's own
+        let byName = try DatabaseURL("postgresql://\(url.user ?? "postgres")@localhost:\(port)/\(url.databaseName ?? "postgres")")
+        try await backend.run {
+            let connection = try await PostgresConnection.connect(byName)
+            #expect(try await connection.execute("SELECT 1", []).rows == [[.integer(1)]])
+            await connection.close()
+        }
+    }
 }

@@ -60,8 +60,12 @@ final class PostgresConnection: Sendable {
         var parameters = url.libpqParameters()
         // Name resolution would block inside PQconnectStart: resolve on a worker thread and pass hostaddr.
         if let host = url.host, !host.hasPrefix("/"), !parameters.contains(where: { $0.key == "hostaddr" }) {
-            let address = try await runtime.runBlocking { () throws -> String in try resolve(host) }
-            parameters.append(("hostaddr", address))
+            let addresses = try await runtime.runBlocking { () throws -> [String] in try resolve(host) }
+            // Every address, tried in order by libpq (IPv6 `::1` first for localhost, say, then 127.0.0.1); the
+            // host name repeated beside each for TLS verification and error messages.
+            parameters.removeAll { $0.key == "host" }
+            parameters.append(("host", Array(repeating: host, count: addresses.count).joined(separator: ",")))
+            parameters.append(("hostaddr", addresses.joined(separator: ",")))
         }
         let handle = try PGHandle.start(parameters)
         let connection = PostgresConnection(runtime: runtime, handle: handle, logger: logger)
@@ -613,20 +617,27 @@ final class PostgresConnection: Sendable {
 }
 
 /// Resolves `host` to a numeric address (blocking: call on a worker thread).
-private func resolve(_ host: String) throws -> String {
+private func resolve(_ host: String) throws -> [String] {
     var hints = addrinfo()
     hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
     var list: UnsafeMutablePointer<addrinfo>?
     let rc = getaddrinfo(host, nil, &hints, &list)
-    guard rc == 0, let first = list else {
+    guard rc == 0, list != nil else {
         throw SQLError(.connection, "cannot resolve host '\(host)': \(String(cString: gai_strerror(rc)))")
     }
     defer { freeaddrinfo(list) }
-    var buffer = [CChar](repeating: 0, count: Int(NI_MAXHOST))
-    guard getnameinfo(first.pointee.ai_addr, first.pointee.ai_addrlen, &buffer, socklen_t(buffer.count), nil, 0, NI_NUMERICHOST) == 0 else {
-        throw SQLError(.connection, "cannot format the address of host '\(host)'")
+    var addresses: [String] = []
+    var entry = list
+    while let current = entry {
+        var buffer = [CChar](repeating: 0, count: Int(NI_MAXHOST))
+        if getnameinfo(current.pointee.ai_addr, current.pointee.ai_addrlen, &buffer, socklen_t(buffer.count), nil, 0, NI_NUMERICHOST) == 0 {
+            let address = String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+            if !addresses.contains(address) { addresses.append(address) }
+        }
+        entry = current.pointee.ai_next
     }
-    return String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    guard !addresses.isEmpty else { throw SQLError(.connection, "cannot format the addresses of host '\(host)'") }
+    return addresses
 }
 
 /// The prepared statements of one connection: SQL text and parameter types → server-side name, least recently
