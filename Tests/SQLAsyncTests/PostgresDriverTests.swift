@@ -208,6 +208,18 @@ struct PostgresDriverTests {
             let total = try await connection.execute("SELECT count(*) FROM pg_prepared_statements", [])
             #expect(total.rows.first?.first.flatMap { if case .integer(let n) = $0 { n } else { nil } }.map { $0 <= 128 } == true,
                     "\(total.rows)")
+            // Statements that refuse to share a transaction run with evictions pending.
+            _ = try await connection.execute("VACUUM shape", [])
+            _ = try await connection.execute("CREATE INDEX CONCURRENTLY ON shape (a)", [])
+            // The server forgets them all while the cache is full: the evictions' DEALLOCATEs fail, the cache
+            // learns what the server has, and the statements run.
+            _ = try await connection.execute("DISCARD ALL", [])
+            for index in 200..<210 {
+                #expect(try await connection.execute("SELECT \(index)", []).rows == [[.integer(Int64(index))]])
+            }
+            let after = try await connection.execute("SELECT count(*) FROM pg_prepared_statements", [])
+            #expect(after.rows.first?.first.flatMap { if case .integer(let n) = $0 { n } else { nil } }.map { $0 <= 12 } == true,
+                    "\(after.rows)")
             await connection.close()
         }
     }

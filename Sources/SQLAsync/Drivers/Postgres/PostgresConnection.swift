@@ -144,6 +144,14 @@ final class PostgresConnection: Sendable {
         }
     }
 
+    /// The names of the statements the session has prepared (one unprepared round trip).
+    private func preparedStatementNames() async throws -> Set<String> {
+        let sql = "SELECT name FROM pg_prepared_statements"
+        guard try handle.sendQuery(sql, []) else { throw await failure(sql: sql) }
+        try await flush(sql: sql)
+        return Set(try await collect(sql: sql).rows.compactMap { if case .text(let name)? = $0.first { name } else { nil } })
+    }
+
     /// Whether `sql` is a COPY statement (leading blanks aside).
     static func isCopy(_ sql: String) -> Bool {
         let start = sql.utf8.drop { $0 == UInt8(ascii: " ") || $0 == UInt8(ascii: "\n") || $0 == UInt8(ascii: "\t") || $0 == UInt8(ascii: "\r") }
@@ -195,11 +203,17 @@ final class PostgresConnection: Sendable {
         let (name, deallocations) = statements.withLock { $0.insert(key, deallocating: idle) }
         // Until the server confirms the PREPARE, the name stays out of the cache.
         var prepared = false
-        defer { if !prepared { statements.withLock { $0.remove(key) } } }
+        // Whether the server's answer to the PREPARE was read; if not (a cancellation, a lost connection),
+        // it may exist there, and is deallocated later.
+        var answered = false
+        defer { if !prepared { statements.withLock { $0.remove(key, deallocate: !answered) } } }
         guard handle.enterPipelineMode() else { throw await failure(sql: sql) }
         for old in deallocations {
             guard try handle.sendQuery("DEALLOCATE \(old)", []) else { throw await failure(sql: sql) }
         }
+        // A sync of their own: a failed DEALLOCATE then cannot abort the statement, and the statement runs
+        // as the only command of its implicit transaction (VACUUM or DISCARD ALL refuse to share one).
+        if !deallocations.isEmpty, !handle.pipelineSync() { throw await failure(sql: sql) }
         // PREPARE, DESCRIBE (for the result types: binary results pay from the second run on), EXECUTE.
         let commands = deallocations.count + 3
         guard handle.sendPrepare(name, sql, types: binds.map(PGHandle.typeOID)), handle.sendDescribePrepared(name),
@@ -208,25 +222,26 @@ final class PostgresConnection: Sendable {
         let outcome: PipelineOutcome
         do {
             try await flush(sql: sql)
-            outcome = try await collectPipeline(expected: commands, sql: sql, describing: commands - 2)
+            outcome = try await collectPipeline(
+                expected: commands, syncs: deallocations.isEmpty ? 1 : 2, sql: sql, describing: commands - 2)
+            answered = true
         } catch let error as CancellationError {
             await cleanUpPipeline(synced: true)
             throw error
         }
-        // The PREPARE is the third to last command; it ran unless it or a command before it failed.
-        prepared = !outcome.failedCommands.contains { $0 <= commands - 3 }
+        // The PREPARE is the third to last command.
+        let failedStatement = outcome.failedCommands.contains { $0 >= deallocations.count }
+        prepared = !outcome.failedCommands.contains(commands - 3)
         if prepared, let types = outcome.describedTypes, !types.isEmpty, types.allSatisfy(PGHandle.binaryDecodable) {
             statements.withLock { $0.useBinaryResults(key) }
         }
-        if let error = outcome.firstError {
-            if let failed = outcome.failedCommands.first, failed < deallocations.count, handle.isIdleOutsideTransaction {
-                // A DEALLOCATE failed (the server had dropped its statements): forget them all, retry.
-                statements.withLock { $0.removeAll() }
-                prepared = true  // the retry owns the cache entry now
-                return try await prepareAndRun(key, sql, binds)
-            }
-            throw error
+        if outcome.failedCommands.contains(where: { $0 < deallocations.count }) {
+            // A DEALLOCATE failed: the server no longer had that statement (DISCARD ALL, or a PREPARE that
+            // never arrived), and the ones after it were skipped. Learn which statements the server has.
+            let existing = try await preparedStatementNames()
+            statements.withLock { $0.keepOnly(existing, pending: deallocations) }
         }
+        if failedStatement, let error = outcome.statementError { throw error }
         return outcome.rows
     }
 
@@ -361,12 +376,17 @@ final class PostgresConnection: Sendable {
         var failedCommands: [Int] = []
         /// The result column types the DESCRIBE command reported.
         var describedTypes: [Oid]?
+        /// The errors, by command index.
+        var errors: [Int: SQLError] = [:]
+        /// The first error of the last segment's commands (after a middle sync).
+        var statementError: SQLError? { errors.keys.max().flatMap { errors[$0] } }
     }
 
     /// Reads the results of `expected` pipelined commands and the sync, then leaves pipeline mode.
-    private func collectPipeline(expected: Int, sql: String, describing: Int? = nil) async throws -> PipelineOutcome {
+    private func collectPipeline(expected: Int, syncs: Int = 1, sql: String, describing: Int? = nil) async throws -> PipelineOutcome {
         var outcome = PipelineOutcome()
         var command = 0
+        var syncsLeft = syncs
         while true {
             while handle.isBusy {
                 try await runtime.wait(fd: try await liveSocket(sql: sql), for: .read)
@@ -382,6 +402,8 @@ final class PostgresConnection: Sendable {
             defer { PQclear(result) }
             switch PQresultStatus(result) {
             case PGRES_PIPELINE_SYNC:
+                syncsLeft -= 1
+                guard syncsLeft == 0 else { continue }
                 guard handle.exitPipelineMode() else { throw await failure(sql: sql) }
                 return outcome
             case PGRES_TUPLES_OK:
@@ -403,7 +425,9 @@ final class PostgresConnection: Sendable {
                 throw SQLError(.misuse, "COPY cannot run in a batch or as a prepared statement; the connection was closed", sql: sql)
             default:
                 outcome.failedCommands.append(command)
-                outcome.firstError = outcome.firstError ?? PGHandle.error(from: result, sql: sql)
+                let error = PGHandle.error(from: result, sql: sql)
+                outcome.firstError = outcome.firstError ?? error
+                outcome.errors[command] = error
             }
         }
     }
@@ -453,7 +477,8 @@ final class PostgresConnection: Sendable {
                 ends = 0
                 let status = PQresultStatus(result)
                 PQclear(result)
-                if status == PGRES_PIPELINE_SYNC { return handle.exitPipelineMode() }
+                // Leaving pipeline mode succeeds once nothing is pending: after the last sync.
+                if status == PGRES_PIPELINE_SYNC, handle.exitPipelineMode() { return true }
             }
         }
         if clean != true {
@@ -699,6 +724,13 @@ struct StatementCache {
         guard let entry = names.removeValue(forKey: key) else { return }
         recency.removeAll { $0 == key }
         if deallocate { orphans.append(entry.name) }
+    }
+
+    /// Keeps the entries and pending deallocations whose statements the server still has (`existing`);
+    /// `pending` are deallocations that were being sent and are due again if they still exist.
+    mutating func keepOnly(_ existing: Set<String>, pending: [String]) {
+        for (key, entry) in names where !existing.contains(entry.name) { remove(key) }
+        orphans = (orphans + pending).filter { existing.contains($0) }
     }
 
     /// Forgets every statement (the server has dropped them).
