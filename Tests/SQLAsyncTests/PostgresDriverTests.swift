@@ -255,4 +255,26 @@ struct PostgresDriverTests {
             await connection.close()
         }
     }
+
+    @Test("closing a connection while another task's query runs on it: the query ends, then the connection closes",
+          arguments: TestBackend.selected)
+    func closeDuringQuery(_ backend: TestBackend) async throws {
+        let engine = Engine(url: try postgresURL(), logger: quietLogger)
+        try await backend.run {
+            let connection = try await engine.connect()
+            try await Runtime.withTaskGroup { group in
+                try group.startSoon {
+                    // Finishes (or fails cleanly): the close waits for it instead of freeing libpq under it.
+                    _ = try? await connection.execute("SELECT pg_sleep(1)")
+                }
+                try await Runtime.sleep(for: .milliseconds(50))
+                await connection.close()
+            }
+            #expect(connection.isBroken, "a connection closed under a call went back to the pool")
+            let statistics = try engine.poolStatistics()
+            #expect(statistics.open == statistics.idle)
+            #expect(try await engine.withConnection { try await $0.execute("SELECT \(5)").scalar(Int.self) } == 5)
+            await engine.dispose()
+        }
+    }
 }

@@ -133,10 +133,13 @@ public final class Connection: Sendable {
         }
     }
 
-    /// Whether the database itself reports no open transaction (PostgreSQL: libpq's transaction status).
+    /// Whether no call runs on the connection and the database itself reports no open transaction
+    /// (PostgreSQL: libpq's transaction status; SQLite: autocommit mode).
     private var serverIsIdle: Bool {
         switch driver {
-        case .postgres(let connection): connection.isIdleOutsideTransaction
+        // A call of another task still running (closing a connection from outside its task): never reused,
+        // and libpq's state is not read under it.
+        case .postgres(let connection): !connection.isInUse && connection.isIdleOutsideTransaction
         case .sqlite(let connection): connection.isIdleOutsideTransaction
         }
     }

@@ -22,7 +22,10 @@ final class PostgresConnection: Sendable {
     private let handle: PGHandle
     /// The engine's logger: a connection given up says why (never with values).
     private let logger: Logger?
-    private let inUse = Atomic<Bool>(false)
+    /// Who uses the connection: 0 nobody, 1 a call (or an open stream), 2 a call, and a close is waiting for
+    /// it to end, 3 closed. libpq's connection is touched only by the call holding it (1 or 2) or by the close
+    /// (3): a close that meets a call hands the closing over to it, so `PQfinish` never runs under a call.
+    private let use = Atomic<UInt8>(0)
     private let brokenFlag = Atomic<Bool>(false)
     /// The socket the runtime watches. libpq closes its socket by itself when the connection is lost, so
     /// this is kept to `forget` it on every failure (a stale registration would hang the next user of the
@@ -50,7 +53,11 @@ final class PostgresConnection: Sendable {
     var isInFailedTransaction: Bool { handle.isInFailedTransaction }
 
     /// Whether a failed clean-up or a lost server left this connection unusable.
-    var isBroken: Bool { brokenFlag.load(ordering: .acquiring) || handle.status != CONNECTION_OK }
+    /// (Set by the calls that met the failure: reading libpq's status here could race with a call.)
+    var isBroken: Bool { brokenFlag.load(ordering: .acquiring) || use.load(ordering: .acquiring) == 3 }
+
+    /// Whether a call or a stream holds the connection now.
+    var isInUse: Bool { use.load(ordering: .acquiring) != 0 }
 
     // MARK: Connecting
 
@@ -117,10 +124,9 @@ final class PostgresConnection: Sendable {
 
     /// Sends `sql` with `binds` (`$1`, `$2`, … placeholders) and returns every row of its result.
     func execute(_ sql: String, _ binds: [SQLValue]) async throws -> RawRows {
-        try acquire(sql)
-        defer { inUse.store(false, ordering: .releasing) }
         let key = StatementCache.key(sql, binds)
-        return try await cleaningUp {
+        return try await exclusively(sql) {
+          try await cleaningUp {
             // COPY cannot run in pipeline mode (where statements are prepared): sent as it is, and refused.
             if Self.isCopy(sql) {
                 guard try handle.sendQuery(sql, binds) else { throw await failure(sql: sql) }
@@ -141,6 +147,7 @@ final class PostgresConnection: Sendable {
                 }
             }
             return try await prepareAndRun(key, sql, binds)
+          }
         }
     }
 
@@ -158,14 +165,36 @@ final class PostgresConnection: Sendable {
         return start.prefix(4).map { $0 & 0xDF } == Array("COPY".utf8)
     }
 
-    /// Takes the connection for one call: one task at a time, and never once broken.
+    /// Takes the connection for one call: one task at a time, and never once broken or closed.
     private func acquire(_ sql: String) throws(SQLError) {
-        guard !inUse.exchange(true, ordering: .acquiringAndReleasing) else {
+        guard !brokenFlag.load(ordering: .acquiring) else {
+            throw SQLError(.connection, "the connection is broken; discard it", sql: sql)
+        }
+        let (taken, state) = use.compareExchange(expected: 0, desired: 1, ordering: .acquiringAndReleasing)
+        guard taken else {
+            if state == 3 { throw SQLError(.connection, "the connection is closed", sql: sql) }
             throw SQLError(.misuse, "a PostgreSQL connection serves one task at a time", sql: sql)
         }
-        guard !isBroken else {
-            inUse.store(false, ordering: .releasing)
-            throw SQLError(.connection, "the connection is broken; discard it", sql: sql)
+    }
+
+    /// Gives the connection back after a call; closes it when a close came meanwhile.
+    private func release() async {
+        guard !use.compareExchange(expected: 1, desired: 0, ordering: .acquiringAndReleasing).exchanged else { return }
+        use.store(3, ordering: .releasing)  // it was 2: the close is ours
+        await forgetSocket()
+        handle.finish()
+    }
+
+    /// Runs `body` holding the connection.
+    private func exclusively<T>(_ sql: String, _ body: () async throws -> T) async throws -> T {
+        try acquire(sql)
+        do {
+            let result = try await body()
+            await release()
+            return result
+        } catch {
+            await release()
+            throw error
         }
     }
 
@@ -301,7 +330,7 @@ final class PostgresConnection: Sendable {
     /// connection is then free again.
     func closeStream() async {
         await cleanUpAfterCancellation()
-        inUse.store(false, ordering: .releasing)
+        await release()
     }
 
     /// Runs `sql` once per parameter set in libpq's pipeline mode: one prepare, every execution sent without
@@ -311,8 +340,10 @@ final class PostgresConnection: Sendable {
     /// Returns the rows every execution returned (for `RETURNING`), and the rows affected by all.
     func executeMany(_ sql: String, _ sets: [[SQLValue]]) async throws -> RawRows {
         guard let first = sets.first else { return RawRows() }
-        try acquire(sql)
-        defer { inUse.store(false, ordering: .releasing) }
+        return try await exclusively(sql) { try await executeMany(sql, sets, first: first) }
+    }
+
+    private func executeMany(_ sql: String, _ sets: [[SQLValue]], first: [SQLValue]) async throws -> RawRows {
         // One parameter type per position: the first set's, unless a later set has a non-NULL value of another
         // type there; then every execution is sent with its own types (no shared prepared statement).
         var types = first.map(PGHandle.typeOID)
@@ -634,10 +665,22 @@ final class PostgresConnection: Sendable {
 
     // MARK: Closing
 
-    /// Drops the socket's registration and closes the connection. Not interrupted by cancellation.
+    /// Drops the socket's registration and closes the connection. Not interrupted by cancellation. A call
+    /// running on another task meanwhile closes it when it ends.
     func close() async {
-        await forgetSocket()
-        handle.finish()
+        while true {
+            let (closedNow, state) = use.compareExchange(expected: 0, desired: 3, ordering: .acquiringAndReleasing)
+            if closedNow {
+                await forgetSocket()
+                handle.finish()
+                return
+            }
+            guard state == 1 else { return }  // already closed, or its close already handed over
+            if use.compareExchange(expected: 1, desired: 2, ordering: .acquiringAndReleasing).exchanged {
+                brokenFlag.store(true, ordering: .releasing)
+                return
+            }
+        }
     }
 }
 
