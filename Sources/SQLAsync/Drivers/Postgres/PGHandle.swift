@@ -6,10 +6,12 @@ import Glibc
 
 /// The `PGconn*` of one connection.
 ///
-/// `@unchecked Sendable`: libpq connections are not thread-safe, and this one is used by one task at a time
-/// (``PostgresConnection`` enforces it with its `inUse` flag), so calls never overlap; the task may move
-/// between threads only across awaits, which order the accesses. `cancelObject()` hands out a `PGcancel`,
-/// which libpq documents as safe to use from another thread.
+/// `@unchecked Sendable`: libpq connections are not thread-safe. ``PostgresConnection`` touches this one only
+/// from the call that holds its `use` state (one call or stream at a time: a second is refused with a misuse
+/// error) or, once no call holds it, from `close()`, which moves the state to closed first; a close that meets
+/// a call hands the `PQfinish` over to that call. A call may move between threads only across awaits, which
+/// order the accesses. `cancelObject()` hands out a `PGcancel`, which libpq documents as safe to use from
+/// another thread.
 final class PGHandle: @unchecked Sendable {
     private var connection: OpaquePointer?
 
