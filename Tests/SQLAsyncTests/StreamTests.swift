@@ -71,6 +71,18 @@ struct StreamTests {
                         names.append(try row.decode("n", as: Int.self))
                         if names.count == 10 { break }
                     }
+                    if database == .postgresql {
+                        // Bounded memory is back-pressure: with 10 rows read, the server is still producing
+                        // (held back by the unread socket), not done with rows buffered in this process.
+                        let observer = try database.engine()
+                        let active = try await observer.withConnection { observer in
+                            try await observer.execute(
+                                "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query LIKE \("%/* series \(marker) */%") AND pid <> pg_backend_pid()"
+                            ).scalar(Int.self)
+                        }
+                        await observer.dispose()
+                        #expect(active == 1, "the whole result was read ahead of the consumer")
+                    }
                     return names
                 }
                 #expect(firstTen == Array(1...10))
