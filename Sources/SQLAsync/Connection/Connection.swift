@@ -134,13 +134,12 @@ public final class Connection: Sendable {
     }
 
     /// Whether no call runs on the connection and the database itself reports no open transaction
-    /// (PostgreSQL: libpq's transaction status; SQLite: autocommit mode).
-    private var serverIsIdle: Bool {
+    /// (PostgreSQL: libpq's transaction status; SQLite: autocommit mode, read on the connection's thread).
+    /// A connection another task still runs a call on is never reused.
+    private func serverIsIdle() async -> Bool {
         switch driver {
-        // A call of another task still running (closing a connection from outside its task): never reused,
-        // and libpq's state is not read under it.
-        case .postgres(let connection): !connection.isInUse && connection.isIdleOutsideTransaction
-        case .sqlite(let connection): connection.isIdleOutsideTransaction
+        case .postgres(let connection): await connection.isReusable()
+        case .sqlite(let connection): await connection.isIdleOutsideTransaction()
         }
     }
 
@@ -153,7 +152,7 @@ public final class Connection: Sendable {
             await ConnectionPool.close(driver)
             return
         }
-        await pool.release(
-            ConnectionPool.Pooled(driver: driver, openedAt: openedAt), healthy: !isBroken && !isInTransaction && serverIsIdle)
+        let healthy = !isBroken && !isInTransaction ? await serverIsIdle() : false
+        await pool.release(ConnectionPool.Pooled(driver: driver, openedAt: openedAt), healthy: healthy)
     }
 }

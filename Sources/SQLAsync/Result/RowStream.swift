@@ -58,8 +58,9 @@ final class StreamSource: Sendable {
     private let driver: Driver
     private let sql: String
     private let batchSize: Int
-    /// 0 open and idle, 1 a batch is being read, 2 closed. A stream kept past its `stream { }` call, or read
-    /// by two tasks at once, gets a misuse error instead of touching a connection someone else may hold.
+    /// 0 open and idle, 1 a batch is being read, 2 closed, 3 a batch is being read and the stream must close
+    /// when it ends. A stream kept past its `stream { }` call, or read by two tasks at once, gets a misuse
+    /// error; a close that meets a read hands the closing over to it, so the driver is never used by two.
     private let state = Atomic<Int>(0)
 
     private init(driver: Driver, sql: String, batchSize: Int) {
@@ -86,21 +87,41 @@ final class StreamSource: Sendable {
         case 1: throw SQLError(.misuse, "a stream is read by one task at a time", sql: sql)
         default: throw SQLError(.misuse, "the stream ended with its stream { } call", sql: sql)
         }
-        defer { _ = state.compareExchange(expected: 1, desired: 0, ordering: .acquiringAndReleasing) }
         let raw: RawRows?
-        switch driver {
-        case .postgres(let postgres): raw = try await postgres.nextRows(limit: batchSize, sql: sql)
-        case .sqlite(let sqlite, let cursor): raw = try await sqlite.nextRows(cursor, limit: batchSize, sql: sql)
+        do {
+            switch driver {
+            case .postgres(let postgres): raw = try await postgres.nextRows(limit: batchSize, sql: sql)
+            case .sqlite(let sqlite, let cursor): raw = try await sqlite.nextRows(cursor, limit: batchSize, sql: sql)
+            }
+        } catch {
+            await endRead()
+            throw error
         }
+        await endRead()
         guard let raw else { return nil }
         return raw.rows.map { Row(columns: raw.columns, values: $0) }
     }
 
+    /// After a read: idle again, or — when a close came meanwhile — closed now.
+    private func endRead() async {
+        guard !state.compareExchange(expected: 1, desired: 0, ordering: .acquiringAndReleasing).exchanged else { return }
+        state.store(2, ordering: .releasing)
+        await closeDriver()
+    }
+
     /// Ends the stream early or late: PostgreSQL cancels what is left and drains; SQLite finalizes.
     func close() async {
-        // Closed once no batch is being read (the body has returned; a batch read by a task the body left
-        // behind is refused from now on).
-        state.store(2, ordering: .releasing)
+        while true {
+            let (closedNow, current) = state.compareExchange(expected: 0, desired: 2, ordering: .acquiringAndReleasing)
+            if closedNow { break }
+            guard current == 1 else { return }  // closed already, or handed over
+            // A read by a task the body left behind is running: it closes the stream when it ends.
+            if state.compareExchange(expected: 1, desired: 3, ordering: .acquiringAndReleasing).exchanged { return }
+        }
+        await closeDriver()
+    }
+
+    private func closeDriver() async {
         switch driver {
         case .postgres(let postgres): await postgres.closeStream()
         case .sqlite(let sqlite, let cursor): await sqlite.closeStream(cursor)

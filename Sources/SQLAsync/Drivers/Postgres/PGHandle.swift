@@ -224,6 +224,9 @@ final class PGHandle: @unchecked Sendable {
         connection.flatMap { PQgetCancel($0) }.map(PGCancelRequest.init)
     }
 
+    /// Forgets the connection without closing it (see `PostgresConnection.deinit`).
+    func abandon() { connection = nil }
+
     func finish() {
         if let connection { PQfinish(connection) }
         connection = nil

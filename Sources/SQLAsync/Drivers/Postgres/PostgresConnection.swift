@@ -56,8 +56,17 @@ final class PostgresConnection: Sendable {
     /// (Set by the calls that met the failure: reading libpq's status here could race with a call.)
     var isBroken: Bool { brokenFlag.load(ordering: .acquiring) || use.load(ordering: .acquiring) == 3 }
 
-    /// Whether a call or a stream holds the connection now.
-    var isInUse: Bool { use.load(ordering: .acquiring) != 0 }
+    /// Whether the connection can go back to a pool: no call or stream holds it (checked by taking it for
+    /// the moment of the check, so that none can start meanwhile), not broken, and the session idle outside
+    /// any transaction.
+    func isReusable() async -> Bool {
+        guard !brokenFlag.load(ordering: .acquiring),
+            use.compareExchange(expected: 0, desired: 1, ordering: .acquiringAndReleasing).exchanged
+        else { return false }
+        let idle = handle.isIdleOutsideTransaction
+        await release()
+        return idle && !isBroken
+    }
 
     // MARK: Connecting
 
@@ -267,8 +276,14 @@ final class PostgresConnection: Sendable {
         if outcome.failedCommands.contains(where: { $0 < deallocations.count }) {
             // A DEALLOCATE failed: the server no longer had that statement (DISCARD ALL, or a PREPARE that
             // never arrived), and the ones after it were skipped. Learn which statements the server has.
-            let existing = try await preparedStatementNames()
-            statements.withLock { $0.keepOnly(existing, pending: deallocations) }
+            // The statement's own result is in hand (it may have committed): a failed resync must not lose it.
+            do {
+                let existing = try await preparedStatementNames()
+                statements.withLock { $0.keepOnly(existing, pending: deallocations) }
+            } catch {
+                if error is CancellationError { await cleanUpAfterCancellation() }
+                statements.withLock { $0.removeAll() }
+            }
         }
         if failedStatement, let error = outcome.statementError { throw error }
         return outcome.rows
@@ -468,7 +483,7 @@ final class PostgresConnection: Sendable {
     /// server roll them back) is the only way the batch stays all-or-nothing. After the sync: cancel what
     /// runs, drain to the sync, leave pipeline mode. The connection is broken if that fails.
     private func cleanUpPipeline(synced: Bool) async {
-        guard handle.isInPipelineMode else { return }  // the sync was read: nothing is left
+        guard handle.isInPipelineMode, !brokenFlag.load(ordering: .acquiring) else { return }  // nothing is left
         guard synced else {
             logger?.info("closing a PostgreSQL connection: a batch was cancelled before it was fully sent (the server rolls it back)")
             brokenFlag.store(true, ordering: .releasing)
@@ -508,6 +523,7 @@ final class PostgresConnection: Sendable {
                 ends = 0
                 let status = PQresultStatus(result)
                 PQclear(result)
+                if status == PGRES_COPY_IN || status == PGRES_COPY_OUT || status == PGRES_COPY_BOTH { return false }
                 // Leaving pipeline mode succeeds once nothing is pending: after the last sync.
                 if status == PGRES_PIPELINE_SYNC, handle.exitPipelineMode() { return true }
             }
@@ -598,35 +614,47 @@ final class PostgresConnection: Sendable {
     /// After a cancelled await mid-query: ask the server to cancel, wait for its answer and drain, all in a
     /// shielded scope with its own deadline. A late cancel can then never hit the next query.
     private func cleanUpAfterCancellation() async {
+        // Already given up (a clean-up before this one failed): its socket registration is gone, and waiting
+        // on the fd again would register it anew under a connection about to be closed.
+        guard !brokenFlag.load(ordering: .acquiring) else { return }
         let handle = self.handle
+        let watched = watchedSocket.load(ordering: .acquiring)
         let failure: String?
         do {
             failure = try await withCancelScope(
                 deadline: runtime.now.advanced(by: Self.cleanUpDeadline), shield: true
             ) { _ -> String? in
                 guard handle.isBusy || handle.hasPendingResults else { return nil }
-                let cancel = handle.cancelObject()
-                // Abandoned at the deadline: PQcancel blocks while it connects, and an unreachable server must
-                // not hold the clean-up past it.
-                _ = try await runtime.runBlocking(onCancel: .abandon) { cancel?.send() ?? false }
-                // A query cancelled while it was being sent is pushed out whole first: the server answers
-                // only a complete message.
+                guard handle.status == CONNECTION_OK, handle.socket == watched else { return "the connection is gone" }
+                // A query cancelled while it was being sent is pushed out whole first: the server reads a
+                // cancel only between messages, and answers only a complete one.
                 while true {
                     let flushed = handle.flush()
                     if flushed == 0 { break }
                     guard flushed == 1 else { return "writing failed" }
-                    let ready = try await runtime.wait(fd: handle.socket, for: [.read, .write])
+                    let ready = try await runtime.wait(fd: watched, for: [.read, .write])
                     if ready.contains(.read), !handle.consumeInput() { return "reading failed" }
+                }
+                if handle.isBusy {
+                    let cancel = handle.cancelObject()
+                    // Abandoned at the deadline: PQcancel blocks while it connects, and an unreachable server
+                    // must not hold the clean-up past it.
+                    _ = try await runtime.runBlocking(onCancel: .abandon) { cancel?.send() ?? false }
                 }
                 // Drain until libpq reports no more results: the cancelled query's error, or its normal end.
                 while true {
                     while handle.isBusy {
                         guard handle.status == CONNECTION_OK else { return "the server closed the connection" }
-                        try await runtime.wait(fd: handle.socket, for: .read)
+                        try await runtime.wait(fd: watched, for: .read)
                         guard handle.consumeInput() else { return "reading failed" }
                     }
                     guard let result = handle.nextResult() else { return nil }
+                    let status = PQresultStatus(result)
                     PQclear(result)
+                    // A COPY in progress answers every call with another COPY result, never the end: give up.
+                    if status == PGRES_COPY_IN || status == PGRES_COPY_OUT || status == PGRES_COPY_BOTH {
+                        return "a COPY was in progress"
+                    }
                 }
             } ?? "no answer within \(Self.cleanUpDeadline)"
         } catch {
@@ -664,6 +692,17 @@ final class PostgresConnection: Sendable {
     }
 
     // MARK: Closing
+
+    deinit {
+        // Dropped without close() while its runtime still runs (once it has ended, its registrations are gone
+        // and PGHandle's deinit closes the connection): the runtime may still watch the socket, and closing it
+        // now would leave a registration that hangs the next socket given the same number. Leaked instead (a
+        // bug of the caller, said in the log).
+        if watchedSocket.load(ordering: .acquiring) >= 0, !runtime.backend.diagnostics().isClosed {
+            logger?.warning("a PostgreSQL connection was dropped without close(); its socket is left open")
+            handle.abandon()
+        }
+    }
 
     /// Drops the socket's registration and closes the connection. Not interrupted by cancellation. A call
     /// running on another task meanwhile closes it when it ends.

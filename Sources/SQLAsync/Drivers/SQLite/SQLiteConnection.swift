@@ -64,7 +64,16 @@ final class SQLiteConnection: Sendable {
     }
 
     /// Whether no transaction is open on the database: the only state a pooled connection may be reused in.
-    var isIdleOutsideTransaction: Bool { handle.isAutocommit }
+    /// Read as a job on the connection's thread (the connection is not safe to touch from two threads).
+    func isIdleOutsideTransaction() async -> Bool {
+        let handle = self.handle
+        let idle: Bool?? = try? await withCancelScope(shield: true) { _ in
+            try await Runtime.withCompletion(onCancel: .waitForCompletion) { (completion: Completion<Bool>) in
+                worker.submit { completion.resume(returning: handle.isAutocommit) }
+            }
+        }
+        return (idle ?? nil) ?? false
+    }
 
     /// Opens a cursor over `sql` (one job).
     func openStream(_ sql: String, _ binds: [SQLValue]) async throws -> SQLiteCursor {

@@ -15,6 +15,8 @@ final class SQLiteHandle: @unchecked Sendable {
     private var statements: [String: OpaquePointer] = [:]
     /// The cancellation flag of the job running now (read by `interrupt` under `lock`).
     private var running: InterruptFlag?
+    /// Cursors opened and not yet closed (under `lock`).
+    private var openCursors = 0
     /// How long a statement waits for another connection's lock before failing with SQLITE_BUSY.
     private let busyTimeoutMilliseconds: Int
     /// Cached statements' SQL, oldest first.
@@ -62,10 +64,14 @@ final class SQLiteHandle: @unchecked Sendable {
     /// A cancellation can be delivered late — after its job finished, while the next one runs (the waker
     /// fires on another thread). `sqlite3_interrupt` would then stop a statement nobody cancelled, so it is
     /// called only while `flag`'s job holds the connection, checked under the lock the worker takes to end it.
+    ///
+    /// Not while a cursor is open: SQLite clears its interrupt only when no statement is active, so the open
+    /// cursor's next step — and every statement until the cursor ends — would fail too. The progress and busy
+    /// handlers, which check `flag`, stop the running statement then.
     func interrupt(_ flag: InterruptFlag) {
         pthread_mutex_lock(lock)
         defer { pthread_mutex_unlock(lock) }
-        if let db, running === flag { sqlite3_interrupt(db) }
+        if let db, running === flag, openCursors == 0 { sqlite3_interrupt(db) }
     }
 
     /// SQLite's busy handler: sleep a little and try again, until the busy timeout has passed or the running
@@ -84,12 +90,8 @@ final class SQLiteHandle: @unchecked Sendable {
         return !cancelled()
     }
 
-    /// Whether no transaction is open (SQLite's autocommit mode). Read between jobs, when no statement runs.
-    var isAutocommit: Bool {
-        pthread_mutex_lock(lock)
-        defer { pthread_mutex_unlock(lock) }
-        return db.map { sqlite3_get_autocommit($0) != 0 } ?? false
-    }
+    /// Whether no transaction is open (SQLite's autocommit mode). Worker thread only.
+    var isAutocommit: Bool { db.map { sqlite3_get_autocommit($0) != 0 } ?? false }
 
     /// Marks the job of `flag` as running until the returned closure is called. Worker thread only.
     private func starting(_ flag: InterruptFlag?) -> () -> Void {
@@ -191,6 +193,9 @@ final class SQLiteHandle: @unchecked Sendable {
         let rc = sqlite3_prepare_v3(db, sql, -1, 0, &statement, nil)
         guard rc == SQLITE_OK, let statement else { throw error(rc, db: db, sql: sql) }
         let cursor = SQLiteCursor(statement)
+        pthread_mutex_lock(lock)
+        openCursors += 1
+        pthread_mutex_unlock(lock)
         for (offset, value) in binds.enumerated() {
             if case .double(let double) = value, double.isNaN {
                 closeCursor(cursor)
@@ -243,8 +248,12 @@ final class SQLiteHandle: @unchecked Sendable {
 
     /// Finalizes the cursor's statement. Worker thread only.
     func closeCursor(_ cursor: SQLiteCursor) {
-        if let statement = cursor.statement { sqlite3_finalize(statement) }
+        guard let statement = cursor.statement else { return }
+        sqlite3_finalize(statement)
         cursor.statement = nil
+        pthread_mutex_lock(lock)
+        openCursors -= 1
+        pthread_mutex_unlock(lock)
     }
 
     /// Binds one parameter set, steps every row into `result` and resets the statement.
