@@ -290,12 +290,19 @@ extension RuntimeConformance {
                 try check(!started.isSet, "start ran although the caller was cancelled")
                 // Abandon: returns at once; the late result is ignored.
                 let lateAccepted = Recorder<Bool>()
+                let waitEnded = Flag()
                 let abandoned: Int? = try await withCancelScope { scope in
                     try await Runtime.withCompletion(onCancel: .abandon) { completion in
                         scope.cancel()
-                        later { lateAccepted.append(completion.resume(returning: 1)) }
+                        // Late for sure: only once the wait has given up (a fixed delay can lose the race on a
+                        // loaded machine, and a value delivered in time is rightly taken).
+                        later {
+                            while !waitEnded.isSet { usleep(200) }
+                            lateAccepted.append(completion.resume(returning: 1))
+                        }
                     }
                 }
+                waitEnded.set()
                 try check(abandoned == nil, "an abandoned wait returned a value")
                 // Interrupt: the hook runs, the wait goes on, the delivered outcome comes back.
                 let hook = Flag()
