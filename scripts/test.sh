@@ -30,4 +30,14 @@ scripts/check-docs.sh
 echo "== tests (with a throw-away PostgreSQL unless ANYRUNTIME_PG_URL names one)"
 scripts/with-postgres.sh swift test --skip-build 2>&1 | tee "$log" | grep -vE '^◇ Test case passing|^◇ Test .* started|Executed 0 tests|^Test Suite .* (started|passed)'
 status=${PIPESTATUS[0]}
-exit "$status"
+[ "$status" -eq 0 ] || exit "$status"
+
+# The benchmarks must build and run (a twentieth of the work, one repetition); their figures are not checked.
+echo "== benchmarks (quick)"
+swift build -c release --package-path Benchmarks 2>&1 | grep -E "error|warning: .*/Benchmarks/Sources" && {
+    echo "test.sh: the benchmarks do not build cleanly" >&2
+    exit 1
+}
+Benchmarks/.build/release/RuntimeBenchmarks --quick --repetitions 1 >/dev/null
+scripts/with-postgres.sh Benchmarks/.build/release/SQLBenchmarks --quick --repetitions 1 >/dev/null
+echo "benchmarks: ok"
