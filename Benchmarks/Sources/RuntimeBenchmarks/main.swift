@@ -112,6 +112,19 @@ func bareCheckpoints(_ count: Int) async throws -> String {
     return ""
 }
 
+/// One round trip per operation to a dedicated worker thread and back, the way the SQLite driver runs a
+/// statement (not a standard workload: it shows what a hop costs on this machine).
+func workerHops(_ count: Int) async throws -> String {
+    let worker = BlockingThreadPool(maximumThreads: 1)
+    defer { worker.shutdown() }
+    for _ in 0..<count {
+        _ = try await Runtime.withCompletion { (completion: Completion<Int>) in
+            worker.submit { completion.resume(returning: 1) }
+        }
+    }
+    return ""
+}
+
 func timeoutScopes(_ count: Int) async throws -> String {
     for _ in 0..<count {
         _ = try await moveOnAfter(.seconds(10)) { _ in try await Runtime.checkpoint() }
@@ -206,6 +219,10 @@ for backend in try Backend.allFromEnvironment() {
         if wanted("RT-TIMERS") {
             let n = options.count(10_000)
             out.append(try await measure("RT-TIMERS", system, operations: n, repetitions: reps) { try await timers(n) })
+        }
+        if wanted("RT-WORKER-HOP") {
+            let n = options.count(100_000)
+            out.append(try await measure("RT-WORKER-HOP", system, operations: n, repetitions: reps) { try await workerHops(n) })
         }
         if wanted("RT-TIMEOUT") {
             let n = options.count(1_000_000)
