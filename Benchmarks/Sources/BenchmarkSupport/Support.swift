@@ -10,6 +10,9 @@ public struct Options: Sendable {
     public var quick = false
     public var repetitions = 5
     public var only: Set<String>?
+    /// Where to write every figure as JSON, and the ratio chart as SVG.
+    public var jsonPath: String?
+    public var svgPath: String?
 
     /// Parses `--quick`, `--repetitions N`, `--only ID,ID…`; `--help` prints `usage` and exits.
     public init(_ arguments: [String], usage: String) throws {
@@ -22,6 +25,12 @@ public struct Options: Sendable {
                     throw RuntimeError(.invalidArgument, "--repetitions needs a positive number")
                 }
                 repetitions = value
+            case "--json":
+                guard let value = iterator.next() else { throw RuntimeError(.invalidArgument, "--json needs a path") }
+                jsonPath = value
+            case "--svg":
+                guard let value = iterator.next() else { throw RuntimeError(.invalidArgument, "--svg needs a path") }
+                svgPath = value
             case "--only":
                 guard let value = iterator.next() else { throw RuntimeError(.invalidArgument, "--only needs a list") }
                 only = Set(value.split(separator: ",").map(String.init))
@@ -99,6 +108,24 @@ public func format(_ value: Double) -> String {
     if value >= 1e6 { return "\(Double(Int(value / 1e4)) / 100)M" }
     if value >= 1e3 { return "\(Double(Int(value / 10)) / 100)k" }
     return "\(Int(value))"
+}
+
+/// Prints the rows as a Markdown table, and writes the JSON and the chart the options ask for.
+public func report(_ unordered: [BenchmarkRow], options: Options, title: String, reference: ((BenchmarkRow) -> Bool)? = nil) throws {
+    // Grouped by workload, in the order the workloads first ran; rows within a group keep their order.
+    var order: [String] = []
+    for row in unordered where !order.contains(row.workload) { order.append(row.workload) }
+    let rows = order.flatMap { workload in unordered.filter { $0.workload == workload } }
+    printTable(rows, reference: reference)
+    var machine = utsname()
+    uname(&machine)
+    let release = withUnsafeBytes(of: &machine.release) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+    let context = [
+        "title": title, "cores": String(sysconf(Int32(_SC_NPROCESSORS_ONLN))), "kernel": release,
+        "repetitions": String(options.repetitions), "quick": String(options.quick),
+    ]
+    if let path = options.jsonPath { try write(json(rows, reference: reference, context: context), to: path) }
+    if let path = options.svgPath { try write(svgChart(rows, reference: reference, title: title), to: path) }
 }
 
 /// Prints the rows as a Markdown table; with `reference`, each row's ratio to the reference row of its

@@ -195,7 +195,7 @@ func naiveTimeouts(_ count: Int) async throws -> String {
 // MARK: Main
 
 let options = try Options(
-    CommandLine.arguments, usage: "usage: RuntimeBenchmarks [--quick] [--repetitions N] [--only RT-SPAWN,RT-FD-PINGPONG,…]")
+    CommandLine.arguments, usage: "usage: RuntimeBenchmarks [--quick] [--repetitions N] [--only RT-SPAWN,RT-FD-PINGPONG,…] [--json PATH] [--svg PATH]")
 let reps = options.repetitions
 var rows: [BenchmarkRow] = []
 func wanted(_ id: String) -> Bool { options.wants(id) }
@@ -253,4 +253,4 @@ if wanted("RT-TIMEOUT") {
     rows.append(try await measure("RT-TIMEOUT", system + " (race vs Task.sleep)", operations: n, repetitions: reps) { try await naiveTimeouts(n) })
 }
 
-printTable(rows)
+try report(rows, options: options, title: "Runtime workloads: ops/s relative to the fastest row")

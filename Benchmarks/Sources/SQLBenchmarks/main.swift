@@ -19,7 +19,7 @@ import Glibc
 
 let options = try Options(
     CommandLine.arguments,
-    usage: "usage: SQLBenchmarks [--quick] [--repetitions N] [--only PG,SQ,PG-POINT-SEQ,SQ-FETCH-ALL,…]")
+    usage: "usage: SQLBenchmarks [--quick] [--repetitions N] [--only PG,SQ,PG-POINT-SEQ,SQ-FETCH-ALL,…] [--json PATH] [--svg PATH]")
 let reps = options.repetitions
 
 enum Accounts: TableSchema {
@@ -227,4 +227,4 @@ for database in databases where options.wants(database.prefix) || options.only?.
 }
 
 rows.sort { $0.workload < $1.workload }
-printTable(rows, reference: { $0.system.hasPrefix("C (") })
+try report(rows, options: options, title: "SQL workloads: ops/s relative to the C library", reference: { $0.system.hasPrefix("C (") })
