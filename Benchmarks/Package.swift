@@ -6,6 +6,22 @@ import PackageDescription
 // SwiftPM names a path dependency after its folder, which is whatever the clone is called.
 let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().lastPathComponent
 
+// libdispatch's C headers ship with the Swift toolchain: <toolchain>/usr/lib/swift, beside <toolchain>/usr/bin/swift.
+let toolchainHeaders: String = {
+    let path = ProcessInfo.processInfo.environment["PATH"] ?? ""
+    for directory in path.split(separator: ":") {
+        let swift = URL(fileURLWithPath: String(directory)).appendingPathComponent("swift")
+        if FileManager.default.isExecutableFile(atPath: swift.path) {
+            let headers = swift.resolvingSymlinksInPath().deletingLastPathComponent().deletingLastPathComponent()
+                .appendingPathComponent("lib/swift")
+            if FileManager.default.fileExists(atPath: headers.appendingPathComponent("dispatch/dispatch.h").path) {
+                return headers.path
+            }
+        }
+    }
+    return "/usr/lib/swift"
+}()
+
 let package = Package(
     name: "AnyRuntimeBenchmarks",
     dependencies: [
@@ -21,13 +37,15 @@ let package = Package(
         // The raw C libraries doing the SQL workloads: the floors no wrapper can beat.
         .target(
             name: "CFloors",
-            cSettings: [.unsafeFlags(["-I/usr/include/postgresql"])],
-            linkerSettings: [.linkedLibrary("pq"), .linkedLibrary("sqlite3")]
+            cSettings: [.unsafeFlags(["-I/usr/include/postgresql", "-I\(toolchainHeaders)"])],
+            linkerSettings: [
+                .linkedLibrary("pq"), .linkedLibrary("sqlite3"), .linkedLibrary("uv"), .linkedLibrary("dispatch"),
+            ]
         ),
         .executableTarget(
             name: "RuntimeBenchmarks",
             dependencies: [
-                "BenchmarkSupport",
+                "BenchmarkSupport", "CFloors",
                 .product(name: "Runtime", package: root),
                 .product(name: "AnyRuntime", package: root),
             ],

@@ -4,6 +4,7 @@
 //   swift run -c release --package-path Benchmarks RuntimeBenchmarks [--quick] [--repetitions N] [--only RT-X,…]
 import AnyRuntime
 import BenchmarkSupport
+import CFloors
 import Runtime
 import Synchronization
 
@@ -234,6 +235,19 @@ for backend in try Backend.allFromEnvironment() {
     rows.append(contentsOf: backendRows)
 }
 
+// The C floors: the same fd ping-pong with the libraries' own callbacks, no Swift concurrency.
+if wanted("RT-FD-PINGPONG") {
+    let n = options.count(100_000)
+    for (name, run) in [("C (libuv callbacks)", cf_uv_fd_pingpong), ("C (libdispatch read sources)", cf_dispatch_fd_pingpong)] as [(String, (Int32, UnsafeMutablePointer<CChar>?, Int) -> Int32)] {
+        rows.append(try measureSync("RT-FD-PINGPONG", name, operations: n, repetitions: reps) {
+            var error = [CChar](repeating: 0, count: 256)
+            guard run(Int32(n), &error, error.count) == 0 else {
+                throw RuntimeError(.backendFailure, "\(name): \(String(decoding: error.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self))")
+            }
+        })
+    }
+}
+
 // Swift's global executor, outside any runtime.
 let system = "Swift global executor"
 if wanted("RT-SPAWN") {
@@ -253,4 +267,6 @@ if wanted("RT-TIMEOUT") {
     rows.append(try await measure("RT-TIMEOUT", system + " (race vs Task.sleep)", operations: n, repetitions: reps) { try await naiveTimeouts(n) })
 }
 
-try report(rows, options: options, title: "Runtime workloads: ops/s relative to the fastest row")
+try report(
+    rows, options: options, title: "Runtime workloads: ops/s relative to the C floor, or to the fastest row",
+    reference: { $0.system.hasPrefix("C (") })

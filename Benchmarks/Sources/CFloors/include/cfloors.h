@@ -15,4 +15,9 @@ int cf_sq_point_seq(const char *path, int count, long long *checksum, char *erro
 int cf_sq_fetch_all(const char *path, long long *checksum, char *error, size_t error_size);
 int cf_sq_insert_bulk(const char *path, int count, char *error, size_t error_size);
 
+// Runtime floors: two one-byte ping-pongs over a socketpair, `rounds` round trips, on one thread driven by
+// the library's own callbacks (libuv uv_poll) or on one serial queue (libdispatch read sources).
+int cf_uv_fd_pingpong(int rounds, char *error, size_t error_size);
+int cf_dispatch_fd_pingpong(int rounds, char *error, size_t error_size);
+
 #endif
