@@ -57,8 +57,16 @@ struct StreamTests {
         }
     }
 
+    /// Every backend × database but virtual time × PostgreSQL: leaving a stream early makes the server
+    /// cancel and answer, and on a loaded machine that answer can take longer than the virtual clock's
+    /// 250 ms of IO silence, after which it jumps past the clean-up's deadline and the connection is
+    /// (correctly) given up. Virtual time runs this test on SQLite, whose work holds its clock still.
+    static let endingEarlyCases: [(TestBackend, TestDatabase)] = TestBackend.selected.flatMap { backend in
+        TestDatabase.allCases.filter { backend != .virtual || $0 != .postgresql }.map { (backend, $0) }
+    }
+
     @Test("leaving early, a cancellation and an error mid-stream all leave the connection clean",
-          arguments: TestBackend.selected, TestDatabase.allCases)
+          arguments: endingEarlyCases)
     func endingEarly(_ backend: TestBackend, _ database: TestDatabase) async throws {
         let engine = try database.engine()
         try await backend.run {
