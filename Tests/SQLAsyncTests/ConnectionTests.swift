@@ -17,10 +17,10 @@ enum TestDatabase: String, CaseIterable, Sendable, CustomStringConvertible {
     var description: String { rawValue }
 
     /// A fresh engine: a private in-memory SQLite database, or the test PostgreSQL server.
-    func engine() throws -> Engine {
+    func engine(logger: Logger = quietLogger) throws -> Engine {
         switch self {
-        case .sqlite: try Engine("sqlite::memory:", logger: quietLogger)
-        case .postgresql: Engine(url: try postgresURL(), logger: quietLogger)
+        case .sqlite: try Engine("sqlite::memory:", logger: logger)
+        case .postgresql: Engine(url: try postgresURL(), logger: logger)
         }
     }
 
@@ -30,8 +30,10 @@ enum TestDatabase: String, CaseIterable, Sendable, CustomStringConvertible {
     /// Runs `body` on `backend` with one connection in a namespace of its own: a fresh PostgreSQL schema
     /// (parallel runs share the server), dropped afterwards whatever happens, or a private in-memory SQLite
     /// database.
-    func withPrivateConnection(_ backend: TestBackend, _ body: @escaping (Connection) async throws -> Void) async throws {
-        let engine = try engine()
+    func withPrivateConnection(
+        _ backend: TestBackend, logger: Logger = quietLogger, _ body: @escaping (Connection) async throws -> Void
+    ) async throws {
+        let engine = try engine(logger: logger)
         try await backend.run {
             try await engine.withConnection { connection in
                 let schema = SQL.identifier(table("private"))

@@ -1,0 +1,277 @@
+/// A unit of work over one connection: objects loaded or added are tracked by primary key (one object per key:
+/// the identity map), their changes are written at ``flush(isolation:)`` — inserts parents first, updates of the changed
+/// columns only, deletes children first — inside the session's transaction, which ``commit(isolation:)`` ends.
+///
+/// One session per task (it is not `Sendable`); ``Engine/withSession(isolation:_:)`` scopes one.
+///
+/// ```swift
+/// try await engine.withSession { session in
+///     let ada = User(name: "Ada")
+///     session.add(ada)
+///     try await session.flush()                      // INSERT … RETURNING: ada.id is set
+///     let same = try await session.get(User.self, ada.id)   // no query: the identity map has it
+///     same?.name = "Ada L."                          // UPDATE of "name" only, at the next flush
+/// }                                                  // commits; rolls back on error or cancellation
+/// ```
+public final class Session {
+    /// The connection the session works on.
+    public let connection: Connection
+    private var transaction: Transaction?
+    private var tracked: [Tracked] = []
+    private var byKey: [IdentityKey: Tracked] = [:]
+    private var byObject: [ObjectIdentifier: Tracked] = [:]
+
+    /// Whether queries flush pending changes first (default: on).
+    public var autoflush = true
+
+    public init(connection: Connection) { self.connection = connection }
+
+    // MARK: Tracking
+
+    /// Adds a new object: it is inserted at the next flush. Adding a tracked object does nothing.
+    public func add<M: Model>(_ object: M) {
+        guard byObject[ObjectIdentifier(object)] == nil else { return }
+        let entry = Tracked(object, snapshot: nil)
+        tracked.append(entry)
+        byObject[ObjectIdentifier(object)] = entry
+    }
+
+    /// Adds several new objects.
+    public func addAll<M: Model>(_ objects: [M]) { for object in objects { add(object) } }
+
+    /// Marks a tracked object for deletion at the next flush (a new one is simply forgotten).
+    ///
+    /// - Throws: ``SQLError/Kind/misuse`` when the session does not track the object.
+    public func delete<M: Model>(_ object: M) throws(SQLError) {
+        guard let entry = byObject[ObjectIdentifier(object)] else {
+            throw SQLError(.misuse, "delete: the session does not track this \(M.self)")
+        }
+        if entry.snapshot == nil { forget(entry) } else { entry.deleted = true }
+    }
+
+    /// Stops tracking an object: later changes to it are not written.
+    public func expunge<M: Model>(_ object: M) {
+        if let entry = byObject[ObjectIdentifier(object)] { forget(entry) }
+    }
+
+    private func forget(_ entry: Tracked) {
+        tracked.removeAll { $0 === entry }
+        byObject[ObjectIdentifier(entry.object)] = nil
+        if let key = entry.key { byKey[key] = nil }
+    }
+
+    // MARK: Loading
+
+    /// The object with primary key `key` (one column), from the identity map when loaded, else from the
+    /// database; `nil` when there is none.
+    public func get<M: Model>(_ type: M.Type, _ key: some SQLBindable, isolation: isolated (any Actor)? = #isolation) async throws -> M? {
+        try await get(type, key: [key.sqlValue])
+    }
+
+    /// The object with the composite primary key `key` (values in the order of the key's columns).
+    public func get<M: Model>(_ type: M.Type, key: [SQLValue], isolation: isolated (any Actor)? = #isolation) async throws -> M? {
+        let table = M.Schema.table
+        let names = table.primaryKey
+        guard names.count == key.count, !names.isEmpty else {
+            throw SQLError(.misuse, "\(M.self) has a primary key of \(names.count) columns; \(key.count) values were given")
+        }
+        if let entry = byKey[IdentityKey(M.self, key)], !entry.deleted, let object = entry.object as? M { return object }
+        var query = select(all: M.Schema.self)
+        query.conditions.append(Self.keyCondition(table, names, key))
+        return try await objects(query, as: M.self).first
+    }
+
+    /// The objects a query returns (select every column of `M`'s table: ``select(all:)``), through the
+    /// identity map: an object already loaded comes back as it is, unsaved changes included.
+    public func objects<M: Model>(_ query: Select, as type: M.Type, isolation: isolated (any Actor)? = #isolation) async throws -> [M] {
+        if autoflush { try await flush() }
+        try await beginIfNeeded()
+        let result = try await connection.execute(query)
+        let names = M.Schema.table.primaryKey
+        var objects: [M] = []
+        objects.reserveCapacity(result.count)
+        for row in result {
+            let key = names.map { row[$0] ?? .null }
+            if let entry = byKey[IdentityKey(M.self, key)], let object = entry.object as? M {
+                if !entry.deleted { objects.append(object) }
+                continue
+            }
+            let object = try M(row: row)
+            let entry = Tracked(object, snapshot: object.encoded())
+            entry.key = IdentityKey(M.self, key)
+            tracked.append(entry)
+            byObject[ObjectIdentifier(object)] = entry
+            byKey[IdentityKey(M.self, key)] = entry
+            objects.append(object)
+        }
+        return objects
+    }
+
+    // MARK: Writing
+
+    /// Writes every pending change: inserts (parents before children), updates of the changed columns,
+    /// deletes (children before parents), in the session's transaction.
+    ///
+    /// - Throws: the failing statement's ``SQLError``; the transaction is then rolled back and the session
+    ///   cleared (its objects detached), so that it is in a known state.
+    public func flush(isolation: isolated (any Actor)? = #isolation) async throws {
+        let inserts = tracked.filter { $0.snapshot == nil }
+        let deletes = tracked.filter { $0.deleted }
+        let updates = tracked.filter { $0.snapshot != nil && !$0.deleted }.compactMap { entry -> (Tracked, [String])? in
+            let changed = entry.encode().changedNames(since: entry.snapshot ?? ColumnValues())
+            return changed.isEmpty ? nil : (entry, changed)
+        }
+        guard !inserts.isEmpty || !deletes.isEmpty || !updates.isEmpty else { return }
+        try await beginIfNeeded()
+        let order = try Metadata(tables: Array(Set(tracked.map(\.table.name))).compactMap { name in
+            tracked.first { $0.table.name == name }?.table
+        }).sortedTables().map(\.name)
+        do {
+            for name in order {
+                for entry in inserts where entry.table.name == name { try await insert(entry) }
+            }
+            for (entry, changed) in updates { try await update(entry, changed) }
+            for name in order.reversed() {
+                for entry in deletes where entry.table.name == name { try await delete(entry) }
+            }
+        } catch {
+            await rollback()
+            throw error
+        }
+    }
+
+    private func insert(_ entry: Tracked, isolation: isolated (any Actor)? = #isolation) async throws {
+        let values = entry.encode()
+        var statement = SQLAsync.insert(into: entry.table)
+        // A NULL in an auto-incremented column lets the database generate it.
+        let generated = Set(entry.table.columns.filter(\.isAutoIncrement).map(\.name))
+        let assignments = zip(values.names, values.values).compactMap { name, value -> Assignment? in
+            value == .null && generated.contains(name) ? nil : Assignment(column: name, node: SQLNode(.value(value)))
+        }
+        statement = statement.values(assignments)
+        statement.returningItems = entry.table.columns.map { SelectItem(node: SQLNode(.column(qualifier: nil, name: $0.name)), label: nil) }
+        let row = try await connection.execute(statement).one()
+        try entry.didInsert(row)
+        entry.snapshot = entry.encode()
+        let key = IdentityKey(entry.type, entry.table.primaryKey.map { row[$0] ?? .null })
+        entry.key = key
+        byKey[key] = entry
+    }
+
+    private func update(_ entry: Tracked, _ changed: [String], isolation: isolated (any Actor)? = #isolation) async throws {
+        let values = entry.encode()
+        guard let snapshot = entry.snapshot else { return }
+        var statement = SQLAsync.update(entry.table)
+        statement.assignments = changed.map { Assignment(column: $0, node: SQLNode(.value(values[$0] ?? .null))) }
+        let names = entry.table.primaryKey
+        statement.conditions.append(Self.keyCondition(entry.table, names, names.map { snapshot[$0] ?? .null }))
+        let result = try await connection.execute(statement)
+        guard result.rowsAffected == 1 else {
+            throw SQLError(.database, "the \(entry.table.name) row being updated is gone (\(result.rowsAffected) rows matched its key)")
+        }
+        entry.snapshot = values
+    }
+
+    private func delete(_ entry: Tracked, isolation: isolated (any Actor)? = #isolation) async throws {
+        guard let snapshot = entry.snapshot else { return }
+        var statement = SQLAsync.delete(from: entry.table)
+        let names = entry.table.primaryKey
+        statement.conditions.append(Self.keyCondition(entry.table, names, names.map { snapshot[$0] ?? .null }))
+        try await connection.execute(statement)
+        forget(entry)
+    }
+
+    /// `k1 = v1 AND k2 = v2…`, every value bound.
+    static func keyCondition(_ table: Table, _ names: [String], _ key: [SQLValue]) -> SQLNode {
+        let parts = zip(names, key).map { name, value in
+            SQLNode(.binary(SQLNode(.column(qualifier: table.reference, name: name)), "=", SQLNode(.value(value))))
+        }
+        return parts.count == 1 ? parts[0] : logical("AND", parts)
+    }
+
+    // MARK: Transaction
+
+    private func beginIfNeeded(isolation: isolated (any Actor)? = #isolation) async throws {
+        if transaction == nil { transaction = try await connection.begin() }
+    }
+
+    /// Flushes, then commits the session's transaction.
+    public func commit(isolation: isolated (any Actor)? = #isolation) async throws {
+        try await flush()
+        guard let transaction else { return }
+        self.transaction = nil
+        try await transaction.commit()
+    }
+
+    /// Rolls the session's transaction back and detaches every object (their state in the database is no
+    /// longer known). Shielded from cancellation.
+    public func rollback(isolation: isolated (any Actor)? = #isolation) async {
+        if let transaction {
+            self.transaction = nil
+            try? await transaction.rollback()
+        }
+        tracked.removeAll()
+        byKey.removeAll()
+        byObject.removeAll()
+    }
+
+    // MARK: Bookkeeping
+
+    struct IdentityKey: Hashable {
+        let type: ObjectIdentifier
+        let key: [SQLValue]
+        init(_ type: Any.Type, _ key: [SQLValue]) {
+            self.type = ObjectIdentifier(type)
+            self.key = key
+        }
+    }
+
+    /// One tracked object, with its model's operations erased to closures.
+    final class Tracked {
+        let object: AnyObject
+        let type: Any.Type
+        let table: Table
+        let encode: () -> ColumnValues
+        let didInsert: (Row) throws -> Void
+        /// The values last read or written; nil for an object still to insert.
+        var snapshot: ColumnValues?
+        var key: IdentityKey?
+        var deleted = false
+
+        init<M: Model>(_ object: M, snapshot: ColumnValues?) {
+            self.object = object
+            type = M.self
+            table = M.Schema.table
+            encode = { object.encoded() }
+            didInsert = { row in try object.didInsert(row) }
+            self.snapshot = snapshot
+        }
+    }
+}
+
+extension Model {
+    func encoded() -> ColumnValues {
+        var values = ColumnValues()
+        encode(to: &values)
+        return values
+    }
+}
+
+extension Engine {
+    /// A session on a pooled connection: committed when `body` returns, rolled back when it throws or is
+    /// cancelled; the connection goes back to the pool either way.
+    @discardableResult
+    public func withSession<T>(isolation: isolated (any Actor)? = #isolation, _ body: (Session) async throws -> T) async throws -> T {
+        try await withConnection { connection in
+            let session = Session(connection: connection)
+            do {
+                let result = try await body(session)
+                try await session.commit()
+                return result
+            } catch {
+                await session.rollback()
+                throw error
+            }
+        }
+    }
+}

@@ -1,0 +1,191 @@
+import Logging
+import Runtime
+import SQLAsync
+import TestSupport
+import Testing
+
+enum Authors: TableSchema {
+    static let tableName = "authors"
+    static let id = Column<Int64>("id", of: Authors.self, .primaryKey, .autoIncrement)
+    static let name = Column<String>("name", of: Authors.self, .unique)
+    static let born = Column<Int32?>("born", of: Authors.self)
+    static let columns: [any AnyColumn] = [id, name, born]
+}
+
+enum Books: TableSchema {
+    static let tableName = "books"
+    static let id = Column<Int64>("id", of: Books.self, .primaryKey, .autoIncrement)
+    static let authorID = Column<Int64>("author_id", of: Books.self, .references(Authors.id))
+    static let title = Column<String>("title", of: Books.self)
+    static let pages = Column<Int32>("pages", of: Books.self, .default(0))
+    static let columns: [any AnyColumn] = [id, authorID, title, pages]
+}
+
+final class Author: Model {
+    typealias Schema = Authors
+    var id: Int64?
+    var name: String
+    var born: Int32?
+
+    init(name: String, born: Int32? = nil) {
+        self.name = name
+        self.born = born
+    }
+
+    init(row: Row) throws {
+        id = try row.decode(Authors.id.name)
+        name = try row.decode(Authors.name.name)
+        born = try row.decode(Authors.born.name)
+    }
+
+    func encode(to values: inout ColumnValues) {
+        values[Authors.id] = id
+        values[Authors.name] = name
+        values[Authors.born] = born
+    }
+
+    func didInsert(_ row: Row) throws { id = try row.decode(Authors.id.name) }
+}
+
+final class Book: Model {
+    typealias Schema = Books
+    var id: Int64?
+    var authorID: Int64
+    var title: String
+    var pages: Int32
+
+    init(author: Author, title: String, pages: Int32) {
+        authorID = author.id ?? 0
+        self.title = title
+        self.pages = pages
+    }
+
+    init(row: Row) throws {
+        id = try row.decode(Books.id.name)
+        authorID = try row.decode(Books.authorID.name)
+        title = try row.decode(Books.title.name)
+        pages = try row.decode(Books.pages.name)
+    }
+
+    func encode(to values: inout ColumnValues) {
+        values[Books.id] = id
+        values[Books.authorID] = authorID
+        values[Books.title] = title
+        values[Books.pages] = pages
+    }
+
+    func didInsert(_ row: Row) throws { id = try row.decode(Books.id.name) }
+}
+
+@Suite("ORM session", .timeLimit(.minutes(1)))
+struct SessionTests {
+    static let library = Metadata(Authors.self, Books.self)
+
+    /// The statements the connection sent, as logged (placeholders only).
+    static func statements(_ logs: CapturedLogs) -> [String] {
+        // The whole log line: its metadata holds the SQL text.
+        logs.all.filter { $0.contains("execute") }
+    }
+
+    @Test("add, flush, identity map, changed columns only, delete children first, commit and rollback",
+          arguments: TestBackend.selected, TestDatabase.allCases)
+    func unitOfWork(_ backend: TestBackend, _ database: TestDatabase) async throws {
+        let logs = CapturedLogs()
+        var logger = Logger(label: "orm") { _ in CapturingHandler(sink: logs) }
+        logger.logLevel = .debug
+        try await database.withPrivateConnection(backend, logger: logger) { connection in
+            try await Self.library.createAll(on: connection)
+            let session = Session(connection: connection)
+            let ada = Author(name: "Ada", born: 1815)
+            session.add(ada)
+            try await session.flush()
+            let adaID = try #require(ada.id, "the generated key was not set")
+            // Children added before their parent still insert after it.
+            let grace = Author(name: "Grace")
+            session.add(grace)
+            try await session.flush()
+            let notes = Book(author: ada, title: "Notes", pages: 66)
+            let manual = Book(author: grace, title: "Manual", pages: 120)
+            session.addAll([notes, manual])
+            try await session.commit()
+
+            // The identity map: the same object, and no query for it.
+            let before = logs.all.count
+            let again = try await session.get(Author.self, adaID)
+            #expect(again === ada)
+            #expect(logs.all.count == before, "get of a loaded key ran a query")
+
+            // Only the changed column is updated.
+            ada.born = 1816
+            try await session.flush()
+            let update = Self.statements(logs).last { $0.contains("UPDATE") }
+            #expect(update?.contains(#"SET "born" = "#) == true && update?.contains(#""name""#) == false, "\(update ?? "no UPDATE")")
+
+            // A query returns tracked objects as they are.
+            let fromQuery = try await session.objects(select(all: Authors.self).orderBy(Authors.name.asc()), as: Author.self)
+            #expect(fromQuery.count == 2 && fromQuery[0] === ada && fromQuery[1] === grace)
+
+            // Deleting a parent and its child: the child goes first (the foreign key would refuse the reverse).
+            try session.delete(grace)
+            try session.delete(manual)
+            try await session.commit()
+            #expect(try await connection.execute(select(count()).from(Books.self)).scalar(Int.self) == 1)
+
+            // Rollback: the change is undone in the database and the session forgets its objects.
+            ada.name = "Countess"
+            try await session.flush()
+            await session.rollback()
+            let fresh = Session(connection: connection)
+            let reloaded = try await fresh.get(Author.self, adaID)
+            #expect(reloaded?.name == "Ada" && reloaded !== ada)
+            #expect(try await fresh.get(Author.self, Int64(999_999)) == nil)
+            try await fresh.commit()
+            try await Self.library.dropAll(on: connection)
+        }
+    }
+
+    @Test("engine.withSession commits, or rolls back on an error", arguments: TestBackend.selected, PoolDatabase.allCases)
+    func scopedSessions(_ backend: TestBackend, _ database: PoolDatabase) async throws {
+        // PostgreSQL: a schema of its own for every connection of the engine, through libpq's `options`.
+        let schema = "orm_\(UInt32.random(in: 0...UInt32.max))"
+        try await database.withEngine(PoolConfiguration()) { plain in
+            let engine: Engine
+            if database == .postgresql {
+                let url = try postgresURL()
+                try await backend.run {
+                    try await plain.withConnection { try await $0.execute("CREATE SCHEMA \(SQL.identifier(schema))") }
+                    await plain.dispose()
+                }
+                engine = try Engine(
+                    "postgresql://\(url.user ?? "postgres")@\(url.host ?? "127.0.0.1"):\(url.port ?? 5432)/\(url.databaseName ?? "postgres")"
+                        + "?options=-c%20search_path%3D\(schema)", logger: quietLogger)
+            } else {
+                engine = plain
+            }
+            try await backend.run {
+                try await engine.withConnection { try await Self.library.createAll(on: $0) }
+                try await engine.withSession { session in session.add(Author(name: "Kept")) }
+                struct Abort: Error {}
+                await #expect(throws: Abort.self) {
+                    try await engine.withSession { session in
+                        session.add(Author(name: "Dropped"))
+                        try await session.flush()  // written, then rolled back
+                        throw Abort()
+                    }
+                }
+                let names = try await engine.withSession { session in
+                    try await session.objects(select(all: Authors.self), as: Author.self).map(\.name)
+                }
+                #expect(names == ["Kept"])
+                try await engine.withConnection { connection in
+                    if database == .postgresql {
+                        try await connection.execute("DROP SCHEMA \(SQL.identifier(schema)) CASCADE")
+                    } else {
+                        try await Self.library.dropAll(on: connection)
+                    }
+                }
+                await engine.dispose()
+            }
+        }
+    }
+}
