@@ -26,6 +26,9 @@ final class Author: Model {
     var id: Int64?
     var name: String
     var born: Int32?
+    /// Not loaded until asked for: reading it is a switch, never a query.
+    var books: Related<[Book]> = .notLoaded
+    static let books = ToMany(\Author.books, key: Authors.id, children: Books.authorID)
 
     init(name: String, born: Int32? = nil) {
         self.name = name
@@ -53,6 +56,8 @@ final class Book: Model {
     var authorID: Int64
     var title: String
     var pages: Int32
+    var author: Related<Author?> = .notLoaded
+    static let author = ToOne(\Book.author, key: Books.authorID, parent: Authors.id)
 
     init(author: Author, title: String, pages: Int32) {
         authorID = author.id ?? 0
@@ -186,6 +191,56 @@ struct SessionTests {
                 }
                 await engine.dispose()
             }
+        }
+    }
+
+    @Test("relationships load only when asked: explicitly, or eagerly per query with one query per relationship",
+          arguments: TestBackend.selected, TestDatabase.allCases)
+    func relationships(_ backend: TestBackend, _ database: TestDatabase) async throws {
+        let logs = CapturedLogs()
+        var logger = Logger(label: "orm") { _ in CapturingHandler(sink: logs) }
+        logger.logLevel = .debug
+        /// Queries sent so far (a session's BEGIN is not one).
+        func selects(_ logs: CapturedLogs) -> Int { logs.all.filter { $0.contains("execute") && $0.contains("SELECT") }.count }
+        try await database.withPrivateConnection(backend, logger: logger) { connection in
+            try await Self.library.createAll(on: connection)
+            let writer = Session(connection: connection)
+            let ada = Author(name: "Ada")
+            let grace = Author(name: "Grace")
+            writer.addAll([ada, grace])
+            try await writer.flush()
+            writer.addAll([Book(author: ada, title: "Notes", pages: 66), Book(author: ada, title: "Sketch", pages: 12),
+                           Book(author: grace, title: "Manual", pages: 120)])
+            try await writer.commit()
+
+            let session = Session(connection: connection)
+            let authors = try await session.objects(select(all: Authors.self).orderBy(Authors.name.asc()), as: Author.self)
+            // The type says it: an unloaded relationship is not an array (`authors[0].books.count` does not
+            // compile), and reading it ran no query.
+            #expect(authors[0].books.value == nil && !authors[0].books.isLoaded)
+            let countBefore = selects(logs)
+            let adasBooks = try await session.load(Author.books, of: authors[0])
+            #expect(adasBooks.map(\.title).sorted() == ["Notes", "Sketch"])
+            #expect(authors[0].books.value?.count == 2)
+            #expect(selects(logs) - countBefore == 1, "loading one relationship took \(selects(logs) - countBefore) queries")
+
+            // Many-to-one: the parent is in the identity map already, so no query.
+            let notes = try #require(adasBooks.first { $0.title == "Notes" })
+            let beforeParent = selects(logs)
+            let parent = try await session.load(Book.author, of: notes)
+            #expect(parent === authors[0])
+            #expect(selects(logs) == beforeParent, "a loaded parent was queried again")
+
+            // Eager loading per query: the authors, then one query for all their books.
+            let eager = Session(connection: connection)
+            let beforeEager = selects(logs)
+            let loaded = try await eager.objects(
+                select(all: Authors.self).orderBy(Authors.name.asc()), as: Author.self, including: [Author.books])
+            #expect(loaded.map { $0.books.value?.count ?? -1 } == [2, 1])
+            #expect(selects(logs) - beforeEager == 2, "eager loading took \(selects(logs) - beforeEager) queries")
+            try await eager.commit()
+            try await session.commit()
+            try await Self.library.dropAll(on: connection)
         }
     }
 }

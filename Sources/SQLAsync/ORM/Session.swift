@@ -107,6 +107,12 @@ public final class Session {
         return objects
     }
 
+    /// The tracked object of type `M` with primary key `key`, if any (no query).
+    func tracked<M: Model>(_ type: M.Type, key: [SQLValue]) -> M? {
+        guard let entry = byKey[IdentityKey(M.self, key)], !entry.deleted else { return nil }
+        return entry.object as? M
+    }
+
     // MARK: Writing
 
     /// Writes every pending change: inserts (parents before children), updates of the changed columns,
