@@ -28,6 +28,9 @@ public struct SQLError: Error, Sendable, CustomStringConvertible {
         public static let cancelled = Kind("cancelled")
         /// No connection became free before the pool's checkout timeout.
         public static let poolTimeout = Kind("poolTimeout")
+        /// An update found its row changed by someone else (optimistic concurrency: the version column
+        /// moved on), or gone.
+        public static let staleData = Kind("staleData")
         /// A value did not decode to the requested type, or a NULL met a non-optional.
         public static let decoding = Kind("decoding")
         /// The API was misused (for example a result consumed twice).

@@ -82,6 +82,49 @@ final class Book: Model {
     func didInsert(_ row: Row) throws { id = try row.decode(Books.id.name) }
 }
 
+/// A composite primary key and a version column.
+enum Editions: TableSchema {
+    static let tableName = "editions"
+    static let isbn = Column<String>("isbn", of: Editions.self)
+    static let year = Column<Int16>("year", of: Editions.self)
+    static let title = Column<String>("title", of: Editions.self)
+    static let version = Column<Int64>("version", of: Editions.self, .default(1))
+    static let columns: [any AnyColumn] = [isbn, year, title, version]
+    static let constraints: [TableConstraint] = [.primaryKey(isbn, year)]
+}
+
+final class Edition: Model {
+    typealias Schema = Editions
+    static var versionColumn: Column<Int64>? { Editions.version }
+    let isbn: String
+    let year: Int16
+    var title: String
+    var version: Int64 = 1
+
+    init(isbn: String, year: Int16, title: String) {
+        self.isbn = isbn
+        self.year = year
+        self.title = title
+    }
+
+    init(row: Row) throws {
+        isbn = try row.decode(Editions.isbn.name)
+        year = try row.decode(Editions.year.name)
+        title = try row.decode(Editions.title.name)
+        version = try row.decode(Editions.version.name)
+    }
+
+    func encode(to values: inout ColumnValues) {
+        values[Editions.isbn] = isbn
+        values[Editions.year] = year
+        values[Editions.title] = title
+        values[Editions.version] = version
+    }
+
+    func didInsert(_ row: Row) throws { version = try row.decode(Editions.version.name) }
+    func didUpdate(_ row: Row) throws { version = try row.decode(Editions.version.name) }
+}
+
 @Suite("ORM session", .timeLimit(.minutes(1)))
 struct SessionTests {
     static let library = Metadata(Authors.self, Books.self)
@@ -241,6 +284,81 @@ struct SessionTests {
             try await eager.commit()
             try await session.commit()
             try await Self.library.dropAll(on: connection)
+        }
+    }
+
+    @Test("a failed flush rolls back and leaves the session empty and usable; a cancelled flush leaves nothing behind",
+          arguments: TestBackend.selected, TestDatabase.allCases)
+    func failuresAndCancellation(_ backend: TestBackend, _ database: TestDatabase) async throws {
+        try await database.withPrivateConnection(backend) { connection in
+            try await Self.library.createAll(on: connection)
+            let session = Session(connection: connection)
+            session.add(Author(name: "Ada"))
+            try await session.commit()
+            // A unique violation in the middle of a flush: typed error, nothing of the flush kept.
+            let twin = Author(name: "Ada")
+            session.addAll([Author(name: "Before"), twin])
+            do {
+                try await session.flush()
+                Issue.record("a duplicate name was flushed")
+            } catch let error as SQLError {
+                #expect(error.kind == .constraint)
+            }
+            #expect(!connection.isInTransaction && !connection.isBroken)
+            #expect(try await connection.execute(select(count()).from(Authors.self)).scalar(Int.self) == 1)
+            // The session goes on: what it tracked is gone, new work flushes.
+            #expect(try await session.get(Author.self, Int64(1))?.name == "Ada")
+            session.add(Author(name: "After"))
+            try await session.commit()
+            #expect(try await connection.execute(select(count()).from(Authors.self)).scalar(Int.self) == 2)
+
+            // Cancelled in the middle of a flush of many objects: the transaction is rolled back.
+            if backend != .virtual {  // (virtual time does not move while the database works)
+                for delay in [0, 1, 2, 5] {
+                    let batch = Session(connection: connection)
+                    batch.addAll((0..<300).map { Author(name: "bulk \(delay) \($0)") })
+                    let done: Void? = try await moveOnAfter(.milliseconds(Int64(delay))) { _ in try await batch.commit() }
+                    if done == nil { await batch.rollback() }
+                    #expect(!connection.isInTransaction)
+                    let bulk = try await connection.execute(
+                        select(count()).from(Authors.self).where(Authors.name.like("bulk \(delay) %"))).scalar(Int.self)
+                    #expect(bulk == 0 || bulk == 300, "a cancelled flush kept \(bulk ?? -1) of 300 rows")
+                }
+            }
+            try await Self.library.dropAll(on: connection)
+        }
+    }
+
+    @Test("composite keys through the identity map; a stale versioned update is a typed error",
+          arguments: TestBackend.selected, TestDatabase.allCases)
+    func compositeKeysAndVersions(_ backend: TestBackend, _ database: TestDatabase) async throws {
+        try await database.withPrivateConnection(backend) { connection in
+            let metadata = Metadata(Editions.self)
+            try await metadata.createAll(on: connection)
+            let session = Session(connection: connection)
+            let first = Edition(isbn: "978-0", year: 1843, title: "Notes")
+            session.addAll([first, Edition(isbn: "978-0", year: 1953, title: "Notes, reprinted")])
+            try await session.commit()
+            #expect(try await session.get(Edition.self, key: [.text("978-0"), .integer(1843)]) === first)
+            #expect(try await session.get(Edition.self, key: [.text("978-0"), .integer(1900)]) == nil)
+            await #expect { _ = try await session.get(Edition.self, key: [.text("978-0")]) } throws: { ($0 as? SQLError)?.kind == .misuse }
+
+            // Each update bumps the version.
+            first.title = "Notes by the translator"
+            try await session.commit()
+            #expect(first.version == 2)
+            // Someone else changes the row: this object's next update is stale.
+            try await connection.execute("UPDATE editions SET version = version + \(1) WHERE year = \(1843)")
+            first.title = "Lost update"
+            do {
+                try await session.commit()
+                Issue.record("a stale update went through")
+            } catch let error as SQLError {
+                #expect(error.kind == .staleData)
+            }
+            #expect(try await connection.execute("SELECT title FROM editions WHERE year = \(1843)").scalar(String.self)
+                == "Notes by the translator")
+            try await metadata.dropAll(on: connection)
         }
     }
 }

@@ -35,10 +35,20 @@ public protocol Model: AnyObject {
     /// After an insert, the row the database returned (generated keys, defaults): take what it generated.
     /// Default: nothing.
     func didInsert(_ row: Row) throws
+
+    /// A version column for optimistic concurrency (default: none). Every update increments it and applies
+    /// only if it still holds the value this object read; otherwise the flush fails with
+    /// ``SQLError/Kind/staleData``.
+    static var versionColumn: Column<Int64>? { get }
+
+    /// After an update of a versioned object, the row with the new version: take it. Default: nothing.
+    func didUpdate(_ row: Row) throws
 }
 
 extension Model {
     public func didInsert(_ row: Row) throws {}
+    public static var versionColumn: Column<Int64>? { nil }
+    public func didUpdate(_ row: Row) throws {}
 }
 
 /// The column values of one object, by column name, in the order they were set.

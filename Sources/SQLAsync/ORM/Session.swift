@@ -168,14 +168,27 @@ public final class Session {
         let values = entry.encode()
         guard let snapshot = entry.snapshot else { return }
         var statement = SQLAsync.update(entry.table)
-        statement.assignments = changed.map { Assignment(column: $0, node: SQLNode(.value(values[$0] ?? .null))) }
+        let version = entry.versionColumn
+        statement.assignments = changed.filter { $0 != version }.map { Assignment(column: $0, node: SQLNode(.value(values[$0] ?? .null))) }
         let names = entry.table.primaryKey
         statement.conditions.append(Self.keyCondition(entry.table, names, names.map { snapshot[$0] ?? .null }))
+        if let version {
+            // Optimistic concurrency: only the version this object read, and the next one written.
+            let column = SQLNode(.column(qualifier: entry.table.reference, name: version))
+            statement.assignments.append(Assignment(column: version, node: SQLNode(.binary(column, "+", SQLNode(.value(.integer(1)))))))
+            statement.conditions.append(SQLNode(.binary(column, "=", SQLNode(.value(snapshot[version] ?? .null)))))
+            statement.returningItems = [SelectItem(node: SQLNode(.column(qualifier: nil, name: version)), label: nil)]
+        }
         let result = try await connection.execute(statement)
         guard result.rowsAffected == 1 else {
-            throw SQLError(.database, "the \(entry.table.name) row being updated is gone (\(result.rowsAffected) rows matched its key)")
+            throw SQLError(
+                .staleData,
+                version == nil
+                    ? "the \(entry.table.name) row being updated is gone"
+                    : "the \(entry.table.name) row was changed or deleted since it was read (its version moved on)")
         }
-        entry.snapshot = values
+        if version != nil, let row = result.first() { try entry.didUpdate(row) }
+        entry.snapshot = entry.encode()
     }
 
     private func delete(_ entry: Tracked, isolation: isolated (any Actor)? = #isolation) async throws {
@@ -239,6 +252,8 @@ public final class Session {
         let table: Table
         let encode: () -> ColumnValues
         let didInsert: (Row) throws -> Void
+        let didUpdate: (Row) throws -> Void
+        let versionColumn: String?
         /// The values last read or written; nil for an object still to insert.
         var snapshot: ColumnValues?
         var key: IdentityKey?
@@ -250,6 +265,8 @@ public final class Session {
             table = M.Schema.table
             encode = { object.encoded() }
             didInsert = { row in try object.didInsert(row) }
+            didUpdate = { row in try object.didUpdate(row) }
+            versionColumn = M.versionColumn?.name
             self.snapshot = snapshot
         }
     }
