@@ -25,6 +25,39 @@ enum Readme {
     }
 }
 
+extension Readme {
+    final class Owner: Model {
+        typealias Schema = Owners
+        var id: Int64?
+        var name: String
+        var accounts: Related<[Account]> = .notLoaded
+        static let accounts = ToMany(\Owner.accounts, key: Owners.id, children: Accounts.ownerID)
+
+        init(name: String) { self.name = name }
+        init(row: Row) throws { id = try row.decode(Owners.id.name); name = try row.decode(Owners.name.name) }
+        func encode(to values: inout ColumnValues) { values[Owners.id] = id; values[Owners.name] = name }
+        func didInsert(_ row: Row) throws { id = try row.decode(Owners.id.name) }
+    }
+
+    /// The README's account model is only a table there; a minimal model of it here.
+    final class Account: Model {
+        typealias Schema = Accounts
+        var id: Int64?
+        var ownerID: Int64
+        var balance: Int64
+        init(row: Row) throws {
+            id = try row.decode(Accounts.id.name)
+            ownerID = try row.decode(Accounts.ownerID.name)
+            balance = try row.decode(Accounts.balance.name)
+        }
+        func encode(to values: inout ColumnValues) {
+            values[Accounts.id] = id
+            values[Accounts.ownerID] = ownerID
+            values[Accounts.balance] = balance
+        }
+    }
+}
+
 @Suite("README examples", .timeLimit(.minutes(1)))
 struct ReadmeExampleTests {
     @Test("the Core examples run as written", arguments: TestBackend.selected, TestDatabase.allCases)
@@ -75,6 +108,26 @@ struct ReadmeExampleTests {
                 #expect(slept == nil)
             }
             try await Metadata(Owners.self, Accounts.self).dropAll(on: connection)
+        }
+    }
+
+    @Test("the ORM example runs as written", arguments: TestBackend.selected, TestDatabase.allCases)
+    func ormExample(_ backend: TestBackend, _ database: TestDatabase) async throws {
+        typealias Owners = Readme.Owners
+        typealias Owner = Readme.Owner
+        try await database.withPrivateConnection(backend) { connection in
+            try await Metadata(Owners.self, Readme.Accounts.self).createAll(on: connection)
+            let session = Session(connection: connection)  // engine.withSession in the README; one connection here
+            let grace = Owner(name: "Grace")
+            session.add(grace)
+            try await session.flush()
+            grace.name = "Grace Hopper"
+            let owners = try await session.objects(
+                select(all: Owners.self).orderBy(Owners.name.asc()), as: Owner.self, including: [Owner.accounts])
+            #expect(owners.map(\.name) == ["Grace Hopper"] && owners[0].accounts.value?.count == 0)
+            try await session.commit()
+            #expect(try await connection.execute("SELECT name FROM owners").scalar(String.self) == "Grace Hopper")
+            try await Metadata(Owners.self, Readme.Accounts.self).dropAll(on: connection)
         }
     }
 }
