@@ -134,7 +134,7 @@ public final class Session {
         }).sortedTables().map(\.name)
         do {
             for name in order {
-                for entry in inserts where entry.table.name == name { try await insert(entry) }
+                try await insert(inserts.filter { $0.table.name == name })
             }
             for (entry, changed) in updates { try await update(entry, changed) }
             for name in order.reversed() {
@@ -146,22 +146,51 @@ public final class Session {
         }
     }
 
-    private func insert(_ entry: Tracked, isolation: isolated (any Actor)? = #isolation) async throws {
-        let values = entry.encode()
-        var statement = SQLAsync.insert(into: entry.table)
+    /// Inserts new objects of one table: objects that set the same columns go in one batch (`executeMany`:
+    /// PostgreSQL pipeline mode, one round trip), each returning its row — generated keys and defaults — in
+    /// order.
+    private func insert(_ entries: [Tracked], isolation: isolated (any Actor)? = #isolation) async throws {
+        guard let table = entries.first?.table else { return }
         // A NULL in an auto-incremented column lets the database generate it.
-        let generated = Set(entry.table.columns.filter(\.isAutoIncrement).map(\.name))
-        let assignments = zip(values.names, values.values).compactMap { name, value -> Assignment? in
-            value == .null && generated.contains(name) ? nil : Assignment(column: name, node: SQLNode(.value(value)))
+        let generated = Set(table.columns.filter(\.isAutoIncrement).map(\.name))
+        var batches: [[String]: [(Tracked, [SQLValue])]] = [:]
+        var order: [[String]] = []
+        for entry in entries {
+            let values = entry.encode()
+            var names: [String] = []
+            var row: [SQLValue] = []
+            for (name, value) in zip(values.names, values.values) where !(value == .null && generated.contains(name)) {
+                names.append(name)
+                row.append(value)
+            }
+            if batches[names] == nil { order.append(names) }
+            batches[names, default: []].append((entry, row))
         }
-        statement = statement.values(assignments)
-        statement.returningItems = entry.table.columns.map { SelectItem(node: SQLNode(.column(qualifier: nil, name: $0.name)), label: nil) }
-        let row = try await connection.execute(statement).one()
-        try entry.didInsert(row)
-        entry.snapshot = entry.encode()
-        let key = IdentityKey(entry.type, entry.table.primaryKey.map { row[$0] ?? .null })
-        entry.key = key
-        byKey[key] = entry
+        let returning = table.columns.map { SelectItem(node: SQLNode(.column(qualifier: nil, name: $0.name)), label: nil) }
+        for names in order {
+            guard let batch = batches[names] else { continue }
+            var statement = SQLAsync.insert(into: table)
+                .values(names.map { Assignment(column: $0, node: SQLNode(.parameter($0))) })
+            statement.returningItems = returning
+            let compiled = try statement.compiled()
+            let result: QueryResult
+            if batch.count == 1 {
+                result = try await connection.execute(compiled, parameters: Dictionary(uniqueKeysWithValues: zip(names, batch[0].1)))
+            } else {
+                result = try await connection.executeMany(
+                    compiled, parameterSets: batch.map { Dictionary(uniqueKeysWithValues: zip(names, $0.1)) })
+            }
+            guard result.count == batch.count else {
+                throw SQLError(.database, "inserting \(batch.count) \(table.name) rows returned \(result.count)")
+            }
+            for ((entry, _), row) in zip(batch, result) {
+                try entry.didInsert(row)
+                entry.snapshot = entry.encode()
+                let key = IdentityKey(entry.type, table.primaryKey.map { row[$0] ?? .null })
+                entry.key = key
+                byKey[key] = entry
+            }
+        }
     }
 
     private func update(_ entry: Tracked, _ changed: [String], isolation: isolated (any Actor)? = #isolation) async throws {

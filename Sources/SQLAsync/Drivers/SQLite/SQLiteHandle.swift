@@ -190,8 +190,17 @@ final class SQLiteHandle: @unchecked Sendable {
     func openCursor(_ sql: String, _ binds: [SQLValue]) throws(SQLError) -> SQLiteCursor {
         guard let db else { throw SQLError(.connection, "the SQLite connection is closed", sql: sql) }
         var statement: OpaquePointer?
-        let rc = sqlite3_prepare_v3(db, sql, -1, 0, &statement, nil)
+        let (rc, hasMore) = sql.withCString { text -> (Int32, Bool) in
+            var tail: UnsafePointer<CChar>?
+            let rc = sqlite3_prepare_v3(db, text, -1, 0, &statement, &tail)
+            let rest = tail.map { String(cString: $0) } ?? ""
+            return (rc, !rest.allSatisfy { $0.isWhitespace || $0 == ";" })
+        }
         guard rc == SQLITE_OK, let statement else { throw error(rc, db: db, sql: sql) }
+        guard !hasMore else {
+            sqlite3_finalize(statement)
+            throw SQLError(.misuse, "only one statement can be executed at a time", sql: sql)
+        }
         let cursor = SQLiteCursor(statement)
         pthread_mutex_lock(lock)
         openCursors += 1
@@ -299,10 +308,15 @@ final class SQLiteHandle: @unchecked Sendable {
     private func prepared(_ sql: String, db: OpaquePointer) throws(SQLError) -> OpaquePointer {
         if let cached = statements[sql] { return cached }
         var statement: OpaquePointer?
-        var tail: UnsafePointer<CChar>?
-        let rc = sqlite3_prepare_v3(db, sql, -1, UInt32(SQLITE_PREPARE_PERSISTENT), &statement, &tail)
+        // The tail points into the C string: read it while that string exists (inside withCString).
+        let (rc, hasMore) = sql.withCString { text -> (Int32, Bool) in
+            var tail: UnsafePointer<CChar>?
+            let rc = sqlite3_prepare_v3(db, text, -1, UInt32(SQLITE_PREPARE_PERSISTENT), &statement, &tail)
+            let rest = tail.map { String(cString: $0) } ?? ""
+            return (rc, !rest.allSatisfy { $0.isWhitespace || $0 == ";" })
+        }
         guard rc == SQLITE_OK, let statement else { throw error(rc, db: db, sql: sql) }
-        if let tail, tail.pointee != 0, !String(cString: tail).allSatisfy({ $0.isWhitespace || $0 == ";" }) {
+        if hasMore {
             sqlite3_finalize(statement)
             throw SQLError(.misuse, "only one statement can be executed at a time", sql: sql)
         }
