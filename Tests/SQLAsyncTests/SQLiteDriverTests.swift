@@ -133,6 +133,20 @@ struct SQLiteDriverTests {
             await reopened.close()
         }
     }
+
+    @Test("text with several statements is refused, in a query and in a stream; one statement with a trailing ';' runs",
+          arguments: TestBackend.selected)
+    func oneStatementAtATime(_ backend: TestBackend) async throws {
+        try await backend.run {
+            let connection = try await SQLiteConnection.open(path: nil)
+            for _ in 0..<200 {  // the tail check once read freed memory: repeat to give it a chance to show
+                #expect(try await connection.execute("SELECT 1;  ", []).rows == [[.integer(1)]])
+            }
+            await #expect { _ = try await connection.execute("SELECT 1; SELECT 2", []) } throws: { ($0 as? SQLError)?.kind == .misuse }
+            await #expect { _ = try await connection.openStream("SELECT 1; DELETE FROM x", []) } throws: { ($0 as? SQLError)?.kind == .misuse }
+            await connection.close()
+        }
+    }
 }
 
 func monotonicSeconds() -> Double {

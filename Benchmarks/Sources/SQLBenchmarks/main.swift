@@ -38,6 +38,81 @@ enum AccountsIns: TableSchema {
     static let columns: [any AnyColumn] = [id, name, balance]
 }
 
+/// The ORM's model of an account (ORM-LOAD, ORM-FLUSH).
+final class Account: Model {
+    typealias Schema = Accounts
+    let id: Int64
+    var name: String
+    var balance: Int64
+    init(id: Int64, name: String, balance: Int64) {
+        self.id = id
+        self.name = name
+        self.balance = balance
+    }
+    init(row: Row) throws {
+        id = try row.decode(0, as: Int64.self)
+        name = try row.decode(1, as: String.self)
+        balance = try row.decode(2, as: Int64.self)
+    }
+    func encode(to values: inout ColumnValues) {
+        values[Accounts.id] = id
+        values[Accounts.name] = name
+        values[Accounts.balance] = balance
+    }
+}
+
+/// The same rows into an ORM model of the insert table.
+final class NewAccount: Model {
+    typealias Schema = AccountsIns
+    let id: Int64
+    let name: String
+    let balance: Int64
+    init(id: Int64, name: String, balance: Int64) {
+        self.id = id
+        self.name = name
+        self.balance = balance
+    }
+    init(row: Row) throws {
+        id = try row.decode(0, as: Int64.self)
+        name = try row.decode(1, as: String.self)
+        balance = try row.decode(2, as: Int64.self)
+    }
+    func encode(to values: inout ColumnValues) {
+        values[AccountsIns.id] = id
+        values[AccountsIns.name] = name
+        values[AccountsIns.balance] = balance
+    }
+}
+
+let ormLoadQuery = select(all: Accounts.self).where(Accounts.id <= 10_000)
+let coreLoadQuery = select(Accounts.id, Accounts.name, Accounts.balance).from(Accounts.self).where(Accounts.id <= 10_000)
+
+/// ORM-LOAD: 10,000 accounts as objects through a session (identity map on).
+func ormLoad(_ engine: Engine) async throws -> String {
+    let count = try await engine.withSession { session in try await session.objects(ormLoadQuery, as: Account.self).count }
+    return "\(count) objects"
+}
+
+/// The same 10,000 rows as decoded tuples through Core.
+func coreLoad(_ engine: Engine) async throws -> String {
+    var tuples: [(Int64, String, Int64)] = []
+    try await engine.withConnection { connection in
+        for row in try await connection.execute(coreLoadQuery) {
+            tuples.append((try row.decode(0, as: Int64.self), try row.decode(1, as: String.self), try row.decode(2, as: Int64.self)))
+        }
+    }
+    return "\(tuples.count) tuples"
+}
+
+/// ORM-FLUSH: new objects added to a session and flushed in one commit.
+func ormFlush(_ engine: Engine, _ count: Int) async throws -> String {
+    try await engine.withConnection { try await $0.execute(delete(from: AccountsIns.self)) }
+    try await engine.withSession { session in
+        session.addAll((1...count).map { NewAccount(id: Int64($0), name: "user-\($0)", balance: Int64($0) * 10) })
+    }
+    return "session flush"
+}
+
 let pointSelect = try select(Accounts.id, Accounts.name, Accounts.balance).from(Accounts.self)
     .where(Accounts.id == Parameter<Int64>("id")).compiled()
 let fetchAll = try select(Accounts.id, Accounts.name, Accounts.balance).from(Accounts.self).compiled()
@@ -188,6 +263,15 @@ for database in databases where options.wants(database.prefix) || options.only?.
             }
             if wanted("FETCH-ALL") {
                 out.append(try await measure("\(database.prefix)-FETCH-ALL", system, operations: 100_000, repetitions: reps) { try await fetchAllRows(engine) })
+            }
+            if wanted("ORM-LOAD") {
+                out.append(try await measure("\(database.prefix)-ORM-LOAD", system + " ORM", operations: 10_000, repetitions: reps) { try await ormLoad(engine) })
+                out.append(try await measure("\(database.prefix)-ORM-LOAD", system + " Core tuples", operations: 10_000, repetitions: reps) { try await coreLoad(engine) })
+            }
+            if wanted("ORM-FLUSH") {
+                let n = options.count(50_000)
+                out.append(try await measure("\(database.prefix)-ORM-FLUSH", system + " ORM", operations: n, repetitions: reps) { try await ormFlush(engine, n) })
+                out.append(try await measure("\(database.prefix)-ORM-FLUSH", system + " Core executeMany", operations: n, repetitions: reps) { try await insertBulk(engine, n) })
             }
             await engine.dispose()
             return out
