@@ -31,7 +31,7 @@ public final class Session {
     /// Adds a new object: it is inserted at the next flush. Adding a tracked object does nothing.
     public func add<M: Model>(_ object: M) {
         guard byObject[ObjectIdentifier(object)] == nil else { return }
-        let entry = Tracked(object, snapshot: nil)
+        let entry = Tracked(object, table: M.Schema.table, snapshot: nil)
         tracked.append(entry)
         byObject[ObjectIdentifier(object)] = entry
     }
@@ -87,7 +87,8 @@ public final class Session {
         if autoflush { try await flush() }
         try await beginIfNeeded()
         let result = try await connection.execute(query)
-        let names = M.Schema.table.primaryKey
+        let table = M.Schema.table
+        let names = table.primaryKey
         var objects: [M] = []
         objects.reserveCapacity(result.count)
         for row in result {
@@ -97,7 +98,7 @@ public final class Session {
                 continue
             }
             let object = try M(row: row)
-            let entry = Tracked(object, snapshot: object.encoded())
+            let entry = Tracked(object, table: table, snapshot: object.encoded())
             entry.key = IdentityKey(M.self, key)
             tracked.append(entry)
             byObject[ObjectIdentifier(object)] = entry
@@ -288,10 +289,12 @@ public final class Session {
         var key: IdentityKey?
         var deleted = false
 
-        init<M: Model>(_ object: M, snapshot: ColumnValues?) {
+        /// - Parameter table: `M.Schema.table`, computed once by the caller for many objects (building it
+        ///   per object would cost more than the rest of the bookkeeping).
+        init<M: Model>(_ object: M, table: Table, snapshot: ColumnValues?) {
             self.object = object
             type = M.self
-            table = M.Schema.table
+            self.table = table
             encode = { object.encoded() }
             didInsert = { row in try object.didInsert(row) }
             didUpdate = { row in try object.didUpdate(row) }
