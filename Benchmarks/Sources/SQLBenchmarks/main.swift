@@ -38,9 +38,18 @@ enum AccountsIns: TableSchema {
     static let columns: [any AnyColumn] = [id, name, balance]
 }
 
-/// The ORM's model of an account (ORM-LOAD, ORM-FLUSH).
-final class Account: Model {
-    typealias Schema = Accounts
+/// The two account tables have the same columns.
+protocol AccountTable: TableSchema {
+    static var id: Column<Int64> { get }
+    static var name: Column<String> { get }
+    static var balance: Column<Int64> { get }
+}
+extension Accounts: AccountTable {}
+extension AccountsIns: AccountTable {}
+
+/// The ORM's model of an account, in either table (ORM-LOAD reads `accounts`, ORM-FLUSH fills `accounts_ins`).
+final class Account<Table: AccountTable>: Model {
+    typealias Schema = Table
     let id: Int64
     var name: String
     var balance: Int64
@@ -55,32 +64,9 @@ final class Account: Model {
         balance = try row.decode(2, as: Int64.self)
     }
     func encode(to values: inout ColumnValues) {
-        values[Accounts.id] = id
-        values[Accounts.name] = name
-        values[Accounts.balance] = balance
-    }
-}
-
-/// The same rows into an ORM model of the insert table.
-final class NewAccount: Model {
-    typealias Schema = AccountsIns
-    let id: Int64
-    let name: String
-    let balance: Int64
-    init(id: Int64, name: String, balance: Int64) {
-        self.id = id
-        self.name = name
-        self.balance = balance
-    }
-    init(row: Row) throws {
-        id = try row.decode(0, as: Int64.self)
-        name = try row.decode(1, as: String.self)
-        balance = try row.decode(2, as: Int64.self)
-    }
-    func encode(to values: inout ColumnValues) {
-        values[AccountsIns.id] = id
-        values[AccountsIns.name] = name
-        values[AccountsIns.balance] = balance
+        values[Table.id] = id
+        values[Table.name] = name
+        values[Table.balance] = balance
     }
 }
 
@@ -89,7 +75,7 @@ let coreLoadQuery = select(Accounts.id, Accounts.name, Accounts.balance).from(Ac
 
 /// ORM-LOAD: 10,000 accounts as objects through a session (identity map on).
 func ormLoad(_ engine: Engine) async throws -> String {
-    let count = try await engine.withSession { session in try await session.objects(ormLoadQuery, as: Account.self).count }
+    let count = try await engine.withSession { session in try await session.objects(ormLoadQuery, as: Account<Accounts>.self).count }
     return "\(count) objects"
 }
 
@@ -108,7 +94,7 @@ func coreLoad(_ engine: Engine) async throws -> String {
 func ormFlush(_ engine: Engine, _ count: Int) async throws -> String {
     try await engine.withConnection { try await $0.execute(delete(from: AccountsIns.self)) }
     try await engine.withSession { session in
-        session.addAll((1...count).map { NewAccount(id: Int64($0), name: "user-\($0)", balance: Int64($0) * 10) })
+        session.addAll((1...count).map { Account<AccountsIns>(id: Int64($0), name: "user-\($0)", balance: Int64($0) * 10) })
     }
     return "session flush"
 }
