@@ -125,6 +125,51 @@ final class Edition: Model {
     func didUpdate(_ row: Row) throws { version = try row.decode(Editions.version.name) }
 }
 
+enum Posts: TableSchema {
+    static let tableName = "posts"
+    static let id = Column<Int64>("id", of: Posts.self, .primaryKey, .autoIncrement)
+    static let title = Column<String>("title", of: Posts.self)
+    static let columns: [any AnyColumn] = [id, title]
+}
+
+enum Tags: TableSchema {
+    static let tableName = "tags"
+    static let id = Column<Int64>("id", of: Tags.self, .primaryKey, .autoIncrement)
+    static let label = Column<String>("label", of: Tags.self, .unique)
+    static let columns: [any AnyColumn] = [id, label]
+}
+
+enum PostTags: TableSchema {
+    static let tableName = "post_tags"
+    static let postID = Column<Int64>("post_id", of: PostTags.self, .references(Posts.id, onDelete: .cascade))
+    static let tagID = Column<Int64>("tag_id", of: PostTags.self, .references(Tags.id, onDelete: .cascade))
+    static let columns: [any AnyColumn] = [postID, tagID]
+    static let constraints: [TableConstraint] = [.primaryKey(postID, tagID)]
+}
+
+final class Post: Model {
+    typealias Schema = Posts
+    var id: Int64?
+    var title: String
+    var tags: Related<[Tag]> = .notLoaded
+    static let tags = ManyToMany(\Post.tags, key: Posts.id, through: PostTags.postID, PostTags.tagID, to: Tags.id)
+
+    init(title: String) { self.title = title }
+    init(row: Row) throws { id = try row.decode(Posts.id.name); title = try row.decode(Posts.title.name) }
+    func encode(to values: inout ColumnValues) { values[Posts.id] = id; values[Posts.title] = title }
+    func didInsert(_ row: Row) throws { id = try row.decode(Posts.id.name) }
+}
+
+final class Tag: Model {
+    typealias Schema = Tags
+    var id: Int64?
+    var label: String
+    init(label: String) { self.label = label }
+    init(row: Row) throws { id = try row.decode(Tags.id.name); label = try row.decode(Tags.label.name) }
+    func encode(to values: inout ColumnValues) { values[Tags.id] = id; values[Tags.label] = label }
+    func didInsert(_ row: Row) throws { id = try row.decode(Tags.id.name) }
+}
+
 @Suite("ORM session", .timeLimit(.minutes(1)))
 struct SessionTests {
     static let library = Metadata(Authors.self, Books.self)
@@ -358,6 +403,43 @@ struct SessionTests {
             }
             #expect(try await connection.execute("SELECT title FROM editions WHERE year = \(1843)").scalar(String.self)
                 == "Notes by the translator")
+            try await metadata.dropAll(on: connection)
+        }
+    }
+
+    @Test("many-to-many through an association table: loaded explicitly or eagerly, targets shared through the identity map",
+          arguments: TestBackend.selected, TestDatabase.allCases)
+    func manyToMany(_ backend: TestBackend, _ database: TestDatabase) async throws {
+        try await database.withPrivateConnection(backend) { connection in
+            let metadata = Metadata(Posts.self, Tags.self, PostTags.self)
+            try await metadata.createAll(on: connection)
+            let session = Session(connection: connection)
+            let (swift, sql, db) = (Tag(label: "swift"), Tag(label: "sql"), Tag(label: "db"))
+            let (intro, deep, empty) = (Post(title: "Intro"), Post(title: "Deep dive"), Post(title: "Empty"))
+            session.addAll([swift, sql, db])
+            session.addAll([intro, deep, empty])
+            try await session.flush()
+            for (post, tag) in [(intro, swift), (intro, sql), (deep, sql), (deep, db)] {
+                try await connection.execute(insert(into: PostTags.self).values(
+                    PostTags.postID.set(post.id ?? 0), PostTags.tagID.set(tag.id ?? 0)))
+            }
+            try await session.commit()
+
+            let reader = Session(connection: connection)
+            let posts = try await reader.objects(
+                select(all: Posts.self).orderBy(Posts.title.asc()), as: Post.self, including: [Post.tags])
+            #expect(posts.map(\.title) == ["Deep dive", "Empty", "Intro"])
+            #expect(posts.map { ($0.tags.value ?? []).map(\.label).sorted() } == [["db", "sql"], [], ["sql", "swift"]])
+            // One object per tag: "sql" is the same object under both posts.
+            let sqlUnderDeep = posts[0].tags.value?.first { $0.label == "sql" }
+            let sqlUnderIntro = posts[2].tags.value?.first { $0.label == "sql" }
+            #expect(sqlUnderDeep != nil && sqlUnderDeep === sqlUnderIntro)
+            // Explicit loading of one post.
+            let fresh = Session(connection: connection)
+            let one = try #require(try await fresh.get(Post.self, intro.id ?? 0))
+            #expect(try await fresh.load(Post.tags, of: one).map(\.label).sorted() == ["sql", "swift"])
+            try await fresh.commit()
+            try await reader.commit()
             try await metadata.dropAll(on: connection)
         }
     }

@@ -108,6 +108,71 @@ public struct ToOne<Child: Model, Parent: Model, Key: SQLColumnValue>: Relations
     }
 }
 
+/// Many-to-many through an association table: `Post.tags` through `post_tags (post_id, tag_id)`.
+///
+/// ```swift
+/// extension Post {
+///     static let tags = ManyToMany(\Post.tags, key: Posts.id, through: PostTags.postID, PostTags.tagID, to: Tags.id)
+/// }
+/// ```
+///
+/// Loading runs two queries for any number of owners: the association rows, then the targets not already in
+/// the session.
+public struct ManyToMany<Owner: Model, Target: Model, OwnerKey: SQLColumnValue, TargetKey: SQLColumnValue>: Relationship {
+    let property: any ReferenceWritableKeyPath<Owner, Related<[Target]>> & Sendable
+    let ownerKey: Column<OwnerKey>
+    let ownerLink: Column<OwnerKey>
+    let targetLink: Column<TargetKey>
+    let targetKey: Column<TargetKey>
+
+    /// - Parameters:
+    ///   - property: the owner's property that holds the targets.
+    ///   - key: the owner's column the association table references.
+    ///   - ownerLink: the association table's column referencing the owner.
+    ///   - targetLink: the association table's column referencing the target.
+    ///   - target: the target's column `targetLink` references.
+    public init(
+        _ property: any ReferenceWritableKeyPath<Owner, Related<[Target]>> & Sendable, key: Column<OwnerKey>,
+        through ownerLink: Column<OwnerKey>, _ targetLink: Column<TargetKey>, to target: Column<TargetKey>
+    ) {
+        self.property = property
+        ownerKey = key
+        self.ownerLink = ownerLink
+        self.targetLink = targetLink
+        targetKey = target
+    }
+
+    public func load(_ owners: [Owner], in session: Session, isolation: isolated (any Actor)? = #isolation) async throws {
+        if session.autoflush { try await session.flush() }
+        let keys = owners.map { $0.encoded()[ownerKey.name] ?? .null }
+        let wanted = Array(Set(keys.filter { $0 != .null }))
+        var links: [SQLValue: [SQLValue]] = [:]
+        var targetsByKey: [SQLValue: Target] = [:]
+        if !wanted.isEmpty {
+            var query = select(ownerLink, targetLink)
+            query.tables = [Table(ownerLink.qualifier, columns: [])]
+            query.conditions.append(SQLNode(.inList(ownerLink.node, wanted.map { SQLNode(.value($0)) }, negated: false)))
+            for row in try await session.connection.execute(query) {
+                links[row[0] ?? .null, default: []].append(row[1] ?? .null)
+            }
+            var missing: [SQLValue] = []
+            for key in Set(links.values.joined()) {
+                if let target = session.tracked(Target.self, key: [key]) { targetsByKey[key] = target } else { missing.append(key) }
+            }
+            if !missing.isEmpty {
+                var targets = select(all: Target.Schema.self)
+                targets.conditions.append(SQLNode(.inList(targetKey.node, missing.map { SQLNode(.value($0)) }, negated: false)))
+                for target in try await session.objects(targets, as: Target.self) {
+                    targetsByKey[target.encoded()[targetKey.name] ?? .null] = target
+                }
+            }
+        }
+        for (owner, key) in zip(owners, keys) {
+            owner[keyPath: property] = .loaded((links[key] ?? []).compactMap { targetsByKey[$0] })
+        }
+    }
+}
+
 extension Session {
     /// Loads `relationship` of `owner` (one query, or none when a many-to-one parent is already loaded) and
     /// returns it; the owner's property holds it from then on.
@@ -115,6 +180,16 @@ extension Session {
     public func load<M: Model, Value>(
         _ relationship: ToMany<M, Value, some SQLColumnValue>, of owner: M, isolation: isolated (any Actor)? = #isolation
     ) async throws -> [Value] {
+        try await relationship.load([owner], in: self)
+        return owner[keyPath: relationship.property].value ?? []
+    }
+
+    /// Loads a many-to-many relationship of `owner` (two queries at most) and returns it.
+    @discardableResult
+    public func load<M: Model, Target>(
+        _ relationship: ManyToMany<M, Target, some SQLColumnValue, some SQLColumnValue>, of owner: M,
+        isolation: isolated (any Actor)? = #isolation
+    ) async throws -> [Target] {
         try await relationship.load([owner], in: self)
         return owner[keyPath: relationship.property].value ?? []
     }
