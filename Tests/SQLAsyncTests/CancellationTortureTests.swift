@@ -14,7 +14,8 @@ struct CancellationTortureTests {
         var configuration = PoolConfiguration()
         configuration.size = 4
         configuration.overflow = 2
-        try await database.withEngine(configuration) { engine in
+        let applicationName = "torture_\(UInt32.random(in: 0...UInt32.max))"
+        try await database.withEngine(configuration, applicationName: applicationName) { engine in
             try await backend.run {
                 let table = SQL.identifier("torture_\(UInt32.random(in: 0...UInt32.max))")
                 try await engine.withConnection { connection in
@@ -96,7 +97,7 @@ struct CancellationTortureTests {
                             try await connection.execute(
                             """
                             SELECT count(*) FROM pg_stat_activity
-                            WHERE datname = current_database() AND pid <> pg_backend_pid()
+                            WHERE application_name = \(applicationName) AND pid <> pg_backend_pid()
                               AND (state = 'idle in transaction' OR (state = 'active' AND query LIKE '%pg_sleep(0.002)%'))
                             """
                         ).scalar(Int.self)

@@ -73,10 +73,16 @@ enum PoolDatabase: String, CaseIterable, Sendable, CustomStringConvertible {
     case sqliteFile, postgresql
     var description: String { rawValue }
 
-    func withEngine(_ pool: PoolConfiguration, _ body: (Engine) async throws -> Void) async throws {
+    /// - Parameter applicationName: PostgreSQL: the `application_name` of the engine's sessions, to tell them
+    ///   apart in `pg_stat_activity` from those of tests running at the same time.
+    func withEngine(_ pool: PoolConfiguration, applicationName: String? = nil, _ body: (Engine) async throws -> Void) async throws {
         switch self {
         case .postgresql:
-            try await body(Engine(url: try postgresURL(), pool: pool, logger: quietLogger))
+            let url = try postgresURL()
+            guard let applicationName else { return try await body(Engine(url: url, pool: pool, logger: quietLogger)) }
+            let named = "postgresql://\(url.user ?? "postgres")@\(url.host ?? "127.0.0.1"):\(url.port ?? 5432)/"
+                + "\(url.databaseName ?? "postgres")?application_name=\(applicationName)"
+            try await body(Engine(named, pool: pool, logger: quietLogger))
         case .sqliteFile:
             var template = Array("/tmp/anyruntime-pool-XXXXXX".utf8CString)
             guard let made = template.withUnsafeMutableBufferPointer({ buffer in buffer.baseAddress.flatMap { mkdtemp($0) } }) else {

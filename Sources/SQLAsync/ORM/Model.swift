@@ -53,18 +53,26 @@ extension Model {
 
 /// The column values of one object, by column name, in the order they were set.
 public struct ColumnValues: Sendable, Equatable {
-    private(set) var names: [String] = []
-    private(set) var values: [SQLValue] = []
+    @usableFromInline var names: [String] = []
+    @usableFromInline var values: [SQLValue] = []
 
     public init() {}
 
+    /// Room for `count` columns.
+    init(capacity count: Int) {
+        names.reserveCapacity(count)
+        values.reserveCapacity(count)
+    }
+
     /// The value of `column` (set: bound as a parameter when written).
+    @inlinable
     public subscript<Value: SQLColumnValue>(_ column: Column<Value>) -> Value? {
         get { self[column.name].flatMap { try? Value(sqlValue: $0, column: column.name) } }
         set { self[column.name] = newValue?.sqlValue ?? .null }
     }
 
     /// The raw value of the column named `name`.
+    @inlinable
     public subscript(_ name: String) -> SQLValue? {
         get { names.firstIndex(of: name).map { values[$0] } }
         set {

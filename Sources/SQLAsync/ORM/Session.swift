@@ -280,10 +280,8 @@ public final class Session {
         let object: AnyObject
         let type: Any.Type
         let table: Table
-        let encode: () -> ColumnValues
-        let didInsert: (Row) throws -> Void
-        let didUpdate: (Row) throws -> Void
-        let versionColumn: String?
+        private let operations: any ModelOperations
+        var versionColumn: String? { operations.versionColumn }
         /// The values last read or written; nil for an object still to insert.
         var snapshot: ColumnValues?
         var key: IdentityKey?
@@ -295,18 +293,35 @@ public final class Session {
             self.object = object
             type = M.self
             self.table = table
-            encode = { object.encoded() }
-            didInsert = { row in try object.didInsert(row) }
-            didUpdate = { row in try object.didUpdate(row) }
-            versionColumn = M.versionColumn?.name
+            operations = Operations<M>()
             self.snapshot = snapshot
         }
+
+        func encode() -> ColumnValues { operations.encode(object) }
+        func didInsert(_ row: Row) throws { try operations.didInsert(object, row) }
+        func didUpdate(_ row: Row) throws { try operations.didUpdate(object, row) }
     }
+}
+
+/// A model type's operations on a tracked object, without a closure (and its allocation) per object.
+protocol ModelOperations {
+    var versionColumn: String? { get }
+    func encode(_ object: AnyObject) -> ColumnValues
+    func didInsert(_ object: AnyObject, _ row: Row) throws
+    func didUpdate(_ object: AnyObject, _ row: Row) throws
+}
+
+struct Operations<M: Model>: ModelOperations {
+    var versionColumn: String? { M.versionColumn?.name }
+    // `unsafeDowncast`: a Tracked entry is created only with an `M` and its `Operations<M>` together.
+    func encode(_ object: AnyObject) -> ColumnValues { unsafeDowncast(object, to: M.self).encoded() }
+    func didInsert(_ object: AnyObject, _ row: Row) throws { try unsafeDowncast(object, to: M.self).didInsert(row) }
+    func didUpdate(_ object: AnyObject, _ row: Row) throws { try unsafeDowncast(object, to: M.self).didUpdate(row) }
 }
 
 extension Model {
     func encoded() -> ColumnValues {
-        var values = ColumnValues()
+        var values = ColumnValues(capacity: Schema.columns.count)
         encode(to: &values)
         return values
     }
