@@ -88,21 +88,23 @@ public final class Session {
         try await beginIfNeeded()
         let result = try await connection.execute(query)
         let table = M.Schema.table
-        let names = table.primaryKey
+        // The key columns' positions, found once for the whole result.
+        let keyIndexes = table.primaryKey.map { result.columns.firstIndex(of: $0) }
         var objects: [M] = []
         objects.reserveCapacity(result.count)
+        tracked.reserveCapacity(tracked.count + result.count)
         for row in result {
-            let key = names.map { row[$0] ?? .null }
-            if let entry = byKey[IdentityKey(M.self, key)], let object = entry.object as? M {
+            let key = IdentityKey(M.self, keyIndexes.map { $0.flatMap { row[$0] } ?? .null })
+            if let entry = byKey[key], let object = entry.object as? M {
                 if !entry.deleted { objects.append(object) }
                 continue
             }
             let object = try M(row: row)
             let entry = Tracked(object, table: table, snapshot: object.encoded())
-            entry.key = IdentityKey(M.self, key)
+            entry.key = key
             tracked.append(entry)
             byObject[ObjectIdentifier(object)] = entry
-            byKey[IdentityKey(M.self, key)] = entry
+            byKey[key] = entry
             objects.append(object)
         }
         return objects
@@ -267,11 +269,17 @@ public final class Session {
     // MARK: Bookkeeping
 
     struct IdentityKey: Hashable {
+        /// A one-column key (the usual case) without an array.
+        enum Value: Hashable {
+            case one(SQLValue)
+            case many([SQLValue])
+        }
+
         let type: ObjectIdentifier
-        let key: [SQLValue]
+        let key: Value
         init(_ type: Any.Type, _ key: [SQLValue]) {
             self.type = ObjectIdentifier(type)
-            self.key = key
+            self.key = key.count == 1 ? .one(key[0]) : .many(key)
         }
     }
 
