@@ -175,13 +175,13 @@ public final class Session {
             var statement = SQLAsync.insert(into: table)
                 .values(names.map { Assignment(column: $0, node: SQLNode(.parameter($0))) })
             statement.returningItems = returning
-            let compiled = try statement.compiled()
+            // Each column is one placeholder, in the order of `names`: the values go in as they are, positionally.
+            let text = try statement.sql(for: connection.dialect).text(placeholders: connection.dialect.placeholderStyle)
             let result: QueryResult
             if batch.count == 1 {
-                result = try await connection.execute(compiled, parameters: Dictionary(uniqueKeysWithValues: zip(names, batch[0].1)))
+                result = try await connection.execute(text: text, binds: batch[0].1)
             } else {
-                result = try await connection.executeMany(
-                    compiled, parameterSets: batch.map { Dictionary(uniqueKeysWithValues: zip(names, $0.1)) })
+                result = try await connection.executeMany(text: text, sets: batch.map(\.1))
             }
             guard result.count == batch.count else {
                 throw SQLError(.database, "inserting \(batch.count) \(table.name) rows returned \(result.count)")
