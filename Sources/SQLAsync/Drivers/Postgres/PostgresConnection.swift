@@ -268,12 +268,12 @@ final class PostgresConnection: Sendable {
             throw error
         }
         // The PREPARE is the third to last command.
-        let failedStatement = outcome.failedCommands.contains { $0 >= deallocations.count }
-        prepared = !outcome.failedCommands.contains(commands - 3)
+        let failedStatement = outcome.errors.keys.contains { $0 >= deallocations.count }
+        prepared = !outcome.failed(commands - 3)
         if prepared, let types = outcome.describedTypes, !types.isEmpty, types.allSatisfy(PGHandle.binaryDecodable) {
             statements.withLock { $0.useBinaryResults(key) }
         }
-        if outcome.failedCommands.contains(where: { $0 < deallocations.count }) {
+        if outcome.errors.keys.contains(where: { $0 < deallocations.count }) {
             // A DEALLOCATE failed: the server no longer had that statement (DISCARD ALL, or a PREPARE that
             // never arrived), and the ones after it were skipped. Learn which statements the server has.
             // The statement's own result is in hand (it may have committed): a failed resync must not lose it.
@@ -285,7 +285,7 @@ final class PostgresConnection: Sendable {
                 statements.withLock { $0.removeAll() }
             }
         }
-        if failedStatement, let error = outcome.statementError { throw error }
+        if failedStatement, let error = outcome.lastError { throw error }
         return outcome.rows
     }
 
@@ -417,15 +417,15 @@ final class PostgresConnection: Sendable {
     /// What a pipeline returned: the rows of every command, and which commands failed.
     struct PipelineOutcome {
         var rows = RawRows()
-        var firstError: SQLError?
-        /// Indexes of the commands that failed (later ones were skipped, not failed).
-        var failedCommands: [Int] = []
         /// The result column types the DESCRIBE command reported.
         var describedTypes: [Oid]?
-        /// The errors, by command index.
+        /// The errors, by command index (commands skipped after an error are not failures).
         var errors: [Int: SQLError] = [:]
-        /// The first error of the last segment's commands (after a middle sync).
-        var statementError: SQLError? { errors.keys.max().flatMap { errors[$0] } }
+        /// The first command's error.
+        var firstError: SQLError? { errors.keys.min().flatMap { errors[$0] } }
+        /// The last failing command's error: after a middle sync, the statement's own.
+        var lastError: SQLError? { errors.keys.max().flatMap { errors[$0] } }
+        func failed(_ command: Int) -> Bool { errors[command] != nil }
     }
 
     /// Reads the results of `expected` pipelined commands and the sync, then leaves pipeline mode.
@@ -470,10 +470,7 @@ final class PostgresConnection: Sendable {
                 handle.finish()
                 throw SQLError(.misuse, "COPY cannot run in a batch or as a prepared statement; the connection was closed", sql: sql)
             default:
-                outcome.failedCommands.append(command)
-                let error = PGHandle.error(from: result, sql: sql)
-                outcome.firstError = outcome.firstError ?? error
-                outcome.errors[command] = error
+                outcome.errors[command] = PGHandle.error(from: result, sql: sql)
             }
         }
     }
