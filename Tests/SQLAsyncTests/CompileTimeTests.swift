@@ -18,6 +18,7 @@ struct CompileTimeTests {
             typealias Schema = Authors
             var books: Related<[String]> = .notLoaded
             init(row: Row) throws {}
+            func update(from row: Row) throws {}
             func encode(to values: inout ColumnValues) {}
         }
 

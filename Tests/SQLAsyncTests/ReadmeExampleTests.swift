@@ -35,8 +35,8 @@ extension Readme {
 
         init(name: String) { self.name = name }
         init(row: Row) throws { id = try row.decode(Owners.id.name); name = try row.decode(Owners.name.name) }
+        func update(from row: Row) throws { id = try row.decode(Owners.id.name); name = try row.decode(Owners.name.name) }
         func encode(to values: inout ColumnValues) { values[Owners.id] = id; values[Owners.name] = name }
-        func didInsert(_ row: Row) throws { id = try row.decode(Owners.id.name) }
     }
 
     /// The README's account model is only a table there; a minimal model of it here.
@@ -46,6 +46,11 @@ extension Readme {
         var ownerID: Int64
         var balance: Int64
         init(row: Row) throws {
+            id = try row.decode(Accounts.id.name)
+            ownerID = try row.decode(Accounts.ownerID.name)
+            balance = try row.decode(Accounts.balance.name)
+        }
+        func update(from row: Row) throws {
             id = try row.decode(Accounts.id.name)
             ownerID = try row.decode(Accounts.ownerID.name)
             balance = try row.decode(Accounts.balance.name)

@@ -35,7 +35,12 @@ final class Author: Model {
         self.born = born
     }
 
-    init(row: Row) throws {
+    convenience init(row: Row) throws {
+        self.init(name: "")
+        try update(from: row)
+    }
+
+    func update(from row: Row) throws {
         id = try row.decode(Authors.id.name)
         name = try row.decode(Authors.name.name)
         born = try row.decode(Authors.born.name)
@@ -46,8 +51,6 @@ final class Author: Model {
         values[Authors.name] = name
         values[Authors.born] = born
     }
-
-    func didInsert(_ row: Row) throws { id = try row.decode(Authors.id.name) }
 }
 
 final class Book: Model {
@@ -72,14 +75,19 @@ final class Book: Model {
         pages = try row.decode(Books.pages.name)
     }
 
+    func update(from row: Row) throws {
+        id = try row.decode(Books.id.name)
+        authorID = try row.decode(Books.authorID.name)
+        title = try row.decode(Books.title.name)
+        pages = try row.decode(Books.pages.name)
+    }
+
     func encode(to values: inout ColumnValues) {
         values[Books.id] = id
         values[Books.authorID] = authorID
         values[Books.title] = title
         values[Books.pages] = pages
     }
-
-    func didInsert(_ row: Row) throws { id = try row.decode(Books.id.name) }
 }
 
 /// A composite primary key and a version column.
@@ -121,8 +129,10 @@ final class Edition: Model {
         values[Editions.version] = version
     }
 
-    func didInsert(_ row: Row) throws { version = try row.decode(Editions.version.name) }
-    func didUpdate(_ row: Row) throws { version = try row.decode(Editions.version.name) }
+    func update(from row: Row) throws {
+        title = try row.decode(Editions.title.name)
+        version = try row.decode(Editions.version.name)
+    }
 }
 
 enum Posts: TableSchema {
@@ -136,7 +146,8 @@ enum Tags: TableSchema {
     static let tableName = "tags"
     static let id = Column<Int64>("id", of: Tags.self, .primaryKey, .autoIncrement)
     static let label = Column<String>("label", of: Tags.self, .unique)
-    static let columns: [any AnyColumn] = [id, label]
+    static let featured = Column<Bool>("featured", of: Tags.self, .default(false))
+    static let columns: [any AnyColumn] = [id, label, featured]
 }
 
 enum PostTags: TableSchema {
@@ -156,18 +167,26 @@ final class Post: Model {
 
     init(title: String) { self.title = title }
     init(row: Row) throws { id = try row.decode(Posts.id.name); title = try row.decode(Posts.title.name) }
+    func update(from row: Row) throws { id = try row.decode(Posts.id.name); title = try row.decode(Posts.title.name) }
     func encode(to values: inout ColumnValues) { values[Posts.id] = id; values[Posts.title] = title }
-    func didInsert(_ row: Row) throws { id = try row.decode(Posts.id.name) }
 }
 
 final class Tag: Model {
     typealias Schema = Tags
     var id: Int64?
     var label: String
+    var featured = false
     init(label: String) { self.label = label }
-    init(row: Row) throws { id = try row.decode(Tags.id.name); label = try row.decode(Tags.label.name) }
-    func encode(to values: inout ColumnValues) { values[Tags.id] = id; values[Tags.label] = label }
-    func didInsert(_ row: Row) throws { id = try row.decode(Tags.id.name) }
+    convenience init(row: Row) throws {
+        self.init(label: "")
+        try update(from: row)
+    }
+    func update(from row: Row) throws {
+        id = try row.decode(Tags.id.name)
+        label = try row.decode(Tags.label.name)
+        featured = try row.decode(Tags.featured.name)
+    }
+    func encode(to values: inout ColumnValues) { values[Tags.id] = id; values[Tags.label] = label; values[Tags.featured] = featured }
 }
 
 @Suite("ORM session", .timeLimit(.minutes(1)))

@@ -12,8 +12,15 @@ public func baseline(of row: BenchmarkRow, in rows: [BenchmarkRow], reference: (
     return peers.max { $0.median < $1.median }
 }
 
+/// The fastest peer row (another library's) of the row's workload.
+public func bestPeer(of row: BenchmarkRow, in rows: [BenchmarkRow], peer: (BenchmarkRow) -> Bool) -> BenchmarkRow? {
+    rows.filter { $0.workload == row.workload && peer($0) && $0.median > 0 }.max { $0.median < $1.median }
+}
+
 /// Every row as JSON: ops/s (median, min, max, each repetition), the ratio to its baseline, the note.
-public func json(_ rows: [BenchmarkRow], reference: ((BenchmarkRow) -> Bool)?, context: [String: String]) -> String {
+public func json(
+    _ rows: [BenchmarkRow], reference: ((BenchmarkRow) -> Bool)?, peer: ((BenchmarkRow) -> Bool)? = nil, context: [String: String]
+) -> String {
     func string(_ text: String) -> String {
         var escaped = "\""
         for scalar in text.unicodeScalars {
@@ -33,11 +40,14 @@ public func json(_ rows: [BenchmarkRow], reference: ((BenchmarkRow) -> Bool)?, c
         let values = row.opsPerSecond
         let base = baseline(of: row, in: rows, reference: reference)
         let ratio = base.map { $0.median > 0 ? String(Double(Int(row.median / $0.median * 1000)) / 1000) : "null" } ?? "null"
+        let best = peer.flatMap { bestPeer(of: row, in: rows, peer: $0) }
+        let peerRatio = best.map { String(Double(Int(row.median / $0.median * 1000)) / 1000) } ?? "null"
         lines.append(
             "    {\"workload\": \(string(row.workload)), \"system\": \(string(row.system)), \"operations\": \(row.operations), "
                 + "\"ops_per_s\": \(number(row.median)), \"min\": \(number(values.first ?? 0)), \"max\": \(number(values.last ?? 0)), "
                 + "\"runs\": [\(values.map(number).joined(separator: ", "))], \"ratio\": \(ratio), "
-                + "\"baseline\": \(string(base?.system ?? "")), \"note\": \(string(row.extra))}")
+                + "\"baseline\": \(string(base?.system ?? "")), \"ratio_to_best_peer\": \(peerRatio), "
+                + "\"best_peer\": \(string(best?.system ?? "")), \"note\": \(string(row.extra))}")
     }
     let header = context.sorted { $0.key < $1.key }.map { "  \(string($0.key)): \(string($0.value))" }.joined(separator: ",\n")
     return "{\n\(header),\n  \"rows\": [\n\(lines.joined(separator: ",\n"))\n  ]\n}\n"

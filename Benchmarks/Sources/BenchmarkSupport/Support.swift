@@ -111,12 +111,20 @@ public func format(_ value: Double) -> String {
 }
 
 /// Prints the rows as a Markdown table, and writes the JSON and the chart the options ask for.
-public func report(_ unordered: [BenchmarkRow], options: Options, title: String, reference: ((BenchmarkRow) -> Bool)? = nil) throws {
+///
+/// - Parameters:
+///   - reference: the C floor of a workload, each row's ratio is to it.
+///   - peer: the other libraries' rows (PostgresNIO, GRDB, Swift's global executor): each row's ratio to the
+///     fastest of them is shown too.
+public func report(
+    _ unordered: [BenchmarkRow], options: Options, title: String, reference: ((BenchmarkRow) -> Bool)? = nil,
+    peer: ((BenchmarkRow) -> Bool)? = nil
+) throws {
     // Grouped by workload, in the order the workloads first ran; rows within a group keep their order.
     var order: [String] = []
     for row in unordered where !order.contains(row.workload) { order.append(row.workload) }
     let rows = order.flatMap { workload in unordered.filter { $0.workload == workload } }
-    printTable(rows, reference: reference)
+    printTable(rows, reference: reference, peer: peer)
     var machine = utsname()
     uname(&machine)
     let release = withUnsafeBytes(of: &machine.release) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
@@ -124,16 +132,17 @@ public func report(_ unordered: [BenchmarkRow], options: Options, title: String,
         "title": title, "cores": String(sysconf(Int32(_SC_NPROCESSORS_ONLN))), "kernel": release,
         "repetitions": String(options.repetitions), "quick": String(options.quick),
     ]
-    if let path = options.jsonPath { try write(json(rows, reference: reference, context: context), to: path) }
+    if let path = options.jsonPath { try write(json(rows, reference: reference, peer: peer, context: context), to: path) }
     if let path = options.svgPath { try write(svgChart(rows, reference: reference, title: title), to: path) }
 }
 
 /// Prints the rows as a Markdown table; with `reference`, each row's ratio to the reference row of its
 /// workload (the C floor).
-public func printTable(_ rows: [BenchmarkRow], reference: ((BenchmarkRow) -> Bool)? = nil) {
-    let ratioHeader = reference == nil ? "" : " ratio to C |"
+public func printTable(_ rows: [BenchmarkRow], reference: ((BenchmarkRow) -> Bool)? = nil, peer: ((BenchmarkRow) -> Bool)? = nil) {
+    let ratioHeader = (reference == nil ? "" : " ratio to C |") + (peer == nil ? "" : " ratio to best peer |")
+    let ratioAlign = (reference == nil ? "" : " ---: |") + (peer == nil ? "" : " ---: |")
     print("| workload | system | ops/s (median) | min – max |\(ratioHeader) note |")
-    print("| --- | --- | ---: | --- |\(reference == nil ? "" : " ---: |") --- |")
+    print("| --- | --- | ---: | --- |\(ratioAlign) --- |")
     for row in rows {
         let values = row.opsPerSecond
         let range = values.isEmpty ? "" : "\(format(values.first ?? 0)) – \(format(values.last ?? 0))"
@@ -141,6 +150,9 @@ public func printTable(_ rows: [BenchmarkRow], reference: ((BenchmarkRow) -> Boo
         if let reference {
             let floor = rows.first { $0.workload == row.workload && reference($0) }
             ratio = floor.map { " \(Double(Int(row.median / $0.median * 100)) / 100) × |" } ?? " |"
+        }
+        if let peer {
+            ratio += bestPeer(of: row, in: rows, peer: peer).map { " \(Double(Int(row.median / $0.median * 100)) / 100) × |" } ?? " |"
         }
         print("| \(row.workload) | \(row.system) | \(format(row.median)) | \(range) |\(ratio) \(row.extra) |")
     }

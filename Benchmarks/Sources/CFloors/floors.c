@@ -1,6 +1,8 @@
 #include "cfloors.h"
 
+#include <errno.h>
 #include <libpq-fe.h>
+#include <pthread.h>
 #include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -23,7 +25,8 @@ static PGconn *pg_connect(const char *conninfo, char *error, size_t size) {
     return conn;
 }
 
-int cf_pg_point_seq(const char *conninfo, int count, long long *checksum, char *error, size_t size) {
+// Point selects i = first, first + stride, … < count on one connection (prepared once).
+static int pg_point_range(const char *conninfo, int first, int count, int stride, long long *checksum, char *error, size_t size) {
     PGconn *conn = pg_connect(conninfo, error, size);
     if (!conn) return -1;
     PGresult *prepared = PQprepare(conn, "point", "SELECT id, name, balance FROM accounts WHERE id = $1", 1, NULL);
@@ -36,7 +39,7 @@ int cf_pg_point_seq(const char *conninfo, int count, long long *checksum, char *
     PQclear(prepared);
     long long sum = 0;
     char id[32];
-    for (int i = 0; i < count; i++) {
+    for (int i = first; i < count; i += stride) {
         snprintf(id, sizeof id, "%d", (int)(((long long)i * 7919) % 100000 + 1));
         const char *values[1] = {id};
         PGresult *result = PQexecPrepared(conn, "point", 1, values, NULL, NULL, 0);
@@ -56,6 +59,46 @@ int cf_pg_point_seq(const char *conninfo, int count, long long *checksum, char *
     *checksum = sum;
     PQfinish(conn);
     return 0;
+}
+
+int cf_pg_point_seq(const char *conninfo, int count, long long *checksum, char *error, size_t size) {
+    return pg_point_range(conninfo, 0, count, 1, checksum, error, size);
+}
+
+struct pg_thread {
+    pthread_t thread;
+    const char *conninfo;
+    int first, count, stride, rc;
+    long long checksum;
+    char error[256];
+};
+
+static void *pg_thread_main(void *argument) {
+    struct pg_thread *t = argument;
+    t->rc = pg_point_range(t->conninfo, t->first, t->count, t->stride, &t->checksum, t->error, sizeof t->error);
+    return NULL;
+}
+
+int cf_pg_point_threads(const char *conninfo, int count, int threads, long long *checksum, char *error, size_t size) {
+    if (threads < 1 || threads > 64) return fail(error, size, "threads", "between 1 and 64");
+    struct pg_thread workers[64];
+    int started = 0, rc = 0;
+    for (; started < threads; started++) {
+        struct pg_thread *t = &workers[started];
+        *t = (struct pg_thread){.conninfo = conninfo, .first = started, .count = count, .stride = threads};
+        if (pthread_create(&t->thread, NULL, pg_thread_main, t) != 0) {
+            rc = fail(error, size, "pthread_create", strerror(errno));
+            break;
+        }
+    }
+    long long sum = 0;
+    for (int i = 0; i < started; i++) {
+        pthread_join(workers[i].thread, NULL);
+        if (workers[i].rc != 0 && rc == 0) rc = fail(error, size, "thread", workers[i].error);
+        sum += workers[i].checksum;
+    }
+    *checksum = sum;
+    return rc;
 }
 
 int cf_pg_fetch_all(const char *conninfo, long long *checksum, char *error, size_t size) {

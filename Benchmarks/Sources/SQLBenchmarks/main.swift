@@ -1,5 +1,6 @@
 // SQL workloads of ../shared/benchmarks/WORKLOADS.md (PG-*, SQ-*) through SQLAsync on each backend, beside
-// the raw C libraries (libpq, sqlite3) doing the same work synchronously, in one process run. Median of the
+// the raw C libraries (libpq, sqlite3) doing the same work synchronously and the peers (PostgresNIO, GRDB),
+// in one process run. Median of the
 // repetitions after a warm-up.
 //
 //   scripts/with-postgres.sh swift run -c release --package-path Benchmarks SQLBenchmarks [--quick] [--repetitions N] [--only PG,SQ-FETCH-ALL,…]
@@ -50,7 +51,7 @@ extension AccountsIns: AccountTable {}
 /// The ORM's model of an account, in either table (ORM-LOAD reads `accounts`, ORM-FLUSH fills `accounts_ins`).
 final class Account<Table: AccountTable>: Model {
     typealias Schema = Table
-    let id: Int64
+    var id: Int64
     var name: String
     var balance: Int64
     init(id: Int64, name: String, balance: Int64) {
@@ -62,6 +63,11 @@ final class Account<Table: AccountTable>: Model {
         id = try row.decode(0, as: Int64.self)
         name = try row.decode(1, as: String.self)
         balance = try row.decode(2, as: Int64.self)
+    }
+    func update(from row: Row) throws {
+        id = try row.decode(Table.id.name)
+        name = try row.decode(Table.name.name)
+        balance = try row.decode(Table.balance.name)
     }
     func encode(to values: inout ColumnValues) {
         values[Table.id] = id
@@ -200,6 +206,9 @@ defer {
     rmdir(directory)
 }
 
+/// Another library's row (the peers each row is also compared with).
+@Sendable func isPeer(_ row: BenchmarkRow) -> Bool { row.system.hasPrefix("PostgresNIO") || row.system.hasPrefix("GRDB") }
+
 struct Database {
     let prefix: String
     let url: String
@@ -277,6 +286,12 @@ for database in databases where options.wants(database.prefix) || options.only?.
             }
         })
     }
+    if wanted("POINT-CONC"), database.prefix == "PG" {
+        let n = Int32(options.count(50_000))
+        rows.append(try measureSync("PG-POINT-CONC", "C (libpq, 8 threads)", operations: Int(n), repetitions: reps) {
+            try floor("POINT-CONC") { error, size in cf_pg_point_threads(database.conninfo, n, 8, &checksum, error, size) }
+        })
+    }
     if wanted("INSERT-BULK") {
         let n = Int32(options.count(50_000))
         rows.append(try measureSync("\(database.prefix)-INSERT-BULK", database.prefix == "PG" ? "C (libpq pipeline mode)" : c, operations: Int(n), repetitions: reps) {
@@ -294,7 +309,16 @@ for database in databases where options.wants(database.prefix) || options.only?.
             }
         })
     }
+
+    // The peers, on their own threads (NIO event loops, GRDB's queues), awaited from the main task.
+    if database.prefix == "PG" {
+        rows += try await postgresNIORows(url: database.url, options: options, wanted: wanted)
+    } else {
+        rows += try await grdbRows(path: sqlitePath, options: options, wanted: wanted)
+    }
 }
 
 rows.sort { $0.workload < $1.workload }
-try report(rows, options: options, title: "SQL workloads: ops/s relative to the C library", reference: { $0.system.hasPrefix("C (") })
+try report(
+    rows, options: options, title: "SQL workloads: ops/s relative to the C library", reference: { $0.system.hasPrefix("C (") },
+    peer: isPeer)

@@ -8,7 +8,11 @@
 ///     var name: String
 ///
 ///     init(name: String) { self.name = name }
-///     init(row: Row) throws {
+///     convenience init(row: Row) throws {
+///         self.init(name: "")
+///         try update(from: row)
+///     }
+///     func update(from row: Row) throws {
 ///         id = try row.decode(Users.id.name)
 ///         name = try row.decode(Users.name.name)
 ///     }
@@ -16,7 +20,6 @@
 ///         values[Users.id] = id
 ///         values[Users.name] = name
 ///     }
-///     func didInsert(_ row: Row) throws { id = try row.decode(Users.id.name) }
 /// }
 /// ```
 ///
@@ -26,29 +29,33 @@ public protocol Model: AnyObject {
     /// The table the class maps to.
     associatedtype Schema: TableSchema
 
-    /// An object from a row with every column of `Schema` (by name).
+    /// An object from a row with every column of `Schema` (by name, or by position in the table's column
+    /// order: the session's queries select the table's columns in that order).
     init(row: Row) throws
+
+    /// Sets the object's column properties from a row with every column of `Schema`, by name: the row the
+    /// database returned after an insert or a versioned update (generated keys, defaults, the new version),
+    /// ``Session/refresh(_:isolation:)``, ``Session/merge(_:isolation:)``, and foreign keys the session sets from
+    /// relationships.
+    func update(from row: Row) throws
 
     /// Writes the object's column values (by column); a column left out is not written.
     func encode(to values: inout ColumnValues)
-
-    /// After an insert, the row the database returned (generated keys, defaults): take what it generated.
-    /// Default: nothing.
-    func didInsert(_ row: Row) throws
 
     /// A version column for optimistic concurrency (default: none). Every update increments it and applies
     /// only if it still holds the value this object read; otherwise the flush fails with
     /// ``SQLError/Kind/staleData``.
     static var versionColumn: Column<Int64>? { get }
 
-    /// After an update of a versioned object, the row with the new version: take it. Default: nothing.
-    func didUpdate(_ row: Row) throws
+    /// The relationships the session follows at flush (default: none): their cascades (save-update, delete,
+    /// delete-orphan), the foreign keys they imply, a many-to-many's association rows. A relationship not
+    /// listed can still be loaded; it is just not written.
+    static var relationships: [any Relationship<Self>] { get }
 }
 
 extension Model {
-    public func didInsert(_ row: Row) throws {}
     public static var versionColumn: Column<Int64>? { nil }
-    public func didUpdate(_ row: Row) throws {}
+    public static var relationships: [any Relationship<Self>] { [] }
 }
 
 /// The column values of one object, by column name, in the order they were set.
@@ -63,6 +70,15 @@ public struct ColumnValues: Sendable, Equatable {
         names.reserveCapacity(count)
         values.reserveCapacity(count)
     }
+
+    /// The values of a row, sharing its storage.
+    init(_ row: Row) {
+        names = row.columns
+        values = row.values
+    }
+
+    /// The values as a row (for ``Model/update(from:)``).
+    var row: Row { Row(columns: names, values: values) }
 
     /// The value of `column` (set: bound as a parameter when written).
     @inlinable

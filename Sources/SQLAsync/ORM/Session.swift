@@ -1,6 +1,7 @@
 /// A unit of work over one connection: objects loaded or added are tracked by primary key (one object per key:
-/// the identity map), their changes are written at ``flush(isolation:)`` — inserts parents first, updates of the changed
-/// columns only, deletes children first — inside the session's transaction, which ``commit(isolation:)`` ends.
+/// the identity map), their changes are written at ``flush(isolation:)`` — inserts parents first, updates of the
+/// changed columns only, deletes children first, each kind batched — inside the session's transaction, which
+/// ``commit(isolation:)`` ends.
 ///
 /// One session per task (it is not `Sendable`); ``Engine/withSession(isolation:_:)`` scopes one.
 ///
@@ -17,9 +18,12 @@ public final class Session {
     /// The connection the session works on.
     public let connection: Connection
     private var transaction: Transaction?
+    /// Every tracked object, in the order it was tracked. A forgotten entry is flagged `detached` and dropped
+    /// from this array at the next flush (removing it at once would make deleting n objects O(n²)).
     private var tracked: [Tracked] = []
     private var byKey: [IdentityKey: Tracked] = [:]
     private var byObject: [ObjectIdentifier: Tracked] = [:]
+    private var savepointDepth = 0
 
     /// Whether queries flush pending changes first (default: on).
     public var autoflush = true
@@ -28,25 +32,51 @@ public final class Session {
 
     // MARK: Tracking
 
-    /// Adds a new object: it is inserted at the next flush. Adding a tracked object does nothing.
+    /// Adds a new object: it is inserted at the next flush, with the objects its relationships hold (the
+    /// save-update cascade). Adding a tracked object does nothing.
     public func add<M: Model>(_ object: M) {
-        guard byObject[ObjectIdentifier(object)] == nil else { return }
-        let entry = Tracked(object, table: M.Schema.table, snapshot: nil)
-        tracked.append(entry)
-        byObject[ObjectIdentifier(object)] = entry
+        _ = track(object)
     }
 
     /// Adds several new objects.
-    public func addAll<M: Model>(_ objects: [M]) { for object in objects { add(object) } }
+    public func addAll<M: Model>(_ objects: [M]) {
+        let table = M.Schema.table
+        tracked.reserveCapacity(tracked.count + objects.count)
+        for object in objects where byObject[ObjectIdentifier(object)] == nil {
+            let entry = Tracked(object, table: table, snapshot: nil)
+            tracked.append(entry)
+            byObject[ObjectIdentifier(object)] = entry
+        }
+    }
 
-    /// Marks a tracked object for deletion at the next flush (a new one is simply forgotten).
+    /// Tracks a new object; returns whether it was new to the session.
+    @discardableResult
+    func track<M: Model>(_ object: M) -> Bool {
+        guard byObject[ObjectIdentifier(object)] == nil else { return false }
+        let entry = Tracked(object, table: M.Schema.table, snapshot: nil)
+        tracked.append(entry)
+        byObject[ObjectIdentifier(object)] = entry
+        return true
+    }
+
+    /// Marks a tracked object for deletion at the next flush (a new one is simply forgotten), with the
+    /// objects its relationships cascade deletes to.
     ///
     /// - Throws: ``SQLError/Kind/misuse`` when the session does not track the object.
     public func delete<M: Model>(_ object: M) throws(SQLError) {
         guard let entry = byObject[ObjectIdentifier(object)] else {
             throw SQLError(.misuse, "delete: the session does not track this \(M.self)")
         }
+        markDeleted(entry)
+    }
+
+    func markDeleted(_ entry: Tracked) {
         if entry.snapshot == nil { forget(entry) } else { entry.deleted = true }
+    }
+
+    /// Whether the session tracks `object` (and it is not deleted).
+    public func contains<M: Model>(_ object: M) -> Bool {
+        byObject[ObjectIdentifier(object)].map { !$0.deleted } ?? false
     }
 
     /// Stops tracking an object: later changes to it are not written.
@@ -55,10 +85,12 @@ public final class Session {
     }
 
     private func forget(_ entry: Tracked) {
-        tracked.removeAll { $0 === entry }
+        entry.detached = true
         byObject[ObjectIdentifier(entry.object)] = nil
-        if let key = entry.key { byKey[key] = nil }
+        if let key = entry.key, byKey[key] === entry { byKey[key] = nil }
     }
+
+    func entry(for object: AnyObject) -> Tracked? { byObject[ObjectIdentifier(object)] }
 
     // MARK: Loading
 
@@ -69,12 +101,11 @@ public final class Session {
     }
 
     /// The object with the composite primary key `key` (values in the order of the key's columns).
+    ///
+    /// - Throws: ``SQLError/Kind/misuse`` when `key` has not as many values as the primary key has columns.
     public func get<M: Model>(_ type: M.Type, key: [SQLValue], isolation: isolated (any Actor)? = #isolation) async throws -> M? {
         let table = M.Schema.table
-        let names = table.primaryKey
-        guard names.count == key.count, !names.isEmpty else {
-            throw SQLError(.misuse, "\(M.self) has a primary key of \(names.count) columns; \(key.count) values were given")
-        }
+        let names = try Self.checkKey(M.self, table, key)
         if let entry = byKey[IdentityKey(M.self, key)], !entry.deleted, let object = entry.object as? M { return object }
         var query = select(all: M.Schema.self)
         query.conditions.append(Self.keyCondition(table, names, key))
@@ -85,6 +116,11 @@ public final class Session {
     /// identity map: an object already loaded comes back as it is, unsaved changes included.
     public func objects<M: Model>(_ query: Select, as type: M.Type, isolation: isolated (any Actor)? = #isolation) async throws -> [M] {
         if autoflush { try await flush() }
+        return try await fetch(query, as: type)
+    }
+
+    /// ``objects(_:as:isolation:)`` without the autoflush (for loads the session runs itself).
+    func fetch<M: Model>(_ query: Select, as type: M.Type, isolation: isolated (any Actor)? = #isolation) async throws -> [M] {
         try await beginIfNeeded()
         let result = try await connection.execute(query)
         let table = M.Schema.table
@@ -94,20 +130,28 @@ public final class Session {
         objects.reserveCapacity(result.count)
         tracked.reserveCapacity(tracked.count + result.count)
         for row in result {
-            let key = IdentityKey(M.self, keyIndexes.map { $0.flatMap { row[$0] } ?? .null })
-            if let entry = byKey[key], let object = entry.object as? M {
-                if !entry.deleted { objects.append(object) }
-                continue
-            }
-            let object = try M(row: row)
-            let entry = Tracked(object, table: table, snapshot: object.encoded())
-            entry.key = key
-            tracked.append(entry)
-            byObject[ObjectIdentifier(object)] = entry
-            byKey[key] = entry
-            objects.append(object)
+            if let object = try materialize(M.self, row, table: table, keyIndexes: keyIndexes) { objects.append(object) }
         }
         return objects
+    }
+
+    /// The tracked object for a row (the one already in the identity map, or a new one); nil when the
+    /// object was deleted in this session.
+    func materialize<M: Model>(_ type: M.Type, _ row: Row, table: Table, keyIndexes: [Int?]) throws -> M? {
+        let key = IdentityKey(M.self, keyIndexes.map { $0.flatMap { row[$0] } ?? .null })
+        if let entry = byKey[key], let object = entry.object as? M {
+            return entry.deleted ? nil : object
+        }
+        let object = try M(row: row)
+        // The row is the snapshot as it is (no encoding per object loaded); it is compared in the model's own
+        // encoding only if the object's values ever differ from it.
+        let entry = Tracked(object, table: table, snapshot: ColumnValues(row))
+        entry.canonical = false
+        entry.key = key
+        tracked.append(entry)
+        byObject[ObjectIdentifier(object)] = entry
+        byKey[key] = entry
+        return object
     }
 
     /// The tracked object of type `M` with primary key `key`, if any (no query).
@@ -116,37 +160,117 @@ public final class Session {
         return entry.object as? M
     }
 
+    /// Reloads every column of a tracked object from the database, discarding its unsaved changes (its
+    /// relationships stay as they are).
+    ///
+    /// - Throws: ``SQLError/Kind/misuse`` for an object the session does not track or has not inserted yet;
+    ///   ``SQLError/Kind/staleData`` when its row is gone.
+    public func refresh<M: Model>(_ object: M, isolation: isolated (any Actor)? = #isolation) async throws {
+        guard let entry = byObject[ObjectIdentifier(object)], !entry.deleted else {
+            throw SQLError(.misuse, "refresh: the session does not track this \(M.self)")
+        }
+        guard let snapshot = entry.snapshot else {
+            throw SQLError(.misuse, "refresh: this \(M.self) is not in the database yet (flush first)")
+        }
+        let table = M.Schema.table
+        let names = table.primaryKey
+        var query = select(all: M.Schema.self)
+        query.conditions.append(Self.keyCondition(table, names, names.map { snapshot[$0] ?? .null }))
+        try await beginIfNeeded()
+        guard let row = try await connection.execute(query).first() else {
+            throw SQLError(.staleData, "refresh: the \(table.name) row of this \(M.self) is gone")
+        }
+        try object.update(from: row)
+        entry.snapshot = object.encoded()
+        entry.canonical = true
+    }
+
+    /// The session's object for `object`'s primary key, with `object`'s column values copied onto it: the
+    /// tracked one, or the one in the database (loaded), or — when there is none — `object` itself, added
+    /// as new. `object` is not tracked by the merge (unless it is the one added).
+    ///
+    /// Use it for an object built or decoded outside the session (a request body, another session's object).
+    public func merge<M: Model>(_ object: M, isolation: isolated (any Actor)? = #isolation) async throws -> M {
+        if let entry = byObject[ObjectIdentifier(object)], !entry.deleted { return object }
+        let values = object.encoded()
+        let table = M.Schema.table
+        let key = table.primaryKey.map { values[$0] ?? .null }
+        guard !key.isEmpty, !key.contains(.null) else {
+            add(object)
+            return object
+        }
+        if let existing = try await get(M.self, key: key) {
+            try existing.update(from: values.row)
+            return existing
+        }
+        add(object)
+        return object
+    }
+
     // MARK: Writing
 
-    /// Writes every pending change: inserts (parents before children), updates of the changed columns,
-    /// deletes (children before parents), in the session's transaction.
+    /// Writes every pending change, in the session's transaction: the relationships' cascades first (objects
+    /// they hold are added, orphans deleted, deletes cascaded — loading children when needed), then inserts
+    /// (parents before children, foreign keys set from the parents' new keys), updates of the changed
+    /// columns, many-to-many association rows, deletes (children before parents). Inserts, updates and
+    /// deletes of one table are batched (PostgreSQL: one pipelined round trip per batch).
     ///
-    /// - Throws: the failing statement's ``SQLError``; the transaction is then rolled back and the session
-    ///   cleared (its objects detached), so that it is in a known state.
+    /// - Throws: the failing statement's ``SQLError``; the transaction (inside
+    ///   ``withSavepoint(isolation:_:)``: the savepoint) is then rolled back and the session cleared (its
+    ///   objects detached), so that it is in a known state.
     public func flush(isolation: isolated (any Actor)? = #isolation) async throws {
-        let inserts = tracked.filter { $0.snapshot == nil }
-        let deletes = tracked.filter { $0.deleted }
-        let updates = tracked.filter { $0.snapshot != nil && !$0.deleted }.compactMap { entry -> (Tracked, [String])? in
-            let changed = entry.encode().changedNames(since: entry.snapshot ?? ColumnValues())
-            return changed.isEmpty ? nil : (entry, changed)
-        }
-        guard !inserts.isEmpty || !deletes.isEmpty || !updates.isEmpty else { return }
-        try await beginIfNeeded()
-        let order = try Metadata(tables: Array(Set(tracked.map(\.table.name))).compactMap { name in
-            tracked.first { $0.table.name == name }?.table
-        }).sortedTables().map(\.name)
+        tracked.removeAll { $0.detached }
+        let withRelationships = tracked.contains { $0.operations.hasRelationships }
+        if withRelationships { try prepareRelationships() }
         do {
+            if withRelationships { try await cascadeDeletes() }
+            let inserts = tracked.filter { $0.snapshot == nil && !$0.detached }
+            // Without inserts no key changes, so what changed is known now.
+            var updates = inserts.isEmpty ? dirtyEntries() : nil
+            let deletes = tracked.filter { $0.deleted && !$0.detached }
+            let links = withRelationships ? linkChanges() : []
+            if inserts.isEmpty && deletes.isEmpty && updates?.isEmpty == true && links.isEmpty { return }
+            try await beginIfNeeded()
+            let order = try tableOrder()
             for name in order {
-                try await insert(inserts.filter { $0.table.name == name })
+                let entries = inserts.filter { $0.table.name == name }
+                guard !entries.isEmpty else { continue }
+                if withRelationships { try synchronizeKeys() }
+                try await insert(entries)
             }
-            for (entry, changed) in updates { try await update(entry, changed) }
+            if updates == nil {
+                if withRelationships { try synchronizeKeys() }
+                updates = dirtyEntries()
+            }
+            try await update(updates ?? [])
+            for change in links { try await change.write(self) }
             for name in order.reversed() {
-                for entry in deletes where entry.table.name == name { try await delete(entry) }
+                try await delete(deletes.filter { $0.table.name == name })
             }
+            if withRelationships { recordRelationships() }
         } catch {
-            await rollback()
+            // Inside a savepoint, the savepoint is rolled back (by `withSavepoint`), not the transaction.
+            if savepointDepth == 0 { await rollback() }
             throw error
         }
+    }
+
+    /// The tables of the tracked objects, parents before children.
+    private func tableOrder() throws(SQLError) -> [String] {
+        var tables: [String: Table] = [:]
+        for entry in tracked where !entry.detached && tables[entry.table.name] == nil { tables[entry.table.name] = entry.table }
+        if tables.count == 1 { return Array(tables.keys) }
+        return try Metadata(tables: tables.keys.sorted().compactMap { tables[$0] }).sortedTables().map(\.name)
+    }
+
+    /// The persistent objects whose encoded values differ from their snapshot, with the changed columns.
+    private func dirtyEntries() -> [(Tracked, ColumnValues, [String])] {
+        var dirty: [(Tracked, ColumnValues, [String])] = []
+        for entry in tracked where entry.snapshot != nil && !entry.deleted && !entry.detached {
+            let (values, changed) = entry.changes()
+            if !changed.isEmpty { dirty.append((entry, values, changed)) }
+        }
+        return dirty
     }
 
     /// Inserts new objects of one table: objects that set the same columns go in one batch (`executeMany`:
@@ -162,6 +286,8 @@ public final class Session {
             let values = entry.encode()
             var names: [String] = []
             var row: [SQLValue] = []
+            names.reserveCapacity(values.names.count)
+            row.reserveCapacity(values.names.count)
             for (name, value) in zip(values.names, values.values) where !(value == .null && generated.contains(name)) {
                 names.append(name)
                 row.append(value)
@@ -170,80 +296,248 @@ public final class Session {
             batches[names, default: []].append((entry, row))
         }
         let returning = table.columns.map { SelectItem(node: SQLNode(.column(qualifier: nil, name: $0.name)), label: nil) }
+        let keyNames = table.primaryKey
         for names in order {
             guard let batch = batches[names] else { continue }
             var statement = SQLAsync.insert(into: table)
                 .values(names.map { Assignment(column: $0, node: SQLNode(.parameter($0))) })
             statement.returningItems = returning
             // Each column is one placeholder, in the order of `names`: the values go in as they are, positionally.
-            let text = try statement.sql(for: connection.dialect).text(placeholders: connection.dialect.placeholderStyle)
-            let result: QueryResult
-            if batch.count == 1 {
-                result = try await connection.execute(text: text, binds: batch[0].1)
-            } else {
-                result = try await connection.executeMany(text: text, sets: batch.map(\.1))
-            }
+            let result = try await run(statement, batch.map(\.1))
             guard result.count == batch.count else {
                 throw SQLError(.database, "inserting \(batch.count) \(table.name) rows returned \(result.count)")
             }
+            let keyIndexes = keyNames.map { result.columns.firstIndex(of: $0) }
             for ((entry, _), row) in zip(batch, result) {
-                try entry.didInsert(row)
+                try entry.operations.update(entry.object, row)
                 entry.snapshot = entry.encode()
-                let key = IdentityKey(entry.type, table.primaryKey.map { row[$0] ?? .null })
+                entry.canonical = true
+                let key = IdentityKey(entry.type, keyIndexes.map { $0.flatMap { row[$0] } ?? .null })
                 entry.key = key
                 byKey[key] = entry
             }
         }
     }
 
-    private func update(_ entry: Tracked, _ changed: [String], isolation: isolated (any Actor)? = #isolation) async throws {
-        let values = entry.encode()
-        guard let snapshot = entry.snapshot else { return }
-        var statement = SQLAsync.update(entry.table)
-        let version = entry.versionColumn
-        statement.assignments = changed.filter { $0 != version }.map { Assignment(column: $0, node: SQLNode(.value(values[$0] ?? .null))) }
-        let names = entry.table.primaryKey
-        statement.conditions.append(Self.keyCondition(entry.table, names, names.map { snapshot[$0] ?? .null }))
-        if let version {
-            // Optimistic concurrency: only the version this object read, and the next one written.
-            let column = SQLNode(.column(qualifier: entry.table.reference, name: version))
-            statement.assignments.append(Assignment(column: version, node: SQLNode(.binary(column, "+", SQLNode(.value(.integer(1)))))))
-            statement.conditions.append(SQLNode(.binary(column, "=", SQLNode(.value(snapshot[version] ?? .null)))))
-            statement.returningItems = [SelectItem(node: SQLNode(.column(qualifier: nil, name: version)), label: nil)]
+    /// Updates the changed columns of persistent objects: objects of one table changing the same columns go
+    /// in one batch; a versioned object's update applies only to the version it read.
+    private func update(_ dirty: [(Tracked, ColumnValues, [String])], isolation: isolated (any Actor)? = #isolation) async throws {
+        struct BatchKey: Hashable {
+            let table: String
+            let changed: [String]
         }
-        let result = try await connection.execute(statement)
-        guard result.rowsAffected == 1 else {
-            throw SQLError(
-                .staleData,
-                version == nil
-                    ? "the \(entry.table.name) row being updated is gone"
-                    : "the \(entry.table.name) row was changed or deleted since it was read (its version moved on)")
+        var batches: [BatchKey: [(Tracked, ColumnValues)]] = [:]
+        var order: [BatchKey] = []
+        for (entry, values, changed) in dirty {
+            let key = BatchKey(table: entry.table.name, changed: changed.filter { $0 != entry.versionColumn })
+            if batches[key] == nil { order.append(key) }
+            batches[key, default: []].append((entry, values))
         }
-        if version != nil, let row = result.first() { try entry.didUpdate(row) }
-        entry.snapshot = entry.encode()
+        for key in order {
+            guard let batch = batches[key], let first = batch.first?.0 else { continue }
+            let table = first.table
+            let version = first.versionColumn
+            let keyNames = table.primaryKey
+            var statement = SQLAsync.update(table)
+            statement.assignments = key.changed.map { Assignment(column: $0, node: SQLNode(.parameter($0))) }
+            statement.conditions.append(Self.keyCondition(table, keyNames, keyNames.map { SQLNode(.parameter("key." + $0)) }))
+            if let version {
+                // Optimistic concurrency: only the version this object read, and the next one written.
+                let column = SQLNode(.column(qualifier: table.reference, name: version))
+                statement.assignments.append(Assignment(column: version, node: SQLNode(.binary(column, "+", SQLNode(.value(.integer(1)))))))
+                statement.conditions.append(SQLNode(.binary(column, "=", SQLNode(.parameter("version")))))
+                statement.returningItems = table.columns.map { SelectItem(node: SQLNode(.column(qualifier: nil, name: $0.name)), label: nil) }
+            }
+            let sets = batch.map { entry, values -> [SQLValue] in
+                let snapshot = entry.snapshot ?? ColumnValues()
+                var set = key.changed.map { values[$0] ?? .null }
+                if version != nil { set.append(.integer(1)) }  // the version's increment
+                set += keyNames.map { snapshot[$0] ?? .null }
+                if let version { set.append(snapshot[version] ?? .null) }
+                return set
+            }
+            let result = try await run(statement, sets)
+            let written = version == nil ? result.rowsAffected : result.count
+            guard written == batch.count else {
+                throw SQLError(
+                    .staleData,
+                    version == nil
+                        ? "\(batch.count - written) of the \(batch.count) \(table.name) rows being updated are gone"
+                        : "\(batch.count - written) of the \(batch.count) \(table.name) rows being updated were changed or deleted since they were read (their version moved on)")
+            }
+            if version != nil {
+                for ((entry, _), row) in zip(batch, result) { try entry.operations.update(entry.object, row) }
+            }
+            for (entry, values) in batch {
+                entry.snapshot = version == nil ? values : entry.encode()
+                entry.canonical = true
+            }
+        }
     }
 
-    private func delete(_ entry: Tracked, isolation: isolated (any Actor)? = #isolation) async throws {
-        guard let snapshot = entry.snapshot else { return }
-        var statement = SQLAsync.delete(from: entry.table)
-        let names = entry.table.primaryKey
-        statement.conditions.append(Self.keyCondition(entry.table, names, names.map { snapshot[$0] ?? .null }))
-        try await connection.execute(statement)
-        forget(entry)
+    /// Deletes persistent objects of one table in one batch (a versioned object only at the version it read).
+    private func delete(_ entries: [Tracked], isolation: isolated (any Actor)? = #isolation) async throws {
+        guard let first = entries.first else { return }
+        let table = first.table
+        let keyNames = table.primaryKey
+        let version = first.versionColumn
+        var statement = SQLAsync.delete(from: table)
+        statement.conditions.append(Self.keyCondition(table, keyNames, keyNames.map { SQLNode(.parameter("key." + $0)) }))
+        if let version {
+            statement.conditions.append(
+                SQLNode(.binary(SQLNode(.column(qualifier: table.reference, name: version)), "=", SQLNode(.parameter("version")))))
+        }
+        let sets = entries.map { entry -> [SQLValue] in
+            let snapshot = entry.snapshot ?? ColumnValues()
+            var set = keyNames.map { snapshot[$0] ?? .null }
+            if let version { set.append(snapshot[version] ?? .null) }
+            return set
+        }
+        let result = try await run(statement, sets)
+        guard result.rowsAffected == entries.count else {
+            throw SQLError(
+                .staleData,
+                "\(entries.count - result.rowsAffected) of the \(entries.count) \(table.name) rows being deleted were already gone"
+                    + (version == nil ? "" : " or changed since they were read"))
+        }
+        for entry in entries { forget(entry) }
+    }
+
+    /// Runs a statement whose parameters are positional, once per set (one set: a plain execute).
+    func run(_ statement: some SQLStatement, _ sets: [[SQLValue]], isolation: isolated (any Actor)? = #isolation) async throws -> QueryResult {
+        let text = try statement.sql(for: connection.dialect).text(placeholders: connection.dialect.placeholderStyle)
+        if sets.count == 1 { return try await connection.execute(text: text, binds: sets[0]) }
+        return try await connection.executeMany(text: text, sets: sets)
     }
 
     /// `k1 = v1 AND k2 = v2…`, every value bound.
     static func keyCondition(_ table: Table, _ names: [String], _ key: [SQLValue]) -> SQLNode {
+        keyCondition(table, names, key.map { SQLNode(.value($0)) })
+    }
+
+    static func keyCondition(_ table: Table, _ names: [String], _ key: [SQLNode]) -> SQLNode {
         let parts = zip(names, key).map { name, value in
-            SQLNode(.binary(SQLNode(.column(qualifier: table.reference, name: name)), "=", SQLNode(.value(value))))
+            SQLNode(.binary(SQLNode(.column(qualifier: table.reference, name: name)), "=", value))
         }
         return parts.count == 1 ? parts[0] : logical("AND", parts)
     }
 
+    /// The primary key's column names, when `key` has one value for each.
+    static func checkKey<M: Model>(_ type: M.Type, _ table: Table, _ key: [SQLValue]) throws(SQLError) -> [String] {
+        let names = table.primaryKey
+        guard names.count == key.count, !names.isEmpty else {
+            throw SQLError(.misuse, "\(M.self) has a primary key of \(names.count) columns; \(key.count) values were given")
+        }
+        return names
+    }
+
+    // MARK: Relationships at flush
+
+    /// The save-update cascade (to a fixed point: objects added bring theirs), then removed members: orphans
+    /// deleted or their foreign key cleared.
+    private func prepareRelationships() throws {
+        var index = 0
+        while index < tracked.count {
+            let entry = tracked[index]
+            index += 1
+            if !entry.deleted && !entry.detached && entry.operations.hasRelationships {
+                entry.operations.cascadeSave(entry.object, self)
+            }
+        }
+        for entry in tracked where !entry.deleted && !entry.detached && entry.relations != nil {
+            try entry.operations.handleRemoved(entry.object, self)
+        }
+    }
+
+    /// The delete cascade: children of deleted objects, loaded when they are not (one query per relationship
+    /// and type), deleted too — to a fixed point.
+    private func cascadeDeletes(isolation: isolated (any Actor)? = #isolation) async throws {
+        var done = Set<ObjectIdentifier>()
+        while true {
+            var groups: [ObjectIdentifier: [Tracked]] = [:]
+            for entry in tracked where entry.deleted && !entry.detached && entry.operations.cascadesDeletes
+                && done.insert(ObjectIdentifier(entry)).inserted {
+                groups[ObjectIdentifier(entry.type), default: []].append(entry)
+            }
+            if groups.isEmpty { return }
+            for entries in groups.values {
+                guard let operations = entries.first?.operations else { continue }
+                try await operations.cascadeDelete(entries.map(\.object), self, isolation: isolation)
+            }
+        }
+    }
+
+    /// Sets foreign keys from the loaded relationships (a child's key from its parent's, which an insert may
+    /// just have generated).
+    private func synchronizeKeys() throws {
+        for entry in tracked where !entry.deleted && !entry.detached && entry.operations.hasRelationships {
+            try entry.operations.synchronize(entry.object, self)
+        }
+    }
+
+    /// The many-to-many association rows to insert and delete.
+    private func linkChanges() -> [LinkChange] {
+        var changes: [LinkChange] = []
+        for entry in tracked where !entry.detached && entry.operations.hasRelationships {
+            changes += entry.operations.linkChanges(entry.object, deleted: entry.deleted, self)
+        }
+        return changes
+    }
+
+    /// Remembers what every loaded relationship holds, for the next flush to compare with.
+    private func recordRelationships() {
+        for entry in tracked where !entry.deleted && !entry.detached && entry.operations.hasRelationships {
+            entry.operations.record(entry.object, self)
+        }
+    }
+
+    /// Records what a relationship of a tracked owner holds now (after a load or a flush).
+    func record(_ owner: AnyObject, _ property: AnyKeyPath, _ related: [AnyObject]) {
+        guard let entry = byObject[ObjectIdentifier(owner)] else { return }
+        if entry.relations == nil { entry.relations = [:] }
+        entry.relations?[property] = related
+    }
+
+    /// What a relationship of a tracked owner held at its load or the last flush (nil: never loaded through
+    /// the session).
+    func recorded(_ owner: AnyObject, _ property: AnyKeyPath) -> [AnyObject]? {
+        byObject[ObjectIdentifier(owner)]?.relations?[property]
+    }
+
+    /// Sets a column of a tracked or new object (a foreign key): through its encoding and
+    /// ``Model/update(from:)``; nothing when it already holds the value.
+    func set<M: Model>(_ name: String, of object: M, to value: SQLValue) throws {
+        var values = object.encoded()
+        guard values[name] != value else { return }
+        values[name] = value
+        try object.update(from: values.row)
+    }
+
     // MARK: Transaction
 
-    private func beginIfNeeded(isolation: isolated (any Actor)? = #isolation) async throws {
+    func beginIfNeeded(isolation: isolated (any Actor)? = #isolation) async throws {
         if transaction == nil { transaction = try await connection.begin() }
+    }
+
+    /// Runs `body` in a savepoint of the session's transaction: when it throws, the database is rolled back
+    /// to the savepoint and the objects written or loaded since are no longer known, so the session detaches
+    /// them — all of them: it is cleared, like after ``rollback(isolation:)``, but the transaction goes on.
+    /// Pending changes are flushed first.
+    public func withSavepoint<T>(isolation: isolated (any Actor)? = #isolation, _ body: (Session) async throws -> T) async throws -> T {
+        try await flush()
+        try await beginIfNeeded()
+        savepointDepth += 1
+        defer { savepointDepth -= 1 }
+        do {
+            return try await connection.withTransaction { _ in
+                let result = try await body(self)
+                try await flush()
+                return result
+            }
+        } catch {
+            detachAll()
+            throw error
+        }
     }
 
     /// Flushes, then commits the session's transaction.
@@ -261,6 +555,11 @@ public final class Session {
             self.transaction = nil
             try? await transaction.rollback()
         }
+        detachAll()
+    }
+
+    private func detachAll() {
+        for entry in tracked { entry.detached = true }
         tracked.removeAll()
         byKey.removeAll()
         byObject.removeAll()
@@ -283,17 +582,24 @@ public final class Session {
         }
     }
 
-    /// One tracked object, with its model's operations erased to closures.
+    /// One tracked object, with its model's operations.
     final class Tracked {
         let object: AnyObject
         let type: Any.Type
         let table: Table
-        private let operations: any ModelOperations
+        let operations: any ModelOperations
         var versionColumn: String? { operations.versionColumn }
         /// The values last read or written; nil for an object still to insert.
         var snapshot: ColumnValues?
+        /// Whether the snapshot is in the model's own encoding (else it is the row as the database returned
+        /// it, which may encode a value differently: an integer for a `Bool` in SQLite, say).
+        var canonical = true
         var key: IdentityKey?
         var deleted = false
+        /// No longer tracked (forgotten, deleted and flushed, or rolled back).
+        var detached = false
+        /// What each loaded relationship held at its load or the last flush.
+        var relations: [AnyKeyPath: [AnyObject]]?
 
         /// - Parameter table: `M.Schema.table`, computed once by the caller for many objects (building it
         ///   per object would cost more than the rest of the bookkeeping).
@@ -306,25 +612,86 @@ public final class Session {
         }
 
         func encode() -> ColumnValues { operations.encode(object) }
-        func didInsert(_ row: Row) throws { try operations.didInsert(object, row) }
-        func didUpdate(_ row: Row) throws { try operations.didUpdate(object, row) }
+
+        /// The current values and the columns that differ from the snapshot.
+        func changes() -> (ColumnValues, [String]) {
+            let values = encode()
+            guard let snapshot else { return (values, values.names) }
+            var changed = values.changedNames(since: snapshot)
+            if !changed.isEmpty && !canonical, let recoded = operations.recode(snapshot) {
+                // Compare in the model's own encoding: decoded from the row and encoded again, once.
+                self.snapshot = recoded
+                canonical = true
+                changed = values.changedNames(since: recoded)
+            }
+            return (values, changed)
+        }
     }
 }
 
 /// A model type's operations on a tracked object, without a closure (and its allocation) per object.
 protocol ModelOperations {
     var versionColumn: String? { get }
+    var hasRelationships: Bool { get }
+    var cascadesDeletes: Bool { get }
     func encode(_ object: AnyObject) -> ColumnValues
-    func didInsert(_ object: AnyObject, _ row: Row) throws
-    func didUpdate(_ object: AnyObject, _ row: Row) throws
+    func update(_ object: AnyObject, _ row: Row) throws
+    /// The snapshot in the model's own encoding: decoded into a new object and encoded again.
+    func recode(_ snapshot: ColumnValues) -> ColumnValues?
+    func cascadeSave(_ object: AnyObject, _ session: Session)
+    func handleRemoved(_ object: AnyObject, _ session: Session) throws
+    func cascadeDelete(_ objects: [AnyObject], _ session: Session, isolation: isolated (any Actor)?) async throws
+    func synchronize(_ object: AnyObject, _ session: Session) throws
+    func linkChanges(_ object: AnyObject, deleted: Bool, _ session: Session) -> [LinkChange]
+    func record(_ object: AnyObject, _ session: Session)
 }
 
 struct Operations<M: Model>: ModelOperations {
     var versionColumn: String? { M.versionColumn?.name }
+    var hasRelationships: Bool { !M.relationships.isEmpty }
+    var cascadesDeletes: Bool { relationships.contains { $0.cascade.contains(.delete) } }
+    var relationships: [any RelationshipInternals<M>] { M.relationships.compactMap { $0 as? any RelationshipInternals<M> } }
+
     // `unsafeDowncast`: a Tracked entry is created only with an `M` and its `Operations<M>` together.
     func encode(_ object: AnyObject) -> ColumnValues { unsafeDowncast(object, to: M.self).encoded() }
-    func didInsert(_ object: AnyObject, _ row: Row) throws { try unsafeDowncast(object, to: M.self).didInsert(row) }
-    func didUpdate(_ object: AnyObject, _ row: Row) throws { try unsafeDowncast(object, to: M.self).didUpdate(row) }
+    func update(_ object: AnyObject, _ row: Row) throws { try unsafeDowncast(object, to: M.self).update(from: row) }
+    func recode(_ snapshot: ColumnValues) -> ColumnValues? { (try? M(row: snapshot.row))?.encoded() }
+
+    func cascadeSave(_ object: AnyObject, _ session: Session) {
+        let owner = unsafeDowncast(object, to: M.self)
+        for relationship in relationships where relationship.cascade.contains(.saveUpdate) {
+            relationship.cascadeSave(owner, in: session)
+        }
+    }
+
+    func handleRemoved(_ object: AnyObject, _ session: Session) throws {
+        let owner = unsafeDowncast(object, to: M.self)
+        for relationship in relationships { try relationship.handleRemoved(owner, in: session) }
+    }
+
+    func cascadeDelete(_ objects: [AnyObject], _ session: Session, isolation: isolated (any Actor)?) async throws {
+        let owners = objects.map { unsafeDowncast($0, to: M.self) }
+        for relationship in relationships where relationship.cascade.contains(.delete) {
+            try await relationship.cascadeDelete(owners, in: session, isolation: isolation)
+        }
+    }
+
+    func synchronize(_ object: AnyObject, _ session: Session) throws {
+        let owner = unsafeDowncast(object, to: M.self)
+        for relationship in relationships { try relationship.synchronize(owner, in: session) }
+    }
+
+    func linkChanges(_ object: AnyObject, deleted: Bool, _ session: Session) -> [LinkChange] {
+        let owner = unsafeDowncast(object, to: M.self)
+        return relationships.flatMap { $0.linkChanges(owner, deleted: deleted, in: session) }
+    }
+
+    func record(_ object: AnyObject, _ session: Session) {
+        let owner = unsafeDowncast(object, to: M.self)
+        for relationship in relationships {
+            if let related = relationship.loadedObjects(owner) { session.record(owner, relationship.propertyKey, related) }
+        }
+    }
 }
 
 extension Model {

@@ -7,6 +7,8 @@
 
 // PostgreSQL (libpq, blocking). `conninfo` is a libpq connection string or URL.
 int cf_pg_point_seq(const char *conninfo, int count, long long *checksum, char *error, size_t error_size);
+// `count` point selects spread over `threads` threads, each with its own connection.
+int cf_pg_point_threads(const char *conninfo, int count, int threads, long long *checksum, char *error, size_t error_size);
 int cf_pg_fetch_all(const char *conninfo, long long *checksum, char *error, size_t error_size);
 int cf_pg_insert_pipeline(const char *conninfo, int count, char *error, size_t error_size);
 
