@@ -30,11 +30,12 @@ extension Readme {
         typealias Schema = Owners
         var id: Int64?
         var name: String
-        var accounts: Related<[Account]> = .notLoaded
-        static let accounts = ToMany(\Owner.accounts, key: Owners.id, children: Accounts.ownerID)
+        var accounts: Related<[Account]> = .notLoaded         // loaded, or not: reading it never queries
+        static let accounts = ToMany(\Owner.accounts, key: Owners.id, children: Accounts.ownerID, cascade: .all)
+        static var relationships: [any Relationship<Owner>] { [accounts] }
 
-        init(name: String) { self.name = name }
-        init(row: Row) throws { id = try row.decode(Owners.id.name); name = try row.decode(Owners.name.name) }
+        init(name: String, accounts: [Account] = []) { self.name = name; self.accounts = .loaded(accounts) }
+        convenience init(row: Row) throws { self.init(name: ""); try update(from: row) }
         func update(from row: Row) throws { id = try row.decode(Owners.id.name); name = try row.decode(Owners.name.name) }
         func encode(to values: inout ColumnValues) { values[Owners.id] = id; values[Owners.name] = name }
     }
@@ -43,8 +44,9 @@ extension Readme {
     final class Account: Model {
         typealias Schema = Accounts
         var id: Int64?
-        var ownerID: Int64
+        var ownerID: Int64 = 0
         var balance: Int64
+        init(balance: Int64) { self.balance = balance }
         init(row: Row) throws {
             id = try row.decode(Accounts.id.name)
             ownerID = try row.decode(Accounts.ownerID.name)
@@ -123,15 +125,19 @@ struct ReadmeExampleTests {
         try await database.withPrivateConnection(backend) { connection in
             try await Metadata(Owners.self, Readme.Accounts.self).createAll(on: connection)
             let session = Session(connection: connection)  // engine.withSession in the README; one connection here
-            let grace = Owner(name: "Grace")
+            let grace = Owner(name: "Grace", accounts: [Readme.Account(balance: 100)])
             session.add(grace)
             try await session.flush()
+            #expect(grace.accounts.value?.first?.ownerID == grace.id)
             grace.name = "Grace Hopper"
-            let owners = try await session.objects(
-                select(all: Owners.self).orderBy(Owners.name.asc()), as: Owner.self, including: [Owner.accounts])
-            #expect(owners.map(\.name) == ["Grace Hopper"] && owners[0].accounts.value?.count == 0)
+            let owners = try await session.scalars(
+                select(Owner.self).where(Owners.name.like("G%")).orderBy(Owners.name.asc()).including(Owner.accounts))
+            #expect(owners.map(\.name) == ["Grace Hopper"] && owners[0].accounts.value?.count == 1)
             try await session.commit()
             #expect(try await connection.execute("SELECT name FROM owners").scalar(String.self) == "Grace Hopper")
+            try session.delete(grace)
+            try await session.commit()
+            #expect(try await connection.execute(select(count()).from(Readme.Accounts.self)).scalar(Int.self) == 0)
             try await Metadata(Owners.self, Readme.Accounts.self).dropAll(on: connection)
         }
     }

@@ -104,6 +104,22 @@ public struct ColumnValues: Sendable, Equatable {
         }
     }
 
+    /// Empties the values, keeping the storage.
+    mutating func removeAll() {
+        names.removeAll(keepingCapacity: true)
+        values.removeAll(keepingCapacity: true)
+    }
+
+    /// Whether `other` has the same names and values in the same order (the quick check before
+    /// ``changedNames(since:)``).
+    func equalsInOrder(_ other: ColumnValues) -> Bool {
+        guard names.count <= other.names.count else { return false }
+        for index in names.indices where names[index] != other.names[index] || values[index] != other.values[index] {
+            return false
+        }
+        return true
+    }
+
     /// The names whose values differ from `other`'s (or that `other` lacks).
     func changedNames(since other: ColumnValues) -> [String] {
         zip(names, values).compactMap { name, value in other[name] == value ? nil : name }

@@ -160,8 +160,8 @@ extension Session {
     private func fetchJoined<M: Model>(_ query: ModelSelect<M>, isolation: isolated (any Actor)? = #isolation) async throws -> [M] {
         try await beginIfNeeded()
         let result = try await connection.execute(query.statement)
-        let table = M.Schema.table
-        let keyIndexes = table.primaryKey.map { result.columns.firstIndex(of: $0) }
+        let info = info(M.self)
+        let keyIndexes = info.table.primaryKey.map { result.columns.firstIndex(of: $0) }
         let ownColumns = M.Schema.columns.count
         var owners: [M] = []
         var indexOf: [ObjectIdentifier: Int] = [:]
@@ -171,7 +171,7 @@ extension Session {
         for row in result {
             // The owner's own columns come first: decoded from a row of those alone.
             let own = Row(columns: ownNames, values: Array(row.values.prefix(ownColumns)))
-            guard let owner = try materialize(M.self, own, table: table, keyIndexes: keyIndexes) else {
+            guard let owner = try materialize(M.self, own, info: info, keyIndexes: keyIndexes) else {
                 ownerOfRow.append(nil)
                 continue
             }
@@ -193,6 +193,6 @@ extension Session {
         if key.isEmpty || key.contains(.null) { return nil }
         let values = Array(row.values[start..<min(start + columns.count, row.values.count)])
         let own = Row(columns: columns, values: values)
-        return try materialize(T.self, own, table: T.Schema.table, keyIndexes: keyIndexes.map { $0.map { $0 - start } })
+        return try materialize(T.self, own, info: info(T.self), keyIndexes: keyIndexes.map { $0.map { $0 - start } })
     }
 }

@@ -21,8 +21,14 @@ public final class Session {
     /// Every tracked object, in the order it was tracked. A forgotten entry is flagged `detached` and dropped
     /// from this array at the next flush (removing it at once would make deleting n objects O(n²)).
     private var tracked: [Tracked] = []
+    private var detachedCount = 0
     private var byKey: [IdentityKey: Tracked] = [:]
+    /// The entries by object, for `tracked[..<indexedCount]`: objects loaded by a query are indexed only when
+    /// a lookup by object needs them (a read-only session never pays for it).
     private var byObject: [ObjectIdentifier: Tracked] = [:]
+    private var indexedCount = 0
+    /// What the session knows of each model type it met.
+    private var models: [ObjectIdentifier: ModelInfo] = [:]
     private var savepointDepth = 0
 
     /// Whether queries flush pending changes first (default: on).
@@ -40,22 +46,61 @@ public final class Session {
 
     /// Adds several new objects.
     public func addAll<M: Model>(_ objects: [M]) {
-        let table = M.Schema.table
+        let info = info(M.self)
+        indexAll()
         tracked.reserveCapacity(tracked.count + objects.count)
         for object in objects where byObject[ObjectIdentifier(object)] == nil {
-            let entry = Tracked(object, table: table, snapshot: nil)
+            let entry = Tracked(object, info, snapshot: nil)
             tracked.append(entry)
             byObject[ObjectIdentifier(object)] = entry
         }
+        indexedCount = tracked.count
+    }
+
+    /// The session's record of model type `M` (made once per type).
+    func info<M: Model>(_ type: M.Type) -> ModelInfo {
+        if let info = models[ObjectIdentifier(M.self)] { return info }
+        let info = ModelInfo(M.self)
+        models[ObjectIdentifier(M.self)] = info
+        return info
+    }
+
+    /// Indexes by object the entries that are not yet.
+    private func indexAll() {
+        guard indexedCount < tracked.count else { return }
+        for entry in tracked[indexedCount...] where !entry.detached { byObject[ObjectIdentifier(entry.object)] = entry }
+        indexedCount = tracked.count
+    }
+
+    /// The entry of a tracked object.
+    func entry(for object: AnyObject) -> Tracked? {
+        indexAll()
+        return byObject[ObjectIdentifier(object)]
+    }
+
+    /// Drops forgotten entries from `tracked`, keeping the indexed ones a prefix.
+    private func compact() {
+        guard detachedCount > 0 else { return }
+        var kept: [Tracked] = []
+        kept.reserveCapacity(tracked.count - min(detachedCount, tracked.count))
+        var indexed = 0
+        for (index, entry) in tracked.enumerated() where !entry.detached {
+            if index < indexedCount { indexed += 1 }
+            kept.append(entry)
+        }
+        tracked = kept
+        indexedCount = indexed
+        detachedCount = 0
     }
 
     /// Tracks a new object; returns whether it was new to the session.
     @discardableResult
     func track<M: Model>(_ object: M) -> Bool {
-        guard byObject[ObjectIdentifier(object)] == nil else { return false }
-        let entry = Tracked(object, table: M.Schema.table, snapshot: nil)
+        guard entry(for: object) == nil else { return false }
+        let entry = Tracked(object, info(M.self), snapshot: nil)
         tracked.append(entry)
         byObject[ObjectIdentifier(object)] = entry
+        indexedCount = tracked.count
         return true
     }
 
@@ -64,7 +109,7 @@ public final class Session {
     ///
     /// - Throws: ``SQLError/Kind/misuse`` when the session does not track the object.
     public func delete<M: Model>(_ object: M) throws(SQLError) {
-        guard let entry = byObject[ObjectIdentifier(object)] else {
+        guard let entry = entry(for: object) else {
             throw SQLError(.misuse, "delete: the session does not track this \(M.self)")
         }
         markDeleted(entry)
@@ -76,21 +121,22 @@ public final class Session {
 
     /// Whether the session tracks `object` (and it is not deleted).
     public func contains<M: Model>(_ object: M) -> Bool {
-        byObject[ObjectIdentifier(object)].map { !$0.deleted } ?? false
+        entry(for: object).map { !$0.deleted } ?? false
     }
 
     /// Stops tracking an object: later changes to it are not written.
     public func expunge<M: Model>(_ object: M) {
-        if let entry = byObject[ObjectIdentifier(object)] { forget(entry) }
+        if let entry = entry(for: object) { forget(entry) }
     }
 
     private func forget(_ entry: Tracked) {
+        guard !entry.detached else { return }
         entry.detached = true
+        detachedCount += 1
         byObject[ObjectIdentifier(entry.object)] = nil
         if let key = entry.key, byKey[key] === entry { byKey[key] = nil }
     }
 
-    func entry(for object: AnyObject) -> Tracked? { byObject[ObjectIdentifier(object)] }
 
     // MARK: Loading
 
@@ -123,33 +169,32 @@ public final class Session {
     func fetch<M: Model>(_ query: Select, as type: M.Type, isolation: isolated (any Actor)? = #isolation) async throws -> [M] {
         try await beginIfNeeded()
         let result = try await connection.execute(query)
-        let table = M.Schema.table
+        let info = info(M.self)
         // The key columns' positions, found once for the whole result.
-        let keyIndexes = table.primaryKey.map { result.columns.firstIndex(of: $0) }
+        let keyIndexes = info.table.primaryKey.map { result.columns.firstIndex(of: $0) }
         var objects: [M] = []
         objects.reserveCapacity(result.count)
         tracked.reserveCapacity(tracked.count + result.count)
         for row in result {
-            if let object = try materialize(M.self, row, table: table, keyIndexes: keyIndexes) { objects.append(object) }
+            if let object = try materialize(M.self, row, info: info, keyIndexes: keyIndexes) { objects.append(object) }
         }
         return objects
     }
 
     /// The tracked object for a row (the one already in the identity map, or a new one); nil when the
     /// object was deleted in this session.
-    func materialize<M: Model>(_ type: M.Type, _ row: Row, table: Table, keyIndexes: [Int?]) throws -> M? {
-        let key = IdentityKey(M.self, keyIndexes.map { $0.flatMap { row[$0] } ?? .null })
+    func materialize<M: Model>(_ type: M.Type, _ row: Row, info: ModelInfo, keyIndexes: [Int?]) throws -> M? {
+        let key = IdentityKey(M.self, row: row, keyIndexes)
         if let entry = byKey[key], let object = entry.object as? M {
             return entry.deleted ? nil : object
         }
         let object = try M(row: row)
         // The row is the snapshot as it is (no encoding per object loaded); it is compared in the model's own
         // encoding only if the object's values ever differ from it.
-        let entry = Tracked(object, table: table, snapshot: ColumnValues(row))
+        let entry = Tracked(object, info, snapshot: ColumnValues(row))
         entry.canonical = false
         entry.key = key
-        tracked.append(entry)
-        byObject[ObjectIdentifier(object)] = entry
+        tracked.append(entry)  // indexed by object when a lookup needs it
         byKey[key] = entry
         return object
     }
@@ -166,7 +211,7 @@ public final class Session {
     /// - Throws: ``SQLError/Kind/misuse`` for an object the session does not track or has not inserted yet;
     ///   ``SQLError/Kind/staleData`` when its row is gone.
     public func refresh<M: Model>(_ object: M, isolation: isolated (any Actor)? = #isolation) async throws {
-        guard let entry = byObject[ObjectIdentifier(object)], !entry.deleted else {
+        guard let entry = entry(for: object), !entry.deleted else {
             throw SQLError(.misuse, "refresh: the session does not track this \(M.self)")
         }
         guard let snapshot = entry.snapshot else {
@@ -191,7 +236,7 @@ public final class Session {
     ///
     /// Use it for an object built or decoded outside the session (a request body, another session's object).
     public func merge<M: Model>(_ object: M, isolation: isolated (any Actor)? = #isolation) async throws -> M {
-        if let entry = byObject[ObjectIdentifier(object)], !entry.deleted { return object }
+        if let entry = entry(for: object), !entry.deleted { return object }
         let values = object.encoded()
         let table = M.Schema.table
         let key = table.primaryKey.map { values[$0] ?? .null }
@@ -219,8 +264,8 @@ public final class Session {
     ///   ``withSavepoint(isolation:_:)``: the savepoint) is then rolled back and the session cleared (its
     ///   objects detached), so that it is in a known state.
     public func flush(isolation: isolated (any Actor)? = #isolation) async throws {
-        tracked.removeAll { $0.detached }
-        let withRelationships = tracked.contains { $0.operations.hasRelationships }
+        compact()
+        let withRelationships = models.values.contains { $0.hasRelationships }
         if withRelationships { try prepareRelationships() }
         do {
             if withRelationships { try await cascadeDeletes() }
@@ -266,9 +311,11 @@ public final class Session {
     /// The persistent objects whose encoded values differ from their snapshot, with the changed columns.
     private func dirtyEntries() -> [(Tracked, ColumnValues, [String])] {
         var dirty: [(Tracked, ColumnValues, [String])] = []
+        // One buffer for every object's values: an unchanged object (the usual case) costs no allocation.
+        var buffer = ColumnValues(capacity: 8)
         for entry in tracked where entry.snapshot != nil && !entry.deleted && !entry.detached {
-            let (values, changed) = entry.changes()
-            if !changed.isEmpty { dirty.append((entry, values, changed)) }
+            let changed = entry.changes(into: &buffer)
+            if !changed.isEmpty { dirty.append((entry, buffer, changed)) }
         }
         return dirty
     }
@@ -280,25 +327,34 @@ public final class Session {
         guard let table = entries.first?.table else { return }
         // A NULL in an auto-incremented column lets the database generate it.
         let generated = Set(table.columns.filter(\.isAutoIncrement).map(\.name))
-        var batches: [[String]: [(Tracked, [SQLValue])]] = [:]
-        var order: [[String]] = []
+        // Batches in order of first appearance; consecutive objects setting the same columns (the usual case)
+        // find their batch without hashing.
+        var batches: [(names: [String], rows: [(Tracked, [SQLValue])])] = []
+        var batchIndex: [[String]: Int] = [:]
+        var buffer = ColumnValues(capacity: table.columns.count)
+        var names: [String] = []
         for entry in entries {
-            let values = entry.encode()
-            var names: [String] = []
+            buffer.removeAll()
+            entry.operations.encode(entry.object, into: &buffer)
+            names.removeAll(keepingCapacity: true)
             var row: [SQLValue] = []
-            names.reserveCapacity(values.names.count)
-            row.reserveCapacity(values.names.count)
-            for (name, value) in zip(values.names, values.values) where !(value == .null && generated.contains(name)) {
+            row.reserveCapacity(buffer.names.count)
+            for (name, value) in zip(buffer.names, buffer.values) where !(value == .null && generated.contains(name)) {
                 names.append(name)
                 row.append(value)
             }
-            if batches[names] == nil { order.append(names) }
-            batches[names, default: []].append((entry, row))
+            if let last = batches.indices.last, batches[last].names == names {
+                batches[last].rows.append((entry, row))
+            } else if let index = batchIndex[names] {
+                batches[index].rows.append((entry, row))
+            } else {
+                batchIndex[names] = batches.count
+                batches.append((names, [(entry, row)]))
+            }
         }
         let returning = table.columns.map { SelectItem(node: SQLNode(.column(qualifier: nil, name: $0.name)), label: nil) }
         let keyNames = table.primaryKey
-        for names in order {
-            guard let batch = batches[names] else { continue }
+        for (names, batch) in batches {
             var statement = SQLAsync.insert(into: table)
                 .values(names.map { Assignment(column: $0, node: SQLNode(.parameter($0))) })
             statement.returningItems = returning
@@ -310,9 +366,10 @@ public final class Session {
             let keyIndexes = keyNames.map { result.columns.firstIndex(of: $0) }
             for ((entry, _), row) in zip(batch, result) {
                 try entry.operations.update(entry.object, row)
-                entry.snapshot = entry.encode()
-                entry.canonical = true
-                let key = IdentityKey(entry.type, keyIndexes.map { $0.flatMap { row[$0] } ?? .null })
+                // The returned row is the snapshot (compared in the model's encoding if ever needed).
+                entry.snapshot = ColumnValues(row)
+                entry.canonical = false
+                let key = IdentityKey(entry.type, row: row, keyIndexes)
                 entry.key = key
                 byKey[key] = entry
             }
@@ -440,7 +497,7 @@ public final class Session {
         while index < tracked.count {
             let entry = tracked[index]
             index += 1
-            if !entry.deleted && !entry.detached && entry.operations.hasRelationships {
+            if !entry.deleted && !entry.detached && entry.info.hasRelationships {
                 entry.operations.cascadeSave(entry.object, self)
             }
         }
@@ -455,7 +512,7 @@ public final class Session {
         var done = Set<ObjectIdentifier>()
         while true {
             var groups: [ObjectIdentifier: [Tracked]] = [:]
-            for entry in tracked where entry.deleted && !entry.detached && entry.operations.cascadesDeletes
+            for entry in tracked where entry.deleted && !entry.detached && entry.info.cascadesDeletes
                 && done.insert(ObjectIdentifier(entry)).inserted {
                 groups[ObjectIdentifier(entry.type), default: []].append(entry)
             }
@@ -470,7 +527,7 @@ public final class Session {
     /// Sets foreign keys from the loaded relationships (a child's key from its parent's, which an insert may
     /// just have generated).
     private func synchronizeKeys() throws {
-        for entry in tracked where !entry.deleted && !entry.detached && entry.operations.hasRelationships {
+        for entry in tracked where !entry.deleted && !entry.detached && entry.info.hasRelationships {
             try entry.operations.synchronize(entry.object, self)
         }
     }
@@ -478,7 +535,7 @@ public final class Session {
     /// The many-to-many association rows to insert and delete.
     private func linkChanges() -> [LinkChange] {
         var changes: [LinkChange] = []
-        for entry in tracked where !entry.detached && entry.operations.hasRelationships {
+        for entry in tracked where !entry.detached && entry.info.hasRelationships {
             changes += entry.operations.linkChanges(entry.object, deleted: entry.deleted, self)
         }
         return changes
@@ -486,14 +543,14 @@ public final class Session {
 
     /// Remembers what every loaded relationship holds, for the next flush to compare with.
     private func recordRelationships() {
-        for entry in tracked where !entry.deleted && !entry.detached && entry.operations.hasRelationships {
+        for entry in tracked where !entry.deleted && !entry.detached && entry.info.hasRelationships {
             entry.operations.record(entry.object, self)
         }
     }
 
     /// Records what a relationship of a tracked owner holds now (after a load or a flush).
     func record(_ owner: AnyObject, _ property: AnyKeyPath, _ related: [AnyObject]) {
-        guard let entry = byObject[ObjectIdentifier(owner)] else { return }
+        guard let entry = entry(for: owner) else { return }
         if entry.relations == nil { entry.relations = [:] }
         entry.relations?[property] = related
     }
@@ -501,7 +558,7 @@ public final class Session {
     /// What a relationship of a tracked owner held at its load or the last flush (nil: never loaded through
     /// the session).
     func recorded(_ owner: AnyObject, _ property: AnyKeyPath) -> [AnyObject]? {
-        byObject[ObjectIdentifier(owner)]?.relations?[property]
+        entry(for: owner)?.relations?[property]
     }
 
     /// Sets a column of a tracked or new object (a foreign key): through its encoding and
@@ -563,6 +620,8 @@ public final class Session {
         tracked.removeAll()
         byKey.removeAll()
         byObject.removeAll()
+        indexedCount = 0
+        detachedCount = 0
     }
 
     // MARK: Bookkeeping
@@ -580,15 +639,26 @@ public final class Session {
             self.type = ObjectIdentifier(type)
             self.key = key.count == 1 ? .one(key[0]) : .many(key)
         }
+
+        /// The key in a row, at `indexes` (a missing column is NULL); no array for a one-column key.
+        init(_ type: Any.Type, row: Row, _ indexes: [Int?]) {
+            self.type = ObjectIdentifier(type)
+            if indexes.count == 1 {
+                key = .one(indexes[0].flatMap { row[$0] } ?? .null)
+            } else {
+                key = .many(indexes.map { $0.flatMap { row[$0] } ?? .null })
+            }
+        }
     }
 
     /// One tracked object, with its model's operations.
     final class Tracked {
         let object: AnyObject
-        let type: Any.Type
-        let table: Table
-        let operations: any ModelOperations
-        var versionColumn: String? { operations.versionColumn }
+        let info: ModelInfo
+        var type: Any.Type { info.type }
+        var table: Table { info.table }
+        var operations: any ModelOperations { info.operations }
+        var versionColumn: String? { info.versionColumn }
         /// The values last read or written; nil for an object still to insert.
         var snapshot: ColumnValues?
         /// Whether the snapshot is in the model's own encoding (else it is the row as the database returned
@@ -601,22 +671,20 @@ public final class Session {
         /// What each loaded relationship held at its load or the last flush.
         var relations: [AnyKeyPath: [AnyObject]]?
 
-        /// - Parameter table: `M.Schema.table`, computed once by the caller for many objects (building it
-        ///   per object would cost more than the rest of the bookkeeping).
-        init<M: Model>(_ object: M, table: Table, snapshot: ColumnValues?) {
+        init(_ object: AnyObject, _ info: ModelInfo, snapshot: ColumnValues?) {
             self.object = object
-            type = M.self
-            self.table = table
-            operations = Operations<M>()
+            self.info = info
             self.snapshot = snapshot
         }
 
         func encode() -> ColumnValues { operations.encode(object) }
 
-        /// The current values and the columns that differ from the snapshot.
-        func changes() -> (ColumnValues, [String]) {
-            let values = encode()
-            guard let snapshot else { return (values, values.names) }
+        /// The columns whose current values (encoded into `values`) differ from the snapshot.
+        func changes(into values: inout ColumnValues) -> [String] {
+            values.removeAll()
+            operations.encode(object, into: &values)
+            guard let snapshot else { return values.names }
+            if values.equalsInOrder(snapshot) { return [] }
             var changed = values.changedNames(since: snapshot)
             if !changed.isEmpty && !canonical, let recoded = operations.recode(snapshot) {
                 // Compare in the model's own encoding: decoded from the row and encoded again, once.
@@ -624,8 +692,29 @@ public final class Session {
                 canonical = true
                 changed = values.changedNames(since: recoded)
             }
-            return (values, changed)
+            return changed
         }
+    }
+}
+
+/// What a session knows of a model type, made once per type and shared by its tracked objects.
+final class ModelInfo {
+    let type: Any.Type
+    /// `M.Schema.table` (building it per object would cost more than the rest of the bookkeeping).
+    let table: Table
+    let operations: any ModelOperations
+    let versionColumn: String?
+    let hasRelationships: Bool
+    let cascadesDeletes: Bool
+
+    init<M: Model>(_ type: M.Type) {
+        self.type = M.self
+        table = M.Schema.table
+        let operations = Operations<M>()
+        self.operations = operations
+        versionColumn = M.versionColumn?.name
+        hasRelationships = operations.hasRelationships
+        cascadesDeletes = operations.cascadesDeletes
     }
 }
 
@@ -635,6 +724,7 @@ protocol ModelOperations {
     var hasRelationships: Bool { get }
     var cascadesDeletes: Bool { get }
     func encode(_ object: AnyObject) -> ColumnValues
+    func encode(_ object: AnyObject, into values: inout ColumnValues)
     func update(_ object: AnyObject, _ row: Row) throws
     /// The snapshot in the model's own encoding: decoded into a new object and encoded again.
     func recode(_ snapshot: ColumnValues) -> ColumnValues?
@@ -654,6 +744,7 @@ struct Operations<M: Model>: ModelOperations {
 
     // `unsafeDowncast`: a Tracked entry is created only with an `M` and its `Operations<M>` together.
     func encode(_ object: AnyObject) -> ColumnValues { unsafeDowncast(object, to: M.self).encoded() }
+    func encode(_ object: AnyObject, into values: inout ColumnValues) { unsafeDowncast(object, to: M.self).encode(to: &values) }
     func update(_ object: AnyObject, _ row: Row) throws { try unsafeDowncast(object, to: M.self).update(from: row) }
     func recode(_ snapshot: ColumnValues) -> ColumnValues? { (try? M(row: snapshot.row))?.encoded() }
 
