@@ -9,7 +9,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/bootstrap.sh
-swift build -c release --package-path Benchmarks 2>&1 | grep -E "error|warning: .*/Benchmarks/Sources" && exit 1
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+if ! swift build -c release --package-path Benchmarks >"$log" 2>&1 || grep -E "error:|warning: .*/Benchmarks/Sources" "$log"; then
+    grep -E "error:|warning: " "$log" | head -40 >&2 || true
+    echo "benchmarks.sh: the benchmarks do not build cleanly" >&2
+    exit 1
+fi
 out=Benchmarks/results
 mkdir -p "$out"
 {

@@ -350,4 +350,64 @@ struct SessionCascadeTests {
             try await Self.library.dropAll(on: connection)
         }
     }
+
+    @Test("moves between parents, deleted objects still held, unloaded collections and keyless queries",
+          arguments: TestBackend.selected, TestDatabase.allCases)
+    func relationshipEdgeCases(_ backend: TestBackend, _ database: TestDatabase) async throws {
+        try await database.withPrivateConnection(backend) { connection in
+            try await Self.library.createAll(on: connection)
+            let setup = Session(connection: connection)
+            let note = Note("movable")
+            setup.addAll([Shelf(name: "A", volumes: [Volume(title: "V", notes: [note])]), Shelf(name: "B", volumes: [])])
+            setup.add(Volume(title: "W", notes: []))
+            try await setup.commit()
+
+            // A volume moved from shelf A to shelf B, in a flush with no insert: its key follows.
+            let session = Session(connection: connection)
+            let shelves = try await session.scalars(select(Shelf.self).orderBy(Shelves.name.asc()).including(Shelf.volumes))
+            let (a, b) = (shelves[0], shelves[1])
+            let volume = try #require(a.volumes.value?.first)
+            a.volumes = .loaded([])
+            b.volumes = .loaded([volume])
+            try await session.commit()
+            #expect(try await connection.execute("SELECT shelf_id FROM volumes WHERE title = 'V'").scalar(Int64?.self) == .some(b.id))
+
+            // A note moved from one volume to another with delete-orphan on: moved, not deleted.
+            let volumes = try await session.scalars(select(Volume.self).orderBy(Volumes.title.asc()).including(Volume.notes))
+            let (v, w) = (volumes[0], volumes[1])
+            let moved = try #require(v.notes.value?.first)
+            v.notes = .loaded([])
+            w.notes = .loaded([moved])
+            try await session.commit()
+            #expect(try await connection.execute("SELECT volume_id FROM notes").scalars(Int64.self) == [w.id ?? -1])
+
+            // A volume deleted while its shelf's loaded collection still holds it: not inserted again later.
+            try session.delete(w)
+            try await session.commit()
+            b.volumes = .loaded((b.volumes.value ?? []) + [w])
+            try await session.commit()
+            #expect(try await Self.rows(Volumes.self, connection) == 1)
+            #expect(try await Self.rows(Notes.self, connection) == 0)
+
+            // A query that does not select the primary key cannot give objects.
+            await #expect { _ = try await session.objects(select(Shelves.name).from(Shelves.self), as: Shelf.self) } throws: {
+                ($0 as? SQLError)?.kind == .misuse
+            }
+            try await session.commit()
+            try await Self.library.dropAll(on: connection)
+
+            // A many-to-many collection assigned without being loaded: its rows are unknown, so it is refused.
+            let tagging = Metadata(Posts.self, Tags.self, PostTags.self)
+            try await tagging.createAll(on: connection)
+            let writer = Session(connection: connection)
+            writer.add(TaggedPost(title: "T", tags: [Tag(label: "x")]))
+            try await writer.commit()
+            let reader = Session(connection: connection)
+            let post = try #require(try await reader.scalar(select(TaggedPost.self)))
+            post.tags = .loaded([Tag(label: "y")])
+            await #expect { try await reader.commit() } throws: { ($0 as? SQLError)?.kind == .misuse }
+            #expect(try await Self.rows(PostTags.self, connection) == 1)
+            try await tagging.dropAll(on: connection)
+        }
+    }
 }

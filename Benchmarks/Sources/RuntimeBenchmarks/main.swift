@@ -269,4 +269,4 @@ if wanted("RT-TIMEOUT") {
 
 try report(
     rows, options: options, title: "Runtime workloads: ops/s relative to the C floor, or to the fastest row",
-    reference: { $0.system.hasPrefix("C (") })
+    reference: { $0.system.hasPrefix("C (") }, peer: { $0.system.hasPrefix("Swift") })

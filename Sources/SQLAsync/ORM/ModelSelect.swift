@@ -154,7 +154,8 @@ extension Session {
 
     /// The first object of a model query, or `nil`.
     public func scalar<M: Model>(_ query: ModelSelect<M>, isolation: isolated (any Actor)? = #isolation) async throws -> M? {
-        try await scalars(query.limit(1)).first
+        // (A one-to-many joined into the query repeats the row: no LIMIT then.)
+        try await scalars(query.joins.contains(where: \.isToMany) ? query : query.limit(1)).first
     }
 
     private func fetchJoined<M: Model>(_ query: ModelSelect<M>, isolation: isolated (any Actor)? = #isolation) async throws -> [M] {
@@ -162,6 +163,7 @@ extension Session {
         let result = try await connection.execute(query.statement)
         let info = info(M.self)
         let keyIndexes = info.table.primaryKey.map { result.columns.firstIndex(of: $0) }
+        try Self.checkKeyColumns(M.self, info, keyIndexes)
         let ownColumns = M.Schema.columns.count
         var owners: [M] = []
         var indexOf: [ObjectIdentifier: Int] = [:]

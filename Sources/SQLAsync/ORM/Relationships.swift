@@ -70,11 +70,11 @@ protocol RelationshipInternals<Owner>: Relationship {
     /// Sets foreign keys from what the owner holds.
     func synchronize(_ owner: Owner, in session: Session) throws
     /// Association rows to write (many-to-many).
-    func linkChanges(_ owner: Owner, deleted: Bool, in session: Session) -> [LinkChange]
+    func linkChanges(_ owner: Owner, deleted: Bool, persistent: Bool, in session: Session) throws -> [LinkChange]
 }
 
 extension RelationshipInternals {
-    func linkChanges(_ owner: Owner, deleted: Bool, in session: Session) -> [LinkChange] { [] }
+    func linkChanges(_ owner: Owner, deleted: Bool, persistent: Bool, in session: Session) throws -> [LinkChange] { [] }
     func cascadeDelete(_ owners: [Owner], in session: Session, isolation: isolated (any Actor)?) async throws {}
 
     /// The objects removed since the load or the last flush.
@@ -160,7 +160,9 @@ public struct ToMany<Parent: Model, Child: Model, Key: SQLColumnValue>: Relation
     func handleRemoved(_ owner: Parent, in session: Session) throws {
         let ownerKey = owner.encoded()[parentKey.name] ?? .null
         for object in removed(owner, in: session) {
-            guard let child = object as? Child, let entry = session.entry(for: child), !entry.deleted else { continue }
+            guard let child = object as? Child, let entry = session.entry(for: child), !entry.deleted,
+                !session.held.contains(ObjectIdentifier(child))  // moved to another parent, not orphaned
+            else { continue }
             if cascade.contains(.deleteOrphan) {
                 session.markDeleted(entry)
             } else if child.encoded()[childKey.name] == ownerKey {
@@ -239,8 +241,10 @@ public struct ToOne<Child: Model, Parent: Model, Key: SQLColumnValue>: Relations
         var byKey: [SQLValue: Parent] = [:]
         // Parents already in the identity map cost no query.
         var missing: [SQLValue] = []
+        // (Only when the column referenced is the parent's primary key: the identity map is by primary key.)
+        let byPrimaryKey = Parent.Schema.table.primaryKey == [parentKey.name]
         for key in wanted {
-            if let parent = session.tracked(Parent.self, key: [key]) { byKey[key] = parent } else { missing.append(key) }
+            if byPrimaryKey, let parent = session.tracked(Parent.self, key: [key]) { byKey[key] = parent } else { missing.append(key) }
         }
         if !missing.isEmpty {
             var query = select(all: Parent.Schema.self)
@@ -334,12 +338,14 @@ public struct ManyToMany<Owner: Model, Target: Model, OwnerKey: SQLColumnValue, 
             var query = select(ownerLink, targetLink)
             query.tables = [Table(ownerLink.qualifier, columns: [])]
             query.conditions.append(SQLNode(.inList(ownerLink.node, wanted.map { SQLNode(.value($0)) }, negated: false)))
+            try await session.beginIfNeeded()
             for row in try await session.connection.execute(query) {
                 links[row[0] ?? .null, default: []].append(row[1] ?? .null)
             }
             var missing: [SQLValue] = []
+            let byPrimaryKey = Target.Schema.table.primaryKey == [targetKey.name]
             for key in Set(links.values.joined()) {
-                if let target = session.tracked(Target.self, key: [key]) { targetsByKey[key] = target } else { missing.append(key) }
+                if byPrimaryKey, let target = session.tracked(Target.self, key: [key]) { targetsByKey[key] = target } else { missing.append(key) }
             }
             if !missing.isEmpty {
                 var targets = select(all: Target.Schema.self)
@@ -365,7 +371,7 @@ public struct ManyToMany<Owner: Model, Target: Model, OwnerKey: SQLColumnValue, 
     func handleRemoved(_ owner: Owner, in session: Session) throws {}
     func synchronize(_ owner: Owner, in session: Session) throws {}
 
-    func linkChanges(_ owner: Owner, deleted: Bool, in session: Session) -> [LinkChange] {
+    func linkChanges(_ owner: Owner, deleted: Bool, persistent: Bool, in session: Session) throws -> [LinkChange] {
         let table = Table(ownerLink.qualifier, columns: [])
         let ownerKey = ownerKey.name, targetKey = targetKey.name
         let ownerValue = { owner.encoded()[ownerKey] ?? .null }
@@ -374,7 +380,11 @@ public struct ManyToMany<Owner: Model, Target: Model, OwnerKey: SQLColumnValue, 
             return [LinkChange(table: table, ownerColumn: ownerLink.name, targetColumn: targetLink.name, owner: ownerValue, deleteAll: true)]
         }
         guard let now = owner[keyPath: property].value else { return [] }
-        let before = (session.recorded(owner, property) ?? []).compactMap { $0 as? Target }
+        guard let recorded = session.recorded(owner, property) ?? (persistent ? nil : []) else {
+            // Its association rows were never read: what to insert and delete is unknown.
+            throw SQLError(.misuse, "\(Owner.self)'s many-to-many collection was assigned without being loaded: load it (session.load) before changing it")
+        }
+        let before = recorded.compactMap { $0 as? Target }
         let had = Set(before.map(ObjectIdentifier.init))
         let has = Set(now.map(ObjectIdentifier.init))
         let added = now.filter { !had.contains(ObjectIdentifier($0)) }

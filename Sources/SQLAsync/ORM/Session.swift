@@ -27,9 +27,13 @@ public final class Session {
     /// a lookup by object needs them (a read-only session never pays for it).
     private var byObject: [ObjectIdentifier: Tracked] = [:]
     private var indexedCount = 0
+    /// Objects deleted by a flush of this session (held, so that their identifiers stay theirs).
+    private var deletedObjects: [ObjectIdentifier: AnyObject] = [:]
     /// What the session knows of each model type it met.
     private var models: [ObjectIdentifier: ModelInfo] = [:]
     private var savepointDepth = 0
+    /// During a flush: the objects live owners' loaded relationships hold.
+    private(set) var held = Set<ObjectIdentifier>()
 
     /// Whether queries flush pending changes first (default: on).
     public var autoflush = true
@@ -96,7 +100,8 @@ public final class Session {
     /// Tracks a new object; returns whether it was new to the session.
     @discardableResult
     func track<M: Model>(_ object: M) -> Bool {
-        guard entry(for: object) == nil else { return false }
+        // A deleted object still held by a relationship is not brought back by the save-update cascade.
+        guard entry(for: object) == nil, deletedObjects[ObjectIdentifier(object)] == nil else { return false }
         let entry = Tracked(object, info(M.self), snapshot: nil)
         tracked.append(entry)
         byObject[ObjectIdentifier(object)] = entry
@@ -172,6 +177,7 @@ public final class Session {
         let info = info(M.self)
         // The key columns' positions, found once for the whole result.
         let keyIndexes = info.table.primaryKey.map { result.columns.firstIndex(of: $0) }
+        try Self.checkKeyColumns(M.self, info, keyIndexes)
         var objects: [M] = []
         objects.reserveCapacity(result.count)
         tracked.reserveCapacity(tracked.count + result.count)
@@ -185,6 +191,7 @@ public final class Session {
     /// object was deleted in this session.
     func materialize<M: Model>(_ type: M.Type, _ row: Row, info: ModelInfo, keyIndexes: [Int?]) throws -> M? {
         let key = IdentityKey(M.self, row: row, keyIndexes)
+        if key.hasNull { throw SQLError(.misuse, "a \(M.self) row has a NULL primary key") }
         if let entry = byKey[key], let object = entry.object as? M {
             return entry.deleted ? nil : object
         }
@@ -266,17 +273,20 @@ public final class Session {
     public func flush(isolation: isolated (any Actor)? = #isolation) async throws {
         compact()
         let withRelationships = models.values.contains { $0.hasRelationships }
-        if withRelationships { try prepareRelationships() }
         do {
-            if withRelationships { try await cascadeDeletes() }
+            if withRelationships {
+                try prepareRelationships()
+                try await cascadeDeletes()
+            }
             let inserts = tracked.filter { $0.snapshot == nil && !$0.detached }
-            // Without inserts no key changes, so what changed is known now.
+            // Without inserts no key changes, so what changed is known now (foreign keys set first).
+            if inserts.isEmpty && withRelationships { try synchronizeKeys() }
             var updates = inserts.isEmpty ? dirtyEntries() : nil
             let deletes = tracked.filter { $0.deleted && !$0.detached }
-            let links = withRelationships ? linkChanges() : []
+            let links = withRelationships ? try linkChanges() : []
             if inserts.isEmpty && deletes.isEmpty && updates?.isEmpty == true && links.isEmpty { return }
             try await beginIfNeeded()
-            let order = try tableOrder()
+            let order = try tableOrder(inserts + deletes)
             for name in order {
                 let entries = inserts.filter { $0.table.name == name }
                 guard !entries.isEmpty else { continue }
@@ -300,11 +310,17 @@ public final class Session {
         }
     }
 
-    /// The tables of the tracked objects, parents before children.
-    private func tableOrder() throws(SQLError) -> [String] {
+    /// The tables of the objects to insert or delete, parents before children.
+    ///
+    /// - Throws: ``SQLError/Kind/misuse`` for a table without a primary key (the session could not tell its
+    ///   rows apart), or a cycle of foreign keys among them.
+    private func tableOrder(_ entries: [Tracked]) throws(SQLError) -> [String] {
         var tables: [String: Table] = [:]
-        for entry in tracked where !entry.detached && tables[entry.table.name] == nil { tables[entry.table.name] = entry.table }
-        if tables.count == 1 { return Array(tables.keys) }
+        for entry in entries where tables[entry.table.name] == nil { tables[entry.table.name] = entry.table }
+        for table in tables.values where table.primaryKey.isEmpty {
+            throw SQLError(.misuse, "the table \(table.name) has no primary key: a session cannot write its rows")
+        }
+        if tables.count <= 1 { return Array(tables.keys) }
         return try Metadata(tables: tables.keys.sorted().compactMap { tables[$0] }).sortedTables().map(\.name)
     }
 
@@ -425,9 +441,17 @@ public final class Session {
             if version != nil {
                 for ((entry, _), row) in zip(batch, result) { try entry.operations.update(entry.object, row) }
             }
+            let keyChanged = key.changed.contains(where: keyNames.contains)
             for (entry, values) in batch {
                 entry.snapshot = version == nil ? values : entry.encode()
                 entry.canonical = true
+                if keyChanged {
+                    // A new primary key: the identity map follows it.
+                    if let old = entry.key, byKey[old] === entry { byKey[old] = nil }
+                    let new = IdentityKey(entry.type, keyNames.map { values[$0] ?? .null })
+                    entry.key = new
+                    byKey[new] = entry
+                }
             }
         }
     }
@@ -457,7 +481,10 @@ public final class Session {
                 "\(entries.count - result.rowsAffected) of the \(entries.count) \(table.name) rows being deleted were already gone"
                     + (version == nil ? "" : " or changed since they were read"))
         }
-        for entry in entries { forget(entry) }
+        for entry in entries {
+            forget(entry)
+            deletedObjects[ObjectIdentifier(entry.object)] = entry.object
+        }
     }
 
     /// Runs a statement whose parameters are positional, once per set (one set: a plain execute).
@@ -477,6 +504,16 @@ public final class Session {
             SQLNode(.binary(SQLNode(.column(qualifier: table.reference, name: name)), "=", value))
         }
         return parts.count == 1 ? parts[0] : logical("AND", parts)
+    }
+
+    /// Objects are told apart by their primary key: a query must select it.
+    static func checkKeyColumns<M: Model>(_ type: M.Type, _ info: ModelInfo, _ keyIndexes: [Int?]) throws(SQLError) {
+        if keyIndexes.isEmpty {
+            throw SQLError(.misuse, "\(M.self)'s table \(info.table.name) has no primary key: a session cannot tell its rows apart")
+        }
+        if keyIndexes.contains(where: { $0 == nil }) {
+            throw SQLError(.misuse, "a query for \(M.self) objects must select its primary key (\(info.table.primaryKey.joined(separator: ", "))): use select(\(M.self).self) or select(all:)")
+        }
     }
 
     /// The primary key's column names, when `key` has one value for each.
@@ -501,7 +538,13 @@ public final class Session {
                 entry.operations.cascadeSave(entry.object, self)
             }
         }
-        for entry in tracked where !entry.deleted && !entry.detached && entry.relations != nil {
+        // Objects some live owner holds: taken out of one collection and put in another, a child is moved,
+        // not orphaned.
+        held.removeAll(keepingCapacity: true)
+        for entry in tracked where !entry.deleted && !entry.detached && entry.info.hasRelationships {
+            for object in entry.operations.heldObjects(entry.object) { held.insert(ObjectIdentifier(object)) }
+        }
+        for entry in tracked where !entry.detached && entry.relations != nil {
             try entry.operations.handleRemoved(entry.object, self)
         }
     }
@@ -533,10 +576,10 @@ public final class Session {
     }
 
     /// The many-to-many association rows to insert and delete.
-    private func linkChanges() -> [LinkChange] {
+    private func linkChanges() throws -> [LinkChange] {
         var changes: [LinkChange] = []
         for entry in tracked where !entry.detached && entry.info.hasRelationships {
-            changes += entry.operations.linkChanges(entry.object, deleted: entry.deleted, self)
+            changes += try entry.operations.linkChanges(entry.object, deleted: entry.deleted, persistent: entry.snapshot != nil, self)
         }
         return changes
     }
@@ -602,7 +645,13 @@ public final class Session {
         try await flush()
         guard let transaction else { return }
         self.transaction = nil
-        try await transaction.commit()
+        do {
+            try await transaction.commit()
+        } catch {
+            // Rolled back: what the objects say of the database is no longer true.
+            detachAll()
+            throw error
+        }
     }
 
     /// Rolls the session's transaction back and detaches every object (their state in the database is no
@@ -622,6 +671,7 @@ public final class Session {
         byObject.removeAll()
         indexedCount = 0
         detachedCount = 0
+        deletedObjects.removeAll()
     }
 
     // MARK: Bookkeeping
@@ -638,6 +688,13 @@ public final class Session {
         init(_ type: Any.Type, _ key: [SQLValue]) {
             self.type = ObjectIdentifier(type)
             self.key = key.count == 1 ? .one(key[0]) : .many(key)
+        }
+
+        var hasNull: Bool {
+            switch key {
+            case .one(let value): value == .null
+            case .many(let values): values.contains(.null)
+            }
         }
 
         /// The key in a row, at `indexes` (a missing column is NULL); no array for a one-column key.
@@ -732,7 +789,8 @@ protocol ModelOperations {
     func handleRemoved(_ object: AnyObject, _ session: Session) throws
     func cascadeDelete(_ objects: [AnyObject], _ session: Session, isolation: isolated (any Actor)?) async throws
     func synchronize(_ object: AnyObject, _ session: Session) throws
-    func linkChanges(_ object: AnyObject, deleted: Bool, _ session: Session) -> [LinkChange]
+    func linkChanges(_ object: AnyObject, deleted: Bool, persistent: Bool, _ session: Session) throws -> [LinkChange]
+    func heldObjects(_ object: AnyObject) -> [AnyObject]
     func record(_ object: AnyObject, _ session: Session)
 }
 
@@ -772,9 +830,18 @@ struct Operations<M: Model>: ModelOperations {
         for relationship in relationships { try relationship.synchronize(owner, in: session) }
     }
 
-    func linkChanges(_ object: AnyObject, deleted: Bool, _ session: Session) -> [LinkChange] {
+    func linkChanges(_ object: AnyObject, deleted: Bool, persistent: Bool, _ session: Session) throws -> [LinkChange] {
         let owner = unsafeDowncast(object, to: M.self)
-        return relationships.flatMap { $0.linkChanges(owner, deleted: deleted, in: session) }
+        var changes: [LinkChange] = []
+        for relationship in relationships {
+            changes += try relationship.linkChanges(owner, deleted: deleted, persistent: persistent, in: session)
+        }
+        return changes
+    }
+
+    func heldObjects(_ object: AnyObject) -> [AnyObject] {
+        let owner = unsafeDowncast(object, to: M.self)
+        return relationships.flatMap { $0.loadedObjects(owner) ?? [] }
     }
 
     func record(_ object: AnyObject, _ session: Session) {
