@@ -55,14 +55,7 @@ public struct ModelSelect<M: Model> {
     /// Loads a many-to-one relationship in the same query (`LEFT JOIN` of the parent's table).
     public func joined<Parent: Model, Key: SQLColumnValue>(_ relationship: ToOne<M, Parent, Key>) -> Self {
         with { query in
-            let alias = "anyruntime_j\(query.joins.count)"
-            let table = Parent.Schema.table.aliased(alias)
-            let start = query.statement.items.count
-            query.add(Parent.self, alias: alias)
-            query.statement.joins.append(Select.Join(
-                kind: "LEFT JOIN", table: table,
-                condition: SQLNode(.binary(
-                    SQLNode(.column(qualifier: alias, name: relationship.parentKey.name)), "=", relationship.childKey.node))))
+            let start = query.leftJoin(Parent.self, column: relationship.parentKey.name, equals: relationship.childKey.node)
             query.joins.append(JoinedLoad(isToMany: false) { session, result, owners, ownerOfRow in
                 let (keyIndexes, columns) = JoinedLoad<M>.layout(Parent.self, result, start)
                 var parents: [Parent?] = Array(repeating: nil, count: owners.count)
@@ -80,14 +73,7 @@ public struct ModelSelect<M: Model> {
     /// they are refused with it: load the children with ``including(_:)`` instead.
     public func joined<Child: Model, Key: SQLColumnValue>(_ relationship: ToMany<M, Child, Key>) -> Self {
         with { query in
-            let alias = "anyruntime_j\(query.joins.count)"
-            let table = Child.Schema.table.aliased(alias)
-            let start = query.statement.items.count
-            query.add(Child.self, alias: alias)
-            query.statement.joins.append(Select.Join(
-                kind: "LEFT JOIN", table: table,
-                condition: SQLNode(.binary(
-                    SQLNode(.column(qualifier: alias, name: relationship.childKey.name)), "=", relationship.parentKey.node))))
+            let start = query.leftJoin(Child.self, column: relationship.childKey.name, equals: relationship.parentKey.node)
             query.joins.append(JoinedLoad(isToMany: true) { session, result, owners, ownerOfRow in
                 let (keyIndexes, columns) = JoinedLoad<M>.layout(Child.self, result, start)
                 var children: [[Child]] = Array(repeating: [], count: owners.count)
@@ -104,12 +90,19 @@ public struct ModelSelect<M: Model> {
         }
     }
 
-    /// Appends every column of `T`'s table, qualified by `alias`.
-    private mutating func add<T: Model>(_ type: T.Type, alias: String) {
+    /// `LEFT JOIN` of `T`'s table under an alias of its own, on `alias.column = other`, with every column of
+    /// it appended to the select list; returns the position of its first column.
+    private mutating func leftJoin<T: Model>(_ type: T.Type, column: String, equals other: SQLNode) -> Int {
+        let alias = "anyruntime_j\(joins.count)"
+        let start = statement.items.count
         for (index, column) in T.Schema.columns.enumerated() {
             statement.items.append(SelectItem(
                 node: SQLNode(.column(qualifier: alias, name: column.definition.name)), label: "\(alias)_\(index)"))
         }
+        statement.joins.append(Select.Join(
+            kind: "LEFT JOIN", table: T.Schema.table.aliased(alias),
+            condition: SQLNode(.binary(SQLNode(.column(qualifier: alias, name: column)), "=", other))))
+        return start
     }
 }
 
