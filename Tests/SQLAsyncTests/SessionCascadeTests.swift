@@ -329,17 +329,32 @@ struct SessionCascadeTests {
     @Test("updates and deletes are batched; a stale row in a batch fails the whole flush",
           arguments: TestBackend.selected, TestDatabase.allCases)
     func batches(_ backend: TestBackend, _ database: TestDatabase) async throws {
-        try await database.withPrivateConnection(backend) { connection in
+        let logs = CapturedLogs()
+        var logger = Logger(label: "orm") { _ in CapturingHandler(sink: logs) }
+        logger.logLevel = .debug
+        /// The statements logged since `start` that contain `text`.
+        func sent(_ text: String, since start: Int) -> [String] { logs.all.dropFirst(start).filter { $0.contains(text) } }
+        try await database.withPrivateConnection(backend, logger: logger) { connection in
             try await Self.library.createAll(on: connection)
             let session = Session(connection: connection)
             let shelves = (0..<50).map { Shelf(name: "s\($0)") }
             session.addAll(shelves)
+            var start = logs.all.count
             try await session.commit()
+            // One statement for the 50 inserts, one for the 50 updates, one for the 20 deletes.
+            let inserts = sent("INSERT", since: start)
+            #expect(inserts.count == 1 && inserts[0].contains("executeMany") && inserts[0].contains("50"), "\(inserts)")
             for shelf in shelves { shelf.name += "!" }
+            start = logs.all.count
             try await session.commit()
+            let updates = sent("UPDATE", since: start)
+            #expect(updates.count == 1 && updates[0].contains("executeMany") && updates[0].contains("50"), "\(updates)")
             #expect(try await connection.execute("SELECT count(*) FROM shelves WHERE name LIKE '%!'").scalar(Int.self) == 50)
             for shelf in shelves.prefix(20) { try session.delete(shelf) }
+            start = logs.all.count
             try await session.commit()
+            let deletes = sent("DELETE", since: start)
+            #expect(deletes.count == 1 && deletes[0].contains("executeMany") && deletes[0].contains("20"), "\(deletes)")
             #expect(try await Self.rows(Shelves.self, connection) == 30)
 
             // One of the rows being updated is gone: the flush fails as stale and writes nothing.

@@ -48,6 +48,19 @@ struct PeerError: Error, CustomStringConvertible {
     init(_ description: String) { self.description = description }
 }
 
+/// `count` point selects one after another through `execute` (a connection's or the pool's); their checksum.
+func pointSelects<Rows: AsyncSequence>(
+    _ count: Int, _ execute: (PointSelectStatement) async throws -> Rows
+) async throws -> String where Rows.Element == PointSelectStatement.Row {
+    var checksum: Int64 = 0
+    for i in 0..<count {
+        for try await (id, name, balance) in try await execute(PointSelectStatement(id: Int64(i * 7919 % 100_000 + 1))) {
+            checksum &+= id &+ Int64(name.utf8.count) &+ balance
+        }
+    }
+    return "checksum \(checksum)"
+}
+
 /// PG-POINT-SEQ, PG-POINT-CONC, PG-INSERT-BULK and PG-FETCH-ALL through PostgresNIO.
 func postgresNIORows(url: String, options: Options, wanted: @escaping @Sendable (String) -> Bool) async throws -> [BenchmarkRow] {
     let (host, port, user, password, database) = try postgresNIOConfiguration(url)
@@ -66,13 +79,7 @@ func postgresNIORows(url: String, options: Options, wanted: @escaping @Sendable 
         if wanted("POINT-SEQ") {
             let n = options.count(20_000)
             rows.append(try await measure("PG-POINT-SEQ", "PostgresNIO (one connection)", operations: n, repetitions: reps) {
-                var checksum: Int64 = 0
-                for i in 0..<n {
-                    for try await (id, name, balance) in try await connection.execute(PointSelectStatement(id: Int64(i * 7919 % 100_000 + 1)), logger: logger) {
-                        checksum &+= id &+ Int64(name.utf8.count) &+ balance
-                    }
-                }
-                return "checksum \(checksum)"
+                try await pointSelects(n) { try await connection.execute($0, logger: logger) }
             })
         }
         if wanted("INSERT-BULK") {
@@ -116,13 +123,7 @@ func postgresNIORows(url: String, options: Options, wanted: @escaping @Sendable 
             if wanted("POINT-SEQ") {
                 let n = options.count(20_000)
                 rows.append(try await measure("PG-POINT-SEQ", "PostgresNIO (PostgresClient)", operations: n, repetitions: reps) {
-                    var checksum: Int64 = 0
-                    for i in 0..<n {
-                        for try await (id, name, balance) in try await client.execute(PointSelectStatement(id: Int64(i * 7919 % 100_000 + 1)), logger: logger) {
-                            checksum &+= id &+ Int64(name.utf8.count) &+ balance
-                        }
-                    }
-                    return "checksum \(checksum)"
+                    try await pointSelects(n) { try await client.execute($0, logger: logger) }
                 })
             }
             if wanted("POINT-CONC") {

@@ -113,10 +113,7 @@ public struct ToMany<Parent: Model, Child: Model, Key: SQLColumnValue>: Relation
         _ property: any ReferenceWritableKeyPath<Parent, Related<[Child]>> & Sendable, key: Column<Key>, children: Column<Key>,
         cascade: Cascade = .saveUpdate
     ) {
-        self.property = property
-        parentKey = ColumnReference(key)
-        childKey = ColumnReference(children)
-        self.cascade = cascade
+        self.init(property, ColumnReference(key), ColumnReference(children), cascade)
     }
 
     /// The same, with a nullable foreign key (a child may have no parent).
@@ -124,9 +121,16 @@ public struct ToMany<Parent: Model, Child: Model, Key: SQLColumnValue>: Relation
         _ property: any ReferenceWritableKeyPath<Parent, Related<[Child]>> & Sendable, key: Column<Key>, children: Column<Key?>,
         cascade: Cascade = .saveUpdate
     ) {
+        self.init(property, ColumnReference(key), ColumnReference(children), cascade)
+    }
+
+    private init(
+        _ property: any ReferenceWritableKeyPath<Parent, Related<[Child]>> & Sendable, _ parentKey: ColumnReference,
+        _ childKey: ColumnReference, _ cascade: Cascade
+    ) {
         self.property = property
-        parentKey = ColumnReference(key)
-        childKey = ColumnReference(children)
+        self.parentKey = parentKey
+        self.childKey = childKey
         self.cascade = cascade
     }
 
@@ -216,10 +220,7 @@ public struct ToOne<Child: Model, Parent: Model, Key: SQLColumnValue>: Relations
         _ property: any ReferenceWritableKeyPath<Child, Related<Parent?>> & Sendable, key: Column<Key>, parent: Column<Key>,
         cascade: Cascade = .saveUpdate
     ) {
-        self.property = property
-        childKey = ColumnReference(key)
-        parentKey = ColumnReference(parent)
-        self.cascade = cascade
+        self.init(property, ColumnReference(key), ColumnReference(parent), cascade)
     }
 
     /// The same, with a nullable foreign key (the child may have no parent).
@@ -227,9 +228,16 @@ public struct ToOne<Child: Model, Parent: Model, Key: SQLColumnValue>: Relations
         _ property: any ReferenceWritableKeyPath<Child, Related<Parent?>> & Sendable, key: Column<Key?>, parent: Column<Key>,
         cascade: Cascade = .saveUpdate
     ) {
+        self.init(property, ColumnReference(key), ColumnReference(parent), cascade)
+    }
+
+    private init(
+        _ property: any ReferenceWritableKeyPath<Child, Related<Parent?>> & Sendable, _ childKey: ColumnReference,
+        _ parentKey: ColumnReference, _ cascade: Cascade
+    ) {
         self.property = property
-        childKey = ColumnReference(key)
-        parentKey = ColumnReference(parent)
+        self.childKey = childKey
+        self.parentKey = parentKey
         self.cascade = cascade
     }
 
