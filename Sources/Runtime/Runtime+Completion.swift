@@ -32,9 +32,10 @@ extension Completion where Value == Void {
 }
 
 /// A backend that needs to know when work outside it is in flight: a virtual clock must not jump while a
-/// thread it does not own is still computing a result someone waits for.
+/// thread it does not own is still computing a result someone waits for; an event loop may spin briefly
+/// instead of sleeping while a result is about to arrive (the libuv backend does).
 ///
-/// A refinement, not part of ``RuntimeBackend``: real backends have no use for it.
+/// A refinement, not part of ``RuntimeBackend``: a backend without a use for it leaves it out.
 /// ``Runtime/withCompletion(onCancel:resumedByOutsideThread:isolation:_:)`` calls it around every wait.
 public protocol OutsideWorkTracking: RuntimeBackend {
     /// Outside work started; a matching ``outsideWorkFinished()`` follows, from any thread.

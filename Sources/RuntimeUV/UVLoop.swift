@@ -36,6 +36,11 @@ final class UVLoop: @unchecked Sendable {
     private let pendingTimerCount = Atomic<Int>(0)
     let watchedCount = Atomic<Int>(0)
     let jobsBetweenPolls: Int
+    /// Whether `remote` has work (written under its lock, read without it by the spinning loop thread).
+    private let remotePending = Atomic<Bool>(false)
+    /// Work on other threads whose result a task here waits for (blocking closures, `Runtime.withCompletion`
+    /// calls): while there is some, the loop spins briefly before it sleeps (see ``spinForRemoteWork()``).
+    let outsideWork = Atomic<Int>(0)
 
     // Loop thread only.
     private var local: [Work] = []
@@ -99,7 +104,10 @@ final class UVLoop: @unchecked Sendable {
             if closedFlag.load(ordering: .acquiring) { return false }
             queue.append(work)
             // Sent under the lock: close() frees the async handle only after taking this lock.
-            if queue.count == 1 { uv_async_send(wakeup) }
+            if queue.count == 1 {
+                remotePending.store(true, ordering: .releasing)
+                uv_async_send(wakeup)
+            }
             return true
         }
         if !accepted { Self.runAfterClose(work) }
@@ -138,6 +146,7 @@ final class UVLoop: @unchecked Sendable {
         while true {
             takeRemoteWork()
             if stopRequested && local.isEmpty { return }
+            if local.isEmpty && outsideWork.load(ordering: .relaxed) > 0 { spinForRemoteWork() }
             // Block in epoll only when nothing is runnable.
             insideUVRun = true
             uv_run(loop, local.isEmpty ? UV_RUN_ONCE : UV_RUN_NOWAIT)
@@ -149,8 +158,28 @@ final class UVLoop: @unchecked Sendable {
         }
     }
 
+    /// How long the loop spins for the result of blocking work before it sleeps in epoll.
+    static let spinNanoseconds: Int64 = 50_000
+
+    /// Waits up to ``spinNanoseconds`` for remote work without sleeping, then takes it. A blocking call (a
+    /// SQLite statement on a worker thread, say) usually finishes within microseconds; sleeping in epoll and
+    /// being woken by `uv_async_send` costs tens of microseconds on a virtual machine (RT-WORKER-HOP). The
+    /// spin yields the CPU at every turn, so the worker it waits for is never kept from running; due timers
+    /// and IO readiness wait at most the spin.
+    private func spinForRemoteWork() {
+        let deadline = monotonicNow().nanoseconds &+ Self.spinNanoseconds
+        var turns = 0
+        while !remotePending.load(ordering: .acquiring) {
+            turns &+= 1
+            if turns & 15 == 0 && monotonicNow().nanoseconds >= deadline { return }
+            sched_yield()
+        }
+        takeRemoteWork()
+    }
+
     private func takeRemoteWork() {
         let incoming = remote.withLock { queue -> [Work] in
+            remotePending.store(false, ordering: .relaxed)
             if queue.isEmpty { return [] }
             defer { queue = [] }
             return queue

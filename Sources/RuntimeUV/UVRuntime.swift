@@ -72,7 +72,7 @@ public enum UVRuntime {
 }
 
 /// The `RuntimeBackend` over a ``UVLoop``.
-final class UVBackend: RuntimeBackend {
+final class UVBackend: RuntimeBackend, OutsideWorkTracking {
     let loop: UVLoop
     private let pool: BlockingThreadPool
     private let thread = Mutex<LoopThread?>(nil)
@@ -139,7 +139,19 @@ final class UVBackend: RuntimeBackend {
         RuntimeError(.closed, "the runtime has ended; this task outlived it")
     }
 
-    func runBlocking(_ work: @escaping @Sendable () -> Void) { pool.submit(work) }
+    func runBlocking(_ work: @escaping @Sendable () -> Void) {
+        let loop = self.loop
+        loop.outsideWork.add(1, ordering: .relaxed)
+        pool.submit {
+            work()
+            loop.outsideWork.subtract(1, ordering: .relaxed)
+        }
+    }
+
+    // Outside work (a `Runtime.withCompletion` resumed by another thread: a SQLite call on its connection's
+    // thread, say) makes the loop spin briefly before it sleeps.
+    func outsideWorkStarted() { loop.outsideWork.add(1, ordering: .relaxed) }
+    func outsideWorkFinished() { loop.outsideWork.subtract(1, ordering: .relaxed) }
 
     func diagnostics() -> RuntimeDiagnostics {
         let threadAlive = thread.withLock { $0 != nil }

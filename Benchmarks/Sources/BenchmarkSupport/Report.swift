@@ -4,12 +4,20 @@
 import Glibc
 #endif
 
-/// The row each row of a workload is compared with: the reference (the C floor) when there is one, else the
-/// fastest row.
-public func baseline(of row: BenchmarkRow, in rows: [BenchmarkRow], reference: ((BenchmarkRow) -> Bool)?) -> BenchmarkRow? {
-    let peers = rows.filter { $0.workload == row.workload }
-    if let reference, let floor = peers.first(where: reference) { return floor }
-    return peers.max { $0.median < $1.median }
+/// Whether `candidate` is the C floor `row` is compared with (both rows of the same workload): a row of the
+/// Dispatch backend, say, is compared with the libdispatch floor, not the libuv one.
+public typealias FloorMatcher = (_ candidate: BenchmarkRow, _ row: BenchmarkRow) -> Bool
+
+/// The C floor of a row: the first row of its workload `reference` accepts for it.
+public func cFloor(of row: BenchmarkRow, in rows: [BenchmarkRow], reference: FloorMatcher?) -> BenchmarkRow? {
+    guard let reference else { return nil }
+    return rows.first { $0.workload == row.workload && reference($0, row) }
+}
+
+/// The row each row of a workload is compared with: its C floor when there is one, else the fastest row.
+public func baseline(of row: BenchmarkRow, in rows: [BenchmarkRow], reference: FloorMatcher?) -> BenchmarkRow? {
+    if let floor = cFloor(of: row, in: rows, reference: reference) { return floor }
+    return rows.filter { $0.workload == row.workload }.max { $0.median < $1.median }
 }
 
 /// The fastest peer row (another library's) of the row's workload.
@@ -19,7 +27,7 @@ public func bestPeer(of row: BenchmarkRow, in rows: [BenchmarkRow], peer: (Bench
 
 /// Every row as JSON: ops/s (median, min, max, each repetition), the ratio to its baseline, the note.
 public func json(
-    _ rows: [BenchmarkRow], reference: ((BenchmarkRow) -> Bool)?, peer: ((BenchmarkRow) -> Bool)? = nil, context: [String: String]
+    _ rows: [BenchmarkRow], reference: FloorMatcher?, peer: ((BenchmarkRow) -> Bool)? = nil, context: [String: String]
 ) -> String {
     func string(_ text: String) -> String {
         var escaped = "\""
@@ -55,7 +63,7 @@ public func json(
 
 /// A horizontal bar chart of every row's ratio to its workload's baseline (1.0 = the baseline), grouped by
 /// workload, with the value at the end of each bar.
-public func svgChart(_ rows: [BenchmarkRow], reference: ((BenchmarkRow) -> Bool)?, title: String) -> String {
+public func svgChart(_ rows: [BenchmarkRow], reference: FloorMatcher?, title: String) -> String {
     func escape(_ text: String) -> String {
         text.replacingOccurrences("&", "&amp;").replacingOccurrences("<", "&lt;").replacingOccurrences(">", "&gt;")
     }

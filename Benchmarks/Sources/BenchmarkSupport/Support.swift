@@ -10,11 +10,14 @@ public struct Options: Sendable {
     public var quick = false
     public var repetitions = 5
     public var only: Set<String>?
+    /// The systems to run (`uv`, `dispatch`, `c`, `peers`); nil: all of them.
+    public var systems: Set<String>?
     /// Where to write every figure as JSON, and the ratio chart as SVG.
     public var jsonPath: String?
     public var svgPath: String?
 
-    /// Parses `--quick`, `--repetitions N`, `--only ID,ID…`; `--help` prints `usage` and exits.
+    /// Parses `--quick`, `--repetitions N`, `--only ID,ID…`, `--systems uv,dispatch,c,peers`, `--json PATH`,
+    /// `--svg PATH`; `--help` prints `usage` and exits.
     public init(_ arguments: [String], usage: String) throws {
         var iterator = arguments.dropFirst().makeIterator()
         while let argument = iterator.next() {
@@ -34,6 +37,14 @@ public struct Options: Sendable {
             case "--only":
                 guard let value = iterator.next() else { throw RuntimeError(.invalidArgument, "--only needs a list") }
                 only = Set(value.split(separator: ",").map(String.init))
+            case "--systems":
+                guard let value = iterator.next() else { throw RuntimeError(.invalidArgument, "--systems needs a list") }
+                let names = Set(value.split(separator: ",").map { $0.lowercased() })
+                let known: Set<String> = ["uv", "dispatch", "c", "peers"]
+                guard names.isSubset(of: known) else {
+                    throw RuntimeError(.invalidArgument, "--systems: unknown \(names.subtracting(known).sorted().joined(separator: ", ")) (known: uv, dispatch, c, peers)")
+                }
+                systems = names
             case "--help", "-h":
                 print(usage)
                 exit(0)
@@ -44,6 +55,9 @@ public struct Options: Sendable {
 
     /// The count to run: `full`, or a twentieth of it with `--quick`.
     public func count(_ full: Int) -> Int { quick ? max(1, full / 20) : full }
+
+    /// Whether the system `name` (`uv`, `dispatch`, `c`, `peers`) was asked for.
+    public func runs(_ name: String) -> Bool { systems?.contains(name) ?? true }
 
     /// Whether the workload `id` (or a workload starting with it) was asked for.
     public func wants(_ id: String) -> Bool { only.map { wanted in wanted.contains { id.hasPrefix($0) } } ?? true }
@@ -113,11 +127,11 @@ public func format(_ value: Double) -> String {
 /// Prints the rows as a Markdown table, and writes the JSON and the chart the options ask for.
 ///
 /// - Parameters:
-///   - reference: the C floor of a workload, each row's ratio is to it.
+///   - reference: which C floor each row is compared with (its ratio is to it).
 ///   - peer: the other libraries' rows (PostgresNIO, GRDB, Swift's global executor): each row's ratio to the
 ///     fastest of them is shown too.
 public func report(
-    _ unordered: [BenchmarkRow], options: Options, title: String, reference: ((BenchmarkRow) -> Bool)? = nil,
+    _ unordered: [BenchmarkRow], options: Options, title: String, reference: FloorMatcher? = nil,
     peer: ((BenchmarkRow) -> Bool)? = nil
 ) throws {
     // Grouped by workload, in the order the workloads first ran; rows within a group keep their order.
@@ -138,7 +152,7 @@ public func report(
 
 /// Prints the rows as a Markdown table; with `reference`, each row's ratio to the reference row of its
 /// workload (the C floor).
-public func printTable(_ rows: [BenchmarkRow], reference: ((BenchmarkRow) -> Bool)? = nil, peer: ((BenchmarkRow) -> Bool)? = nil) {
+public func printTable(_ rows: [BenchmarkRow], reference: FloorMatcher? = nil, peer: ((BenchmarkRow) -> Bool)? = nil) {
     let ratioHeader = (reference == nil ? "" : " ratio to C |") + (peer == nil ? "" : " ratio to best peer |")
     let ratioAlign = (reference == nil ? "" : " ---: |") + (peer == nil ? "" : " ---: |")
     print("| workload | system | ops/s (median) | min – max |\(ratioHeader) note |")
@@ -147,9 +161,8 @@ public func printTable(_ rows: [BenchmarkRow], reference: ((BenchmarkRow) -> Boo
         let values = row.opsPerSecond
         let range = values.isEmpty ? "" : "\(format(values.first ?? 0)) – \(format(values.last ?? 0))"
         var ratio = ""
-        if let reference {
-            let floor = rows.first { $0.workload == row.workload && reference($0) }
-            ratio = floor.map { " \(Double(Int(row.median / $0.median * 100)) / 100) × |" } ?? " |"
+        if reference != nil {
+            ratio = cFloor(of: row, in: rows, reference: reference).map { " \(Double(Int(row.median / $0.median * 100)) / 100) × |" } ?? " |"
         }
         if let peer {
             ratio += bestPeer(of: row, in: rows, peer: peer).map { " \(Double(Int(row.median / $0.median * 100)) / 100) × |" } ?? " |"

@@ -196,12 +196,12 @@ func naiveTimeouts(_ count: Int) async throws -> String {
 // MARK: Main
 
 let options = try Options(
-    CommandLine.arguments, usage: "usage: RuntimeBenchmarks [--quick] [--repetitions N] [--only RT-SPAWN,RT-FD-PINGPONG,…] [--json PATH] [--svg PATH]")
+    CommandLine.arguments, usage: "usage: RuntimeBenchmarks [--quick] [--repetitions N] [--only RT-SPAWN,RT-FD-PINGPONG,…] [--systems uv,dispatch,c,peers] [--json PATH] [--svg PATH]")
 let reps = options.repetitions
 var rows: [BenchmarkRow] = []
 func wanted(_ id: String) -> Bool { options.wants(id) }
 
-for backend in try Backend.allFromEnvironment() {
+for backend in try Backend.allFromEnvironment() where options.runs("\(backend)") {
     let backendRows = try backend.run { () async throws -> [BenchmarkRow] in
         var out: [BenchmarkRow] = []
         let system = "AnyRuntime \(backend)"
@@ -236,7 +236,7 @@ for backend in try Backend.allFromEnvironment() {
 }
 
 // The C floors: the same fd ping-pong with the libraries' own callbacks, no Swift concurrency.
-if wanted("RT-FD-PINGPONG") {
+if wanted("RT-FD-PINGPONG"), options.runs("c") {
     let n = options.count(100_000)
     for (name, run) in [("C (libuv callbacks)", cf_uv_fd_pingpong), ("C (libdispatch read sources)", cf_dispatch_fd_pingpong)] as [(String, (Int32, UnsafeMutablePointer<CChar>?, Int) -> Int32)] {
         rows.append(try measureSync("RT-FD-PINGPONG", name, operations: n, repetitions: reps) {
@@ -250,23 +250,29 @@ if wanted("RT-FD-PINGPONG") {
 
 // Swift's global executor, outside any runtime.
 let system = "Swift global executor"
-if wanted("RT-SPAWN") {
+let peers = options.runs("peers")
+if wanted("RT-SPAWN"), peers {
     let n = options.count(100_000)
     rows.append(try await measure("RT-SPAWN", system, operations: n, repetitions: reps) { await globalSpawn(n) })
 }
-if wanted("RT-PINGPONG") {
+if wanted("RT-PINGPONG"), peers {
     let n = options.count(100_000)
     rows.append(try await measure("RT-PINGPONG", system + " (AsyncStream)", operations: n, repetitions: reps) { await globalPingPong(n) })
 }
-if wanted("RT-TIMERS") {
+if wanted("RT-TIMERS"), peers {
     let n = options.count(10_000)
     rows.append(try await measure("RT-TIMERS", system + " (Task.sleep)", operations: n, repetitions: reps) { await globalTimers(n) })
 }
-if wanted("RT-TIMEOUT") {
+if wanted("RT-TIMEOUT"), peers {
     let n = options.count(100_000)
     rows.append(try await measure("RT-TIMEOUT", system + " (race vs Task.sleep)", operations: n, repetitions: reps) { try await naiveTimeouts(n) })
 }
 
 try report(
     rows, options: options, title: "Runtime workloads: ops/s relative to the C floor, or to the fastest row",
-    reference: { $0.system.hasPrefix("C (") }, peer: { $0.system.hasPrefix("Swift") })
+    // Each backend is compared with its own library's floor: uv with libuv's callbacks, Dispatch with
+    // libdispatch's read sources.
+    reference: { candidate, row in
+        candidate.system.hasPrefix("C (") && candidate.system.contains("libdispatch") == row.system.contains("dispatch")
+    },
+    peer: { $0.system.hasPrefix("Swift") })

@@ -20,7 +20,7 @@ import Glibc
 
 let options = try Options(
     CommandLine.arguments,
-    usage: "usage: SQLBenchmarks [--quick] [--repetitions N] [--only PG,SQ,PG-POINT-SEQ,SQ-FETCH-ALL,…] [--json PATH] [--svg PATH]")
+    usage: "usage: SQLBenchmarks [--quick] [--repetitions N] [--only PG,SQ,PG-POINT-SEQ,SQ-FETCH-ALL,…] [--systems uv,dispatch,c,peers] [--json PATH] [--svg PATH]")
 let reps = options.repetitions
 
 enum Accounts: TableSchema {
@@ -225,11 +225,19 @@ if let pg = getenv("ANYRUNTIME_PG_URL").map({ String(cString: $0) }), !pg.isEmpt
 databases.append(Database(prefix: "SQ", url: "sqlite:///" + sqlitePath, conninfo: sqlitePath, concurrentConnections: 4))
 
 var rows: [BenchmarkRow] = []
-let backends = try Backend.allFromEnvironment()
+let backends = try Backend.allFromEnvironment().filter { options.runs("\($0)") }
 for database in databases where options.wants(database.prefix) || options.only?.contains(where: { $0.hasPrefix(database.prefix) }) == true {
     let prefix = database.prefix
     @Sendable func wanted(_ workload: String) -> Bool { options.wants("\(prefix)-\(workload)") || options.wants(prefix) }
     var loaded = false
+    if backends.isEmpty {
+        // Only the C floors and peers: the data set is still loaded (through the first backend).
+        var logger = Logger(label: "benchmarks")
+        logger.logLevel = .warning
+        let engine = try Engine(database.url, logger: logger)
+        try Backend.allCases[0].run { try await load(engine); await engine.dispose() }
+        loaded = true
+    }
     for backend in backends {
         var pool = PoolConfiguration()
         pool.size = database.concurrentConnections
@@ -277,7 +285,8 @@ for database in databases where options.wants(database.prefix) || options.only?.
     // The C floors, on the calling thread.
     let c = "C (\(database.prefix == "PG" ? "libpq" : "sqlite3"), synchronous)"
     var checksum: Int64 = 0
-    if wanted("POINT-SEQ") {
+    let floors = options.runs("c")
+    if wanted("POINT-SEQ"), floors {
         let n = Int32(options.count(20_000))
         rows.append(try measureSync("\(database.prefix)-POINT-SEQ", c, operations: Int(n), repetitions: reps) {
             try floor("POINT-SEQ") { error, size in
@@ -286,13 +295,13 @@ for database in databases where options.wants(database.prefix) || options.only?.
             }
         })
     }
-    if wanted("POINT-CONC"), database.prefix == "PG" {
+    if wanted("POINT-CONC"), floors, database.prefix == "PG" {
         let n = Int32(options.count(50_000))
         rows.append(try measureSync("PG-POINT-CONC", "C (libpq, 8 threads)", operations: Int(n), repetitions: reps) {
             try floor("POINT-CONC") { error, size in cf_pg_point_threads(database.conninfo, n, 8, &checksum, error, size) }
         })
     }
-    if wanted("INSERT-BULK") {
+    if wanted("INSERT-BULK"), floors {
         let n = Int32(options.count(50_000))
         rows.append(try measureSync("\(database.prefix)-INSERT-BULK", database.prefix == "PG" ? "C (libpq pipeline mode)" : c, operations: Int(n), repetitions: reps) {
             try floor("INSERT-BULK") { error, size in
@@ -301,7 +310,7 @@ for database in databases where options.wants(database.prefix) || options.only?.
             }
         })
     }
-    if wanted("FETCH-ALL") {
+    if wanted("FETCH-ALL"), floors {
         rows.append(try measureSync("\(database.prefix)-FETCH-ALL", c, operations: 100_000, repetitions: reps) {
             try floor("FETCH-ALL") { error, size in
                 database.prefix == "PG"
@@ -311,14 +320,14 @@ for database in databases where options.wants(database.prefix) || options.only?.
     }
 
     // The peers, on their own threads (NIO event loops, GRDB's queues), awaited from the main task.
-    if database.prefix == "PG" {
-        rows += try await postgresNIORows(url: database.url, options: options, wanted: wanted)
-    } else {
-        rows += try await grdbRows(path: sqlitePath, options: options, wanted: wanted)
+    if options.runs("peers") {
+        rows += database.prefix == "PG"
+            ? try await postgresNIORows(url: database.url, options: options, wanted: wanted)
+            : try await grdbRows(path: sqlitePath, options: options, wanted: wanted)
     }
 }
 
 rows.sort { $0.workload < $1.workload }
 try report(
-    rows, options: options, title: "SQL workloads: ops/s relative to the C library", reference: { $0.system.hasPrefix("C (") },
+    rows, options: options, title: "SQL workloads: ops/s relative to the C library", reference: { candidate, _ in candidate.system.hasPrefix("C (") },
     peer: isPeer)

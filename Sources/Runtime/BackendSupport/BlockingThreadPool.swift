@@ -1,4 +1,5 @@
 import DequeModule
+import Synchronization
 
 #if canImport(Glibc)
 import Glibc
@@ -23,6 +24,8 @@ public final class BlockingThreadPool: @unchecked Sendable {
     private var inFlight = 0
     private var shuttingDown = false
     private var shutDown = false
+    /// `queue.count`, written under the lock and read without it by a spinning worker.
+    private let queued = Atomic<Int>(0)
 
     /// The most threads the pool starts.
     public let maximumThreads: Int
@@ -59,6 +62,7 @@ public final class BlockingThreadPool: @unchecked Sendable {
         let spawn = locked { () -> Spawn in
             inFlight += 1
             queue.append(work)
+            queued.store(queue.count, ordering: .releasing)
             if shutDown { return .detached }
             if idle > 0 { pthread_cond_signal(wakeWorkers) }
             // An idle worker takes one queued job; start a thread for each job beyond them. (`idle` drops only
@@ -101,22 +105,56 @@ public final class BlockingThreadPool: @unchecked Sendable {
         }
     }
 
+    /// How long a worker that ran out of jobs spins for the next one before it sleeps.
+    static let spinNanoseconds: Int64 = 50_000
+
     private func workerLoop() {
         pthread_mutex_lock(mutex)
+        var spun = false
         while true {
             if let job = queue.popFirst() {
+                queued.store(queue.count, ordering: .relaxed)
                 pthread_mutex_unlock(mutex)
                 job()
                 pthread_mutex_lock(mutex)
                 inFlight -= 1
+                spun = false
                 continue
             }
             if shuttingDown { break }
             idle += 1
-            pthread_cond_wait(wakeWorkers, mutex)
+            if spun {
+                pthread_cond_wait(wakeWorkers, mutex)
+            } else {
+                // Jobs often come in a sequence (one SQLite statement after another, each awaited): waiting a
+                // few microseconds for the next one spares a futex sleep and wake-up, which costs tens of
+                // microseconds on a virtual machine. The spin yields the CPU at every turn; the worker counts
+                // as idle meanwhile, so a job arriving now neither starts another thread nor waits.
+                pthread_mutex_unlock(mutex)
+                Self.spin { self.queued.load(ordering: .acquiring) > 0 }
+                pthread_mutex_lock(mutex)
+                spun = true
+            }
             idle -= 1
         }
         pthread_mutex_unlock(mutex)
+    }
+
+    /// Yields the CPU until `ready()` or ``spinNanoseconds`` have passed.
+    static func spin(until ready: () -> Bool) {
+        let deadline = monotonicNanoseconds() &+ spinNanoseconds
+        var turns = 0
+        while !ready() {
+            turns &+= 1
+            if turns & 15 == 0 && monotonicNanoseconds() >= deadline { return }
+            sched_yield()
+        }
+    }
+
+    private static func monotonicNanoseconds() -> Int64 {
+        var ts = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &ts)
+        return Int64(ts.tv_sec) &* 1_000_000_000 &+ Int64(ts.tv_nsec)
     }
 
     /// Runs every queued closure, lets running ones finish, and joins every thread. Blocks the caller.
@@ -131,7 +169,10 @@ public final class BlockingThreadPool: @unchecked Sendable {
         // down in one critical section, so a job submitted meanwhile is either run here or gets its own thread.
         while true {
             let job = locked { () -> (@Sendable () -> Void)? in
-                if let job = queue.popFirst() { return job }
+                if let job = queue.popFirst() {
+                    queued.store(queue.count, ordering: .relaxed)
+                    return job
+                }
                 threads.removeAll()
                 shutDown = true
                 return nil

@@ -32,6 +32,7 @@ public final class Session {
     /// What the session knows of each model type it met.
     private var models: [ObjectIdentifier: ModelInfo] = [:]
     private var savepointDepth = 0
+    private var vacancyMarker: Tracked?
     /// During a flush: the objects live owners' loaded relationships hold.
     private(set) var held = Set<ObjectIdentifier>()
 
@@ -181,6 +182,7 @@ public final class Session {
         var objects: [M] = []
         objects.reserveCapacity(result.count)
         tracked.reserveCapacity(tracked.count + result.count)
+        byKey.reserveCapacity(byKey.count + result.count)
         for row in result {
             if let object = try materialize(M.self, row, info: info, keyIndexes: keyIndexes) { objects.append(object) }
         }
@@ -192,19 +194,37 @@ public final class Session {
     func materialize<M: Model>(_ type: M.Type, _ row: Row, info: ModelInfo, keyIndexes: [Int?]) throws -> M? {
         let key = IdentityKey(M.self, row: row, keyIndexes)
         if key.hasNull { throw SQLError(.misuse, "a \(M.self) row has a NULL primary key") }
-        if let entry = byKey[key], let object = entry.object as? M {
-            return entry.deleted ? nil : object
+        // One hash and probe per row: the slot is claimed with the vacancy marker, then filled in place.
+        let vacancy = vacancy(info)
+        do {
+            return try Self.fill(&byKey[key, default: vacancy]) { slot -> M? in
+                guard slot === vacancy else { return slot.deleted ? nil : slot.object as? M }
+                let object = try M(row: row)
+                // The row is the snapshot as it is (no encoding per object loaded); it is compared in the model's
+                // own encoding only if the object's values ever differ from it.
+                let entry = Tracked(object, info, snapshot: ColumnValues(row))
+                entry.canonical = false
+                entry.key = key
+                slot = entry
+                tracked.append(entry)  // indexed by object when a lookup needs it
+                return object
+            }
+        } catch {
+            if byKey[key] === vacancy { byKey[key] = nil }
+            throw error
         }
-        let object = try M(row: row)
-        // The row is the snapshot as it is (no encoding per object loaded); it is compared in the model's own
-        // encoding only if the object's values ever differ from it.
-        let entry = Tracked(object, info, snapshot: ColumnValues(row))
-        entry.canonical = false
-        entry.key = key
-        tracked.append(entry)  // indexed by object when a lookup needs it
-        byKey[key] = entry
-        return object
     }
+
+    /// The marker of an identity-map slot being filled by ``materialize(_:_:info:keyIndexes:)`` (never tracked).
+    private func vacancy(_ info: ModelInfo) -> Tracked {
+        if let vacancyMarker { return vacancyMarker }
+        let marker = Tracked(info, info, snapshot: nil)
+        vacancyMarker = marker
+        return marker
+    }
+
+    @inline(__always)
+    private static func fill<T>(_ slot: inout Tracked, _ body: (inout Tracked) throws -> T) rethrows -> T { try body(&slot) }
 
     /// The tracked object of type `M` with primary key `key`, if any (no query).
     func tracked<M: Model>(_ type: M.Type, key: [SQLValue]) -> M? {
