@@ -28,6 +28,10 @@ final class UVLoop: @unchecked Sendable {
     let loop: UnsafeMutablePointer<uv_loop_t>
     private let wakeup: UnsafeMutablePointer<uv_async_t>
     private let timerHandle: UnsafeMutablePointer<uv_timer_t>
+    /// A timerfd polled by the loop (Linux): timers to the nanosecond, where libuv's own timers round up to
+    /// the next millisecond (0.7 ms late at the median in RT-TIMERS). -1: libuv's timer is used instead.
+    private let timerFD: Int32
+    private let timerPoll: UnsafeMutablePointer<uv_poll_t>
 
     private let remote = Mutex<[Work]>([])
     private let threadID = Atomic<UInt>(0)
@@ -43,8 +47,11 @@ final class UVLoop: @unchecked Sendable {
     let outsideWork = Atomic<Int>(0)
 
     // Loop thread only.
-    private var local: [Work] = []
-    private var spare: [Work] = []
+    private var local = Deque<Work>()
+    /// Work queued while due timers fire: it runs before `local` (a task whose deadline passed does not wait
+    /// behind every task that was merely runnable — RT-TIMERS' lateness).
+    private var urgent: [Work] = []
+    private var firingTimers = false
     private var stopRequested = false
     /// Whether the loop thread is inside `uv_run` (callbacks are running).
     private var insideUVRun = false
@@ -66,9 +73,12 @@ final class UVLoop: @unchecked Sendable {
         precondition(rc == 0, "uv_loop_init failed: \(String(cString: uv_strerror(rc)))")
         uv_async_init(loop, wakeup) { _ in /* wakes uv_run; the work is drained by drive() */ }
         uv_timer_init(loop, timerHandle)
+        timerPoll = .allocate(capacity: 1)
+        timerFD = Self.startTimerFD(loop, timerPoll)  // its callback runs only inside uv_run
         let me = Unmanaged.passUnretained(self).toOpaque()
         loop.pointee.data = me
         timerHandle.pointee.data = me
+        timerPoll.pointee.data = me
         executor.attach(self)
     }
 
@@ -93,7 +103,7 @@ final class UVLoop: @unchecked Sendable {
     /// on its empty → non-empty transition only, one `uv_async_send`. After close: runs it elsewhere.
     func submit(_ work: Work) {
         if isOnLoopThread && !isClosed {
-            local.append(work)
+            if firingTimers { urgent.append(work) } else { local.append(work) }
             // Queued from a libuv callback: make uv_run return instead of blocking in epoll. In UV_RUN_ONCE
             // libuv runs due timers *before* it polls, so without this a task woken by a timer would sit in
             // `local` while the loop sleeps.
@@ -145,18 +155,21 @@ final class UVLoop: @unchecked Sendable {
         precondition(isOnLoopThread, "UVLoop.drive() must run on the adopted thread")
         while true {
             takeRemoteWork()
-            if stopRequested && local.isEmpty { return }
-            if local.isEmpty && outsideWork.load(ordering: .relaxed) > 0 { spinForRemoteWork() }
+            if stopRequested && !hasRunnableWork { return }
+            if !hasRunnableWork && outsideWork.load(ordering: .relaxed) > 0 { spinForRemoteWork() }
             // Block in epoll only when nothing is runnable.
             insideUVRun = true
-            uv_run(loop, local.isEmpty ? UV_RUN_ONCE : UV_RUN_NOWAIT)
+            uv_run(loop, hasRunnableWork ? UV_RUN_NOWAIT : UV_RUN_ONCE)
             insideUVRun = false
-            // Up to `jobsBetweenPolls` jobs before polling IO again: polling after every job would cost an
-            // epoll_wait(0) per Task.yield (FINDINGS Q1).
+            // Up to `jobsBetweenPolls` jobs before polling IO and timers again: polling after every job would
+            // cost an epoll_wait(0) per Task.yield (FINDINGS Q1); never polling during a burst (10,000 tasks
+            // started at once) would leave due timers and ready sockets waiting for all of it.
             var budget = jobsBetweenPolls
-            while budget > 0 && !local.isEmpty { budget -= runBatch() }
+            while budget > 0 && hasRunnableWork { budget -= runBatch(limit: budget) }
         }
     }
+
+    private var hasRunnableWork: Bool { !local.isEmpty || !urgent.isEmpty }
 
     /// How long the loop spins for the result of blocking work before it sleeps in epoll.
     static let spinNanoseconds: Int64 = 50_000
@@ -187,20 +200,31 @@ final class UVLoop: @unchecked Sendable {
         if !incoming.isEmpty { local.append(contentsOf: incoming) }
     }
 
-    private func runBatch() -> Int {
-        var batch = spare
-        swap(&batch, &local)  // work queued while this batch runs goes to the next one
+    /// Runs the urgent work, then up to `limit` jobs of those queued now (work queued meanwhile waits for the
+    /// next batch); returns how many ran.
+    private func runBatch(limit: Int) -> Int {
         let executor = self.executor.asUnownedTaskExecutor()
-        for work in batch {
-            switch work {
-            case .job(let job): job.runSynchronously(on: executor)
-            case .closure(let closure, _): closure()
-            }
+        var count = 0
+        if !urgent.isEmpty {
+            let batch = urgent
+            urgent.removeAll(keepingCapacity: true)
+            for work in batch { run(work, on: executor) }
+            count += batch.count
         }
-        let count = batch.count
-        batch.removeAll(keepingCapacity: true)
-        spare = batch
-        return count
+        for _ in 0..<min(local.count, max(0, limit - count)) {
+            guard let work = local.popFirst() else { break }
+            run(work, on: executor)
+            count += 1
+        }
+        return max(count, 1)
+    }
+
+    @inline(__always)
+    private func run(_ work: Work, on executor: UnownedTaskExecutor) {
+        switch work {
+        case .job(let job): job.runSynchronously(on: executor)
+        case .closure(let closure, _): closure()
+        }
     }
 
     // MARK: Timers (loop thread only)
@@ -217,7 +241,42 @@ final class UVLoop: @unchecked Sendable {
 
     var pendingTimers: Int { pendingTimerCount.load(ordering: .relaxed) }
 
+    /// A timerfd polled by `poll`, or -1 (no timerfd on this system, or none could be made: libuv's timer is
+    /// used then).
+    private static func startTimerFD(_ loop: UnsafeMutablePointer<uv_loop_t>, _ poll: UnsafeMutablePointer<uv_poll_t>) -> Int32 {
+        #if os(Linux)
+        let fd = timerfd_create(CLOCK_MONOTONIC, Int32(TFD_NONBLOCK) | Int32(TFD_CLOEXEC))
+        guard fd >= 0 else { return -1 }
+        guard uv_poll_init(loop, poll, fd) == 0 else {
+            Glibc.close(fd)
+            return -1
+        }
+        uv_poll_start(poll, Int32(UV_READABLE.rawValue)) { handle, _, _ in
+            guard let handle, let data = handle.pointee.data else { return }
+            let loop = Unmanaged<UVLoop>.fromOpaque(data).takeUnretainedValue()
+            var expirations: UInt64 = 0
+            _ = read(loop.timerFD, &expirations, MemoryLayout<UInt64>.size)  // clears the readiness
+            loop.timerFired()
+        }
+        return fd
+        #else
+        return -1
+        #endif
+    }
+
     private func armTimer() {
+        #if os(Linux)
+        if timerFD >= 0 {
+            // Absolute CLOCK_MONOTONIC time, the runtime's clock; a deadline already passed fires at once.
+            var spec = itimerspec()
+            if let next = timers.nextDeadline {
+                let nanoseconds = max(next.nanoseconds, 1)
+                spec.it_value = timespec(tv_sec: Int(nanoseconds / 1_000_000_000), tv_nsec: Int(nanoseconds % 1_000_000_000))
+            }
+            timerfd_settime(timerFD, Int32(TFD_TIMER_ABSTIME), &spec, nil)
+            return
+        }
+        #endif
         guard let next = timers.nextDeadline else {
             uv_timer_stop(timerHandle)
             return
@@ -235,7 +294,9 @@ final class UVLoop: @unchecked Sendable {
     private func timerFired() {
         let due = timers.popDue(now: monotonicNow())
         pendingTimerCount.subtract(due.count, ordering: .relaxed)
+        firingTimers = true
         for entry in due where !entry.isCancelled { entry.fire() }
+        firingTimers = false
         armTimer()
     }
 
@@ -248,7 +309,7 @@ final class UVLoop: @unchecked Sendable {
         // Blocking work finishing now resumes tasks: run what it queued.
         drainBlockingWork()
         takeRemoteWork()
-        while !local.isEmpty { _ = runBatch(); takeRemoteWork() }
+        while hasRunnableWork { _ = runBatch(limit: .max); takeRemoteWork() }
         // Closed and drained in one critical section: later work goes through runAfterClose, and nothing
         // is left stranded in `remote`.
         let leftovers = remote.withLock { queue -> [Work] in
@@ -256,8 +317,9 @@ final class UVLoop: @unchecked Sendable {
             defer { queue = [] }
             return queue
         }
-        for work in leftovers + local { Self.runAfterClose(work) }
+        for work in leftovers + urgent + local { Self.runAfterClose(work) }
         local = []
+        urgent = []
         for fd in polls.indices where polls[fd] != nil { forgetOnLoop(fd: Int32(fd)) }
         // A task that outlived the run: its sleeps end now instead of never.
         let abandoned = timers.removeAll()
@@ -266,13 +328,21 @@ final class UVLoop: @unchecked Sendable {
         uv_timer_stop(timerHandle)
         uv_close(UnsafeMutableRawPointer(timerHandle).assumingMemoryBound(to: uv_handle_t.self), nil)
         uv_close(UnsafeMutableRawPointer(wakeup).assumingMemoryBound(to: uv_handle_t.self), nil)
+        if timerFD >= 0 {
+            uv_poll_stop(timerPoll)
+            uv_close(UnsafeMutableRawPointer(timerPoll).assumingMemoryBound(to: uv_handle_t.self), nil)
+        }
         uv_run(loop, UV_RUN_DEFAULT)  // runs the close callbacks
+        #if os(Linux)
+        if timerFD >= 0 { _ = Glibc.close(timerFD) }
+        #endif
         loopCloseResult = uv_loop_close(loop)
         hasThread.store(false, ordering: .releasing)
         if loopCloseResult == 0 {
             // Nothing references the C memory any more: submit() no longer touches `wakeup` once closed.
             wakeup.deallocate()
             timerHandle.deallocate()
+            timerPoll.deallocate()
             loop.deallocate()
         }
         return loopCloseResult
