@@ -71,6 +71,19 @@ protocol RelationshipInternals<Owner>: Relationship {
     func synchronize(_ owner: Owner, in session: Session) throws
     /// Association rows to write (many-to-many).
     func linkChanges(_ owner: Owner, deleted: Bool, persistent: Bool, in session: Session) throws -> [LinkChange]
+    /// Which row a new owner and the new objects it holds need inserted first (for rows of one table that
+    /// reference each other: a tree).
+    var insertOrder: InsertOrder { get }
+}
+
+/// Which of two related new rows is inserted first: the one whose key the other's foreign key takes.
+enum InsertOrder {
+    /// The owner (a one-to-many's parent).
+    case ownerFirst
+    /// The objects the owner holds (a many-to-one's parent).
+    case relatedFirst
+    /// No order (many-to-many: association rows are written after every insert).
+    case none
 }
 
 extension RelationshipInternals {
@@ -135,22 +148,20 @@ public struct ToMany<Parent: Model, Child: Model, Key: SQLColumnValue>: Relation
     }
 
     var propertyKey: AnyKeyPath { property }
+    var insertOrder: InsertOrder { .ownerFirst }
 
     public func load(_ owners: [Parent], in session: Session, isolation: isolated (any Actor)? = #isolation) async throws {
         let keys = owners.map { $0.encoded()[parentKey.name] ?? .null }
         let wanted = Array(Set(keys.filter { $0 != .null }))
         var byKey: [SQLValue: [Child]] = [:]
-        if !wanted.isEmpty {
-            var query = select(all: Child.Schema.self)
-            query.conditions.append(SQLNode(.inList(childKey.node, wanted.map { SQLNode(.value($0)) }, negated: false)))
-            for child in try await session.fetch(query, as: Child.self) {
-                byKey[child.encoded()[childKey.name] ?? .null, default: []].append(child)
-            }
+        for child in try await session.fetch(Child.self, where: childKey.node, in: wanted) {
+            byKey[child.encoded()[childKey.name] ?? .null, default: []].append(child)
         }
         for (owner, key) in zip(owners, keys) { set(byKey[key] ?? [], on: owner, in: session) }
     }
 
     func set(_ children: [Child], on owner: Parent, in session: Session) {
+        guard session.mayReplace(owner[keyPath: property]) else { return }
         owner[keyPath: property] = .loaded(children)
         session.record(owner, property, children)
     }
@@ -242,6 +253,7 @@ public struct ToOne<Child: Model, Parent: Model, Key: SQLColumnValue>: Relations
     }
 
     var propertyKey: AnyKeyPath { property }
+    var insertOrder: InsertOrder { .relatedFirst }
 
     public func load(_ owners: [Child], in session: Session, isolation: isolated (any Actor)? = #isolation) async throws {
         let keys = owners.map { $0.encoded()[childKey.name] ?? .null }
@@ -254,17 +266,14 @@ public struct ToOne<Child: Model, Parent: Model, Key: SQLColumnValue>: Relations
         for key in wanted {
             if byPrimaryKey, let parent = session.tracked(Parent.self, key: [key]) { byKey[key] = parent } else { missing.append(key) }
         }
-        if !missing.isEmpty {
-            var query = select(all: Parent.Schema.self)
-            query.conditions.append(SQLNode(.inList(parentKey.node, missing.map { SQLNode(.value($0)) }, negated: false)))
-            for parent in try await session.fetch(query, as: Parent.self) {
-                byKey[parent.encoded()[parentKey.name] ?? .null] = parent
-            }
+        for parent in try await session.fetch(Parent.self, where: parentKey.node, in: missing) {
+            byKey[parent.encoded()[parentKey.name] ?? .null] = parent
         }
         for (owner, key) in zip(owners, keys) { set(byKey[key], on: owner, in: session) }
     }
 
     func set(_ parent: Parent?, on owner: Child, in session: Session) {
+        guard session.mayReplace(owner[keyPath: property]) else { return }
         owner[keyPath: property] = .loaded(parent)
         session.record(owner, property, parent.map { [$0] } ?? [])
     }
@@ -336,6 +345,7 @@ public struct ManyToMany<Owner: Model, Target: Model, OwnerKey: SQLColumnValue, 
     }
 
     var propertyKey: AnyKeyPath { property }
+    var insertOrder: InsertOrder { .none }
 
     public func load(_ owners: [Owner], in session: Session, isolation: isolated (any Actor)? = #isolation) async throws {
         let keys = owners.map { $0.encoded()[ownerKey.name] ?? .null }
@@ -343,27 +353,25 @@ public struct ManyToMany<Owner: Model, Target: Model, OwnerKey: SQLColumnValue, 
         var links: [SQLValue: [SQLValue]] = [:]
         var targetsByKey: [SQLValue: Target] = [:]
         if !wanted.isEmpty {
-            var query = select(ownerLink, targetLink)
-            query.tables = [Table(ownerLink.qualifier, columns: [])]
-            query.conditions.append(SQLNode(.inList(ownerLink.node, wanted.map { SQLNode(.value($0)) }, negated: false)))
             try await session.beginIfNeeded()
-            for row in try await session.connection.execute(query) {
-                links[row[0] ?? .null, default: []].append(row[1] ?? .null)
+            for chunk in session.chunks(of: wanted) {
+                var query = select(ownerLink, targetLink)
+                query.tables = [Table(ownerLink.qualifier, columns: [])]
+                query.conditions.append(SQLNode(.inList(ownerLink.node, chunk.map { SQLNode(.value($0)) }, negated: false)))
+                for row in try await session.connection.execute(query) {
+                    links[row[0] ?? .null, default: []].append(row[1] ?? .null)
+                }
             }
             var missing: [SQLValue] = []
             let byPrimaryKey = Target.Schema.table.primaryKey == [targetKey.name]
             for key in Set(links.values.joined()) {
                 if byPrimaryKey, let target = session.tracked(Target.self, key: [key]) { targetsByKey[key] = target } else { missing.append(key) }
             }
-            if !missing.isEmpty {
-                var targets = select(all: Target.Schema.self)
-                targets.conditions.append(SQLNode(.inList(targetKey.node, missing.map { SQLNode(.value($0)) }, negated: false)))
-                for target in try await session.fetch(targets, as: Target.self) {
-                    targetsByKey[target.encoded()[targetKey.name] ?? .null] = target
-                }
+            for target in try await session.fetch(Target.self, where: targetKey.node, in: missing) {
+                targetsByKey[target.encoded()[targetKey.name] ?? .null] = target
             }
         }
-        for (owner, key) in zip(owners, keys) {
+        for (owner, key) in zip(owners, keys) where session.mayReplace(owner[keyPath: property]) {
             let targets = (links[key] ?? []).compactMap { targetsByKey[$0] }
             owner[keyPath: property] = .loaded(targets)
             session.record(owner, property, targets)
@@ -446,6 +454,29 @@ struct LinkChange {
 }
 
 extension Session {
+    /// `keys` in slices of at most `inListLimit`.
+    func chunks(of keys: [SQLValue]) -> [ArraySlice<SQLValue>] {
+        let limit = max(1, inListLimit)
+        return stride(from: 0, to: keys.count, by: limit).map { keys[$0..<min($0 + limit, keys.count)] }
+    }
+
+    /// The `M` objects whose `column` is one of `keys` (no query for none; one query per `inListLimit` keys).
+    func fetch<M: Model>(
+        _ type: M.Type, where column: SQLNode, in keys: [SQLValue], isolation: isolated (any Actor)? = #isolation
+    ) async throws -> [M] {
+        var objects: [M] = []
+        for chunk in chunks(of: keys) {
+            var query = select(all: M.Schema.self)
+            query.conditions.append(SQLNode(.inList(column, chunk.map { SQLNode(.value($0)) }, negated: false)))
+            objects += try await fetch(query, as: M.self)
+        }
+        return objects
+    }
+
+    /// Whether a load may replace the value of a relationship: not when it is loaded and ``autoflush`` is off,
+    /// since it may hold changes not flushed yet (with autoflush on, they were flushed before the load).
+    func mayReplace<Value>(_ related: Related<Value>) -> Bool { autoflush || !related.isLoaded }
+
     /// Loads `relationship` of `owner` (one query, or none when a many-to-one parent is already loaded) and
     /// returns it; the owner's property holds it from then on. Flushes first when ``autoflush`` is on.
     @discardableResult

@@ -39,6 +39,10 @@ public final class Session {
     /// Whether queries flush pending changes first (default: on).
     public var autoflush = true
 
+    /// Keys per `IN` list when relationships are loaded: SQLite allows 32,766 parameters in a statement,
+    /// PostgreSQL 65,535; more keys take more queries.
+    var inListLimit = 10_000
+
     public init(connection: Connection) { self.connection = connection }
 
     // MARK: Tracking
@@ -310,8 +314,11 @@ public final class Session {
             for name in order {
                 let entries = inserts.filter { $0.table.name == name }
                 guard !entries.isEmpty else { continue }
-                if withRelationships { try synchronizeKeys() }
-                try await insert(entries)
+                // Rows of a table that references itself (a tree) go in parents first, a level at a time.
+                for level in try Self.insertLevels(entries) {
+                    if withRelationships { try synchronizeKeys() }
+                    try await insert(level)
+                }
             }
             if updates == nil {
                 if withRelationships { try synchronizeKeys() }
@@ -320,7 +327,7 @@ public final class Session {
             try await update(updates ?? [])
             for change in links { try await change.write(self) }
             for name in order.reversed() {
-                try await delete(deletes.filter { $0.table.name == name })
+                for level in try Self.deleteLevels(deletes.filter { $0.table.name == name }) { try await delete(level) }
             }
             if withRelationships { recordRelationships() }
         } catch {
@@ -342,6 +349,97 @@ public final class Session {
         }
         if tables.count <= 1 { return Array(tables.keys) }
         return try Metadata(tables: tables.keys.sorted().compactMap { tables[$0] }).sortedTables().map(\.name)
+    }
+
+    /// The columns of `table` that reference its own table (`parent_id` of a tree), with the column each
+    /// references.
+    private static func selfReferences(_ table: Table) -> [(column: String, references: String)] {
+        table.columns.compactMap { column in
+            guard let target = column.reference, target.table == table.name else { return nil }
+            return (column.name, target.column)
+        }
+    }
+
+    /// New rows of one table in insert order: all of them at once, or — when the table references itself —
+    /// in levels, each row after the rows its foreign key points to (through a relationship the session
+    /// follows, or a key already set).
+    ///
+    /// - Throws: ``SQLError/Kind/misuse`` when the rows reference each other in a cycle.
+    static func insertLevels(_ entries: [Tracked]) throws(SQLError) -> [[Tracked]] {
+        guard let table = entries.first?.table, entries.count > 1 else { return [entries] }
+        let references = selfReferences(table)
+        guard !references.isEmpty else { return [entries] }
+        var index: [ObjectIdentifier: Int] = [:]
+        for (position, entry) in entries.enumerated() { index[ObjectIdentifier(entry.object)] = position }
+        var edges: [(Int, Int)] = []
+        let values = entries.map { $0.encode() }
+        for (position, entry) in entries.enumerated() where entry.info.hasRelationships {
+            let (before, after) = entry.operations.insertNeighbours(entry.object)
+            for parent in before { if let other = index[ObjectIdentifier(parent)] { edges.append((other, position)) } }
+            for child in after { if let other = index[ObjectIdentifier(child)] { edges.append((position, other)) } }
+        }
+        edges += keyEdges(values, references)
+        guard let levels = levels(count: entries.count, edges: edges) else {
+            throw SQLError(.misuse, "the new \(table.name) rows reference each other in a cycle: insert one first, then link it")
+        }
+        return levels.map { $0.map { entries[$0] } }
+    }
+
+    /// Rows of one table to delete: all at once, or — when the table references itself — children before
+    /// their parents (by the foreign keys as last read or written).
+    static func deleteLevels(_ entries: [Tracked]) throws(SQLError) -> [[Tracked]] {
+        guard let table = entries.first?.table, entries.count > 1 else { return [entries] }
+        let references = selfReferences(table)
+        guard !references.isEmpty else { return [entries] }
+        let values = entries.map { $0.snapshot ?? ColumnValues() }
+        guard let levels = levels(count: entries.count, edges: keyEdges(values, references)) else {
+            throw SQLError(.misuse, "the \(table.name) rows to delete reference each other in a cycle: unlink one first")
+        }
+        return levels.reversed().map { $0.map { entries[$0] } }
+    }
+
+    /// (parent, child) for each row whose self-referencing column holds another row's key.
+    private static func keyEdges(_ values: [ColumnValues], _ references: [(column: String, references: String)]) -> [(Int, Int)] {
+        var edges: [(Int, Int)] = []
+        for reference in references {
+            var rowsByKey: [SQLValue: Int] = [:]
+            for (position, row) in values.enumerated() {
+                if let key = row[reference.references], key != .null { rowsByKey[key] = position }
+            }
+            for (position, row) in values.enumerated() {
+                if let key = row[reference.column], key != .null, let parent = rowsByKey[key], parent != position {
+                    edges.append((parent, position))
+                }
+            }
+        }
+        return edges
+    }
+
+    /// The nodes `0..<count` in levels such that every edge (a, b) has a in an earlier level than b; nil when
+    /// the edges make a cycle.
+    static func levels(count: Int, edges: [(Int, Int)]) -> [[Int]]? {
+        var successors = Array(repeating: [Int](), count: count)
+        var pending = Array(repeating: 0, count: count)
+        for (from, to) in edges where from != to {
+            successors[from].append(to)
+            pending[to] += 1
+        }
+        var level = (0..<count).filter { pending[$0] == 0 }
+        var levels: [[Int]] = []
+        var placed = 0
+        while !level.isEmpty {
+            levels.append(level)
+            placed += level.count
+            var next: [Int] = []
+            for node in level {
+                for successor in successors[node] {
+                    pending[successor] -= 1
+                    if pending[successor] == 0 { next.append(successor) }
+                }
+            }
+            level = next
+        }
+        return placed == count ? levels : nil
     }
 
     /// The persistent objects whose encoded values differ from their snapshot, with the changed columns.
@@ -812,6 +910,9 @@ protocol ModelOperations {
     func linkChanges(_ object: AnyObject, deleted: Bool, persistent: Bool, _ session: Session) throws -> [LinkChange]
     func heldObjects(_ object: AnyObject) -> [AnyObject]
     func record(_ object: AnyObject, _ session: Session)
+    /// The objects held through relationships whose rows go in before the object's (`before`: its parents)
+    /// and after it (`after`: its children).
+    func insertNeighbours(_ object: AnyObject) -> (before: [AnyObject], after: [AnyObject])
 }
 
 struct Operations<M: Model>: ModelOperations {
@@ -862,6 +963,19 @@ struct Operations<M: Model>: ModelOperations {
     func heldObjects(_ object: AnyObject) -> [AnyObject] {
         let owner = unsafeDowncast(object, to: M.self)
         return relationships.flatMap { $0.loadedObjects(owner) ?? [] }
+    }
+
+    func insertNeighbours(_ object: AnyObject) -> (before: [AnyObject], after: [AnyObject]) {
+        let owner = unsafeDowncast(object, to: M.self)
+        var before: [AnyObject] = [], after: [AnyObject] = []
+        for relationship in relationships {
+            switch relationship.insertOrder {
+            case .ownerFirst: after += relationship.loadedObjects(owner) ?? []
+            case .relatedFirst: before += relationship.loadedObjects(owner) ?? []
+            case .none: break
+            }
+        }
+        return (before, after)
     }
 
     func record(_ object: AnyObject, _ session: Session) {

@@ -1,0 +1,151 @@
+import Runtime
+@testable import SQLAsync
+import TestSupport
+import Testing
+
+// A table that references itself: categories in a tree.
+
+enum Categories: TableSchema {
+    static let tableName = "categories"
+    static let id = Column<Int64>("id", of: Categories.self, .primaryKey, .autoIncrement)
+    static let parentID = Column<Int64?>("parent_id", of: Categories.self, .references(Categories.id))
+    static let name = Column<String>("name", of: Categories.self)
+    static let columns: [any AnyColumn] = [id, parentID, name]
+}
+
+final class Category: Model {
+    typealias Schema = Categories
+    var id: Int64?
+    var parentID: Int64?
+    var name: String
+    var parent: Related<Category?> = .notLoaded
+    var children: Related<[Category]> = .notLoaded
+    static let parent = ToOne(\Category.parent, key: Categories.parentID, parent: Categories.id)
+    static let children = ToMany(\Category.children, key: Categories.id, children: Categories.parentID, cascade: .all)
+    static var relationships: [any Relationship<Category>] { [parent, children] }
+
+    init(_ name: String, children: [Category]? = nil) {
+        self.name = name
+        if let children { self.children = .loaded(children) }
+    }
+    convenience init(row: Row) throws {
+        self.init("")
+        try update(from: row)
+    }
+    func update(from row: Row) throws {
+        id = try row.decode(Categories.id.name)
+        parentID = try row.decode(Categories.parentID.name)
+        name = try row.decode(Categories.name.name)
+    }
+    func encode(to values: inout ColumnValues) {
+        values[Categories.id] = id
+        values[Categories.parentID] = parentID
+        values[Categories.name] = name
+    }
+}
+
+@Suite("ORM trees, long key lists and loads that keep unflushed changes", .timeLimit(.minutes(1)))
+struct SessionTreeTests {
+    static let schema = Metadata(Categories.self)
+
+    /// name → parent's name, as stored.
+    static func tree(_ connection: Connection) async throws -> [String: String] {
+        let rows = try await connection.execute(
+            "SELECT c.name, p.name FROM categories c LEFT JOIN categories p ON p.id = c.parent_id")
+        var tree: [String: String] = [:]
+        for row in rows { tree[try row.decode(0, as: String.self)] = try row.decode(1, as: String?.self) ?? "-" }
+        return tree
+    }
+
+    @Test("a tree added in one flush goes in parents first, a level at a time; deleted in one flush, children first",
+          arguments: TestBackend.selected, TestDatabase.allCases)
+    func treeInOneFlush(_ backend: TestBackend, _ database: TestDatabase) async throws {
+        try await database.withPrivateConnection(backend) { connection in
+            try await Self.schema.createAll(on: connection)
+            let session = Session(connection: connection)
+            // Through many-to-one parents, the deepest added first: the database generates every key, so
+            // each row can go in only after its parent's.
+            let (root, branch, leaf) = (Category("root"), Category("branch"), Category("leaf"))
+            leaf.parent = .loaded(branch)
+            branch.parent = .loaded(root)
+            session.add(leaf)
+            // Through one-to-many children, a child tracked before its parent.
+            let bottom = Category("bottom")
+            let top = Category("top", children: [Category("middle", children: [bottom])])
+            session.add(bottom)
+            session.add(top)
+            try await session.commit()
+            #expect(branch.parentID == root.id && leaf.parentID == branch.id && root.parentID == nil)
+            #expect(try await Self.tree(connection) == [
+                "root": "-", "branch": "root", "leaf": "branch", "top": "-", "middle": "top", "bottom": "middle",
+            ])
+
+            // Deleting the roots deletes their subtrees (cascade), leaves first: no row is ever left pointing
+            // at a deleted one, which both databases check at once.
+            let deleter = Session(connection: connection)
+            for id in [root.id, top.id] {
+                let key = try #require(id)
+                let category = try #require(try await deleter.get(Category.self, key))
+                try deleter.delete(category)
+            }
+            try await deleter.commit()
+            #expect(try await Self.tree(connection).isEmpty)
+            try await Self.schema.dropAll(on: connection)
+        }
+    }
+
+    @Test("new rows that reference each other in a cycle are refused, and the session rolls back",
+          arguments: TestBackend.selected, TestDatabase.allCases)
+    func cycleRefused(_ backend: TestBackend, _ database: TestDatabase) async throws {
+        try await database.withPrivateConnection(backend) { connection in
+            try await Self.schema.createAll(on: connection)
+            let session = Session(connection: connection)
+            let (a, b) = (Category("a"), Category("b"))
+            a.parent = .loaded(b)
+            b.parent = .loaded(a)
+            session.add(a)
+            await #expect { try await session.flush() } throws: {
+                ($0 as? SQLError)?.kind == .misuse && "\($0)".contains("cycle")
+            }
+            #expect(!session.contains(a) && !session.contains(b))
+            #expect(try await Self.tree(connection).isEmpty)
+            try await Self.schema.dropAll(on: connection)
+        }
+    }
+
+    @Test("eager loading splits long key lists; with autoflush off, a load keeps a collection changed and not flushed",
+          arguments: TestBackend.selected, TestDatabase.allCases)
+    func keyListsAndUnflushedCollections(_ backend: TestBackend, _ database: TestDatabase) async throws {
+        try await database.withPrivateConnection(backend) { connection in
+            try await Self.schema.createAll(on: connection)
+            let writer = Session(connection: connection)
+            let parents = (1...5).map { index in Category("p\(index)", children: (1...index).map { Category("p\(index).\($0)") }) }
+            writer.addAll(parents)
+            try await writer.commit()
+
+            // Two keys per IN list: the five parents' children come in three queries, each to its parent.
+            let reader = Session(connection: connection)
+            reader.inListLimit = 2
+            let loaded = try await reader.scalars(
+                select(Category.self).where(Categories.parentID == nil).orderBy(Categories.name.asc()).including(Category.children))
+            #expect(loaded.map(\.name) == ["p1", "p2", "p3", "p4", "p5"])
+            for (index, parent) in loaded.enumerated() {
+                #expect(parent.children.value?.map(\.name).sorted() == (1...index + 1).map { "p\(index + 1).\($0)" })
+            }
+
+            // A child taken out with autoflush off: loading the collection again keeps the change (it would
+            // otherwise be lost), and the commit deletes the orphan.
+            reader.autoflush = false
+            let p2 = loaded[1]
+            p2.children = .loaded((p2.children.value ?? []).filter { $0.name != "p2.1" })
+            let again = try await reader.load(Category.children, of: p2)
+            #expect(again.map(\.name) == ["p2.2"])
+            _ = try await reader.scalars(select(Category.self).where(Categories.name == "p2").including(Category.children))
+            #expect(p2.children.value?.map(\.name) == ["p2.2"])
+            try await reader.commit()
+            #expect(try await Self.tree(connection)["p2.1"] == nil)
+            #expect(try await Self.tree(connection).count == 5 + 15 - 1)
+            try await Self.schema.dropAll(on: connection)
+        }
+    }
+}
