@@ -113,6 +113,41 @@ struct SessionTreeTests {
         }
     }
 
+    @Test("where a child's parent and a parent's collection disagree, the side changed since the load wins",
+          arguments: TestBackend.selected, TestDatabase.allCases)
+    func changedSideWins(_ backend: TestBackend, _ database: TestDatabase) async throws {
+        try await database.withPrivateConnection(backend) { connection in
+            try await Self.schema.createAll(on: connection)
+            let writer = Session(connection: connection)
+            writer.addAll([Category("a", children: [Category("a1"), Category("a2")]), Category("b")])
+            try await writer.commit()
+
+            func load(_ session: Session) async throws -> (a: Category, b: Category, a1: Category, a2: Category) {
+                let parents = try await session.scalars(
+                    select(Category.self).where(Categories.parentID == nil).orderBy(Categories.name.asc()).including(Category.children))
+                let children = try await session.scalars(
+                    select(Category.self).where(Categories.parentID != nil).orderBy(Categories.name.asc()).joined(Category.parent))
+                return (parents[0], parents[1], children[0], children[1])
+            }
+            // Moved through the collections: a1's own `parent` still says a, unchanged since it was loaded.
+            let mover = Session(connection: connection)
+            var (a, b, a1, a2) = try await load(mover)
+            #expect(a1.parent.value.flatMap { $0 } === a)
+            a.children = .loaded([a2])
+            b.children = .loaded([a1])
+            try await mover.commit()
+            #expect(try await Self.tree(connection)["a1"] == "b")
+
+            // Moved through the child's parent: the collections, unchanged, still hold it where it was.
+            let other = Session(connection: connection)
+            (a, b, a1, a2) = try await load(other)
+            a2.parent = .loaded(b)
+            try await other.commit()
+            #expect(try await Self.tree(connection)["a2"] == "b")
+            try await Self.schema.dropAll(on: connection)
+        }
+    }
+
     @Test("eager loading splits long key lists; with autoflush off, a load keeps a collection changed and not flushed",
           arguments: TestBackend.selected, TestDatabase.allCases)
     func keyListsAndUnflushedCollections(_ backend: TestBackend, _ database: TestDatabase) async throws {

@@ -90,6 +90,14 @@ extension RelationshipInternals {
     func linkChanges(_ owner: Owner, deleted: Bool, persistent: Bool, in session: Session) throws -> [LinkChange] { [] }
     func cascadeDelete(_ owners: [Owner], in session: Session, isolation: isolated (any Actor)?) async throws {}
 
+    /// Whether the owner's property holds other objects than at its load or the last flush (true for one
+    /// never recorded: set on a new object).
+    func hasChanged(_ owner: Owner, in session: Session) -> Bool {
+        guard let now = loadedObjects(owner) else { return false }
+        guard let before = session.recorded(owner, propertyKey) else { return true }
+        return Set(now.map(ObjectIdentifier.init)) != Set(before.map(ObjectIdentifier.init))
+    }
+
     /// The objects removed since the load or the last flush.
     func removed(_ owner: Owner, in session: Session) -> [AnyObject] {
         guard let before = session.recorded(owner, propertyKey), let now = loadedObjects(owner) else { return [] }

@@ -687,9 +687,15 @@ public final class Session {
 
     /// Sets foreign keys from the loaded relationships (a child's key from its parent's, which an insert may
     /// just have generated).
+    /// Sets foreign keys from relationships. Relationships changed since their load go last, so that where a
+    /// child's parent (many-to-one) and a parent's collection (one-to-many) disagree about the same foreign
+    /// key, the side that was changed wins: a child moved to another collection is moved even though its own
+    /// `parent` still holds the old one, and the reverse.
     private func synchronizeKeys() throws {
-        for entry in tracked where !entry.deleted && !entry.detached && entry.info.hasRelationships {
-            try entry.operations.synchronize(entry.object, self)
+        for changed in [false, true] {
+            for entry in tracked where !entry.deleted && !entry.detached && entry.info.hasRelationships {
+                try entry.operations.synchronize(entry.object, self, changed: changed)
+            }
         }
     }
 
@@ -906,7 +912,9 @@ protocol ModelOperations {
     func cascadeSave(_ object: AnyObject, _ session: Session)
     func handleRemoved(_ object: AnyObject, _ session: Session) throws
     func cascadeDelete(_ objects: [AnyObject], _ session: Session, isolation: isolated (any Actor)?) async throws
-    func synchronize(_ object: AnyObject, _ session: Session) throws
+    /// Sets foreign keys from the object's relationships: those that changed since their load or the last
+    /// flush (`changed`), or the others.
+    func synchronize(_ object: AnyObject, _ session: Session, changed: Bool) throws
     func linkChanges(_ object: AnyObject, deleted: Bool, persistent: Bool, _ session: Session) throws -> [LinkChange]
     func heldObjects(_ object: AnyObject) -> [AnyObject]
     func record(_ object: AnyObject, _ session: Session)
@@ -946,9 +954,11 @@ struct Operations<M: Model>: ModelOperations {
         }
     }
 
-    func synchronize(_ object: AnyObject, _ session: Session) throws {
+    func synchronize(_ object: AnyObject, _ session: Session, changed: Bool) throws {
         let owner = unsafeDowncast(object, to: M.self)
-        for relationship in relationships { try relationship.synchronize(owner, in: session) }
+        for relationship in relationships where relationship.hasChanged(owner, in: session) == changed {
+            try relationship.synchronize(owner, in: session)
+        }
     }
 
     func linkChanges(_ object: AnyObject, deleted: Bool, persistent: Bool, _ session: Session) throws -> [LinkChange] {
