@@ -102,7 +102,8 @@ public final class Connection: Sendable {
         let form = statement.form(dialect)
         var sets: [[SQLValue]] = []
         sets.reserveCapacity(parameterSets.count)
-        for parameters in parameterSets { sets.append(try form.sql.binds(parameters.mapValues(\.sqlValue))) }
+        let distinctNames = form.sql.parameterNames.count
+        for parameters in parameterSets { sets.append(try form.sql.binds(parameters, distinctNames: distinctNames) { $0.sqlValue }) }
         return try await executeMany(text: form.text, sets: sets)
     }
 

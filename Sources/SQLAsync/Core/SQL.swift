@@ -77,9 +77,16 @@ public struct SQL: Sendable, Hashable, ExpressibleByStringInterpolation, CustomS
     /// - Throws: ``SQLError/Kind/misuse`` when a named parameter has no value, or `parameters` names one the
     ///   statement does not have.
     func binds(_ parameters: [String: SQLValue]) throws(SQLError) -> [SQLValue] {
+        try binds(parameters, distinctNames: parameterNames.count) { $0 }
+    }
+
+    /// ``binds(_:)`` without converting the dictionary first: `executeMany` calls it once per set, with
+    /// `distinctNames` (`parameterNames.count`) counted once for all of them.
+    func binds<Value>(
+        _ parameters: [String: Value], distinctNames: Int, _ sqlValue: (Value) -> SQLValue
+    ) throws(SQLError) -> [SQLValue] {
         var binds: [SQLValue] = []
-        var used = 0
-        var seen: Set<String> = []
+        binds.reserveCapacity(fragments.count)
         for fragment in fragments {
             switch fragment {
             case .text: continue
@@ -88,12 +95,13 @@ public struct SQL: Sendable, Hashable, ExpressibleByStringInterpolation, CustomS
                 guard let value = parameters[name] else {
                     throw SQLError(.misuse, "the named parameter '\(name)' has no value", sql: description)
                 }
-                if seen.insert(name).inserted { used += 1 }
-                binds.append(value)
+                binds.append(sqlValue(value))
             }
         }
-        if used != parameters.count {
-            let unknown = parameters.keys.filter { !seen.contains($0) }.sorted()
+        // Every distinct name was found above: more keys than names means some name none of them.
+        if parameters.count != distinctNames {
+            let names = Set(parameterNames)
+            let unknown = parameters.keys.filter { !names.contains($0) }.sorted()
             throw SQLError(
                 .misuse, "the statement has no parameter named \(unknown.map { "'\($0)'" }.joined(separator: ", "))",
                 sql: description)

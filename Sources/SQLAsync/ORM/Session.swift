@@ -58,6 +58,7 @@ public final class Session {
         let info = info(M.self)
         indexAll()
         tracked.reserveCapacity(tracked.count + objects.count)
+        byObject.reserveCapacity(byObject.count + objects.count)
         for object in objects where byObject[ObjectIdentifier(object)] == nil {
             let entry = Tracked(object, info, snapshot: nil)
             tracked.append(entry)
@@ -312,7 +313,7 @@ public final class Session {
             try await beginIfNeeded()
             let order = try tableOrder(inserts + deletes)
             for name in order {
-                let entries = inserts.filter { $0.table.name == name }
+                let entries = order.count == 1 ? inserts : inserts.filter { $0.table.name == name }
                 guard !entries.isEmpty else { continue }
                 // Rows of a table that references itself (a tree) go in parents first, a level at a time.
                 for level in try Self.insertLevels(entries) {
@@ -327,7 +328,8 @@ public final class Session {
             try await update(updates ?? [])
             for change in links { try await change.write(self) }
             for name in order.reversed() {
-                for level in try Self.deleteLevels(deletes.filter { $0.table.name == name }) { try await delete(level) }
+                let entries = order.count == 1 ? deletes : deletes.filter { $0.table.name == name }
+                for level in try Self.deleteLevels(entries) { try await delete(level) }
             }
             if withRelationships { recordRelationships() }
         } catch {
@@ -343,7 +345,12 @@ public final class Session {
     ///   rows apart), or a cycle of foreign keys among them.
     private func tableOrder(_ entries: [Tracked]) throws(SQLError) -> [String] {
         var tables: [String: Table] = [:]
-        for entry in entries where tables[entry.table.name] == nil { tables[entry.table.name] = entry.table }
+        var previous: ModelInfo?
+        for entry in entries where entry.info !== previous {
+            // Consecutive entries of one model (the usual case) cost no lookup.
+            previous = entry.info
+            if tables[entry.table.name] == nil { tables[entry.table.name] = entry.table }
+        }
         for table in tables.values where table.primaryKey.isEmpty {
             throw SQLError(.misuse, "the table \(table.name) has no primary key: a session cannot write its rows")
         }
@@ -498,6 +505,7 @@ public final class Session {
                 throw SQLError(.database, "inserting \(batch.count) \(table.name) rows returned \(result.count)")
             }
             let keyIndexes = keyNames.map { result.columns.firstIndex(of: $0) }
+            byKey.reserveCapacity(byKey.count + batch.count)
             for ((entry, _), row) in zip(batch, result) {
                 try entry.operations.update(entry.object, row)
                 // The returned row is the snapshot (compared in the model's encoding if ever needed).
