@@ -5,6 +5,9 @@ let swiftSettings: [SwiftSetting] = [
     .swiftLanguageMode(.v6),
     .enableUpcomingFeature("ExistentialAny"),
     .enableUpcomingFeature("InternalImportsByDefault"),
+    // Async functions without isolation run on their caller's executor instead of hopping to the generic one
+    // (SE-0461): every such hop costs a task switch, and a look-up of the task's preferred executor.
+    .enableUpcomingFeature("NonisolatedNonsendingByDefault"),
 ]
 
 let package = Package(

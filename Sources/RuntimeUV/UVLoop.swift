@@ -171,23 +171,12 @@ final class UVLoop: @unchecked Sendable {
 
     private var hasRunnableWork: Bool { !local.isEmpty || !urgent.isEmpty }
 
-    /// How long the loop spins for the result of blocking work before it sleeps in epoll.
-    static let spinNanoseconds: Int64 = 50_000
-
-    /// Waits up to ``spinNanoseconds`` for remote work without sleeping, then takes it. A blocking call (a
-    /// SQLite statement on a worker thread, say) usually finishes within microseconds; sleeping in epoll and
-    /// being woken by `uv_async_send` costs tens of microseconds on a virtual machine (RT-WORKER-HOP). The
-    /// spin yields the CPU at every turn, so the worker it waits for is never kept from running; due timers
-    /// and IO readiness wait at most the spin.
+    /// Waits a little (``SpinWait``) for remote work before sleeping in epoll, then takes it. A blocking call
+    /// (a SQLite statement on a worker thread, say) usually finishes within microseconds; sleeping in epoll
+    /// and being woken by `uv_async_send` costs tens of microseconds on a virtual machine (RT-WORKER-HOP). Due
+    /// timers and IO readiness wait at most the spin.
     private func spinForRemoteWork() {
-        let deadline = monotonicNow().nanoseconds &+ Self.spinNanoseconds
-        var turns = 0
-        while !remotePending.load(ordering: .acquiring) {
-            turns &+= 1
-            if turns & 15 == 0 && monotonicNow().nanoseconds >= deadline { return }
-            sched_yield()
-        }
-        takeRemoteWork()
+        if SpinWait.until({ remotePending.load(ordering: .acquiring) }) { takeRemoteWork() }
     }
 
     private func takeRemoteWork() {

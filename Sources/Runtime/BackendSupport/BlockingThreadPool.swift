@@ -105,9 +105,6 @@ public final class BlockingThreadPool: @unchecked Sendable {
         }
     }
 
-    /// How long a worker that ran out of jobs spins for the next one before it sleeps.
-    static let spinNanoseconds: Int64 = 50_000
-
     private func workerLoop() {
         pthread_mutex_lock(mutex)
         var spun = false
@@ -127,34 +124,17 @@ public final class BlockingThreadPool: @unchecked Sendable {
                 pthread_cond_wait(wakeWorkers, mutex)
             } else {
                 // Jobs often come in a sequence (one SQLite statement after another, each awaited): waiting a
-                // few microseconds for the next one spares a futex sleep and wake-up, which costs tens of
-                // microseconds on a virtual machine. The spin yields the CPU at every turn; the worker counts
-                // as idle meanwhile, so a job arriving now neither starts another thread nor waits.
+                // few microseconds for the next one spares a futex sleep and wake-up (``SpinWait``). The
+                // worker counts as idle meanwhile, so a job arriving now neither starts another thread nor
+                // waits.
                 pthread_mutex_unlock(mutex)
-                Self.spin { self.queued.load(ordering: .acquiring) > 0 }
+                _ = SpinWait.until { self.queued.load(ordering: .acquiring) > 0 }
                 pthread_mutex_lock(mutex)
                 spun = true
             }
             idle -= 1
         }
         pthread_mutex_unlock(mutex)
-    }
-
-    /// Yields the CPU until `ready()` or ``spinNanoseconds`` have passed.
-    static func spin(until ready: () -> Bool) {
-        let deadline = monotonicNanoseconds() &+ spinNanoseconds
-        var turns = 0
-        while !ready() {
-            turns &+= 1
-            if turns & 15 == 0 && monotonicNanoseconds() >= deadline { return }
-            sched_yield()
-        }
-    }
-
-    private static func monotonicNanoseconds() -> Int64 {
-        var ts = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &ts)
-        return Int64(ts.tv_sec) &* 1_000_000_000 &+ Int64(ts.tv_nsec)
     }
 
     /// Runs every queued closure, lets running ones finish, and joins every thread. Blocks the caller.

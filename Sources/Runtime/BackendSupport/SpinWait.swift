@@ -1,0 +1,57 @@
+import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// A short wait without sleeping, for a result another thread is about to deliver: a futex or epoll sleep
+/// and its wake-up cost tens of microseconds on a virtual machine, several times the work a SQLite call or a
+/// queued job usually takes.
+///
+/// The wait polls `ready` busily for ``busyNanoseconds``, then yields the CPU at every turn (so that a thread
+/// it may be waiting for gets to run when cores are scarce) until ``totalNanoseconds`` have passed. Fewer
+/// threads poll busily at once than there are cores: the others only yield, so that spinning never takes the
+/// last core from the threads doing the work.
+public enum SpinWait {
+    /// How long to poll without yielding.
+    public static let busyNanoseconds: Int64 = 10_000
+    /// How long to wait in all before giving up (and sleeping the usual way).
+    public static let totalNanoseconds: Int64 = 50_000
+
+    /// Polls `ready` until it returns true (returns true) or the time is up (returns false).
+    public static func until(_ ready: () -> Bool) -> Bool {
+        if ready() { return true }
+        let start = now()
+        // A busy slot, if one is free; else yield from the start.
+        var busy = busySpinners.add(1, ordering: .relaxed).newValue <= maximumBusySpinners
+        if !busy { busySpinners.subtract(1, ordering: .relaxed) }
+        defer { if busy { busySpinners.subtract(1, ordering: .relaxed) } }
+        var turns = 0
+        while true {
+            turns &+= 1
+            if ready() { return true }
+            if turns & 31 == 0 || !busy {
+                let elapsed = now() &- start
+                if elapsed >= totalNanoseconds { return false }
+                if busy && elapsed >= busyNanoseconds {
+                    busy = false
+                    busySpinners.subtract(1, ordering: .relaxed)
+                }
+                if !busy { sched_yield() }
+            }
+        }
+    }
+
+    /// Threads polling busily now, and how many may: one less than the cores (at least one).
+    private static let busySpinners = Atomic<Int>(0)
+    private static let maximumBusySpinners = max(1, sysconf(Int32(_SC_NPROCESSORS_ONLN)) - 1)
+
+    @inline(__always)
+    private static func now() -> Int64 {
+        var ts = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &ts)
+        return Int64(ts.tv_sec) &* 1_000_000_000 &+ Int64(ts.tv_nsec)
+    }
+}
