@@ -23,7 +23,7 @@ import Synchronization
 ///   an await as well, wrap it in `Runtime.interruptible { }`, which runs it as a task that the scope's
 ///   cancellation cancels the Swift way.
 public final class CancelScope: Sendable {
-    @TaskLocal static var current: CancelScope?
+    @TaskLocal @usableFromInline static var current: CancelScope?
 
     /// The runtime whose clock this scope's deadline is on.
     public let runtime: Runtime
@@ -32,7 +32,7 @@ public final class CancelScope: Sendable {
 
     let parent: CancelScope?
     /// Whether this scope or an enclosing one is a shield: then runtime waits ignore Swift cancellation.
-    let isShieldedChain: Bool
+    @usableFromInline let isShieldedChain: Bool
 
     private let cancelFlag = Atomic<Bool>(false)
     private let deadlineNanoseconds: Atomic<Int64>
@@ -110,6 +110,7 @@ public final class CancelScope: Sendable {
     }
 
     /// Throws `CancellationError` when code in `scope` (or, with no scope, the task) is cancelled.
+    @usableFromInline
     static func checkCancelled(_ scope: CancelScope?) throws(CancellationError) {
         if let scope {
             if scope.isEffectivelyCancelled() { throw CancellationError() }
@@ -122,6 +123,7 @@ public final class CancelScope: Sendable {
 
     /// Registers `waker` with this scope and every enclosing one up to the first shield; wakes it at once if
     /// one of them is cancelled already. Arms deadline timers lazily.
+    @usableFromInline
     func registerWaker(_ waker: any CancellationWaker) {
         var scope: CancelScope? = self
         var wakeNow = false
@@ -139,6 +141,7 @@ public final class CancelScope: Sendable {
     }
 
     /// Undoes ``registerWaker(_:)``.
+    @usableFromInline
     func unregisterWaker(_ waker: any CancellationWaker) {
         let id = ObjectIdentifier(waker)
         var scope: CancelScope? = self

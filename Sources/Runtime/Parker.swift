@@ -1,26 +1,32 @@
-import Synchronization
+public import Synchronization
 
 /// The one object every blocked runtime wait parks on: a continuation plus an exactly-once state machine.
 ///
 /// Readiness callbacks, timers, primitives, scope cancellation and Swift task cancellation all finish a
 /// wait by calling ``resume(_:)``; the first call wins, later ones return `false` and change nothing. A
 /// resume that comes before the task has suspended is kept and delivered when it suspends.
+///
+/// Inlinable, like the generic primitives built on it: specialized in the caller's module, it needs no look-up
+/// of generic metadata per wait (a channel of `Int` would pay several per element otherwise).
+@usableFromInline
 final class Parker<Value: Sendable>: Sendable, CancellationWaker {
-    private enum State: Sendable {
+    @usableFromInline
+    enum State: Sendable {
         case idle
         case waiting(UnsafeContinuation<Value, any Error>)
         case resolvedEarly(Result<Value, any Error>)
         case done
     }
 
-    private let state = Mutex(State.idle)
+    @usableFromInline let state: Mutex<State>
 
-    private enum Outcome { case resumeNow(UnsafeContinuation<Value, any Error>), stored, alreadyFinished }
+    @usableFromInline
+    enum Outcome { case resumeNow(UnsafeContinuation<Value, any Error>), stored, alreadyFinished }
 
-    init() {}
+    @inlinable init() { state = Mutex(.idle) }
 
     /// Whether a result has been delivered (or is waiting to be collected).
-    var isResolved: Bool {
+    @inlinable var isResolved: Bool {
         state.withLock {
             switch $0 {
             case .idle, .waiting: false
@@ -30,7 +36,7 @@ final class Parker<Value: Sendable>: Sendable, CancellationWaker {
     }
 
     /// Finishes the wait. Returns `false` when it was already finished.
-    @discardableResult
+    @inlinable @discardableResult
     func resume(_ result: Result<Value, any Error>) -> Bool {
         let outcome: Outcome = state.withLock { state in
             switch state {
@@ -59,6 +65,7 @@ final class Parker<Value: Sendable>: Sendable, CancellationWaker {
     /// Marks the wait as given up by its waiter (it stopped waiting before a result came): later
     /// ``resume(_:)`` calls return `false`. Returns a result that was delivered before, so that the caller
     /// can still take it instead of losing it. Call only after the waiter left `wait()` or never entered it.
+    @inlinable
     func abandon() -> Result<Value, any Error>? {
         state.withLock { state in
             switch state {
@@ -74,13 +81,14 @@ final class Parker<Value: Sendable>: Sendable, CancellationWaker {
         }
     }
 
-    @discardableResult func resume(returning value: Value) -> Bool { resume(.success(value)) }
-    @discardableResult func resume(throwing error: any Error) -> Bool { resume(.failure(error)) }
+    @inlinable @discardableResult func resume(returning value: Value) -> Bool { resume(.success(value)) }
+    @inlinable @discardableResult func resume(throwing error: any Error) -> Bool { resume(.failure(error)) }
 
     /// Wakes the wait because an enclosing cancel scope was cancelled.
-    func wakeForCancellation() { resume(.failure(CancellationError())) }
+    @inlinable func wakeForCancellation() { resume(.failure(CancellationError())) }
 
     /// Suspends until the wait is finished. Call at most once.
+    @inlinable
     func wait(isolation: isolated (any Actor)? = #isolation) async throws -> Value {
         try await withUnsafeThrowingContinuation(isolation: isolation) { continuation in
             let early: Result<Value, any Error>? = state.withLock { state in
@@ -102,6 +110,7 @@ final class Parker<Value: Sendable>: Sendable, CancellationWaker {
 }
 
 /// Something blocked in a cancel scope that the scope wakes when it is cancelled.
+@usableFromInline
 protocol CancellationWaker: AnyObject, Sendable {
     func wakeForCancellation()
 }

@@ -4,12 +4,13 @@ import Synchronization
 ///
 /// A closure that has not started yet never starts once the caller is cancelled, whatever the choice.
 public struct BlockingCancellation: Sendable {
+    @usableFromInline
     enum Kind: Sendable {
         case waitForCompletion
         case abandon
         case interrupt(@Sendable () -> Void)
     }
-    let kind: Kind
+    @usableFromInline let kind: Kind
 
     /// Wait for the closure to finish and return its result; the cancellation is seen by the next runtime
     /// wait. The default: nothing the closure did is lost (anyio's `abandon_on_cancel=False`).

@@ -5,11 +5,16 @@ import Synchronization
 /// Later resumptions are ignored, and so is one that comes after the waiter stopped waiting (it was
 /// cancelled under ``BlockingCancellation/abandon``).
 public struct Completion<Value: Sendable>: Sendable {
-    let parker: Parker<Value>
-    let tracking: OutsideWork?
+    @usableFromInline let parker: Parker<Value>
+    @usableFromInline let tracking: OutsideWork?
+
+    @inlinable init(parker: Parker<Value>, tracking: OutsideWork?) {
+        self.parker = parker
+        self.tracking = tracking
+    }
 
     /// Delivers `result`; returns whether this call was the one that finished the wait.
-    @discardableResult
+    @inlinable @discardableResult
     public func resume(with result: Result<Value, any Error>) -> Bool {
         let taken = parker.resume(result)
         tracking?.finish()  // after the resume: the woken task is queued before the clock may move
@@ -17,11 +22,11 @@ public struct Completion<Value: Sendable>: Sendable {
     }
 
     /// Delivers `value`; returns whether this call was the one that finished the wait.
-    @discardableResult
+    @inlinable @discardableResult
     public func resume(returning value: Value) -> Bool { resume(with: .success(value)) }
 
     /// Delivers `error`; returns whether this call was the one that finished the wait.
-    @discardableResult
+    @inlinable @discardableResult
     public func resume(throwing error: any Error) -> Bool { resume(with: .failure(error)) }
 }
 
@@ -45,14 +50,15 @@ public protocol OutsideWorkTracking: RuntimeBackend {
 }
 
 /// Calls `outsideWorkFinished` exactly once.
+@usableFromInline
 final class OutsideWork: Sendable {
     private let backend: any OutsideWorkTracking
     private let finished = Atomic<Bool>(false)
-    init(_ backend: any OutsideWorkTracking) {
+    @usableFromInline init(_ backend: any OutsideWorkTracking) {
         self.backend = backend
         backend.outsideWorkStarted()
     }
-    func finish() {
+    @usableFromInline func finish() {
         if !finished.exchange(true, ordering: .acquiringAndReleasing) { backend.outsideWorkFinished() }
     }
 }
@@ -80,6 +86,7 @@ extension Runtime {
     ///     the wait; if it throws, that error is thrown and nothing is awaited.
     /// - Throws: what the completion delivers; `CancellationError` when the caller was already cancelled
     ///   (then `start` is not called) or, under `.abandon`, when it is cancelled while waiting.
+    @inlinable
     public static func withCompletion<Value: Sendable>(
         onCancel: BlockingCancellation = .waitForCompletion,
         resumedByOutsideThread: Bool = true,

@@ -82,6 +82,7 @@ extension Runtime {
     /// Cancellation is checked before `arm` runs (level-triggered: a cancelled scope fails every wait). While
     /// suspended, a cancelled scope or task resumes the parker with `CancellationError` unless a shield sits
     /// between the wait and the cancellation. The caller withdraws whatever `arm` registered when this throws.
+    @inlinable
     static func park<Value>(
         _ parker: Parker<Value>,
         isolation: isolated (any Actor)? = #isolation,
@@ -113,6 +114,7 @@ extension Runtime {
     }
 
     /// Suspends until `parker` resumes, ignoring every cancellation. For clean-up that must finish.
+    @inlinable
     static func parkUninterruptibly<Value>(
         _ parker: Parker<Value>,
         isolation: isolated (any Actor)? = #isolation
@@ -123,6 +125,7 @@ extension Runtime {
     /// Suspends until `parker` resumes; when cancellation arrives meanwhile, calls `onCancel` once and keeps
     /// waiting (unless `onCancel` resumes the parker itself). Used where the waited-for work can be
     /// interrupted or withdrawn but must still be collected.
+    @inlinable
     static func parkCallingOnCancel<Value>(
         _ parker: Parker<Value>,
         isolation: isolated (any Actor)? = #isolation,
@@ -141,10 +144,11 @@ extension Runtime {
 }
 
 /// A waker that runs a closure once.
-private final class CallbackWaker: CancellationWaker {
+@usableFromInline
+final class CallbackWaker: CancellationWaker {
     private let action: Mutex<(@Sendable () -> Void)?>
-    init(_ action: @escaping @Sendable () -> Void) { self.action = Mutex(action) }
-    func wakeForCancellation() {
+    @usableFromInline init(_ action: @escaping @Sendable () -> Void) { self.action = Mutex(action) }
+    @usableFromInline func wakeForCancellation() {
         let action = self.action.withLock { action -> (@Sendable () -> Void)? in
             defer { action = nil }
             return action

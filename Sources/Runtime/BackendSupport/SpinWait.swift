@@ -24,9 +24,7 @@ public enum SpinWait {
     public static func until(_ ready: () -> Bool) -> Bool {
         if ready() { return true }
         let start = now()
-        // A busy slot, if one is free; else yield from the start.
-        var busy = busySpinners.add(1, ordering: .relaxed).newValue <= maximumBusySpinners
-        if !busy { busySpinners.subtract(1, ordering: .relaxed) }
+        var busy = false
         defer { if busy { busySpinners.subtract(1, ordering: .relaxed) } }
         var turns = 0
         while true {
@@ -38,10 +36,19 @@ public enum SpinWait {
                 if busy && elapsed >= busyNanoseconds {
                     busy = false
                     busySpinners.subtract(1, ordering: .relaxed)
+                } else if !busy && elapsed < busyNanoseconds {
+                    busy = takeBusySlot()  // one may have been freed since the last turn
                 }
                 if !busy { sched_yield() }
             }
         }
+    }
+
+    private static func takeBusySlot() -> Bool {
+        guard busySpinners.load(ordering: .relaxed) < maximumBusySpinners else { return false }
+        if busySpinners.add(1, ordering: .relaxed).newValue <= maximumBusySpinners { return true }
+        busySpinners.subtract(1, ordering: .relaxed)
+        return false
     }
 
     /// Threads polling busily now, and how many may: one less than the cores (at least one).

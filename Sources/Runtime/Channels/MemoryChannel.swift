@@ -1,5 +1,5 @@
-import DequeModule
-import Synchronization
+public import DequeModule
+public import Synchronization
 
 /// Creates a memory channel: a queue of `Element`s between tasks with back-pressure (anyio's
 /// `create_memory_object_stream`).
@@ -24,39 +24,51 @@ public func makeMemoryChannel<Element: Sendable>(
     return (MemorySendChannel(core), MemoryReceiveChannel(core))
 }
 
-/// What a channel's two ends share.
+/// What a channel's two ends share. (Sending and receiving are inlinable: specialized for the element type in
+/// the caller's module, they need no look-up of generic metadata per element.)
+@usableFromInline
 final class MemoryChannelCore<Element: Sendable>: Sendable {
+    @usableFromInline
     struct WaitingSender: Sendable {
-        let parker: Parker<Void>
-        let element: Element
+        @usableFromInline let parker: Parker<Void>
+        @usableFromInline let element: Element
+        @inlinable init(parker: Parker<Void>, element: Element) {
+            self.parker = parker
+            self.element = element
+        }
     }
+    @usableFromInline
     struct State: Sendable {
-        var buffer = Deque<Element>()
-        var waitingSenders = Deque<WaitingSender>()
-        var waitingReceivers = WaitQueue<Element>()
-        var openSenders = 1
-        var openReceivers = 1
+        @usableFromInline var buffer = Deque<Element>()
+        @usableFromInline var waitingSenders = Deque<WaitingSender>()
+        @usableFromInline var waitingReceivers = WaitQueue<Element>()
+        @usableFromInline var openSenders = 1
+        @usableFromInline var openReceivers = 1
+        @inlinable init() {}
     }
-    let bufferSize: Int
-    let state = Mutex(State())
+    @usableFromInline let bufferSize: Int
+    @usableFromInline let state: Mutex<State>
 
-    init(bufferSize: Int) { self.bufferSize = bufferSize }
+    @inlinable init(bufferSize: Int) {
+        self.bufferSize = bufferSize
+        state = Mutex(State())
+    }
 
-    static var endOfStream: RuntimeError {
+    @usableFromInline static var endOfStream: RuntimeError {
         RuntimeError(.endOfStream, "every send end of the channel is closed and its buffer is empty")
     }
-    static var closedWhileWaiting: RuntimeError {
+    @usableFromInline static var closedWhileWaiting: RuntimeError {
         RuntimeError(.closedResource, "the channel's receive end was closed while this receive waited")
     }
-    static var broken: RuntimeError {
+    @usableFromInline static var broken: RuntimeError {
         RuntimeError(.brokenResource, "every receive end of the channel is closed")
     }
 }
 
 /// The sending end of a memory channel. Close it (or let it go) when done; see ``makeMemoryChannel(of:bufferSize:)``.
 public final class MemorySendChannel<Element: Sendable>: Sendable {
-    private let core: MemoryChannelCore<Element>
-    private let closed = Atomic<Bool>(false)
+    @usableFromInline let core: MemoryChannelCore<Element>
+    @usableFromInline let closed = Atomic<Bool>(false)
 
     init(_ core: MemoryChannelCore<Element>) { self.core = core }
 
@@ -68,6 +80,7 @@ public final class MemorySendChannel<Element: Sendable>: Sendable {
     ///
     /// - Throws: ``RuntimeError/Code/brokenResource`` when every receiver is closed;
     ///   ``RuntimeError/Code/closedResource`` when this end is closed; `CancellationError`.
+    @inlinable
     public func send(_ element: Element) async throws {
         try CancelScope.checkCancelled(CancelScope.current)
         if try sendNowOrNeedWait(element) { return }
@@ -94,13 +107,15 @@ public final class MemorySendChannel<Element: Sendable>: Sendable {
     /// Sends `element` if that needs no waiting.
     ///
     /// - Throws: ``RuntimeError/Code/wouldBlock`` when the buffer is full; the errors of ``send(_:)``.
+    @inlinable
     public func sendNowait(_ element: Element) throws(RuntimeError) {
         guard try sendNowOrNeedWait(element) else {
             throw RuntimeError(.wouldBlock, "the channel's buffer is full and no receiver is waiting")
         }
     }
 
-    private func sendNowOrNeedWait(_ element: Element) throws(RuntimeError) -> Bool {
+    @inlinable
+    func sendNowOrNeedWait(_ element: Element) throws(RuntimeError) -> Bool {
         guard !closed.load(ordering: .acquiring) else {
             throw RuntimeError(.closedResource, "send on a closed send end of a channel")
         }
@@ -110,7 +125,8 @@ public final class MemorySendChannel<Element: Sendable>: Sendable {
     }
 
     /// Hands `element` to a waiting receiver or the buffer; `false` when it must wait.
-    private static func deliver(
+    @inlinable
+    static func deliver(
         _ element: Element,
         _ state: inout MemoryChannelCore<Element>.State,
         bufferSize: Int
@@ -151,8 +167,8 @@ public final class MemorySendChannel<Element: Sendable>: Sendable {
 /// The receiving end of a memory channel, also an `AsyncSequence` that ends when every sender is closed.
 public final class MemoryReceiveChannel<Element: Sendable>: Sendable, AsyncSequence {
     public typealias Failure = any Error
-    private let core: MemoryChannelCore<Element>
-    private let closed = Atomic<Bool>(false)
+    @usableFromInline let core: MemoryChannelCore<Element>
+    @usableFromInline let closed = Atomic<Bool>(false)
 
     init(_ core: MemoryChannelCore<Element>) { self.core = core }
 
@@ -164,6 +180,7 @@ public final class MemoryReceiveChannel<Element: Sendable>: Sendable, AsyncSeque
     ///
     /// - Throws: ``RuntimeError/Code/endOfStream`` when every sender is closed and the buffer is empty;
     ///   ``RuntimeError/Code/closedResource`` when this end is closed (also while waiting); `CancellationError`.
+    @inlinable
     public func receive() async throws -> Element {
         try CancelScope.checkCancelled(CancelScope.current)
         if let element = try receiveNowOrNil() { return element }
@@ -190,6 +207,7 @@ public final class MemoryReceiveChannel<Element: Sendable>: Sendable, AsyncSeque
     /// Receives an element if one is there without waiting.
     ///
     /// - Throws: ``RuntimeError/Code/wouldBlock`` when none is; the errors of ``receive()``.
+    @inlinable
     public func receiveNowait() throws(RuntimeError) -> Element {
         guard let element = try receiveNowOrNil() else {
             throw RuntimeError(.wouldBlock, "the channel is empty and no sender is waiting")
@@ -197,7 +215,8 @@ public final class MemoryReceiveChannel<Element: Sendable>: Sendable, AsyncSeque
         return element
     }
 
-    private func receiveNowOrNil() throws(RuntimeError) -> Element? {
+    @inlinable
+    func receiveNowOrNil() throws(RuntimeError) -> Element? {
         guard !closed.load(ordering: .acquiring) else {
             throw RuntimeError(.closedResource, "receive on a closed receive end of a channel")
         }
@@ -207,7 +226,8 @@ public final class MemoryReceiveChannel<Element: Sendable>: Sendable, AsyncSeque
     }
 
     /// Takes the next element from the buffer or a waiting sender; `nil` when the caller must wait.
-    private static func take(
+    @inlinable
+    static func take(
         _ state: inout MemoryChannelCore<Element>.State,
         bufferSize: Int
     ) throws(RuntimeError) -> Element? {

@@ -1,17 +1,20 @@
-import DequeModule
+public import DequeModule
 
 /// A FIFO of parked waiters. Waiters that were cancelled stay in the queue until they are skipped or
 /// removed; ``resumeFirst(_:)`` hands a value only to a waiter that is still waiting.
+@usableFromInline
 struct WaitQueue<Value: Sendable>: Sendable {
-    private var waiters = Deque<Parker<Value>>()
+    @usableFromInline var waiters = Deque<Parker<Value>>()
 
-    var isEmpty: Bool { waiters.isEmpty }
-    var count: Int { waiters.count }
+    @inlinable init() {}
 
-    mutating func append(_ parker: Parker<Value>) { waiters.append(parker) }
+    @inlinable var isEmpty: Bool { waiters.isEmpty }
+    @inlinable var count: Int { waiters.count }
+
+    @inlinable mutating func append(_ parker: Parker<Value>) { waiters.append(parker) }
 
     /// Resumes the first waiter that is still waiting; returns `false` when there was none.
-    mutating func resumeFirst(_ result: Result<Value, any Error>) -> Bool {
+    @inlinable mutating func resumeFirst(_ result: Result<Value, any Error>) -> Bool {
         while let parker = waiters.popFirst() {
             if parker.resume(result) { return true }
         }
@@ -19,12 +22,12 @@ struct WaitQueue<Value: Sendable>: Sendable {
     }
 
     /// Resumes every waiter with `result`.
-    mutating func resumeAll(_ result: Result<Value, any Error>) {
+    @inlinable mutating func resumeAll(_ result: Result<Value, any Error>) {
         while let parker = waiters.popFirst() { parker.resume(result) }
     }
 
     /// Removes `parker` (after it was cancelled); returns whether it was still queued.
-    @discardableResult
+    @inlinable @discardableResult
     mutating func remove(_ parker: Parker<Value>) -> Bool {
         guard let index = waiters.firstIndex(where: { $0 === parker }) else { return false }
         waiters.remove(at: index)
