@@ -37,8 +37,14 @@ let package = Package(
             dependencies: [.product(name: "DequeModule", package: "swift-collections")],
             swiftSettings: swiftSettings
         ),
-        .target(name: "RuntimeUV", dependencies: ["Runtime", "CLibUV"], swiftSettings: swiftSettings),
-        .target(name: "RuntimeDispatch", dependencies: ["Runtime"], swiftSettings: swiftSettings),
+        .target(
+            name: "RuntimeUV",
+            dependencies: ["Runtime", "CLibUV", .product(name: "DequeModule", package: "swift-collections")],
+            swiftSettings: swiftSettings),
+        .target(
+            name: "RuntimeDispatch",
+            dependencies: ["Runtime", .product(name: "DequeModule", package: "swift-collections")],
+            swiftSettings: swiftSettings),
         .target(name: "RuntimeTesting", dependencies: ["Runtime"], swiftSettings: swiftSettings),
         // Picks a backend by name (ANYRUNTIME_BACKEND=uv|dispatch) for applications, demos and tests.
         .target(name: "AnyRuntime", dependencies: ["Runtime", "RuntimeUV", "RuntimeDispatch"], swiftSettings: swiftSettings),

@@ -1,3 +1,4 @@
+import DequeModule
 import Dispatch
 import Runtime
 import Synchronization
@@ -74,7 +75,9 @@ final class DispatchLoop: Sendable {
             pendingTimerCount.subtract(due.count, ordering: .relaxed)
             return due
         }
-        for entry in due where !entry.isCancelled { entry.fire() }
+        executor.firingTimers {
+            for entry in due where !entry.isCancelled { entry.fire() }
+        }
         rearm()
     }
 
@@ -107,10 +110,28 @@ final class DispatchTimerSourceBox: @unchecked Sendable {
 
 /// The SE-0417 task executor over a serial queue.
 ///
+/// Jobs wait in the executor's own queue, and one block on the dispatch queue runs them in batches: a
+/// `DispatchQueue.async` (a block allocated and queued) per batch rather than per job. Jobs enqueued while
+/// due timers fire run first in the next batch, so that a task whose deadline passed does not wait behind
+/// every runnable task (as on the libuv backend).
+///
 /// A queue outlives every job sent to it (blocks retain it), so a task that outlives its runtime keeps
 /// working on the queue.
 final class DispatchExecutor: TaskExecutor, Sendable {
     let queue: DispatchQueue
+
+    private struct Pending: Sendable {
+        var jobs = Deque<UnownedJob>()
+        var urgent: [UnownedJob] = []
+        /// Whether a batch is queued on `queue` or running.
+        var scheduled = false
+        /// The thread firing due timers, if one is: what it enqueues is urgent.
+        var firingThread: pthread_t?
+    }
+    private let pending = Mutex(Pending())
+    /// Jobs per batch: a batch is one block on the queue, and other blocks wait for it.
+    private static let batchSize = 128
+
     init(queue: DispatchQueue) {
         self.queue = queue
         // Kept alive on purpose: a task may hold its preferred executor after the runtime ended.
@@ -119,6 +140,54 @@ final class DispatchExecutor: TaskExecutor, Sendable {
 
     func enqueue(_ job: consuming ExecutorJob) {
         let job = UnownedJob(job)
-        queue.async { job.runSynchronously(on: self.asUnownedTaskExecutor()) }
+        let schedule = pending.withLock { pending -> Bool in
+            if let firing = pending.firingThread, pthread_equal(firing, pthread_self()) != 0 {
+                pending.urgent.append(job)
+            } else {
+                pending.jobs.append(job)
+            }
+            if pending.scheduled { return false }
+            pending.scheduled = true
+            return true
+        }
+        if schedule { queue.async { self.runBatch() } }
+    }
+
+    /// Runs `body` (which fires due timers) marking the jobs it enqueues as urgent.
+    func firingTimers(_ body: () -> Void) {
+        pending.withLock { $0.firingThread = pthread_self() }
+        body()
+        pending.withLock { $0.firingThread = nil }
+    }
+
+    /// Runs urgent jobs first, and others until none is left or ``batchSize`` ran; queues another batch if jobs
+    /// remain.
+    private func runBatch() {
+        let executor = asUnownedTaskExecutor()
+        var budget = Self.batchSize
+        while true {
+            let (urgent, jobs, more) = pending.withLock { pending -> ([UnownedJob], [UnownedJob], Bool) in
+                if pending.jobs.isEmpty && pending.urgent.isEmpty {
+                    pending.scheduled = false
+                    return ([], [], false)
+                }
+                if budget <= 0 { return ([], [], true) }
+                let urgent = pending.urgent
+                pending.urgent.removeAll()
+                let count = min(pending.jobs.count, budget)
+                let jobs = Array(pending.jobs.prefix(count))
+                pending.jobs.removeFirst(count)
+                return (urgent, jobs, true)
+            }
+            guard more else { return }
+            if urgent.isEmpty && jobs.isEmpty {
+                // The budget is spent: let other blocks on the queue run, then go on.
+                queue.async { self.runBatch() }
+                return
+            }
+            for job in urgent { job.runSynchronously(on: executor) }
+            for job in jobs { job.runSynchronously(on: executor) }
+            budget -= urgent.count + jobs.count
+        }
     }
 }
