@@ -3,7 +3,8 @@ import Runtime
 import Synchronization
 
 /// The Dispatch backend: a serial `DispatchQueue` as the executor, `DispatchSource` timers and read/write
-/// sources (kept while in use, cancelled before the fd is closed), and the global queues for blocking work.
+/// sources (kept while in use, cancelled before the fd is closed), and a pool of threads owned by the run for
+/// blocking work (libdispatch's global queues grow too slowly on Linux).
 ///
 /// ```swift
 /// try DispatchRuntime.run { try await Runtime.sleep(for: .milliseconds(10)) }       // from main

@@ -6,8 +6,9 @@ import Synchronization
 import Glibc
 #endif
 
-/// The libuv backend: one libuv loop per run, a timer heap driving one `uv_timer`, one `uv_poll` per fd,
-/// cross-thread wake-ups through `uv_async`, and a bounded thread pool for blocking work.
+/// The libuv backend: one libuv loop per run, a timer heap driving one `timerfd` (a `uv_timer` where there is
+/// none), one `uv_poll` per fd, cross-thread wake-ups through `uv_async` (after a short spin while a result
+/// from another thread is due), and a bounded thread pool for blocking work.
 ///
 /// ```swift
 /// // In main: the loop runs on the calling thread.
@@ -29,7 +30,7 @@ public enum UVRuntime {
         public var blockingThreads = 64
         /// The size of `Runtime.defaultBlockingLimiter` (default 40, as in anyio).
         public var blockingTokens = 40
-        /// How many jobs run between two polls for IO (default 128).
+        /// How many jobs run between two polls for IO and timers (default 128).
         public var jobsBetweenPolls = 128
 
         public init() {}

@@ -5,6 +5,8 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
 #include <sys/socket.h>
 #include <unistd.h>
 #include <uv.h>
@@ -119,5 +121,66 @@ int cf_dispatch_fd_pingpong(int rounds, char *error, size_t size) {
     dispatch_release(queue);
     close(state.fds[0]);
     close(state.fds[1]);
+    return 0;
+}
+
+// MARK: libuv timers (RT-TIMERS)
+
+struct uv_timer_entry {
+    uv_timer_t timer;
+    long long deadline;
+    long long *lateness;
+};
+
+static long long monotonic_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+static void uv_timer_fired(uv_timer_t *handle) {
+    struct uv_timer_entry *entry = handle->data;
+    *entry->lateness = monotonic_ns() - entry->deadline;
+    uv_close((uv_handle_t *)handle, NULL);
+}
+
+static int compare_ll(const void *a, const void *b) {
+    long long x = *(const long long *)a, y = *(const long long *)b;
+    return x < y ? -1 : x > y;
+}
+
+int cf_uv_timers(int count, long long *p50, long long *p99, char *error, size_t size) {
+    if (count < 1) {
+        snprintf(error, size, "count must be positive");
+        return -1;
+    }
+    struct uv_timer_entry *entries = calloc((size_t)count, sizeof *entries);
+    long long *lateness = calloc((size_t)count, sizeof *lateness);
+    uv_loop_t loop;
+    if (!entries || !lateness || uv_loop_init(&loop) != 0) {
+        free(entries);
+        free(lateness);
+        snprintf(error, size, "out of memory, or uv_loop_init failed");
+        return -1;
+    }
+    unsigned long long seed = 0x12345678ULL;
+    for (int i = 0; i < count; i++) {
+        seed = seed * 6364136223846793005ULL + 1442695040888963407ULL;
+        long long duration = (long long)((seed >> 33) % 100000000ULL);
+        struct uv_timer_entry *entry = &entries[i];
+        entry->deadline = monotonic_ns() + duration;
+        entry->lateness = &lateness[i];
+        uv_timer_init(&loop, &entry->timer);
+        entry->timer.data = entry;
+        uv_update_time(&loop);
+        uv_timer_start(&entry->timer, uv_timer_fired, (uint64_t)((duration + 999999) / 1000000), 0);
+    }
+    uv_run(&loop, UV_RUN_DEFAULT);
+    uv_loop_close(&loop);
+    qsort(lateness, (size_t)count, sizeof *lateness, compare_ll);
+    *p50 = lateness[count / 2];
+    *p99 = lateness[(int)((long long)count * 99 / 100)];
+    free(entries);
+    free(lateness);
     return 0;
 }

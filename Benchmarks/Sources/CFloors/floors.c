@@ -172,7 +172,8 @@ static sqlite3 *sq_open(const char *path, char *error, size_t size) {
     return db;
 }
 
-int cf_sq_point_seq(const char *path, int count, long long *checksum, char *error, size_t size) {
+// Point selects number first, first + stride, … below count, on one connection of its own.
+static int sq_point_range(const char *path, int first, int count, int stride, long long *checksum, char *error, size_t size) {
     sqlite3 *db = sq_open(path, error, size);
     if (!db) return -1;
     sqlite3_stmt *statement = NULL;
@@ -182,7 +183,7 @@ int cf_sq_point_seq(const char *path, int count, long long *checksum, char *erro
         return -1;
     }
     long long sum = 0;
-    for (int i = 0; i < count; i++) {
+    for (int i = first; i < count; i += stride) {
         sqlite3_bind_int64(statement, 1, ((long long)i * 7919) % 100000 + 1);
         if (sqlite3_step(statement) != SQLITE_ROW) {
             fail(error, size, "step", sqlite3_errmsg(db));
@@ -197,6 +198,46 @@ int cf_sq_point_seq(const char *path, int count, long long *checksum, char *erro
     sqlite3_finalize(statement);
     sqlite3_close(db);
     return 0;
+}
+
+int cf_sq_point_seq(const char *path, int count, long long *checksum, char *error, size_t size) {
+    return sq_point_range(path, 0, count, 1, checksum, error, size);
+}
+
+struct sq_thread {
+    pthread_t thread;
+    const char *path;
+    int first, count, stride, rc;
+    long long checksum;
+    char error[256];
+};
+
+static void *sq_thread_main(void *argument) {
+    struct sq_thread *t = argument;
+    t->rc = sq_point_range(t->path, t->first, t->count, t->stride, &t->checksum, t->error, sizeof t->error);
+    return NULL;
+}
+
+int cf_sq_point_threads(const char *path, int count, int threads, long long *checksum, char *error, size_t size) {
+    if (threads < 1 || threads > 64) return fail(error, size, "threads", "between 1 and 64");
+    struct sq_thread workers[64];
+    int started = 0, rc = 0;
+    for (; started < threads; started++) {
+        struct sq_thread *t = &workers[started];
+        *t = (struct sq_thread){.path = path, .first = started, .count = count, .stride = threads};
+        if (pthread_create(&t->thread, NULL, sq_thread_main, t) != 0) {
+            rc = fail(error, size, "pthread_create", strerror(errno));
+            break;
+        }
+    }
+    long long sum = 0;
+    for (int i = 0; i < started; i++) {
+        pthread_join(workers[i].thread, NULL);
+        if (workers[i].rc != 0 && rc == 0) rc = fail(error, size, "thread", workers[i].error);
+        sum += workers[i].checksum;
+    }
+    *checksum = sum;
+    return rc;
 }
 
 int cf_sq_fetch_all(const char *path, long long *checksum, char *error, size_t size) {

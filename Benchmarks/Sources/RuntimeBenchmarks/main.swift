@@ -248,6 +248,23 @@ if wanted("RT-FD-PINGPONG"), options.runs("c") {
     }
 }
 
+// RT-TIMERS on libuv's own timers (millisecond resolution), no Swift concurrency.
+if wanted("RT-TIMERS"), options.runs("c") {
+    let n = options.count(10_000)
+    var (p50, p99): (Int64, Int64) = (0, 0)
+    var row = try measureSync("RT-TIMERS", "C (libuv timers)", operations: n, repetitions: reps) {
+        var error = [CChar](repeating: 0, count: 256)
+        var (low, high): (CLongLong, CLongLong) = (0, 0)
+        guard cf_uv_timers(Int32(n), &low, &high, &error, error.count) == 0 else {
+            throw RuntimeError(.backendFailure, "C (libuv timers): \(String(decoding: error.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self))")
+        }
+        (p50, p99) = (Int64(low), Int64(high))
+    }
+    func ms(_ ns: Int64) -> String { "\(Double(ns / 10_000) / 100) ms" }
+    row.extra = "late p50 \(ms(p50)), p99 \(ms(p99))"
+    rows.append(row)
+}
+
 // Swift's global executor, outside any runtime.
 let system = "Swift global executor"
 let peers = options.runs("peers")

@@ -295,10 +295,16 @@ for database in databases where options.wants(database.prefix) || options.only?.
             }
         })
     }
-    if wanted("POINT-CONC"), floors, database.prefix == "PG" {
-        let n = Int32(options.count(50_000))
-        rows.append(try measureSync("PG-POINT-CONC", "C (libpq, 8 threads)", operations: Int(n), repetitions: reps) {
-            try floor("POINT-CONC") { error, size in cf_pg_point_threads(database.conninfo, n, 8, &checksum, error, size) }
+    if wanted("POINT-CONC"), floors {
+        // As many threads as the pool has connections, each with its own.
+        let n = Int32(options.count(50_000)), threads = Int32(database.concurrentConnections)
+        let name = database.prefix == "PG" ? "C (libpq, \(threads) threads)" : "C (sqlite3, \(threads) threads)"
+        rows.append(try measureSync("\(database.prefix)-POINT-CONC", name, operations: Int(n), repetitions: reps) {
+            try floor("POINT-CONC") { error, size in
+                database.prefix == "PG"
+                    ? cf_pg_point_threads(database.conninfo, n, threads, &checksum, error, size)
+                    : cf_sq_point_threads(database.conninfo, n, threads, &checksum, error, size)
+            }
         })
     }
     if wanted("INSERT-BULK"), floors {

@@ -14,6 +14,8 @@ int cf_pg_insert_pipeline(const char *conninfo, int count, char *error, size_t e
 
 // SQLite (sqlite3, on the calling thread). `path` is a database file.
 int cf_sq_point_seq(const char *path, int count, long long *checksum, char *error, size_t error_size);
+// `count` point selects spread over `threads` threads, each with its own connection.
+int cf_sq_point_threads(const char *path, int count, int threads, long long *checksum, char *error, size_t error_size);
 int cf_sq_fetch_all(const char *path, long long *checksum, char *error, size_t error_size);
 int cf_sq_insert_bulk(const char *path, int count, char *error, size_t error_size);
 
@@ -21,5 +23,8 @@ int cf_sq_insert_bulk(const char *path, int count, char *error, size_t error_siz
 // the library's own callbacks (libuv uv_poll) or on one serial queue (libdispatch read sources).
 int cf_uv_fd_pingpong(int rounds, char *error, size_t error_size);
 int cf_dispatch_fd_pingpong(int rounds, char *error, size_t error_size);
+// RT-TIMERS on libuv's own timers: `count` timers of 0-100 ms (the benchmark's pseudo-random durations, in
+// libuv's whole milliseconds, rounded up), on one loop; the lateness percentiles in nanoseconds.
+int cf_uv_timers(int count, long long *p50, long long *p99, char *error, size_t error_size);
 
 #endif
