@@ -13,6 +13,47 @@ static int fail(char *error, size_t size, const char *what, const char *detail) 
     return -1;
 }
 
+// Point selects i = first, first + stride, … < count against `target` (a connection string or a path).
+typedef int (*point_range)(const char *target, int first, int count, int stride, long long *checksum, char *error, size_t size);
+
+struct point_thread {
+    pthread_t thread;
+    point_range range;
+    const char *target;
+    int first, count, stride, rc;
+    long long checksum;
+    char error[256];
+};
+
+static void *point_thread_main(void *argument) {
+    struct point_thread *t = argument;
+    t->rc = t->range(t->target, t->first, t->count, t->stride, &t->checksum, t->error, sizeof t->error);
+    return NULL;
+}
+
+// `count` point selects spread over `threads` threads, each with its own connection.
+static int point_threads(point_range range, const char *target, int count, int threads, long long *checksum, char *error, size_t size) {
+    if (threads < 1 || threads > 64) return fail(error, size, "threads", "between 1 and 64");
+    struct point_thread workers[64];
+    int started = 0, rc = 0;
+    for (; started < threads; started++) {
+        struct point_thread *t = &workers[started];
+        *t = (struct point_thread){.range = range, .target = target, .first = started, .count = count, .stride = threads};
+        if (pthread_create(&t->thread, NULL, point_thread_main, t) != 0) {
+            rc = fail(error, size, "pthread_create", strerror(errno));
+            break;
+        }
+    }
+    long long sum = 0;
+    for (int i = 0; i < started; i++) {
+        pthread_join(workers[i].thread, NULL);
+        if (workers[i].rc != 0 && rc == 0) rc = fail(error, size, "thread", workers[i].error);
+        sum += workers[i].checksum;
+    }
+    *checksum = sum;
+    return rc;
+}
+
 // MARK: PostgreSQL
 
 static PGconn *pg_connect(const char *conninfo, char *error, size_t size) {
@@ -65,40 +106,8 @@ int cf_pg_point_seq(const char *conninfo, int count, long long *checksum, char *
     return pg_point_range(conninfo, 0, count, 1, checksum, error, size);
 }
 
-struct pg_thread {
-    pthread_t thread;
-    const char *conninfo;
-    int first, count, stride, rc;
-    long long checksum;
-    char error[256];
-};
-
-static void *pg_thread_main(void *argument) {
-    struct pg_thread *t = argument;
-    t->rc = pg_point_range(t->conninfo, t->first, t->count, t->stride, &t->checksum, t->error, sizeof t->error);
-    return NULL;
-}
-
 int cf_pg_point_threads(const char *conninfo, int count, int threads, long long *checksum, char *error, size_t size) {
-    if (threads < 1 || threads > 64) return fail(error, size, "threads", "between 1 and 64");
-    struct pg_thread workers[64];
-    int started = 0, rc = 0;
-    for (; started < threads; started++) {
-        struct pg_thread *t = &workers[started];
-        *t = (struct pg_thread){.conninfo = conninfo, .first = started, .count = count, .stride = threads};
-        if (pthread_create(&t->thread, NULL, pg_thread_main, t) != 0) {
-            rc = fail(error, size, "pthread_create", strerror(errno));
-            break;
-        }
-    }
-    long long sum = 0;
-    for (int i = 0; i < started; i++) {
-        pthread_join(workers[i].thread, NULL);
-        if (workers[i].rc != 0 && rc == 0) rc = fail(error, size, "thread", workers[i].error);
-        sum += workers[i].checksum;
-    }
-    *checksum = sum;
-    return rc;
+    return point_threads(pg_point_range, conninfo, count, threads, checksum, error, size);
 }
 
 int cf_pg_fetch_all(const char *conninfo, long long *checksum, char *error, size_t size) {
@@ -204,40 +213,8 @@ int cf_sq_point_seq(const char *path, int count, long long *checksum, char *erro
     return sq_point_range(path, 0, count, 1, checksum, error, size);
 }
 
-struct sq_thread {
-    pthread_t thread;
-    const char *path;
-    int first, count, stride, rc;
-    long long checksum;
-    char error[256];
-};
-
-static void *sq_thread_main(void *argument) {
-    struct sq_thread *t = argument;
-    t->rc = sq_point_range(t->path, t->first, t->count, t->stride, &t->checksum, t->error, sizeof t->error);
-    return NULL;
-}
-
 int cf_sq_point_threads(const char *path, int count, int threads, long long *checksum, char *error, size_t size) {
-    if (threads < 1 || threads > 64) return fail(error, size, "threads", "between 1 and 64");
-    struct sq_thread workers[64];
-    int started = 0, rc = 0;
-    for (; started < threads; started++) {
-        struct sq_thread *t = &workers[started];
-        *t = (struct sq_thread){.path = path, .first = started, .count = count, .stride = threads};
-        if (pthread_create(&t->thread, NULL, sq_thread_main, t) != 0) {
-            rc = fail(error, size, "pthread_create", strerror(errno));
-            break;
-        }
-    }
-    long long sum = 0;
-    for (int i = 0; i < started; i++) {
-        pthread_join(workers[i].thread, NULL);
-        if (workers[i].rc != 0 && rc == 0) rc = fail(error, size, "thread", workers[i].error);
-        sum += workers[i].checksum;
-    }
-    *checksum = sum;
-    return rc;
+    return point_threads(sq_point_range, path, count, threads, checksum, error, size);
 }
 
 int cf_sq_fetch_all(const char *path, long long *checksum, char *error, size_t size) {
