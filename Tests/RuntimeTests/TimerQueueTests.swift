@@ -77,4 +77,23 @@ struct TimerQueueTests {
         pool.shutdown()
         #expect(counter.value == 101)
     }
+
+    @Test("a spin wait returns as soon as its condition holds, and gives up within its bound")
+    func spinWait() {
+        #expect(SpinWait.until { true })
+        var start = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &start)
+        #expect(!SpinWait.until { false })
+        var end = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &end)
+        let elapsed = Int64(end.tv_sec - start.tv_sec) * 1_000_000_000 + Int64(end.tv_nsec - start.tv_nsec)
+        #expect(elapsed >= SpinWait.totalNanoseconds, "gave up after \(elapsed) ns")
+        // Made true by another thread: seen by a spin, or by the next one after a sleep.
+        let pool = BlockingThreadPool(maximumThreads: 1)
+        let flag = Flag()
+        pool.submit { flag.set() }
+        while !SpinWait.until({ flag.isSet }) { usleep(100) }
+        #expect(flag.isSet)
+        pool.shutdown()
+    }
 }

@@ -14,7 +14,18 @@ import Darwin
 /// it may be waiting for gets to run when cores are scarce) until ``totalNanoseconds`` have passed. Fewer
 /// threads poll busily at once than there are cores: the others only yield, so that spinning never takes the
 /// last core from the threads doing the work.
+///
+/// The spinning costs CPU time while a wait lasts (up to 50 µs each time). Where that matters more than
+/// latency — many processes sharing few cores, a battery — turn it off for the whole process with
+/// ``isEnabled`` (or `ANYRUNTIME_SPIN=0` in the environment): waits then sleep at once.
 public enum SpinWait {
+    /// Whether waits spin before sleeping (default: on, unless `ANYRUNTIME_SPIN=0` is in the environment).
+    public static var isEnabled: Bool {
+        get { enabled.load(ordering: .relaxed) }
+        set { enabled.store(newValue, ordering: .relaxed) }
+    }
+    private static let enabled = Atomic<Bool>(getenv("ANYRUNTIME_SPIN").map { String(cString: $0) != "0" } ?? true)
+
     /// How long to poll without yielding.
     public static let busyNanoseconds: Int64 = 10_000
     /// How long to wait in all before giving up (and sleeping the usual way).
@@ -23,6 +34,7 @@ public enum SpinWait {
     /// Polls `ready` until it returns true (returns true) or the time is up (returns false).
     public static func until(_ ready: () -> Bool) -> Bool {
         if ready() { return true }
+        guard isEnabled else { return false }
         let start = now()
         var busy = false
         defer { if busy { busySpinners.subtract(1, ordering: .relaxed) } }
