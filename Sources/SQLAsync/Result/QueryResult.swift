@@ -10,17 +10,23 @@ public struct QueryResult: Sendable, RandomAccessCollection {
     public let columns: [String]
     /// Rows inserted, updated or deleted (0 for queries).
     public let rowsAffected: Int
-    private let rowValues: [[SQLValue]]
+    /// Every row's values one after another (`columns.count` per row).
+    private let values: [SQLValue]
+    private let rowCount: Int
 
     init(_ raw: RawRows) {
         columns = raw.columns
         rowsAffected = raw.rowsAffected
-        rowValues = raw.rows
+        values = raw.values
+        rowCount = raw.rowCount
     }
 
-    public var startIndex: Int { rowValues.startIndex }
-    public var endIndex: Int { rowValues.endIndex }
-    public subscript(position: Int) -> Row { Row(columns: columns, values: rowValues[position]) }
+    public var startIndex: Int { 0 }
+    public var endIndex: Int { rowCount }
+    public subscript(position: Int) -> Row {
+        precondition(position >= 0 && position < rowCount, "QueryResult index \(position) out of range 0..<\(rowCount)")
+        return Row(columns: columns, storage: values, offset: position * columns.count)
+    }
 
     /// Every row.
     public func all() -> [Row] { Array(self) }

@@ -2,19 +2,32 @@
 public struct Row: Sendable, CustomStringConvertible {
     /// The result's column names, shared by its rows.
     public let columns: [String]
-    /// The values, in column order.
-    public let values: [SQLValue]
+    /// The result's values (shared by its rows), this row's from `offset` on.
+    private let storage: [SQLValue]
+    private let offset: Int
 
     init(columns: [String], values: [SQLValue]) {
         self.columns = columns
-        self.values = values
+        storage = values
+        offset = 0
+    }
+
+    init(columns: [String], storage: [SQLValue], offset: Int) {
+        self.columns = columns
+        self.storage = storage
+        self.offset = offset
+    }
+
+    /// The values, in column order.
+    public var values: [SQLValue] {
+        offset == 0 && storage.count == columns.count ? storage : Array(storage[offset..<offset + columns.count])
     }
 
     /// The value at `index`, or `nil` past the last column.
-    public subscript(_ index: Int) -> SQLValue? { values.indices.contains(index) ? values[index] : nil }
+    public subscript(_ index: Int) -> SQLValue? { index >= 0 && index < columns.count ? storage[offset + index] : nil }
 
     /// The value of the first column named `name`, or `nil` when there is none.
-    public subscript(_ name: String) -> SQLValue? { columns.firstIndex(of: name).map { values[$0] } }
+    public subscript(_ name: String) -> SQLValue? { columns.firstIndex(of: name).map { storage[offset + $0] } }
 
     /// The value at `index` as `T`.
     ///
@@ -38,7 +51,7 @@ public struct Row: Sendable, CustomStringConvertible {
 
     /// Column name → value (the last column wins when names repeat).
     public var mapping: [String: SQLValue] {
-        Dictionary(zip(columns, values), uniquingKeysWith: { _, last in last })
+        Dictionary(zip(columns, storage[offset..<offset + columns.count]), uniquingKeysWith: { _, last in last })
     }
 
     /// Column names only: values may be private.

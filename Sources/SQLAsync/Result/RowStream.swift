@@ -99,7 +99,7 @@ final class StreamSource: Sendable {
         }
         await endRead()
         guard let raw else { return nil }
-        return raw.rows.map { Row(columns: raw.columns, values: $0) }
+        return (0..<raw.rowCount).map { raw.row($0) }
     }
 
     /// After a read: idle again, or — when a close came meanwhile — closed now.

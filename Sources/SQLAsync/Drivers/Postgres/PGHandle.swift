@@ -295,23 +295,21 @@ final class PGHandle: @unchecked Sendable {
         rows.columns = (0..<columnCount).map { String(cString: PQfname(result, $0)) }
         let types = (0..<columnCount).map { PQftype(result, $0) }
         let binary = (0..<columnCount).map { PQfformat(result, $0) == 1 }
-        rows.rows.reserveCapacity(Int(rowCount))
+        rows.values.reserveCapacity(Int(rowCount) * Int(columnCount))
         for row in 0..<rowCount {
-            var values: [SQLValue] = []
-            values.reserveCapacity(Int(columnCount))
             for column in 0..<columnCount {
                 if PQgetisnull(result, row, column) != 0 {
-                    values.append(.null)
+                    rows.values.append(.null)
                     continue
                 }
                 let length = Int(PQgetlength(result, row, column))
                 let pointer = PQgetvalue(result, row, column)
                 let bytes = UnsafeRawBufferPointer(start: pointer, count: length)
-                values.append(
+                rows.values.append(
                     binary[Int(column)] ? binaryValue(bytes, type: types[Int(column)]) : value(bytes, type: types[Int(column)]))
             }
-            rows.rows.append(values)
         }
+        rows.rowCount = Int(rowCount)
         return rows
     }
 

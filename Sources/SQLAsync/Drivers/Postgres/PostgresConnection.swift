@@ -27,6 +27,8 @@ final class PostgresConnection: Sendable {
     /// (3): a close that meets a call hands the closing over to it, so `PQfinish` never runs under a call.
     private let use = Atomic<UInt8>(0)
     private let brokenFlag = Atomic<Bool>(false)
+    /// Why the connection was given up (the first reason), for the error every later call throws.
+    private let brokenReason = Mutex<String?>(nil)
     /// The socket the runtime watches. libpq closes its socket by itself when the connection is lost, so
     /// this is kept to `forget` it on every failure (a stale registration would hang the next user of the
     /// fd number).
@@ -165,7 +167,8 @@ final class PostgresConnection: Sendable {
         let sql = "SELECT name FROM pg_prepared_statements"
         guard try handle.sendQuery(sql, []) else { throw await failure(sql: sql) }
         try await flush(sql: sql)
-        return Set(try await collect(sql: sql).rows.compactMap { if case .text(let name)? = $0.first { name } else { nil } })
+        let rows = try await collect(sql: sql)
+        return Set((0..<rows.rowCount).compactMap { if case .text(let name)? = rows.row($0)[0] { name } else { nil } })
     }
 
     /// Whether `sql` is a COPY statement (leading blanks aside).
@@ -177,7 +180,8 @@ final class PostgresConnection: Sendable {
     /// Takes the connection for one call: one task at a time, and never once broken or closed.
     private func acquire(_ sql: String) throws(SQLError) {
         guard !brokenFlag.load(ordering: .acquiring) else {
-            throw SQLError(.connection, "the connection is broken; discard it", sql: sql)
+            let reason = brokenReason.withLock { $0 }.map { " (\($0))" } ?? ""
+            throw SQLError(.connection, "the connection is broken\(reason); discard it", sql: sql)
         }
         let (taken, state) = use.compareExchange(expected: 0, desired: 1, ordering: .acquiringAndReleasing)
         guard taken else {
@@ -216,7 +220,7 @@ final class PostgresConnection: Sendable {
             await cleanUpAfterCancellation()
             throw error
         } catch let error as SQLError where error.kind == .connection {
-            brokenFlag.store(true, ordering: .releasing)
+            markBroken(error.message)
             throw error
         }
     }
@@ -310,24 +314,22 @@ final class PostgresConnection: Sendable {
         var rows = RawRows()
         var serverError: SQLError?
         return try await cleaningUp {
-            while rows.rows.count < limit {
+            while rows.rowCount < limit {
                 while handle.isBusy {
                     // Rows in hand go out first: waiting for more would hold them back.
-                    if !rows.rows.isEmpty, serverError == nil { return rows }
+                    if !rows.isEmpty, serverError == nil { return rows }
                     try await runtime.wait(fd: try await liveSocket(sql: sql), for: .read)
                     guard handle.consumeInput() else { throw await failure(sql: sql) }
                 }
                 guard let result = handle.nextResult() else {
                     if handle.status != CONNECTION_OK { throw await failure(sql: sql) }
                     if let serverError { throw serverError }
-                    return rows.rows.isEmpty ? nil : rows
+                    return rows.isEmpty ? nil : rows
                 }
                 defer { PQclear(result) }
                 switch PQresultStatus(result) {
                 case PGRES_SINGLE_TUPLE:
-                    let row = PGHandle.decode(result)
-                    if rows.columns.isEmpty { rows.columns = row.columns }
-                    rows.rows += row.rows
+                    rows.append(PGHandle.decode(result))
                 case PGRES_TUPLES_OK, PGRES_COMMAND_OK:
                     break  // the end: zero rows; NULL follows
                 case PGRES_COPY_IN, PGRES_COPY_OUT, PGRES_COPY_BOTH:
@@ -406,7 +408,7 @@ final class PostgresConnection: Sendable {
             await cleanUpPipeline(synced: synced)
             throw error
         } catch let error as SQLError where error.kind == .connection {
-            brokenFlag.store(true, ordering: .releasing)
+            markBroken(error.message)
             throw error
         } catch {
             await cleanUpPipeline(synced: synced)
@@ -453,9 +455,7 @@ final class PostgresConnection: Sendable {
                 guard handle.exitPipelineMode() else { throw await failure(sql: sql) }
                 return outcome
             case PGRES_TUPLES_OK:
-                let decoded = PGHandle.decode(result)
-                if outcome.rows.columns.isEmpty { outcome.rows.columns = decoded.columns }
-                outcome.rows.rows += decoded.rows
+                outcome.rows.append(PGHandle.decode(result))
                 outcome.rows.rowsAffected += PGHandle.rowsAffected(result)
             case PGRES_COMMAND_OK where command == describing:
                 outcome.describedTypes = (0..<PQnfields(result)).map { PQftype(result, $0) }
@@ -465,7 +465,7 @@ final class PostgresConnection: Sendable {
                 break  // skipped after an earlier error, which is the one reported
             case PGRES_COPY_IN, PGRES_COPY_OUT, PGRES_COPY_BOTH:
                 // libpq cannot leave a COPY inside a pipeline: the connection is given up.
-                brokenFlag.store(true, ordering: .releasing)
+                markBroken("a COPY inside a batch")
                 await forgetSocket()
                 handle.finish()
                 throw SQLError(.misuse, "COPY cannot run in a batch or as a prepared statement; the connection was closed", sql: sql)
@@ -483,7 +483,7 @@ final class PostgresConnection: Sendable {
         guard handle.isInPipelineMode, !brokenFlag.load(ordering: .acquiring) else { return }  // nothing is left
         guard synced else {
             logger?.info("closing a PostgreSQL connection: a batch was cancelled before it was fully sent (the server rolls it back)")
-            brokenFlag.store(true, ordering: .releasing)
+            markBroken("a batch was cancelled before it was fully sent")
             await forgetSocket()
             handle.finish()
             return
@@ -527,7 +527,7 @@ final class PostgresConnection: Sendable {
         }
         if clean != true {
             logger?.warning("discarding a PostgreSQL connection: the clean-up after a cancelled batch failed")
-            brokenFlag.store(true, ordering: .releasing)
+            markBroken("the clean-up after a cancelled batch failed")
             await forgetSocket()
         }
     }
@@ -601,7 +601,7 @@ final class PostgresConnection: Sendable {
             }
         default:
             // Replication's COPY BOTH: no way back to the normal protocol.
-            brokenFlag.store(true, ordering: .releasing)
+            markBroken("a COPY BOTH (replication) result")
             await forgetSocket()
             handle.finish()
         }
@@ -659,7 +659,7 @@ final class PostgresConnection: Sendable {
         }
         if let failure {
             logger?.warning("discarding a PostgreSQL connection: the clean-up after a cancelled query failed: \(failure)")
-            brokenFlag.store(true, ordering: .releasing)
+            markBroken("the clean-up after a cancelled query failed: \(failure)")
             await forgetSocket()
         }
     }
@@ -674,11 +674,17 @@ final class PostgresConnection: Sendable {
         return fd
     }
 
+    /// Marks the connection broken, keeping the first reason for later errors.
+    private func markBroken(_ reason: String) {
+        brokenReason.withLock { if $0 == nil { $0 = reason } }
+        brokenFlag.store(true, ordering: .releasing)
+    }
+
     /// Marks the connection broken and drops the runtime's registration of its socket before anything else
     /// can reuse the number; returns the error to throw.
     private func failure(sql: String) async -> SQLError {
-        brokenFlag.store(true, ordering: .releasing)
         let error = handle.connectionError("the connection failed", sql: sql)
+        markBroken(error.message)
         await forgetSocket()
         return error
     }
@@ -713,7 +719,7 @@ final class PostgresConnection: Sendable {
             }
             guard state == 1 else { return }  // already closed, or its close already handed over
             if use.compareExchange(expected: 1, desired: 2, ordering: .acquiringAndReleasing).exchanged {
-                brokenFlag.store(true, ordering: .releasing)
+                markBroken("closed while a call was running")
                 return
             }
         }

@@ -237,7 +237,7 @@ final class SQLiteHandle: @unchecked Sendable {
         var rows = RawRows()
         let columnCount = sqlite3_column_count(statement)
         rows.columns = (0..<columnCount).map { String(cString: sqlite3_column_name(statement, $0)) }
-        while rows.rows.count < limit {
+        while rows.rowCount < limit {
             let rc = sqlite3_step(statement)
             if rc == SQLITE_DONE {
                 cursor.finished = true
@@ -247,12 +247,10 @@ final class SQLiteHandle: @unchecked Sendable {
                 cursor.finished = true  // stepping again would start the statement over
                 throw error(rc, db: db, sql: sql)
             }
-            var row: [SQLValue] = []
-            row.reserveCapacity(Int(columnCount))
-            for column in 0..<columnCount { row.append(value(at: column, in: statement)) }
-            rows.rows.append(row)
+            for column in 0..<columnCount { rows.values.append(value(at: column, in: statement)) }
+            rows.rowCount += 1
         }
-        return rows.rows.isEmpty && cursor.finished ? nil : rows
+        return rows.isEmpty && cursor.finished ? nil : rows
     }
 
     /// Finalizes the cursor's statement. Worker thread only.
@@ -289,10 +287,8 @@ final class SQLiteHandle: @unchecked Sendable {
             let rc = sqlite3_step(statement)
             if rc == SQLITE_DONE { break }
             guard rc == SQLITE_ROW else { throw error(rc, db: db, sql: sql) }
-            var row: [SQLValue] = []
-            row.reserveCapacity(Int(columnCount))
-            for column in 0..<columnCount { row.append(value(at: column, in: statement)) }
-            result.rows.append(row)
+            for column in 0..<columnCount { result.values.append(value(at: column, in: statement)) }
+            result.rowCount += 1
         }
         if sqlite3_stmt_readonly(statement) == 0 { result.rowsAffected += Int(sqlite3_changes(db)) }
     }
