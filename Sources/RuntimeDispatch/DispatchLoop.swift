@@ -101,12 +101,8 @@ final class DispatchTimerSourceBox: @unchecked Sendable {
     init(_ source: any DispatchSourceTimer) { self.source = source }
 }
 
-/// The loop's monotonic clock (CLOCK_MONOTONIC), in the runtime's instant type.
-@inline(__always) func monotonicNow() -> RuntimeInstant {
-    var ts = timespec()
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return RuntimeInstant(nanoseconds: Int64(ts.tv_sec) &* 1_000_000_000 &+ Int64(ts.tv_nsec))
-}
+/// The loop's clock: CLOCK_MONOTONIC (``RuntimeInstant/monotonicNow()``).
+@inline(__always) func monotonicNow() -> RuntimeInstant { RuntimeInstant.monotonicNow() }
 
 /// The SE-0417 task executor over a serial queue.
 ///

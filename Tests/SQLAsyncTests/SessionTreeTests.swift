@@ -1,3 +1,4 @@
+import Logging
 import Runtime
 @testable import SQLAsync
 import TestSupport
@@ -151,7 +152,11 @@ struct SessionTreeTests {
     @Test("eager loading splits long key lists; with autoflush off, a load keeps a collection changed and not flushed",
           arguments: TestBackend.selected, TestDatabase.allCases)
     func keyListsAndUnflushedCollections(_ backend: TestBackend, _ database: TestDatabase) async throws {
-        try await database.withPrivateConnection(backend) { connection in
+        let logs = CapturedLogs()
+        var logger = Logger(label: "orm") { _ in CapturingHandler(sink: logs) }
+        logger.logLevel = .debug
+        func selects() -> Int { logs.all.filter { $0.contains("execute") && $0.contains("SELECT") }.count }
+        try await database.withPrivateConnection(backend, logger: logger) { connection in
             try await Self.schema.createAll(on: connection)
             let writer = Session(connection: connection)
             let parents = (1...5).map { index in Category("p\(index)", children: (1...index).map { Category("p\(index).\($0)") }) }
@@ -161,8 +166,10 @@ struct SessionTreeTests {
             // Two keys per IN list: the five parents' children come in three queries, each to its parent.
             let reader = Session(connection: connection)
             reader.inListLimit = 2
+            let before = selects()
             let loaded = try await reader.scalars(
                 select(Category.self).where(Categories.parentID == nil).orderBy(Categories.name.asc()).including(Category.children))
+            #expect(selects() - before == 4, "the parents, then their children in 3 queries: \(selects() - before) ran")
             #expect(loaded.map(\.name) == ["p1", "p2", "p3", "p4", "p5"])
             for (index, parent) in loaded.enumerated() {
                 #expect(parent.children.value?.map(\.name).sorted() == (1...index + 1).map { "p\(index + 1).\($0)" })

@@ -6,6 +6,16 @@ import Glibc
 import Darwin
 #endif
 
+extension RuntimeInstant {
+    /// Now on CLOCK_MONOTONIC: the clock a real backend's ``RuntimeBackend/now()`` reads.
+    @inline(__always)
+    public static func monotonicNow() -> RuntimeInstant {
+        var ts = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &ts)
+        return RuntimeInstant(nanoseconds: Int64(ts.tv_sec) &* 1_000_000_000 &+ Int64(ts.tv_nsec))
+    }
+}
+
 /// The root task of a synchronous `run`: started on the runtime's executor, its outcome kept for the thread
 /// that drives the loop.
 ///

@@ -68,9 +68,5 @@ public enum SpinWait {
     private static let maximumBusySpinners = max(1, sysconf(Int32(_SC_NPROCESSORS_ONLN)) - 1)
 
     @inline(__always)
-    private static func now() -> Int64 {
-        var ts = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &ts)
-        return Int64(ts.tv_sec) &* 1_000_000_000 &+ Int64(ts.tv_nsec)
-    }
+    private static func now() -> Int64 { RuntimeInstant.monotonicNow().nanoseconds }
 }
