@@ -212,6 +212,9 @@ struct SessionTests {
             session.add(ada)
             try await session.flush()
             let adaID = try #require(ada.id, "the generated key was not set")
+            // A generated key is read back.
+            let insert = Self.statements(logs).last { $0.contains("INSERT") }
+            #expect(insert?.contains("RETURNING") == true, "\(insert ?? "no INSERT")")
             // Children added before their parent still insert after it.
             let grace = Author(name: "Grace")
             session.add(grace)
@@ -396,14 +399,24 @@ struct SessionTests {
     @Test("composite keys through the identity map; a stale versioned update is a typed error",
           arguments: TestBackend.selected, TestDatabase.allCases)
     func compositeKeysAndVersions(_ backend: TestBackend, _ database: TestDatabase) async throws {
-        try await database.withPrivateConnection(backend) { connection in
+        let logs = CapturedLogs()
+        var logger = Logger(label: "orm") { _ in CapturingHandler(sink: logs) }
+        logger.logLevel = .debug
+        try await database.withPrivateConnection(backend, logger: logger) { connection in
             let metadata = Metadata(Editions.self)
             try await metadata.createAll(on: connection)
             let session = Session(connection: connection)
             let first = Edition(isbn: "978-0", year: 1843, title: "Notes")
-            session.addAll([first, Edition(isbn: "978-0", year: 1953, title: "Notes, reprinted")])
+            let second = Edition(isbn: "978-0", year: 1953, title: "Notes, reprinted")
+            session.addAll([first, second])
             try await session.commit()
+            // The objects set every column and their keys are text and integers: nothing to read back.
+            let insert = Self.statements(logs).last { $0.contains("INSERT") }
+            #expect(insert?.contains("RETURNING") == false, "\(insert ?? "no INSERT")")
             #expect(try await session.get(Edition.self, key: [.text("978-0"), .integer(1843)]) === first)
+            // A query finds the inserted objects under the keys they were inserted with.
+            let loaded = try await session.objects(select(all: Editions.self).orderBy(Editions.year.asc()), as: Edition.self)
+            #expect(loaded.count == 2 && loaded[0] === first && loaded[1] === second)
             #expect(try await session.get(Edition.self, key: [.text("978-0"), .integer(1900)]) == nil)
             await #expect { _ = try await session.get(Edition.self, key: [.text("978-0")]) } throws: { ($0 as? SQLError)?.kind == .misuse }
 

@@ -39,18 +39,9 @@ enum AccountsIns: TableSchema {
     static let columns: [any AnyColumn] = [id, name, balance]
 }
 
-/// The two account tables have the same columns.
-protocol AccountTable: TableSchema {
-    static var id: Column<Int64> { get }
-    static var name: Column<String> { get }
-    static var balance: Column<Int64> { get }
-}
-extension Accounts: AccountTable {}
-extension AccountsIns: AccountTable {}
-
-/// The ORM's model of an account, in either table (ORM-LOAD reads `accounts`, ORM-FLUSH fills `accounts_ins`).
-final class Account<Table: AccountTable>: Model {
-    typealias Schema = Table
+/// The ORM's model of an account (ORM-LOAD reads `accounts`), written as an application would.
+final class Account: Model {
+    typealias Schema = Accounts
     var id: Int64
     var name: String
     var balance: Int64
@@ -65,14 +56,42 @@ final class Account<Table: AccountTable>: Model {
         balance = try row.decode(2, as: Int64.self)
     }
     func update(from row: Row) throws {
-        id = try row.decode(Table.id.name)
-        name = try row.decode(Table.name.name)
-        balance = try row.decode(Table.balance.name)
+        id = try row.decode(Accounts.id.name)
+        name = try row.decode(Accounts.name.name)
+        balance = try row.decode(Accounts.balance.name)
     }
     func encode(to values: inout ColumnValues) {
-        values[Table.id] = id
-        values[Table.name] = name
-        values[Table.balance] = balance
+        values[Accounts.id] = id
+        values[Accounts.name] = name
+        values[Accounts.balance] = balance
+    }
+}
+
+/// The same model on `accounts_ins` (ORM-FLUSH fills it).
+final class NewAccount: Model {
+    typealias Schema = AccountsIns
+    var id: Int64
+    var name: String
+    var balance: Int64
+    init(id: Int64, name: String, balance: Int64) {
+        self.id = id
+        self.name = name
+        self.balance = balance
+    }
+    init(row: Row) throws {
+        id = try row.decode(0, as: Int64.self)
+        name = try row.decode(1, as: String.self)
+        balance = try row.decode(2, as: Int64.self)
+    }
+    func update(from row: Row) throws {
+        id = try row.decode(AccountsIns.id.name)
+        name = try row.decode(AccountsIns.name.name)
+        balance = try row.decode(AccountsIns.balance.name)
+    }
+    func encode(to values: inout ColumnValues) {
+        values[AccountsIns.id] = id
+        values[AccountsIns.name] = name
+        values[AccountsIns.balance] = balance
     }
 }
 
@@ -81,7 +100,7 @@ let coreLoadQuery = select(Accounts.id, Accounts.name, Accounts.balance).from(Ac
 
 /// ORM-LOAD: 10,000 accounts as objects through a session (identity map on).
 func ormLoad(_ engine: Engine) async throws -> String {
-    let count = try await engine.withSession { session in try await session.objects(ormLoadQuery, as: Account<Accounts>.self).count }
+    let count = try await engine.withSession { session in try await session.objects(ormLoadQuery, as: Account.self).count }
     return "\(count) objects"
 }
 
@@ -100,7 +119,7 @@ func coreLoad(_ engine: Engine) async throws -> String {
 func ormFlush(_ engine: Engine, _ count: Int) async throws -> String {
     try await engine.withConnection { try await $0.execute(delete(from: AccountsIns.self)) }
     try await engine.withSession { session in
-        session.addAll((1...count).map { Account<AccountsIns>(id: Int64($0), name: "user-\($0)", balance: Int64($0) * 10) })
+        session.addAll((1...count).map { NewAccount(id: Int64($0), name: "user-\($0)", balance: Int64($0) * 10) })
     }
     return "session flush"
 }

@@ -63,6 +63,17 @@ public struct ColumnValues: Sendable, Equatable {
     @usableFromInline var names: [String] = []
     @usableFromInline var values: [SQLValue] = []
 
+    /// Checking mode (``matches(_:encode:)``): values are compared with a snapshot's, in order, instead of
+    /// being stored — an unchanged object is checked without writing anything.
+    @usableFromInline var checking = false
+    /// Whether a value set while checking differed from the snapshot's (or came in another order).
+    @usableFromInline var differs = false
+    /// While checking: how many values matched so far, and the snapshot's names and values.
+    @usableFromInline var matched = 0
+    @usableFromInline var referenceNames: [String] = []
+    @usableFromInline var referenceValues: [SQLValue] = []
+    @usableFromInline var referenceOffset = 0
+
     public init() {}
 
     /// Room for `count` columns.
@@ -71,10 +82,8 @@ public struct ColumnValues: Sendable, Equatable {
         values.reserveCapacity(count)
     }
 
-    /// The values of a row, sharing its storage.
-    init(_ row: Row) {
-        names = row.columns
-        values = row.values
+    public static func == (lhs: ColumnValues, rhs: ColumnValues) -> Bool {
+        lhs.names == rhs.names && lhs.values == rhs.values
     }
 
     /// The values as a row (for ``Model/update(from:)``).
@@ -90,8 +99,22 @@ public struct ColumnValues: Sendable, Equatable {
     /// The raw value of the column named `name`.
     @inlinable
     public subscript(_ name: String) -> SQLValue? {
-        get { names.firstIndex(of: name).map { values[$0] } }
+        get {
+            if checking {
+                return referenceNames[..<matched].firstIndex(of: name).map { referenceValues[referenceOffset + $0] }
+            }
+            return names.firstIndex(of: name).map { values[$0] }
+        }
         set {
+            if checking {
+                if !differs, let newValue, matched < referenceNames.count, referenceNames[matched] == name,
+                    referenceValues[referenceOffset + matched] == newValue {
+                    matched += 1
+                } else {
+                    differs = true
+                }
+                return
+            }
             if let index = names.firstIndex(of: name) {
                 if let newValue { values[index] = newValue } else {
                     names.remove(at: index)
@@ -110,18 +133,31 @@ public struct ColumnValues: Sendable, Equatable {
         values.removeAll(keepingCapacity: true)
     }
 
-    /// Whether `other` has the same names and values in the same order (the quick check before
-    /// ``changedNames(since:)``).
-    func equalsInOrder(_ other: ColumnValues) -> Bool {
-        guard names.count <= other.names.count else { return false }
-        for index in names.indices where names[index] != other.names[index] || values[index] != other.values[index] {
-            return false
-        }
-        return true
+    /// Sets the snapshot rows ``matches(offset:encode:)`` checks against: `row`'s storage (a result's, shared
+    /// by its rows).
+    mutating func setReference(_ row: Row) {
+        referenceNames = row.columns
+        referenceValues = row.storage
+        referenceOffset = row.offset
     }
 
-    /// The names whose values differ from `other`'s (or that `other` lacks).
-    func changedNames(since other: ColumnValues) -> [String] {
-        zip(names, values).compactMap { name, value in other[name] == value ? nil : name }
+    /// Whether `encode` sets the same names and values as the reference's row starting `offset` values further
+    /// into its storage, in the same order and no more (it may set fewer): checked value by value as they are
+    /// set, nothing stored.
+    mutating func matches(offset: Int, encode: (inout ColumnValues) -> Void) -> Bool {
+        let base = referenceOffset
+        referenceOffset += offset
+        defer { referenceOffset = base }
+        checking = true
+        differs = false
+        matched = 0
+        encode(&self)
+        checking = false
+        return !differs
+    }
+
+    /// The names whose values differ from `row`'s (or that `row` lacks).
+    func changedNames(since row: Row) -> [String] {
+        zip(names, values).compactMap { name, value in row[name] == value ? nil : name }
     }
 }

@@ -186,7 +186,7 @@ extension Session {
     func materializeSlice<T: Model>(_ type: T.Type, _ row: Row, start: Int, columns: [String], keyIndexes: [Int?]) throws -> T? {
         let key = keyIndexes.map { $0.flatMap { row[$0] } ?? .null }
         if key.isEmpty || key.contains(.null) { return nil }
-        let values = Array(row.values[start..<min(start + columns.count, row.values.count)])
+        let values = (start..<start + columns.count).map { row[$0] ?? .null }
         let own = Row(columns: columns, values: values)
         return try materialize(T.self, own, info: info(T.self), keyIndexes: keyIndexes.map { $0.map { $0 - start } })
     }

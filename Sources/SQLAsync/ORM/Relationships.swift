@@ -183,11 +183,11 @@ public struct ToMany<Parent: Model, Child: Model, Key: SQLColumnValue>: Relation
     func handleRemoved(_ owner: Parent, in session: Session) throws {
         let ownerKey = owner.encoded()[parentKey.name] ?? .null
         for object in removed(owner, in: session) {
-            guard let child = object as? Child, let entry = session.entry(for: child), !entry.deleted,
+            guard let child = object as? Child, session.isLive(child),
                 !session.held.contains(ObjectIdentifier(child))  // moved to another parent, not orphaned
             else { continue }
             if cascade.contains(.deleteOrphan) {
-                session.markDeleted(entry)
+                session.markDeleted(child)
             } else if child.encoded()[childKey.name] == ownerKey {
                 // Still pointing at this parent (not moved to another): it has none now.
                 try session.set(childKey.name, of: child, to: .null)
@@ -200,7 +200,7 @@ public struct ToMany<Parent: Model, Child: Model, Key: SQLColumnValue>: Relation
         if !unloaded.isEmpty { try await load(unloaded, in: session) }
         for owner in owners {
             for child in owner[keyPath: property].value ?? [] {
-                if let entry = session.entry(for: child), !entry.deleted { session.markDeleted(entry) }
+                session.markDeleted(child)
             }
         }
     }

@@ -18,21 +18,25 @@ public final class Session {
     /// The connection the session works on.
     public let connection: Connection
     private var transaction: Transaction?
-    /// Every tracked object, in the order it was tracked. A forgotten entry is flagged `detached` and dropped
-    /// from this array at the next flush (removing it at once would make deleting n objects O(n²)).
-    private var tracked: [Tracked] = []
+    /// Every tracked object, in the order it was tracked, stored inline (no allocation per object). A
+    /// forgotten entry is flagged `detached` and stays until enough of them are dropped together
+    /// (``compact()``): removing each at once would make forgetting n objects O(n²).
+    private var entries: [Entry] = []
     private var detachedCount = 0
-    private var byKey: [IdentityKey: Tracked] = [:]
-    /// The entries by object, for `tracked[..<indexedCount]`: objects loaded by a query are indexed only when
+    /// The snapshots' storage: the results objects were loaded from (one for all of a result's entries, which
+    /// keep their row's offset), and the rows of single entries (an update's values).
+    private var stores: [Row] = []
+    /// Identity map: the entry of each primary key.
+    private var byKey: [IdentityKey: Int] = [:]
+    /// The entries by object, for `entries[..<indexedCount]`: objects loaded by a query are indexed only when
     /// a lookup by object needs them (a read-only session never pays for it).
-    private var byObject: [ObjectIdentifier: Tracked] = [:]
+    private var byObject: [ObjectIdentifier: Int] = [:]
     private var indexedCount = 0
     /// Objects deleted by a flush of this session (held, so that their identifiers stay theirs).
     private var deletedObjects: [ObjectIdentifier: AnyObject] = [:]
     /// What the session knows of each model type it met.
     private var models: [ObjectIdentifier: ModelInfo] = [:]
     private var savepointDepth = 0
-    private var vacancyMarker: Tracked?
     /// During a flush: the objects live owners' loaded relationships hold.
     private(set) var held = Set<ObjectIdentifier>()
 
@@ -57,14 +61,20 @@ public final class Session {
     public func addAll<M: Model>(_ objects: [M]) {
         let info = info(M.self)
         indexAll()
-        tracked.reserveCapacity(tracked.count + objects.count)
+        entries.reserveCapacity(entries.count + objects.count)
         byObject.reserveCapacity(byObject.count + objects.count)
-        for object in objects where byObject[ObjectIdentifier(object)] == nil {
-            let entry = Tracked(object, info, snapshot: nil)
-            tracked.append(entry)
-            byObject[ObjectIdentifier(object)] = entry
+        for object in objects {
+            let id = ObjectIdentifier(object)
+            // A deleted object is not brought back (as with `add`).
+            if !deletedObjects.isEmpty, deletedObjects[id] != nil { continue }
+            // One hash and probe for a new object (the usual case), as in `materialize`.
+            if let index = byObject.updateValue(entries.count, forKey: id) {
+                byObject[id] = index
+            } else {
+                entries.append(Entry(object, info))
+            }
         }
-        indexedCount = tracked.count
+        indexedCount = entries.count
     }
 
     /// The session's record of model type `M` (made once per type).
@@ -77,41 +87,64 @@ public final class Session {
 
     /// Indexes by object the entries that are not yet.
     private func indexAll() {
-        guard indexedCount < tracked.count else { return }
-        for entry in tracked[indexedCount...] where !entry.detached { byObject[ObjectIdentifier(entry.object)] = entry }
-        indexedCount = tracked.count
+        guard indexedCount < entries.count else { return }
+        byObject.reserveCapacity(entries.count)
+        for index in indexedCount..<entries.count where !entries[index].detached {
+            byObject[ObjectIdentifier(entries[index].object)] = index
+        }
+        indexedCount = entries.count
     }
 
-    /// The entry of a tracked object.
-    func entry(for object: AnyObject) -> Tracked? {
+    /// The index of a tracked object's entry.
+    private func index(of object: AnyObject) -> Int? {
         indexAll()
         return byObject[ObjectIdentifier(object)]
     }
 
-    /// Drops forgotten entries from `tracked`, keeping the indexed ones a prefix.
+    /// Drops forgotten entries once they are at least half of them (loops skip them until then), keeping the
+    /// indexed ones a prefix; the maps follow the entries' new places.
     private func compact() {
-        guard detachedCount > 0 else { return }
-        var kept: [Tracked] = []
-        kept.reserveCapacity(tracked.count - min(detachedCount, tracked.count))
+        guard detachedCount > 0, detachedCount * 2 >= entries.count else { return }
+        var kept: [Entry] = []
+        kept.reserveCapacity(entries.count - min(detachedCount, entries.count))
         var indexed = 0
-        for (index, entry) in tracked.enumerated() where !entry.detached {
+        for index in entries.indices where !entries[index].detached {
             if index < indexedCount { indexed += 1 }
-            kept.append(entry)
+            kept.append(entries[index])
         }
-        tracked = kept
+        entries = kept
         indexedCount = indexed
         detachedCount = 0
+        // Only the stores the remaining entries use (a result's store stays while one of its entries does).
+        var keptStores: [Row] = []
+        var storeIndex: [Int: Int] = [:]
+        for index in entries.indices where entries[index].store >= 0 {
+            let old = entries[index].store
+            if let new = storeIndex[old] {
+                entries[index].store = new
+            } else {
+                storeIndex[old] = keptStores.count
+                entries[index].store = keptStores.count
+                keptStores.append(stores[old])
+            }
+        }
+        stores = keptStores
+        byKey.removeAll(keepingCapacity: true)
+        byObject.removeAll(keepingCapacity: true)
+        for index in entries.indices {
+            if let key = entries[index].key { byKey[key] = index }
+            if index < indexedCount { byObject[ObjectIdentifier(entries[index].object)] = index }
+        }
     }
 
     /// Tracks a new object; returns whether it was new to the session.
     @discardableResult
     func track<M: Model>(_ object: M) -> Bool {
         // A deleted object still held by a relationship is not brought back by the save-update cascade.
-        guard entry(for: object) == nil, deletedObjects[ObjectIdentifier(object)] == nil else { return false }
-        let entry = Tracked(object, info(M.self), snapshot: nil)
-        tracked.append(entry)
-        byObject[ObjectIdentifier(object)] = entry
-        indexedCount = tracked.count
+        guard index(of: object) == nil, deletedObjects[ObjectIdentifier(object)] == nil else { return false }
+        byObject[ObjectIdentifier(object)] = entries.count
+        entries.append(Entry(object, info(M.self)))
+        indexedCount = entries.count
         return true
     }
 
@@ -120,34 +153,43 @@ public final class Session {
     ///
     /// - Throws: ``SQLError/Kind/misuse`` when the session does not track the object.
     public func delete<M: Model>(_ object: M) throws(SQLError) {
-        guard let entry = entry(for: object) else {
+        guard let index = index(of: object) else {
             throw SQLError(.misuse, "delete: the session does not track this \(M.self)")
         }
-        markDeleted(entry)
+        markDeleted(index)
     }
 
-    func markDeleted(_ entry: Tracked) {
-        if entry.snapshot == nil { forget(entry) } else { entry.deleted = true }
+    /// Marks a tracked object for deletion (for the relationships' cascades); nothing for an untracked one.
+    func markDeleted(_ object: AnyObject) {
+        if let index = index(of: object), !entries[index].deleted { markDeleted(index) }
+    }
+
+    private func markDeleted(_ index: Int) {
+        if entries[index].store < 0 { forget(index) } else { entries[index].deleted = true }
     }
 
     /// Whether the session tracks `object` (and it is not deleted).
     public func contains<M: Model>(_ object: M) -> Bool {
-        entry(for: object).map { !$0.deleted } ?? false
+        isLive(object)
+    }
+
+    /// Whether the session tracks `object` (of any model) and it is not deleted.
+    func isLive(_ object: AnyObject) -> Bool {
+        index(of: object).map { !entries[$0].deleted } ?? false
     }
 
     /// Stops tracking an object: later changes to it are not written.
     public func expunge<M: Model>(_ object: M) {
-        if let entry = entry(for: object) { forget(entry) }
+        if let index = index(of: object) { forget(index) }
     }
 
-    private func forget(_ entry: Tracked) {
-        guard !entry.detached else { return }
-        entry.detached = true
+    private func forget(_ index: Int) {
+        guard !entries[index].detached else { return }
+        entries[index].detached = true
         detachedCount += 1
-        byObject[ObjectIdentifier(entry.object)] = nil
-        if let key = entry.key, byKey[key] === entry { byKey[key] = nil }
+        if index < indexedCount { byObject[ObjectIdentifier(entries[index].object)] = nil }
+        if let key = entries[index].key, byKey[key] == index { byKey[key] = nil }
     }
-
 
     // MARK: Loading
 
@@ -163,7 +205,9 @@ public final class Session {
     public func get<M: Model>(_ type: M.Type, key: [SQLValue], isolation: isolated (any Actor)? = #isolation) async throws -> M? {
         let table = M.Schema.table
         let names = try Self.checkKey(M.self, table, key)
-        if let entry = byKey[IdentityKey(M.self, key)], !entry.deleted, let object = entry.object as? M { return object }
+        if let index = byKey[IdentityKey(M.self, key)], !entries[index].deleted, let object = entries[index].object as? M {
+            return object
+        }
         var query = select(all: M.Schema.self)
         query.conditions.append(Self.keyCondition(table, names, key))
         return try await objects(query, as: M.self).first
@@ -186,55 +230,73 @@ public final class Session {
         try Self.checkKeyColumns(M.self, info, keyIndexes)
         var objects: [M] = []
         objects.reserveCapacity(result.count)
-        tracked.reserveCapacity(tracked.count + result.count)
+        entries.reserveCapacity(entries.count + result.count)
         byKey.reserveCapacity(byKey.count + result.count)
-        for row in result {
-            if let object = try materialize(M.self, row, info: info, keyIndexes: keyIndexes) { objects.append(object) }
+        guard let first = result.first else { return [] }
+        // The result's storage is the snapshot store of the entries it makes.
+        let store = stores.count
+        stores.append(Row(columns: first.columns, storage: first.storage, offset: 0))
+        let tracked = entries.count
+        // The entries and the identity map are held by the loop (no exclusivity check per row), then put back.
+        var entries = self.entries, byKey = self.byKey
+        self.entries = []
+        self.byKey = [:]
+        defer {
+            self.entries = entries
+            self.byKey = byKey
         }
+        for row in result {
+            let (object, _) = try Self.materialize(
+                M.self, row, info: info, keyIndexes: keyIndexes, store: store, offset: row.offset, ownsStore: false,
+                entries: &entries, byKey: &byKey)
+            if let object { objects.append(object) }
+        }
+        // Every object was tracked already: the session keeps no reference to the result.
+        if entries.count == tracked { stores.removeLast() }
         return objects
     }
 
-    /// The tracked object for a row (the one already in the identity map, or a new one); nil when the
-    /// object was deleted in this session.
+    /// The tracked object for a row (the one already in the identity map, or a new one, whose snapshot is the
+    /// row, stored as its own); nil when the object was deleted in this session.
     func materialize<M: Model>(_ type: M.Type, _ row: Row, info: ModelInfo, keyIndexes: [Int?]) throws -> M? {
+        let (object, created) = try Self.materialize(
+            M.self, row, info: info, keyIndexes: keyIndexes, store: stores.count, offset: 0, ownsStore: true, entries: &entries,
+            byKey: &byKey)
+        if created { stores.append(row) }
+        return object
+    }
+
+    /// The tracked object for a row, and whether it is new: a new entry's snapshot is row `offset` of
+    /// `stores[store]` (a store of its own when `ownsStore`, else a result's, shared).
+    private static func materialize<M: Model>(
+        _ type: M.Type, _ row: Row, info: ModelInfo, keyIndexes: [Int?], store: Int, offset: Int, ownsStore: Bool,
+        entries: inout [Entry], byKey: inout [IdentityKey: Int]
+    ) throws -> (M?, created: Bool) {
         let key = IdentityKey(M.self, row: row, keyIndexes)
         if key.hasNull { throw SQLError(.misuse, "a \(M.self) row has a NULL primary key") }
-        // One hash and probe per row: the slot is claimed with the vacancy marker, then filled in place.
-        let vacancy = vacancy(info)
+        // One hash and probe for a new key (the usual case): the slot is claimed for a new entry at the end,
+        // and given back to a key the map had. (`byKey[key, default:]` would allocate its autoclosure.)
+        let count = entries.count
+        if let index = byKey.updateValue(count, forKey: key) {
+            byKey[key] = index
+            return (entries[index].deleted ? nil : entries[index].object as? M, false)
+        }
         do {
-            return try Self.fill(&byKey[key, default: vacancy]) { slot -> M? in
-                guard slot === vacancy else { return slot.deleted ? nil : slot.object as? M }
-                let object = try M(row: row)
-                // The row is the snapshot as it is (no encoding per object loaded); it is compared in the model's
-                // own encoding only if the object's values ever differ from it.
-                let entry = Tracked(object, info, snapshot: ColumnValues(row))
-                entry.canonical = false
-                entry.key = key
-                slot = entry
-                tracked.append(entry)  // indexed by object when a lookup needs it
-                return object
-            }
+            let object = try M(row: row)
+            // The row is the snapshot as it is (it shares the result's storage: no copy per object); it is
+            // compared in the model's own encoding only if the object's values ever differ from it.
+            entries.append(Entry(object, info, key: key, store: store, offset: offset, ownsStore: ownsStore, canonical: false))
+            return (object, true)
         } catch {
-            if byKey[key] === vacancy { byKey[key] = nil }
+            byKey[key] = nil
             throw error
         }
     }
 
-    /// The marker of an identity-map slot being filled by ``materialize(_:_:info:keyIndexes:)`` (never tracked).
-    private func vacancy(_ info: ModelInfo) -> Tracked {
-        if let vacancyMarker { return vacancyMarker }
-        let marker = Tracked(info, info, snapshot: nil)
-        vacancyMarker = marker
-        return marker
-    }
-
-    @inline(__always)
-    private static func fill<T>(_ slot: inout Tracked, _ body: (inout Tracked) throws -> T) rethrows -> T { try body(&slot) }
-
     /// The tracked object of type `M` with primary key `key`, if any (no query).
     func tracked<M: Model>(_ type: M.Type, key: [SQLValue]) -> M? {
-        guard let entry = byKey[IdentityKey(M.self, key)], !entry.deleted else { return nil }
-        return entry.object as? M
+        guard let index = byKey[IdentityKey(M.self, key)], !entries[index].deleted else { return nil }
+        return entries[index].object as? M
     }
 
     /// Reloads every column of a tracked object from the database, discarding its unsaved changes (its
@@ -243,10 +305,10 @@ public final class Session {
     /// - Throws: ``SQLError/Kind/misuse`` for an object the session does not track or has not inserted yet;
     ///   ``SQLError/Kind/staleData`` when its row is gone.
     public func refresh<M: Model>(_ object: M, isolation: isolated (any Actor)? = #isolation) async throws {
-        guard let entry = entry(for: object), !entry.deleted else {
+        guard let index = index(of: object), !entries[index].deleted else {
             throw SQLError(.misuse, "refresh: the session does not track this \(M.self)")
         }
-        guard let snapshot = entry.snapshot else {
+        guard let snapshot = snapshot(index) else {
             throw SQLError(.misuse, "refresh: this \(M.self) is not in the database yet (flush first)")
         }
         let table = M.Schema.table
@@ -258,8 +320,10 @@ public final class Session {
             throw SQLError(.staleData, "refresh: the \(table.name) row of this \(M.self) is gone")
         }
         try object.update(from: row)
-        entry.snapshot = object.encoded()
-        entry.canonical = true
+        // Looked up again: the await may have let the session change (a flush compacts the entries).
+        if let index = self.index(of: object) {
+            setSnapshot(index, object.encoded().row, canonical: true)
+        }
     }
 
     /// The session's object for `object`'s primary key, with `object`'s column values copied onto it: the
@@ -268,7 +332,7 @@ public final class Session {
     ///
     /// Use it for an object built or decoded outside the session (a request body, another session's object).
     public func merge<M: Model>(_ object: M, isolation: isolated (any Actor)? = #isolation) async throws -> M {
-        if let entry = entry(for: object), !entry.deleted { return object }
+        if isLive(object) { return object }
         let values = object.encoded()
         let table = M.Schema.table
         let key = table.primaryKey.map { values[$0] ?? .null }
@@ -303,20 +367,21 @@ public final class Session {
                 try prepareRelationships()
                 try await cascadeDeletes()
             }
-            let inserts = tracked.filter { $0.snapshot == nil && !$0.detached }
+            // Indices stay valid to the end of the flush: entries are only appended until the next compaction.
+            let inserts = entries.indices.filter { entries[$0].store < 0 && !entries[$0].detached }
             // Without inserts no key changes, so what changed is known now (foreign keys set first).
             if inserts.isEmpty && withRelationships { try synchronizeKeys() }
             var updates = inserts.isEmpty ? dirtyEntries() : nil
-            let deletes = tracked.filter { $0.deleted && !$0.detached }
+            let deletes = entries.indices.filter { entries[$0].deleted && !entries[$0].detached }
             let links = withRelationships ? try linkChanges() : []
             if inserts.isEmpty && deletes.isEmpty && updates?.isEmpty == true && links.isEmpty { return }
             try await beginIfNeeded()
             let order = try tableOrder(inserts + deletes)
             for name in order {
-                let entries = order.count == 1 ? inserts : inserts.filter { $0.table.name == name }
-                guard !entries.isEmpty else { continue }
+                let batch = order.count == 1 ? inserts : inserts.filter { entries[$0].info.table.name == name }
+                guard !batch.isEmpty else { continue }
                 // Rows of a table that references itself (a tree) go in parents first, a level at a time.
-                for level in try Self.insertLevels(entries) {
+                for level in try insertLevels(batch) {
                     if withRelationships { try synchronizeKeys() }
                     try await insert(level)
                 }
@@ -328,8 +393,8 @@ public final class Session {
             try await update(updates ?? [])
             for change in links { try await change.write(self) }
             for name in order.reversed() {
-                let entries = order.count == 1 ? deletes : deletes.filter { $0.table.name == name }
-                for level in try Self.deleteLevels(entries) { try await delete(level) }
+                let batch = order.count == 1 ? deletes : deletes.filter { entries[$0].info.table.name == name }
+                for level in try deleteLevels(batch) { try await delete(level) }
             }
             if withRelationships { recordRelationships() }
         } catch {
@@ -339,17 +404,18 @@ public final class Session {
         }
     }
 
-    /// The tables of the objects to insert or delete, parents before children.
+    /// The tables of the entries to insert or delete, parents before children.
     ///
     /// - Throws: ``SQLError/Kind/misuse`` for a table without a primary key (the session could not tell its
     ///   rows apart), or a cycle of foreign keys among them.
-    private func tableOrder(_ entries: [Tracked]) throws(SQLError) -> [String] {
+    private func tableOrder(_ indices: [Int]) throws(SQLError) -> [String] {
         var tables: [String: Table] = [:]
         var previous: ModelInfo?
-        for entry in entries where entry.info !== previous {
+        for index in indices where entries[index].info !== previous {
             // Consecutive entries of one model (the usual case) cost no lookup.
-            previous = entry.info
-            if tables[entry.table.name] == nil { tables[entry.table.name] = entry.table }
+            let info = entries[index].info
+            previous = info
+            if tables[info.table.name] == nil { tables[info.table.name] = info.table }
         }
         for table in tables.values where table.primaryKey.isEmpty {
             throw SQLError(.misuse, "the table \(table.name) has no primary key: a session cannot write its rows")
@@ -372,41 +438,43 @@ public final class Session {
     /// follows, or a key already set).
     ///
     /// - Throws: ``SQLError/Kind/misuse`` when the rows reference each other in a cycle.
-    static func insertLevels(_ entries: [Tracked]) throws(SQLError) -> [[Tracked]] {
-        guard let table = entries.first?.table, entries.count > 1 else { return [entries] }
-        let references = selfReferences(table)
-        guard !references.isEmpty else { return [entries] }
-        var index: [ObjectIdentifier: Int] = [:]
-        for (position, entry) in entries.enumerated() { index[ObjectIdentifier(entry.object)] = position }
+    private func insertLevels(_ batch: [Int]) throws(SQLError) -> [[Int]] {
+        guard let first = batch.first, batch.count > 1 else { return [batch] }
+        let table = entries[first].info.table
+        let references = Self.selfReferences(table)
+        guard !references.isEmpty else { return [batch] }
+        var position: [ObjectIdentifier: Int] = [:]
+        for (place, index) in batch.enumerated() { position[ObjectIdentifier(entries[index].object)] = place }
         var edges: [(Int, Int)] = []
-        let values = entries.map { $0.encode() }
-        for (position, entry) in entries.enumerated() where entry.info.hasRelationships {
-            let (before, after) = entry.operations.insertNeighbours(entry.object)
-            for parent in before { if let other = index[ObjectIdentifier(parent)] { edges.append((other, position)) } }
-            for child in after { if let other = index[ObjectIdentifier(child)] { edges.append((position, other)) } }
+        let values = batch.map { entries[$0].info.operations.encode(entries[$0].object).row }
+        for (place, index) in batch.enumerated() where entries[index].info.hasRelationships {
+            let (before, after) = entries[index].info.operations.insertNeighbours(entries[index].object)
+            for parent in before { if let other = position[ObjectIdentifier(parent)] { edges.append((other, place)) } }
+            for child in after { if let other = position[ObjectIdentifier(child)] { edges.append((place, other)) } }
         }
-        edges += keyEdges(values, references)
-        guard let levels = levels(count: entries.count, edges: edges) else {
+        edges += Self.keyEdges(values, references)
+        guard let levels = Self.levels(count: batch.count, edges: edges) else {
             throw SQLError(.misuse, "the new \(table.name) rows reference each other in a cycle: insert one first, then link it")
         }
-        return levels.map { $0.map { entries[$0] } }
+        return levels.map { $0.map { batch[$0] } }
     }
 
     /// Rows of one table to delete: all at once, or — when the table references itself — children before
     /// their parents (by the foreign keys as last read or written).
-    static func deleteLevels(_ entries: [Tracked]) throws(SQLError) -> [[Tracked]] {
-        guard let table = entries.first?.table, entries.count > 1 else { return [entries] }
-        let references = selfReferences(table)
-        guard !references.isEmpty else { return [entries] }
-        let values = entries.map { $0.snapshot ?? ColumnValues() }
-        guard let levels = levels(count: entries.count, edges: keyEdges(values, references)) else {
+    private func deleteLevels(_ batch: [Int]) throws(SQLError) -> [[Int]] {
+        guard let first = batch.first, batch.count > 1 else { return [batch] }
+        let table = entries[first].info.table
+        let references = Self.selfReferences(table)
+        guard !references.isEmpty else { return [batch] }
+        let values = batch.map { snapshot($0) ?? Row(columns: [], values: []) }
+        guard let levels = Self.levels(count: batch.count, edges: Self.keyEdges(values, references)) else {
             throw SQLError(.misuse, "the \(table.name) rows to delete reference each other in a cycle: unlink one first")
         }
-        return levels.reversed().map { $0.map { entries[$0] } }
+        return levels.reversed().map { $0.map { batch[$0] } }
     }
 
     /// (parent, child) for each row whose self-referencing column holds another row's key.
-    private static func keyEdges(_ values: [ColumnValues], _ references: [(column: String, references: String)]) -> [(Int, Int)] {
+    private static func keyEdges(_ values: [Row], _ references: [(column: String, references: String)]) -> [(Int, Int)] {
         var edges: [(Int, Int)] = []
         for reference in references {
             var rowsByKey: [SQLValue: Int] = [:]
@@ -449,34 +517,88 @@ public final class Session {
         return placed == count ? levels : nil
     }
 
-    /// The persistent objects whose encoded values differ from their snapshot, with the changed columns.
-    private func dirtyEntries() -> [(Tracked, ColumnValues, [String])] {
-        var dirty: [(Tracked, ColumnValues, [String])] = []
+    /// The persistent entries whose objects' encoded values differ from their snapshot, with the values and
+    /// the changed columns.
+    private func dirtyEntries() -> [(index: Int, values: ColumnValues, changed: [String])] {
+        var dirty: [(index: Int, values: ColumnValues, changed: [String])] = []
         // One buffer for every object's values: an unchanged object (the usual case) costs no allocation.
         var buffer = ColumnValues(capacity: 8)
-        for entry in tracked where entry.snapshot != nil && !entry.deleted && !entry.detached {
-            let changed = entry.changes(into: &buffer)
-            if !changed.isEmpty { dirty.append((entry, buffer, changed)) }
+        // The store the buffer checks against: set once for all the entries of one result.
+        var reference = -1
+        for index in entries.indices where entries[index].store >= 0 && !entries[index].deleted && !entries[index].detached {
+            let store = entries[index].store
+            if store != reference {
+                buffer.setReference(stores[store])
+                reference = store
+            }
+            let info = entries[index].info
+            let object = entries[index].object
+            // The usual case, an unchanged object: checked as it encodes itself, nothing stored.
+            if buffer.matches(offset: entries[index].offset, encode: { info.operations.encode(object, into: &$0) }) { continue }
+            let changed = changes(index, into: &buffer)
+            reference = -1  // the entry's snapshot may have been replaced
+            if !changed.isEmpty { dirty.append((index, buffer, changed)) }
         }
         return dirty
     }
 
+    /// The columns of a persistent entry whose current values (encoded into `values`) differ from its
+    /// snapshot; none for a new one.
+    private func changes(_ index: Int, into values: inout ColumnValues) -> [String] {
+        guard let snapshot = snapshot(index) else { return [] }
+        let info = entries[index].info
+        values.removeAll()
+        info.operations.encode(entries[index].object, into: &values)
+        var changed = values.changedNames(since: snapshot)
+        if !changed.isEmpty && !entries[index].canonical, let recoded = info.operations.recode(snapshot) {
+            // Compare in the model's own encoding: decoded from the row and encoded again, once.
+            setSnapshot(index, recoded.row, canonical: true)
+            changed = values.changedNames(since: recoded.row)
+        }
+        return changed
+    }
+
+    /// The snapshot of an entry (nil: still to insert).
+    private func snapshot(_ index: Int) -> Row? {
+        let store = entries[index].store
+        guard store >= 0 else { return nil }
+        let base = stores[store]
+        return Row(columns: base.columns, storage: base.storage, offset: base.offset + entries[index].offset)
+    }
+
+    /// Replaces an entry's snapshot with a row of its own (in place when it already has its own store).
+    private func setSnapshot(_ index: Int, _ row: Row, canonical: Bool) {
+        if entries[index].ownsStore {
+            stores[entries[index].store] = row
+        } else {
+            entries[index].store = stores.count
+            entries[index].ownsStore = true
+            stores.append(row)
+        }
+        entries[index].offset = 0
+        entries[index].canonical = canonical
+    }
+
     /// Inserts new objects of one table: objects that set the same columns go in one batch (`executeMany`:
-    /// PostgreSQL pipeline mode, one round trip), each returning its row — generated keys and defaults — in
-    /// order.
-    private func insert(_ entries: [Tracked], isolation: isolated (any Actor)? = #isolation) async throws {
-        guard let table = entries.first?.table else { return }
+    /// PostgreSQL pipeline mode, one round trip). A batch that leaves a column to the database (a generated
+    /// key, a default) returns its rows, which update the objects; a batch that sets every column returns
+    /// nothing, and what it sent is the snapshot.
+    private func insert(_ batchIndices: [Int], isolation: isolated (any Actor)? = #isolation) async throws {
+        guard let first = batchIndices.first else { return }
+        let info = entries[first].info
+        let table = info.table
+        let operations = info.operations
         // A NULL in an auto-incremented column lets the database generate it.
         let generated = Set(table.columns.filter(\.isAutoIncrement).map(\.name))
         // Batches in order of first appearance; consecutive objects setting the same columns (the usual case)
         // find their batch without hashing.
-        var batches: [(names: [String], rows: [(Tracked, [SQLValue])])] = []
+        var batches: [(names: [String], rows: [(index: Int, values: [SQLValue])])] = []
         var batchIndex: [[String]: Int] = [:]
         var buffer = ColumnValues(capacity: table.columns.count)
         var names: [String] = []
-        for entry in entries {
+        for index in batchIndices {
             buffer.removeAll()
-            entry.operations.encode(entry.object, into: &buffer)
+            operations.encode(entries[index].object, into: &buffer)
             names.removeAll(keepingCapacity: true)
             var row: [SQLValue] = []
             row.reserveCapacity(buffer.names.count)
@@ -485,57 +607,106 @@ public final class Session {
                 row.append(value)
             }
             if let last = batches.indices.last, batches[last].names == names {
-                batches[last].rows.append((entry, row))
-            } else if let index = batchIndex[names] {
-                batches[index].rows.append((entry, row))
+                batches[last].rows.append((index, row))
+            } else if let position = batchIndex[names] {
+                batches[position].rows.append((index, row))
             } else {
                 batchIndex[names] = batches.count
-                batches.append((names, [(entry, row)]))
+                batches.append((names, [(index, row)]))
             }
         }
-        let returning = table.columns.map { SelectItem(node: SQLNode(.column(qualifier: nil, name: $0.name)), label: nil) }
         let keyNames = table.primaryKey
         for (names, batch) in batches {
             var statement = SQLAsync.insert(into: table)
                 .values(names.map { Assignment(column: $0, node: SQLNode(.parameter($0))) })
-            statement.returningItems = returning
-            // Each column is one placeholder, in the order of `names`: the values go in as they are, positionally.
-            let result = try await run(statement, batch.map(\.1))
-            guard result.count == batch.count else {
-                throw SQLError(.database, "inserting \(batch.count) \(table.name) rows returned \(result.count)")
+            // Every column set by the objects, and keys the database gives back as they were sent: nothing to
+            // read back.
+            let complete = table.columns.allSatisfy { names.contains($0.name) }
+                && Self.keysRoundTrip(table, names: names, batch.lazy.map(\.values))
+            if !complete {
+                statement.returningItems = table.columns.map { SelectItem(node: SQLNode(.column(qualifier: nil, name: $0.name)), label: nil) }
             }
-            let keyIndexes = keyNames.map { result.columns.firstIndex(of: $0) }
+            // Each column is one placeholder, in the order of `names`: the values go in as they are, positionally.
+            let result = try await run(statement, batch.map(\.values))
             byKey.reserveCapacity(byKey.count + batch.count)
-            for ((entry, _), row) in zip(batch, result) {
-                try entry.operations.update(entry.object, row)
-                // The returned row is the snapshot (compared in the model's encoding if ever needed).
-                entry.snapshot = ColumnValues(row)
-                entry.canonical = false
-                let key = IdentityKey(entry.type, row: row, keyIndexes)
-                entry.key = key
-                byKey[key] = entry
+            if complete {
+                guard result.rowsAffected == batch.count else {
+                    throw SQLError(.database, "inserting \(batch.count) \(table.name) rows inserted \(result.rowsAffected)")
+                }
+                // The values sent are the snapshot (in the model's own encoding), sharing the batch's arrays.
+                let keyIndexes = keyNames.map { names.firstIndex(of: $0) }
+                for (index, values) in batch {
+                    let row = Row(columns: names, values: values)
+                    recordInsert(index, row, key: IdentityKey(info.type, row: row, keyIndexes), canonical: true)
+                }
+            } else {
+                guard result.count == batch.count else {
+                    throw SQLError(.database, "inserting \(batch.count) \(table.name) rows returned \(result.count)")
+                }
+                let keyIndexes = keyNames.map { result.columns.firstIndex(of: $0) }
+                for ((index, _), row) in zip(batch, result) {
+                    try operations.update(entries[index].object, row)
+                    // The returned row is the snapshot (compared in the model's encoding if ever needed).
+                    recordInsert(index, row, key: IdentityKey(info.type, row: row, keyIndexes), canonical: false)
+                }
             }
         }
     }
 
+    /// Whether the primary-key values of rows to insert (values in the order of `names`) come back from the
+    /// database exactly as they are: integers in integer columns, text in text columns. A load of the row
+    /// then finds the object under the same identity-map key. Other types (a timestamp, a decimal) may come
+    /// back written differently, so their rows are read back.
+    static func keysRoundTrip(_ table: Table, names: [String], _ rows: some Sequence<[SQLValue]>) -> Bool {
+        var checks: [(position: Int, isText: Bool)] = []
+        for name in table.primaryKey {
+            guard let position = names.firstIndex(of: name),
+                let type = table.columns.first(where: { $0.name == name })?.type
+            else { return false }
+            switch type {
+            case .int16, .int32, .int64: checks.append((position, false))
+            case .text: checks.append((position, true))
+            default: return false
+            }
+        }
+        for row in rows {
+            for (position, isText) in checks {
+                switch row[position] {
+                case .integer where !isText, .text where isText: continue
+                default: return false
+                }
+            }
+        }
+        return true
+    }
+
+    /// An inserted entry: its snapshot, and its key in the identity map.
+    private func recordInsert(_ index: Int, _ snapshot: Row, key: IdentityKey, canonical: Bool) {
+        setSnapshot(index, snapshot, canonical: canonical)
+        entries[index].key = key
+        byKey[key] = index
+    }
+
     /// Updates the changed columns of persistent objects: objects of one table changing the same columns go
     /// in one batch; a versioned object's update applies only to the version it read.
-    private func update(_ dirty: [(Tracked, ColumnValues, [String])], isolation: isolated (any Actor)? = #isolation) async throws {
+    private func update(_ dirty: [(index: Int, values: ColumnValues, changed: [String])], isolation: isolated (any Actor)? = #isolation) async throws {
         struct BatchKey: Hashable {
             let table: String
             let changed: [String]
         }
-        var batches: [BatchKey: [(Tracked, ColumnValues)]] = [:]
+        var batches: [BatchKey: [(index: Int, values: ColumnValues)]] = [:]
         var order: [BatchKey] = []
-        for (entry, values, changed) in dirty {
-            let key = BatchKey(table: entry.table.name, changed: changed.filter { $0 != entry.versionColumn })
+        for (index, values, changed) in dirty {
+            let info = entries[index].info
+            let key = BatchKey(table: info.table.name, changed: changed.filter { $0 != info.versionColumn })
             if batches[key] == nil { order.append(key) }
-            batches[key, default: []].append((entry, values))
+            batches[key, default: []].append((index, values))
         }
         for key in order {
-            guard let batch = batches[key], let first = batch.first?.0 else { continue }
-            let table = first.table
-            let version = first.versionColumn
+            guard let batch = batches[key], let first = batch.first?.index else { continue }
+            let info = entries[first].info
+            let table = info.table
+            let version = info.versionColumn
             let keyNames = table.primaryKey
             var statement = SQLAsync.update(table)
             statement.assignments = key.changed.map { Assignment(column: $0, node: SQLNode(.parameter($0))) }
@@ -547,12 +718,12 @@ public final class Session {
                 statement.conditions.append(SQLNode(.binary(column, "=", SQLNode(.parameter("version")))))
                 statement.returningItems = table.columns.map { SelectItem(node: SQLNode(.column(qualifier: nil, name: $0.name)), label: nil) }
             }
-            let sets = batch.map { entry, values -> [SQLValue] in
-                let snapshot = entry.snapshot ?? ColumnValues()
+            let sets = batch.map { index, values -> [SQLValue] in
+                let snapshot = snapshot(index)
                 var set = key.changed.map { values[$0] ?? .null }
                 if version != nil { set.append(.integer(1)) }  // the version's increment
-                set += keyNames.map { snapshot[$0] ?? .null }
-                if let version { set.append(snapshot[version] ?? .null) }
+                set += keyNames.map { snapshot?[$0] ?? .null }
+                if let version { set.append(snapshot?[version] ?? .null) }
                 return set
             }
             let result = try await run(statement, sets)
@@ -565,51 +736,51 @@ public final class Session {
                         : "\(batch.count - written) of the \(batch.count) \(table.name) rows being updated were changed or deleted since they were read (their version moved on)")
             }
             if version != nil {
-                for ((entry, _), row) in zip(batch, result) { try entry.operations.update(entry.object, row) }
+                for ((index, _), row) in zip(batch, result) { try info.operations.update(entries[index].object, row) }
             }
             let keyChanged = key.changed.contains(where: keyNames.contains)
-            for (entry, values) in batch {
-                entry.snapshot = version == nil ? values : entry.encode()
-                entry.canonical = true
+            for (index, values) in batch {
+                setSnapshot(index, version == nil ? values.row : info.operations.encode(entries[index].object).row, canonical: true)
                 if keyChanged {
                     // A new primary key: the identity map follows it.
-                    if let old = entry.key, byKey[old] === entry { byKey[old] = nil }
-                    let new = IdentityKey(entry.type, keyNames.map { values[$0] ?? .null })
-                    entry.key = new
-                    byKey[new] = entry
+                    if let old = entries[index].key, byKey[old] == index { byKey[old] = nil }
+                    let new = IdentityKey(info.type, keyNames.map { values[$0] ?? .null })
+                    entries[index].key = new
+                    byKey[new] = index
                 }
             }
         }
     }
 
     /// Deletes persistent objects of one table in one batch (a versioned object only at the version it read).
-    private func delete(_ entries: [Tracked], isolation: isolated (any Actor)? = #isolation) async throws {
-        guard let first = entries.first else { return }
-        let table = first.table
+    private func delete(_ batch: [Int], isolation: isolated (any Actor)? = #isolation) async throws {
+        guard let first = batch.first else { return }
+        let info = entries[first].info
+        let table = info.table
         let keyNames = table.primaryKey
-        let version = first.versionColumn
+        let version = info.versionColumn
         var statement = SQLAsync.delete(from: table)
         statement.conditions.append(Self.keyCondition(table, keyNames, keyNames.map { SQLNode(.parameter("key." + $0)) }))
         if let version {
             statement.conditions.append(
                 SQLNode(.binary(SQLNode(.column(qualifier: table.reference, name: version)), "=", SQLNode(.parameter("version")))))
         }
-        let sets = entries.map { entry -> [SQLValue] in
-            let snapshot = entry.snapshot ?? ColumnValues()
-            var set = keyNames.map { snapshot[$0] ?? .null }
-            if let version { set.append(snapshot[version] ?? .null) }
+        let sets = batch.map { index -> [SQLValue] in
+            let snapshot = snapshot(index)
+            var set = keyNames.map { snapshot?[$0] ?? .null }
+            if let version { set.append(snapshot?[version] ?? .null) }
             return set
         }
         let result = try await run(statement, sets)
-        guard result.rowsAffected == entries.count else {
+        guard result.rowsAffected == batch.count else {
             throw SQLError(
                 .staleData,
-                "\(entries.count - result.rowsAffected) of the \(entries.count) \(table.name) rows being deleted were already gone"
+                "\(batch.count - result.rowsAffected) of the \(batch.count) \(table.name) rows being deleted were already gone"
                     + (version == nil ? "" : " or changed since they were read"))
         }
-        for entry in entries {
-            forget(entry)
-            deletedObjects[ObjectIdentifier(entry.object)] = entry.object
+        for index in batch {
+            forget(index)
+            deletedObjects[ObjectIdentifier(entries[index].object)] = entries[index].object
         }
     }
 
@@ -656,22 +827,26 @@ public final class Session {
     /// The save-update cascade (to a fixed point: objects added bring theirs), then removed members: orphans
     /// deleted or their foreign key cleared.
     private func prepareRelationships() throws {
+        // Index loops: the cascades append entries (objects they add) and flag others while they run.
         var index = 0
-        while index < tracked.count {
-            let entry = tracked[index]
-            index += 1
-            if !entry.deleted && !entry.detached && entry.info.hasRelationships {
-                entry.operations.cascadeSave(entry.object, self)
+        while index < entries.count {
+            if !entries[index].deleted && !entries[index].detached && entries[index].info.hasRelationships {
+                entries[index].info.operations.cascadeSave(entries[index].object, self)
             }
+            index += 1
         }
         // Objects some live owner holds: taken out of one collection and put in another, a child is moved,
         // not orphaned.
         held.removeAll(keepingCapacity: true)
-        for entry in tracked where !entry.deleted && !entry.detached && entry.info.hasRelationships {
-            for object in entry.operations.heldObjects(entry.object) { held.insert(ObjectIdentifier(object)) }
+        for index in entries.indices where !entries[index].deleted && !entries[index].detached && entries[index].info.hasRelationships {
+            for object in entries[index].info.operations.heldObjects(entries[index].object) { held.insert(ObjectIdentifier(object)) }
         }
-        for entry in tracked where !entry.detached && entry.relations != nil {
-            try entry.operations.handleRemoved(entry.object, self)
+        index = 0
+        while index < entries.count {
+            if !entries[index].detached && entries[index].relations != nil {
+                try entries[index].info.operations.handleRemoved(entries[index].object, self)
+            }
+            index += 1
         }
     }
 
@@ -680,29 +855,32 @@ public final class Session {
     private func cascadeDeletes(isolation: isolated (any Actor)? = #isolation) async throws {
         var done = Set<ObjectIdentifier>()
         while true {
-            var groups: [ObjectIdentifier: [Tracked]] = [:]
-            for entry in tracked where entry.deleted && !entry.detached && entry.info.cascadesDeletes
-                && done.insert(ObjectIdentifier(entry)).inserted {
-                groups[ObjectIdentifier(entry.type), default: []].append(entry)
+            var groups: [ObjectIdentifier: (info: ModelInfo, objects: [AnyObject])] = [:]
+            for index in entries.indices where entries[index].deleted && !entries[index].detached && entries[index].info.cascadesDeletes
+                && done.insert(ObjectIdentifier(entries[index].object)).inserted {
+                let info = entries[index].info
+                groups[ObjectIdentifier(info), default: (info, [])].objects.append(entries[index].object)
             }
             if groups.isEmpty { return }
-            for entries in groups.values {
-                guard let operations = entries.first?.operations else { continue }
-                try await operations.cascadeDelete(entries.map(\.object), self, isolation: isolation)
+            for (info, objects) in groups.values {
+                try await info.operations.cascadeDelete(objects, self, isolation: isolation)
             }
         }
     }
 
-    /// Sets foreign keys from the loaded relationships (a child's key from its parent's, which an insert may
-    /// just have generated).
-    /// Sets foreign keys from relationships. Relationships changed since their load go last, so that where a
-    /// child's parent (many-to-one) and a parent's collection (one-to-many) disagree about the same foreign
-    /// key, the side that was changed wins: a child moved to another collection is moved even though its own
-    /// `parent` still holds the old one, and the reverse.
+    /// Sets foreign keys from relationships (a child's key from its parent's, which an insert may just have
+    /// generated). Relationships changed since their load go last, so that where a child's parent
+    /// (many-to-one) and a parent's collection (one-to-many) disagree about the same foreign key, the side
+    /// that was changed wins: a child moved to another collection is moved even though its own `parent` still
+    /// holds the old one, and the reverse.
     private func synchronizeKeys() throws {
         for changed in [false, true] {
-            for entry in tracked where !entry.deleted && !entry.detached && entry.info.hasRelationships {
-                try entry.operations.synchronize(entry.object, self, changed: changed)
+            var index = 0
+            while index < entries.count {
+                if !entries[index].deleted && !entries[index].detached && entries[index].info.hasRelationships {
+                    try entries[index].info.operations.synchronize(entries[index].object, self, changed: changed)
+                }
+                index += 1
             }
         }
     }
@@ -710,30 +888,40 @@ public final class Session {
     /// The many-to-many association rows to insert and delete.
     private func linkChanges() throws -> [LinkChange] {
         var changes: [LinkChange] = []
-        for entry in tracked where !entry.detached && entry.info.hasRelationships {
-            changes += try entry.operations.linkChanges(entry.object, deleted: entry.deleted, persistent: entry.snapshot != nil, self)
+        var index = 0
+        while index < entries.count {
+            if !entries[index].detached && entries[index].info.hasRelationships {
+                let entry = entries[index]
+                changes += try entry.info.operations.linkChanges(
+                    entry.object, deleted: entry.deleted, persistent: entry.store >= 0, self)
+            }
+            index += 1
         }
         return changes
     }
 
     /// Remembers what every loaded relationship holds, for the next flush to compare with.
     private func recordRelationships() {
-        for entry in tracked where !entry.deleted && !entry.detached && entry.info.hasRelationships {
-            entry.operations.record(entry.object, self)
+        var index = 0
+        while index < entries.count {
+            if !entries[index].deleted && !entries[index].detached && entries[index].info.hasRelationships {
+                entries[index].info.operations.record(entries[index].object, self)
+            }
+            index += 1
         }
     }
 
     /// Records what a relationship of a tracked owner holds now (after a load or a flush).
     func record(_ owner: AnyObject, _ property: AnyKeyPath, _ related: [AnyObject]) {
-        guard let entry = entry(for: owner) else { return }
-        if entry.relations == nil { entry.relations = [:] }
-        entry.relations?[property] = related
+        guard let index = index(of: owner) else { return }
+        if entries[index].relations == nil { entries[index].relations = [:] }
+        entries[index].relations?[property] = related
     }
 
     /// What a relationship of a tracked owner held at its load or the last flush (nil: never loaded through
     /// the session).
     func recorded(_ owner: AnyObject, _ property: AnyKeyPath) -> [AnyObject]? {
-        entry(for: owner)?.relations?[property]
+        index(of: owner).flatMap { entries[$0].relations?[property] }
     }
 
     /// Sets a column of a tracked or new object (a foreign key): through its encoding and
@@ -797,8 +985,8 @@ public final class Session {
     }
 
     private func detachAll() {
-        for entry in tracked { entry.detached = true }
-        tracked.removeAll()
+        entries.removeAll()
+        stores.removeAll()
         byKey.removeAll()
         byObject.removeAll()
         indexedCount = 0
@@ -808,80 +996,89 @@ public final class Session {
 
     // MARK: Bookkeeping
 
+    /// A model type and a primary key. A one-column integer key (the usual case) is held and hashed as a
+    /// plain integer: no array, no enum to switch on.
     struct IdentityKey: Hashable {
-        /// A one-column key (the usual case) without an array.
-        enum Value: Hashable {
-            case one(SQLValue)
-            case many([SQLValue])
-        }
-
         let type: ObjectIdentifier
-        let key: Value
+        /// The key when it is one integer column.
+        let integer: Int64
+        /// Any other key's values (nil for a one-integer key).
+        let values: [SQLValue]?
+
         init(_ type: Any.Type, _ key: [SQLValue]) {
-            self.type = ObjectIdentifier(type)
-            self.key = key.count == 1 ? .one(key[0]) : .many(key)
-        }
-
-        var hasNull: Bool {
-            switch key {
-            case .one(let value): value == .null
-            case .many(let values): values.contains(.null)
-            }
-        }
-
-        /// The key in a row, at `indexes` (a missing column is NULL); no array for a one-column key.
-        init(_ type: Any.Type, row: Row, _ indexes: [Int?]) {
-            self.type = ObjectIdentifier(type)
-            if indexes.count == 1 {
-                key = .one(indexes[0].flatMap { row[$0] } ?? .null)
+            if key.count == 1, case .integer(let value) = key[0] {
+                self.init(type, integer: value, values: nil)
             } else {
-                key = .many(indexes.map { $0.flatMap { row[$0] } ?? .null })
+                self.init(type, integer: 0, values: key)
             }
+        }
+
+        private init(_ type: Any.Type, integer: Int64, values: [SQLValue]?) {
+            self.type = ObjectIdentifier(type)
+            self.integer = integer
+            self.values = values
+        }
+
+        /// The key in a row, at `indexes` (a missing column is NULL); no array for a one-integer key.
+        init(_ type: Any.Type, row: borrowing Row, _ indexes: [Int?]) {
+            if indexes.count == 1, let index = indexes[0], index >= 0, index < row.columns.count,
+                case .integer(let value) = row.storage[row.offset + index] {
+                self.init(type, integer: value, values: nil)
+            } else {
+                self.init(type, indexes.map { index in index.flatMap { row[$0] } ?? .null })
+            }
+        }
+
+        var hasNull: Bool { values?.contains(.null) ?? false }
+
+        static func == (lhs: IdentityKey, rhs: IdentityKey) -> Bool {
+            lhs.type == rhs.type && lhs.integer == rhs.integer && lhs.values == rhs.values
+        }
+
+        func hash(into hasher: inout Hasher) {
+            hasher.combine(type)
+            if let values { hasher.combine(values) } else { hasher.combine(integer) }
         }
     }
 
-    /// One tracked object, with its model's operations.
-    final class Tracked {
+    /// One tracked object: a value stored inline in the session's array (no allocation of its own).
+    struct Entry {
         let object: AnyObject
-        let info: ModelInfo
-        var type: Any.Type { info.type }
-        var table: Table { info.table }
-        var operations: any ModelOperations { info.operations }
-        var versionColumn: String? { info.versionColumn }
-        /// The values last read or written; nil for an object still to insert.
-        var snapshot: ColumnValues?
+        /// Its model's operations and table, shared by the model's entries. Not retained per entry:
+        /// `unowned(unsafe)` is safe because every `ModelInfo` is created by ``Session/info(_:)`` and held by
+        /// the session's `models` until the session itself goes, and entries live only in the session's
+        /// private `entries` array (no entry or copy of one is ever handed out), so no entry outlives its info.
+        unowned(unsafe) let info: ModelInfo
+        /// Its snapshot, the values last read or written: row `offset` of `stores[store]` (-1: none, an object
+        /// still to insert). A result's rows share one store.
+        var store = -1
+        var offset = 0
+        /// Whether `stores[store]` is this entry's alone (replaced in place when the snapshot changes).
+        var ownsStore = false
         /// Whether the snapshot is in the model's own encoding (else it is the row as the database returned
         /// it, which may encode a value differently: an integer for a `Bool` in SQLite, say).
         var canonical = true
+        /// The key the identity map has it under (nil until it is loaded or inserted).
         var key: IdentityKey?
         var deleted = false
-        /// No longer tracked (forgotten, deleted and flushed, or rolled back).
+        /// No longer tracked (forgotten, deleted and flushed); dropped at the next compaction.
         var detached = false
         /// What each loaded relationship held at its load or the last flush.
         var relations: [AnyKeyPath: [AnyObject]]?
 
-        init(_ object: AnyObject, _ info: ModelInfo, snapshot: ColumnValues?) {
+        init(_ object: AnyObject, _ info: ModelInfo) {
             self.object = object
             self.info = info
-            self.snapshot = snapshot
         }
 
-        func encode() -> ColumnValues { operations.encode(object) }
-
-        /// The columns whose current values (encoded into `values`) differ from the snapshot.
-        func changes(into values: inout ColumnValues) -> [String] {
-            values.removeAll()
-            operations.encode(object, into: &values)
-            guard let snapshot else { return values.names }
-            if values.equalsInOrder(snapshot) { return [] }
-            var changed = values.changedNames(since: snapshot)
-            if !changed.isEmpty && !canonical, let recoded = operations.recode(snapshot) {
-                // Compare in the model's own encoding: decoded from the row and encoded again, once.
-                self.snapshot = recoded
-                canonical = true
-                changed = values.changedNames(since: recoded)
-            }
-            return changed
+        init(_ object: AnyObject, _ info: ModelInfo, key: IdentityKey, store: Int, offset: Int, ownsStore: Bool, canonical: Bool) {
+            self.object = object
+            self.info = info
+            self.key = key
+            self.store = store
+            self.offset = offset
+            self.ownsStore = ownsStore
+            self.canonical = canonical
         }
     }
 }
@@ -916,7 +1113,7 @@ protocol ModelOperations {
     func encode(_ object: AnyObject, into values: inout ColumnValues)
     func update(_ object: AnyObject, _ row: Row) throws
     /// The snapshot in the model's own encoding: decoded into a new object and encoded again.
-    func recode(_ snapshot: ColumnValues) -> ColumnValues?
+    func recode(_ snapshot: Row) -> ColumnValues?
     func cascadeSave(_ object: AnyObject, _ session: Session)
     func handleRemoved(_ object: AnyObject, _ session: Session) throws
     func cascadeDelete(_ objects: [AnyObject], _ session: Session, isolation: isolated (any Actor)?) async throws
@@ -932,16 +1129,17 @@ protocol ModelOperations {
 }
 
 struct Operations<M: Model>: ModelOperations {
+    /// `M.relationships`, built once per session and model (not per object at every flush).
+    let relationships: [any RelationshipInternals<M>] = M.relationships.compactMap { $0 as? any RelationshipInternals<M> }
     var versionColumn: String? { M.versionColumn?.name }
-    var hasRelationships: Bool { !M.relationships.isEmpty }
+    var hasRelationships: Bool { !relationships.isEmpty }
     var cascadesDeletes: Bool { relationships.contains { $0.cascade.contains(.delete) } }
-    var relationships: [any RelationshipInternals<M>] { M.relationships.compactMap { $0 as? any RelationshipInternals<M> } }
 
-    // `unsafeDowncast`: a Tracked entry is created only with an `M` and its `Operations<M>` together.
+    // `unsafeDowncast`: an entry is created only with an `M` and its `Operations<M>` together.
     func encode(_ object: AnyObject) -> ColumnValues { unsafeDowncast(object, to: M.self).encoded() }
     func encode(_ object: AnyObject, into values: inout ColumnValues) { unsafeDowncast(object, to: M.self).encode(to: &values) }
     func update(_ object: AnyObject, _ row: Row) throws { try unsafeDowncast(object, to: M.self).update(from: row) }
-    func recode(_ snapshot: ColumnValues) -> ColumnValues? { (try? M(row: snapshot.row))?.encoded() }
+    func recode(_ snapshot: Row) -> ColumnValues? { (try? M(row: snapshot))?.encoded() }
 
     func cascadeSave(_ object: AnyObject, _ session: Session) {
         let owner = unsafeDowncast(object, to: M.self)

@@ -3,8 +3,8 @@ public struct Row: Sendable, CustomStringConvertible {
     /// The result's column names, shared by its rows.
     public let columns: [String]
     /// The result's values (shared by its rows), this row's from `offset` on.
-    private let storage: [SQLValue]
-    private let offset: Int
+    let storage: [SQLValue]
+    let offset: Int
 
     init(columns: [String], values: [SQLValue]) {
         self.columns = columns
