@@ -45,6 +45,30 @@ final class Category: Model {
     }
 }
 
+/// The same table, its columns encoded in the reverse order (the rows read have the table's order).
+final class ReversedCategory: Model {
+    typealias Schema = Categories
+    var id: Int64?
+    var parentID: Int64?
+    var name: String
+
+    init(row: Row) throws {
+        id = try row.decode(Categories.id.name)
+        parentID = try row.decode(Categories.parentID.name)
+        name = try row.decode(Categories.name.name)
+    }
+    func update(from row: Row) throws {
+        id = try row.decode(Categories.id.name)
+        parentID = try row.decode(Categories.parentID.name)
+        name = try row.decode(Categories.name.name)
+    }
+    func encode(to values: inout ColumnValues) {
+        values[Categories.name] = name
+        values[Categories.parentID] = parentID
+        values[Categories.id] = id
+    }
+}
+
 @Suite("ORM trees, long key lists and loads that keep unflushed changes", .timeLimit(.minutes(1)))
 struct SessionTreeTests {
     static let schema = Metadata(Categories.self)
@@ -145,6 +169,63 @@ struct SessionTreeTests {
             a2.parent = .loaded(b)
             try await other.commit()
             #expect(try await Self.tree(connection)["a2"] == "b")
+            try await Self.schema.dropAll(on: connection)
+        }
+    }
+
+    @Test("the change check: an object read and not changed is never written, whatever order it encodes in; a changed one writes its changed columns",
+          arguments: TestBackend.selected, TestDatabase.allCases)
+    func changeCheck(_ backend: TestBackend, _ database: TestDatabase) async throws {
+        // The check compares values as the object encodes itself, against its row, in order.
+        let row = Row(columns: ["id", "parent_id", "name"], values: [.integer(1), .null, .text("a")])
+        var values = ColumnValues()
+        values.setReference(row)
+        func check(_ encode: (inout ColumnValues) -> Void) -> Bool { values.matches(offset: 0, encode: encode) }
+        #expect(check { $0["id"] = .integer(1); $0["parent_id"] = SQLValue.null; $0["name"] = .text("a") })
+        #expect(check { $0["id"] = .integer(1) }, "fewer columns than the row is a match")
+        #expect(!check { $0["id"] = .integer(1); $0["parent_id"] = SQLValue.null; $0["name"] = .text("b") })
+        #expect(!check { $0["name"] = .text("a"); $0["id"] = .integer(1) }, "another order is not a match")
+        #expect(!check { $0["id"] = .integer(1); $0["id"] = nil }, "a removal is not a match")
+        var seen: [SQLValue?] = []
+        #expect(check { values in
+            values["id"] = .integer(1)
+            seen = [values["id"], values["name"]]
+        })
+        #expect(seen == [.integer(1), nil], "reads see what was set so far")
+
+        let logs = CapturedLogs()
+        var logger = Logger(label: "orm") { _ in CapturingHandler(sink: logs) }
+        logger.logLevel = .debug
+        func updates() -> [String] { logs.all.filter { $0.contains("execute") && $0.contains("UPDATE") } }
+        try await database.withPrivateConnection(backend, logger: logger) { connection in
+            try await Self.schema.createAll(on: connection)
+            let writer = Session(connection: connection)
+            writer.addAll([Category("a", children: [Category("a.1")]), Category("b")])
+            try await writer.commit()
+
+            for reversed in [false, true] {
+                let reader = Session(connection: connection)
+                let before = updates().count
+                if reversed {
+                    let loaded = try await reader.scalars(select(ReversedCategory.self).orderBy(Categories.name.asc()))
+                    #expect(loaded.map(\.name) == ["a", "a.1", "b1"])
+                    try await reader.commit()
+                    #expect(updates().count == before, "unchanged objects were written: \(updates().suffix(2))")
+                    loaded[2].name = "b2"
+                } else {
+                    let loaded = try await reader.scalars(select(Category.self).orderBy(Categories.name.asc()))
+                    try await reader.commit()
+                    #expect(updates().count == before, "unchanged objects were written: \(updates().suffix(2))")
+                    loaded[2].name = "b1"
+                }
+                try await reader.commit()
+                #expect(updates().count == before + 1)
+                let update = updates().last ?? ""
+                #expect(update.contains(#"SET "name" = "#) && !update.contains(#""parent_id" ="#), "\(update)")
+                try await reader.commit()
+                #expect(updates().count == before + 1, "a written change is the new snapshot: nothing more to write")
+            }
+            #expect(try await Self.tree(connection)["b2"] == "-")
             try await Self.schema.dropAll(on: connection)
         }
     }

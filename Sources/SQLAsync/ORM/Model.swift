@@ -106,24 +106,33 @@ public struct ColumnValues: Sendable, Equatable {
             return names.firstIndex(of: name).map { values[$0] }
         }
         set {
-            if checking {
-                if !differs, let newValue, matched < referenceNames.count, referenceNames[matched] == name,
-                    referenceValues[referenceOffset + matched] == newValue {
-                    matched += 1
-                } else {
-                    differs = true
-                }
-                return
+            // Small enough to be inlined into a model's `encode(to:)`: the check at every flush runs there.
+            if checking { check(name, newValue) } else { store(name, newValue) }
+        }
+    }
+
+    /// While checking: whether `value` is the snapshot's next value, under the same name.
+    @inlinable
+    mutating func check(_ name: String, _ value: SQLValue?) {
+        if !differs, let value, matched < referenceNames.count, referenceNames[matched] == name,
+            referenceValues[referenceOffset + matched] == value {
+            matched += 1
+        } else {
+            differs = true
+        }
+    }
+
+    /// Sets, replaces or (nil) removes the value of `name`.
+    @usableFromInline
+    mutating func store(_ name: String, _ value: SQLValue?) {
+        if let index = names.firstIndex(of: name) {
+            if let value { values[index] = value } else {
+                names.remove(at: index)
+                values.remove(at: index)
             }
-            if let index = names.firstIndex(of: name) {
-                if let newValue { values[index] = newValue } else {
-                    names.remove(at: index)
-                    values.remove(at: index)
-                }
-            } else if let newValue {
-                names.append(name)
-                values.append(newValue)
-            }
+        } else if let value {
+            names.append(name)
+            values.append(value)
         }
     }
 
