@@ -27,7 +27,11 @@ public final class Session {
     /// keep their row's offset), and the rows of single entries (an update's values).
     private var stores: [Row] = []
     /// Identity map: the entry of each primary key.
-    private var byKey: [IdentityKey: Int] = [:]
+    private var byKey = IdentityMap()
+    /// The keys of tracked objects whose key is not one integer (an entry holds an integer key itself).
+    private var otherKeys: [ObjectIdentifier: IdentityKey] = [:]
+    /// What each loaded relationship of a tracked object held at its load or the last flush.
+    private var relations: [ObjectIdentifier: [AnyKeyPath: [AnyObject]]] = [:]
     /// The entries by object, for `entries[..<indexedCount]`: objects loaded by a query are indexed only when
     /// a lookup by object needs them (a read-only session never pays for it).
     private var byObject: [ObjectIdentifier: Int] = [:]
@@ -129,10 +133,10 @@ public final class Session {
             }
         }
         stores = keptStores
-        byKey.removeAll(keepingCapacity: true)
+        byKey.removeAll()
         byObject.removeAll(keepingCapacity: true)
         for index in entries.indices {
-            if let key = entries[index].key { byKey[key] = index }
+            if let key = key(of: index) { byKey[key] = index }
             if index < indexedCount { byObject[ObjectIdentifier(entries[index].object)] = index }
         }
     }
@@ -187,8 +191,11 @@ public final class Session {
         guard !entries[index].detached else { return }
         entries[index].detached = true
         detachedCount += 1
-        if index < indexedCount { byObject[ObjectIdentifier(entries[index].object)] = nil }
-        if let key = entries[index].key, byKey[key] == index { byKey[key] = nil }
+        let id = ObjectIdentifier(entries[index].object)
+        if index < indexedCount { byObject[id] = nil }
+        if let key = key(of: index), byKey[key] == index { byKey[key] = nil }
+        otherKeys[id] = nil
+        relations[id] = nil
     }
 
     // MARK: Loading
@@ -231,7 +238,7 @@ public final class Session {
         var objects: [M] = []
         objects.reserveCapacity(result.count)
         entries.reserveCapacity(entries.count + result.count)
-        byKey.reserveCapacity(byKey.count + result.count)
+        byKey.reserveCapacity(adding: result.count)
         guard let first = result.first else { return [] }
         // The result's storage is the snapshot store of the entries it makes.
         let store = stores.count
@@ -240,7 +247,7 @@ public final class Session {
         // The entries and the identity map are held by the loop (no exclusivity check per row), then put back.
         var entries = self.entries, byKey = self.byKey
         self.entries = []
-        self.byKey = [:]
+        self.byKey = IdentityMap()
         defer {
             self.entries = entries
             self.byKey = byKey
@@ -248,7 +255,7 @@ public final class Session {
         for row in result {
             let (object, _) = try Self.materialize(
                 M.self, row, info: info, keyIndexes: keyIndexes, store: store, offset: row.offset, ownsStore: false,
-                entries: &entries, byKey: &byKey)
+                entries: &entries, byKey: &byKey, otherKeys: &otherKeys)
             if let object { objects.append(object) }
         }
         // Every object was tracked already: the session keeps no reference to the result.
@@ -261,7 +268,7 @@ public final class Session {
     func materialize<M: Model>(_ type: M.Type, _ row: Row, info: ModelInfo, keyIndexes: [Int?]) throws -> M? {
         let (object, created) = try Self.materialize(
             M.self, row, info: info, keyIndexes: keyIndexes, store: stores.count, offset: 0, ownsStore: true, entries: &entries,
-            byKey: &byKey)
+            byKey: &byKey, otherKeys: &otherKeys)
         if created { stores.append(row) }
         return object
     }
@@ -270,22 +277,25 @@ public final class Session {
     /// `stores[store]` (a store of its own when `ownsStore`, else a result's, shared).
     private static func materialize<M: Model>(
         _ type: M.Type, _ row: Row, info: ModelInfo, keyIndexes: [Int?], store: Int, offset: Int, ownsStore: Bool,
-        entries: inout [Entry], byKey: inout [IdentityKey: Int]
+        entries: inout [Entry], byKey: inout IdentityMap, otherKeys: inout [ObjectIdentifier: IdentityKey]
     ) throws -> (M?, created: Bool) {
         let key = IdentityKey(M.self, row: row, keyIndexes)
         if key.hasNull { throw SQLError(.misuse, "a \(M.self) row has a NULL primary key") }
         // One hash and probe for a new key (the usual case): the slot is claimed for a new entry at the end,
         // and given back to a key the map had. (`byKey[key, default:]` would allocate its autoclosure.)
         let count = entries.count
-        if let index = byKey.updateValue(count, forKey: key) {
-            byKey[key] = index
+        if let index = byKey.claim(key, for: count) {
             return (entries[index].deleted ? nil : entries[index].object as? M, false)
         }
         do {
             let object = try M(row: row)
             // The row is the snapshot as it is (it shares the result's storage: no copy per object); it is
             // compared in the model's own encoding only if the object's values ever differ from it.
-            entries.append(Entry(object, info, key: key, store: store, offset: offset, ownsStore: ownsStore, canonical: false))
+            let integer = key.values == nil
+            if !integer { otherKeys[ObjectIdentifier(object)] = key }
+            entries.append(Entry(
+                object, info, keyKind: integer ? .integer : .other, keyInteger: key.integer, store: store, offset: offset,
+                ownsStore: ownsStore, canonical: false))
             return (object, true)
         } catch {
             byKey[key] = nil
@@ -628,7 +638,7 @@ public final class Session {
             }
             // Each column is one placeholder, in the order of `names`: the values go in as they are, positionally.
             let result = try await run(statement, batch.map(\.values))
-            byKey.reserveCapacity(byKey.count + batch.count)
+            byKey.reserveCapacity(adding: batch.count)
             if complete {
                 guard result.rowsAffected == batch.count else {
                     throw SQLError(.database, "inserting \(batch.count) \(table.name) rows inserted \(result.rowsAffected)")
@@ -683,7 +693,7 @@ public final class Session {
     /// An inserted entry: its snapshot, and its key in the identity map.
     private func recordInsert(_ index: Int, _ snapshot: Row, key: IdentityKey, canonical: Bool) {
         setSnapshot(index, snapshot, canonical: canonical)
-        entries[index].key = key
+        setKey(of: index, key)
         byKey[key] = index
     }
 
@@ -743,9 +753,9 @@ public final class Session {
                 setSnapshot(index, version == nil ? values.row : info.operations.encode(entries[index].object).row, canonical: true)
                 if keyChanged {
                     // A new primary key: the identity map follows it.
-                    if let old = entries[index].key, byKey[old] == index { byKey[old] = nil }
+                    if let old = self.key(of: index), byKey[old] == index { byKey[old] = nil }
                     let new = IdentityKey(info.type, keyNames.map { values[$0] ?? .null })
-                    entries[index].key = new
+                    setKey(of: index, new)
                     byKey[new] = index
                 }
             }
@@ -843,7 +853,7 @@ public final class Session {
         }
         index = 0
         while index < entries.count {
-            if !entries[index].detached && entries[index].relations != nil {
+            if !entries[index].detached && relations[ObjectIdentifier(entries[index].object)] != nil {
                 try entries[index].info.operations.handleRemoved(entries[index].object, self)
             }
             index += 1
@@ -913,15 +923,14 @@ public final class Session {
 
     /// Records what a relationship of a tracked owner holds now (after a load or a flush).
     func record(_ owner: AnyObject, _ property: AnyKeyPath, _ related: [AnyObject]) {
-        guard let index = index(of: owner) else { return }
-        if entries[index].relations == nil { entries[index].relations = [:] }
-        entries[index].relations?[property] = related
+        guard index(of: owner) != nil else { return }
+        relations[ObjectIdentifier(owner), default: [:]][property] = related
     }
 
     /// What a relationship of a tracked owner held at its load or the last flush (nil: never loaded through
     /// the session).
     func recorded(_ owner: AnyObject, _ property: AnyKeyPath) -> [AnyObject]? {
-        index(of: owner).flatMap { entries[$0].relations?[property] }
+        index(of: owner) == nil ? nil : relations[ObjectIdentifier(owner)]?[property]
     }
 
     /// Sets a column of a tracked or new object (a foreign key): through its encoding and
@@ -987,7 +996,9 @@ public final class Session {
     private func detachAll() {
         entries.removeAll()
         stores.removeAll()
-        byKey.removeAll()
+        byKey = IdentityMap()
+        otherKeys.removeAll()
+        relations.removeAll()
         byObject.removeAll()
         indexedCount = 0
         detachedCount = 0
@@ -1012,6 +1023,9 @@ public final class Session {
                 self.init(type, integer: 0, values: key)
             }
         }
+
+        /// A one-integer key.
+        init(_ type: Any.Type, integer: Int64) { self.init(type, integer: integer, values: nil) }
 
         private init(_ type: Any.Type, integer: Int64, values: [SQLValue]?) {
             self.type = ObjectIdentifier(type)
@@ -1041,6 +1055,74 @@ public final class Session {
         }
     }
 
+    enum KeyKind: UInt8 {
+        case none, integer, other
+    }
+
+    /// The identity-map key of an entry.
+    private func key(of index: Int) -> IdentityKey? {
+        switch entries[index].keyKind {
+        case .none: nil
+        case .integer: IdentityKey(entries[index].info.type, integer: entries[index].keyInteger)
+        case .other: otherKeys[ObjectIdentifier(entries[index].object)]
+        }
+    }
+
+    private func setKey(of index: Int, _ key: IdentityKey) {
+        let id = ObjectIdentifier(entries[index].object)
+        if key.values == nil {
+            entries[index].keyKind = .integer
+            entries[index].keyInteger = key.integer
+            otherKeys[id] = nil
+        } else {
+            entries[index].keyKind = .other
+            otherKeys[id] = key
+        }
+    }
+
+    /// Primary key → entry index, for every tracked object with a key.
+    struct IdentityMap {
+        /// A model type and a one-integer key: plain data, cheap to hash, compare and free.
+        struct IntegerKey: Hashable {
+            let type: ObjectIdentifier
+            let integer: Int64
+        }
+
+        /// One-integer keys (the usual case).
+        private var integers: [IntegerKey: Int] = [:]
+        /// Every other key.
+        private var others: [IdentityKey: Int] = [:]
+
+        subscript(key: IdentityKey) -> Int? {
+            get { key.values == nil ? integers[IntegerKey(type: key.type, integer: key.integer)] : others[key] }
+            set {
+                if key.values == nil { integers[IntegerKey(type: key.type, integer: key.integer)] = newValue } else { others[key] = newValue }
+            }
+        }
+
+        /// The index `key` has, or — when it has none — nil, `key` now mapped to `index`: one hash and probe for
+        /// a new key (the usual case). (`map[key, default:]` would allocate its autoclosure.)
+        mutating func claim(_ key: IdentityKey, for index: Int) -> Int? {
+            if key.values == nil {
+                let integerKey = IntegerKey(type: key.type, integer: key.integer)
+                guard let old = integers.updateValue(index, forKey: integerKey) else { return nil }
+                integers[integerKey] = old
+                return old
+            }
+            guard let old = others.updateValue(index, forKey: key) else { return nil }
+            others[key] = old
+            return old
+        }
+
+        /// Room for `count` more one-integer keys.
+        mutating func reserveCapacity(adding count: Int) { integers.reserveCapacity(integers.count + count) }
+
+        mutating func removeAll() {
+            integers.removeAll(keepingCapacity: true)
+            others.removeAll(keepingCapacity: true)
+        }
+    }
+
     /// One tracked object: a value stored inline in the session's array (no allocation of its own).
     struct Entry {
         let object: AnyObject
@@ -1058,23 +1140,28 @@ public final class Session {
         /// Whether the snapshot is in the model's own encoding (else it is the row as the database returned
         /// it, which may encode a value differently: an integer for a `Bool` in SQLite, say).
         var canonical = true
-        /// The key the identity map has it under (nil until it is loaded or inserted).
-        var key: IdentityKey?
+        /// The key the identity map has it under: none until it is loaded or inserted; one integer, held here;
+        /// or another key, held in the session's `otherKeys`. (Only `object` is reference-counted: an entry
+        /// is copied and destroyed with one retain or release.)
+        var keyKind = KeyKind.none
+        var keyInteger: Int64 = 0
         var deleted = false
         /// No longer tracked (forgotten, deleted and flushed); dropped at the next compaction.
         var detached = false
-        /// What each loaded relationship held at its load or the last flush.
-        var relations: [AnyKeyPath: [AnyObject]]?
 
         init(_ object: AnyObject, _ info: ModelInfo) {
             self.object = object
             self.info = info
         }
 
-        init(_ object: AnyObject, _ info: ModelInfo, key: IdentityKey, store: Int, offset: Int, ownsStore: Bool, canonical: Bool) {
+        init(
+            _ object: AnyObject, _ info: ModelInfo, keyKind: KeyKind, keyInteger: Int64, store: Int, offset: Int, ownsStore: Bool,
+            canonical: Bool
+        ) {
             self.object = object
             self.info = info
-            self.key = key
+            self.keyKind = keyKind
+            self.keyInteger = keyInteger
             self.store = store
             self.offset = offset
             self.ownsStore = ownsStore
