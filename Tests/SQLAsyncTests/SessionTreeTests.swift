@@ -230,6 +230,55 @@ struct SessionTreeTests {
         }
     }
 
+    @Test("forgotten objects are dropped from the session's storage: what remains keeps its identity, snapshot and changes",
+          arguments: TestBackend.selected, TestDatabase.allCases)
+    func forgottenEntriesDropped(_ backend: TestBackend, _ database: TestDatabase) async throws {
+        let logs = CapturedLogs()
+        var logger = Logger(label: "orm") { _ in CapturingHandler(sink: logs) }
+        logger.logLevel = .debug
+        func statements(_ verb: String) -> Int { logs.all.filter { $0.contains("execute") && $0.contains(verb) }.count }
+        try await database.withPrivateConnection(backend, logger: logger) { connection in
+            try await Self.schema.createAll(on: connection)
+            let writer = Session(connection: connection)
+            writer.addAll((1...10).map { Category("c\($0)") })
+            try await writer.commit()
+
+            let session = Session(connection: connection)
+            session.autoflush = false
+            let first = try await session.scalars(select(Category.self).orderBy(Categories.name.asc()))
+            // A second query with more rows: its result is a second store, shared by the new objects only.
+            let second = try await session.scalars(select(Category.self).where(Categories.name.like("c1%")))
+            #expect(second.allSatisfy { object in first.contains { $0 === object } })
+            // Seven of ten forgotten (expunged or deleted): the next flush drops their entries.
+            for object in first.prefix(4) { session.expunge(object) }
+            for object in first.dropFirst(4).prefix(3) { try session.delete(object) }
+            let kept = Array(first.suffix(3))
+            kept[0].name = "renamed"
+            let (updates, deletes) = (statements("UPDATE"), statements("DELETE"))
+            try await session.flush()
+            #expect(statements("DELETE") - deletes == 1, "the three deletes in one batch")
+            #expect(statements("UPDATE") - updates == 1)
+            // This flush drops the seven forgotten entries (the deletes' three are forgotten once written). The
+            // remaining objects keep their snapshots (nothing to write), their identity (no query for them).
+            try await session.flush()
+            #expect(statements("UPDATE") - updates == 1, "an unchanged object was written after the compaction")
+            #expect(session.trackedCount == 3)
+            let selects = statements("SELECT")
+            for object in kept {
+                #expect(try await session.get(Category.self, try #require(object.id)) === object)
+                #expect(session.contains(object))
+            }
+            #expect(statements("SELECT") == selects)
+            // A forgotten key is loaded again as a new object.
+            let again = try await session.get(Category.self, try #require(first[0].id))
+            #expect(again != nil && again !== first[0] && !session.contains(first[0]))
+            kept[1].name = "renamed too"
+            try await session.commit()
+            #expect(try await Self.tree(connection).keys.sorted() == ["c1", "c10", "c2", "c3", "c9", "renamed", "renamed too"])
+            try await Self.schema.dropAll(on: connection)
+        }
+    }
+
     @Test("eager loading splits long key lists; with autoflush off, a load keeps a collection changed and not flushed",
           arguments: TestBackend.selected, TestDatabase.allCases)
     func keyListsAndUnflushedCollections(_ backend: TestBackend, _ database: TestDatabase) async throws {

@@ -141,6 +141,9 @@ public final class Session {
         }
     }
 
+    /// The entries the session holds, forgotten ones not dropped yet included (for tests).
+    var trackedCount: Int { entries.count }
+
     /// Tracks a new object; returns whether it was new to the session.
     @discardableResult
     func track<M: Model>(_ object: M) -> Bool {
