@@ -112,7 +112,7 @@ public struct ColumnValues: Sendable, Equatable {
     }
 
     /// While checking: whether `value` is the snapshot's next value, under the same name.
-    @inlinable @inline(__always)
+    @inlinable
     mutating func check(_ name: String, _ value: SQLValue?) {
         if !differs, let value, matched < referenceNames.count, referenceNames[matched] == name,
             referenceValues[referenceOffset + matched] == value {

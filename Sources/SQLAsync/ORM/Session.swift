@@ -241,7 +241,7 @@ public final class Session {
         var objects: [M] = []
         objects.reserveCapacity(result.count)
         entries.reserveCapacity(entries.count + result.count)
-        byKey.reserveCapacity(adding: result.count)
+        byKey.reserveCapacity(adding: result.count, of: M.self)
         guard let first = result.first else { return [] }
         // The result's storage is the snapshot store of the entries it makes.
         let store = stores.count
@@ -641,7 +641,7 @@ public final class Session {
             }
             // Each column is one placeholder, in the order of `names`: the values go in as they are, positionally.
             let result = try await run(statement, batch.map(\.values))
-            byKey.reserveCapacity(adding: batch.count)
+            byKey.reserveCapacity(adding: batch.count, of: info.type)
             if complete {
                 guard result.rowsAffected == batch.count else {
                     throw SQLError(.database, "inserting \(batch.count) \(table.name) rows inserted \(result.rowsAffected)")
@@ -1085,21 +1085,34 @@ public final class Session {
 
     /// Primary key → entry index, for every tracked object with a key.
     struct IdentityMap {
-        /// A model type and a one-integer key: plain data, cheap to hash, compare and free.
-        struct IntegerKey: Hashable {
-            let type: ObjectIdentifier
-            let integer: Int64
-        }
-
-        /// One-integer keys (the usual case).
-        private var integers: [IntegerKey: Int] = [:]
+        /// One-integer keys (the usual case), a map per model type: the one used last is held apart, so that a
+        /// loop over one type's rows hashes a plain integer once per row.
+        private var integers: [ObjectIdentifier: [Int64: Int]] = [:]
+        private var hotType: ObjectIdentifier?
+        private var hot: [Int64: Int] = [:]
         /// Every other key.
         private var others: [IdentityKey: Int] = [:]
 
+        /// Makes `type`'s map the one held apart.
+        private mutating func select(_ type: ObjectIdentifier) {
+            guard hotType != type else { return }
+            if let hotType { integers[hotType] = hot }
+            hot = integers.removeValue(forKey: type) ?? [:]
+            hotType = type
+        }
+
         subscript(key: IdentityKey) -> Int? {
-            get { key.values == nil ? integers[IntegerKey(type: key.type, integer: key.integer)] : others[key] }
+            get {
+                if key.values != nil { return others[key] }
+                return key.type == hotType ? hot[key.integer] : integers[key.type]?[key.integer]
+            }
             set {
-                if key.values == nil { integers[IntegerKey(type: key.type, integer: key.integer)] = newValue } else { others[key] = newValue }
+                if key.values != nil {
+                    others[key] = newValue
+                } else {
+                    select(key.type)
+                    hot[key.integer] = newValue
+                }
             }
         }
 
@@ -1107,9 +1120,9 @@ public final class Session {
         /// a new key (the usual case). (`map[key, default:]` would allocate its autoclosure.)
         mutating func claim(_ key: IdentityKey, for index: Int) -> Int? {
             if key.values == nil {
-                let integerKey = IntegerKey(type: key.type, integer: key.integer)
-                guard let old = integers.updateValue(index, forKey: integerKey) else { return nil }
-                integers[integerKey] = old
+                select(key.type)
+                guard let old = hot.updateValue(index, forKey: key.integer) else { return nil }
+                hot[key.integer] = old
                 return old
             }
             guard let old = others.updateValue(index, forKey: key) else { return nil }
@@ -1117,11 +1130,15 @@ public final class Session {
             return old
         }
 
-        /// Room for `count` more one-integer keys.
-        mutating func reserveCapacity(adding count: Int) { integers.reserveCapacity(integers.count + count) }
+        /// Room for `count` more one-integer keys of `type`.
+        mutating func reserveCapacity(adding count: Int, of type: Any.Type) {
+            select(ObjectIdentifier(type))
+            hot.reserveCapacity(hot.count + count)
+        }
 
         mutating func removeAll() {
             integers.removeAll(keepingCapacity: true)
+            hot.removeAll(keepingCapacity: true)
             others.removeAll(keepingCapacity: true)
         }
     }
