@@ -279,29 +279,42 @@ public final class Session {
     /// The tracked object for a row, and whether it is new: a new entry's snapshot is row `offset` of
     /// `stores[store]` (a store of its own when `ownsStore`, else a result's, shared).
     private static func materialize<M: Model>(
-        _ type: M.Type, _ row: Row, info: ModelInfo, keyIndexes: [Int?], store: Int, offset: Int, ownsStore: Bool,
+        _ type: M.Type, _ row: consuming Row, info: ModelInfo, keyIndexes: [Int?], store: Int, offset: Int, ownsStore: Bool,
         entries: inout [Entry], byKey: inout IdentityMap, otherKeys: inout [ObjectIdentifier: IdentityKey]
     ) throws -> (M?, created: Bool) {
-        let key = IdentityKey(M.self, row: row, keyIndexes)
-        if key.hasNull { throw SQLError(.misuse, "a \(M.self) row has a NULL primary key") }
-        // One hash and probe for a new key (the usual case): the slot is claimed for a new entry at the end,
-        // and given back to a key the map had. (`byKey[key, default:]` would allocate its autoclosure.)
+        // A one-integer key (the usual case) is read and claimed as a plain integer; any other through an
+        // IdentityKey. One hash and probe for a new key: the slot is claimed for a new entry at the end, and
+        // given back to a key the map had.
         let count = entries.count
-        if let index = byKey.claim(key, for: count) {
+        let type = ObjectIdentifier(M.self)
+        var key: IdentityKey?
+        let integer: Int64
+        let existing: Int?
+        if keyIndexes.count == 1, let position = keyIndexes[0], position >= 0, position < row.columns.count,
+            case .integer(let value) = row.storage[row.offset + position] {
+            integer = value
+            existing = byKey.claim(type, integer, for: count)
+        } else {
+            let other = IdentityKey(M.self, row: row, keyIndexes)
+            if other.hasNull { throw SQLError(.misuse, "a \(M.self) row has a NULL primary key") }
+            key = other
+            integer = other.integer
+            existing = byKey.claim(other, for: count)
+        }
+        if let index = existing {
             return (entries[index].deleted ? nil : entries[index].object as? M, false)
         }
         do {
             let object = try M(row: row)
             // The row is the snapshot as it is (it shares the result's storage: no copy per object); it is
             // compared in the model's own encoding only if the object's values ever differ from it.
-            let integer = key.values == nil
-            if !integer { otherKeys[ObjectIdentifier(object)] = key }
+            if let key, key.values != nil { otherKeys[ObjectIdentifier(object)] = key }
             entries.append(Entry(
-                object, info, keyKind: integer ? .integer : .other, keyInteger: key.integer, store: store, offset: offset,
-                ownsStore: ownsStore, canonical: false))
+                object, info, keyKind: key?.values == nil ? .integer : .other, keyInteger: integer, store: store,
+                offset: offset, ownsStore: ownsStore, canonical: false))
             return (object, true)
         } catch {
-            byKey[key] = nil
+            byKey[key ?? IdentityKey(M.self, integer: integer)] = nil
             throw error
         }
     }
@@ -1119,14 +1132,17 @@ public final class Session {
         /// The index `key` has, or — when it has none — nil, `key` now mapped to `index`: one hash and probe for
         /// a new key (the usual case). (`map[key, default:]` would allocate its autoclosure.)
         mutating func claim(_ key: IdentityKey, for index: Int) -> Int? {
-            if key.values == nil {
-                select(key.type)
-                guard let old = hot.updateValue(index, forKey: key.integer) else { return nil }
-                hot[key.integer] = old
-                return old
-            }
+            if key.values == nil { return claim(key.type, key.integer, for: index) }
             guard let old = others.updateValue(index, forKey: key) else { return nil }
             others[key] = old
+            return old
+        }
+
+        /// ``claim(_:for:)`` of the one-integer key `integer` of `type`.
+        mutating func claim(_ type: ObjectIdentifier, _ integer: Int64, for index: Int) -> Int? {
+            select(type)
+            guard let old = hot.updateValue(index, forKey: integer) else { return nil }
+            hot[integer] = old
             return old
         }
 
