@@ -177,6 +177,8 @@ static sqlite3 *sq_open(const char *path, char *error, size_t size) {
         sqlite3_close(db);
         return NULL;
     }
+    // As SQLAsync does: wait for another connection's lock (several threads open at once) instead of failing.
+    sqlite3_busy_timeout(db, 5000);
     sqlite3_exec(db, "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL", NULL, NULL, NULL);
     return db;
 }
