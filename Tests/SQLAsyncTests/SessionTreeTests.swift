@@ -52,6 +52,7 @@ final class ReversedCategory: Model {
     var parentID: Int64?
     var name: String
 
+    init(name: String) { self.name = name }
     init(row: Row) throws {
         id = try row.decode(Categories.id.name)
         parentID = try row.decode(Categories.parentID.name)
@@ -67,6 +68,41 @@ final class ReversedCategory: Model {
         values[Categories.parentID] = parentID
         values[Categories.id] = id
     }
+}
+
+/// The same table again, its `encode(to:)` building its values apart and assigning them whole.
+final class AssigningCategory: Model {
+    typealias Schema = Categories
+    var id: Int64?
+    var parentID: Int64?
+    var name: String
+
+    init(row: Row) throws {
+        id = try row.decode(Categories.id.name)
+        parentID = try row.decode(Categories.parentID.name)
+        name = try row.decode(Categories.name.name)
+    }
+    func update(from row: Row) throws {
+        id = try row.decode(Categories.id.name)
+        parentID = try row.decode(Categories.parentID.name)
+        name = try row.decode(Categories.name.name)
+    }
+    func encode(to values: inout ColumnValues) {
+        var built = ColumnValues()
+        built[Categories.id] = id
+        built[Categories.parentID] = parentID
+        built[Categories.name] = name
+        values = built
+    }
+}
+
+/// Shares a session between tasks on one actor (which the session's rules ask not to do).
+actor SharedSession {
+    let session: Session
+    init(_ session: Session) { self.session = session }
+    func add(_ name: String) { session.add(Category(name)) }
+    func flush() async throws { try await session.flush() }
+    func rollback() async { await session.rollback() }
 }
 
 @Suite("ORM trees, long key lists and loads that keep unflushed changes", .timeLimit(.minutes(1)))
@@ -275,6 +311,94 @@ struct SessionTreeTests {
             kept[1].name = "renamed too"
             try await session.commit()
             #expect(try await Self.tree(connection).keys.sorted() == ["c1", "c10", "c2", "c3", "c9", "renamed", "renamed too"])
+            try await Self.schema.dropAll(on: connection)
+        }
+    }
+
+    @Test("models sharing a table are written apart; an encode(to:) that assigns its values whole is still checked; snapshots a session no longer needs are let go",
+          arguments: TestBackend.selected, TestDatabase.allCases)
+    func sharedTablesAndSnapshots(_ backend: TestBackend, _ database: TestDatabase) async throws {
+        let logs = CapturedLogs()
+        var logger = Logger(label: "orm") { _ in CapturingHandler(sink: logs) }
+        logger.logLevel = .debug
+        func updates() -> [String] { logs.all.filter { $0.contains("execute") && $0.contains("UPDATE") } }
+        try await database.withPrivateConnection(backend, logger: logger) { connection in
+            try await Self.schema.createAll(on: connection)
+            // Two models of one table in one flush: each inserted, updated and deleted with its own encoding,
+            // and each found under its own type in the identity map.
+            let session = Session(connection: connection)
+            let category = Category("plain")
+            let reversed = ReversedCategory(name: "reversed")
+            session.add(category)
+            session.add(reversed)
+            try await session.flush()
+            let categoryID = try #require(category.id)
+            let reversedID = try #require(reversed.id)
+            #expect(try await session.get(Category.self, categoryID) === category)
+            #expect(try await session.get(ReversedCategory.self, reversedID) === reversed)
+            category.name = "plain 2"
+            reversed.name = "reversed 2"
+            try await session.flush()
+            #expect(try await Self.tree(connection).keys.sorted() == ["plain 2", "reversed 2"])
+            try session.delete(category)
+            try session.delete(reversed)
+            try await session.commit()
+            #expect(try await Self.tree(connection).isEmpty)
+
+            // An encode(to:) that assigns a whole ColumnValues: unchanged objects are not written, changed ones are.
+            let writer = Session(connection: connection)
+            writer.addAll((1...5).map { Category("c\($0)") })
+            try await writer.commit()
+            let reader = Session(connection: connection)
+            let loaded = try await reader.scalars(select(AssigningCategory.self).orderBy(Categories.name.asc()))
+            let before = updates().count
+            try await reader.flush()
+            #expect(updates().count == before, "unchanged objects were written")
+            #expect(reader.liveStoreCount == 1, "one store: the result the five objects were loaded from")
+            for object in loaded { object.name += "!" }
+            try await reader.flush()
+            #expect(updates().count == before + 1, "one batch of five updates")
+            #expect(try await Self.tree(connection).keys.sorted() == ["c1!", "c2!", "c3!", "c4!", "c5!"])
+            // Every object has a snapshot of its own now: the result's rows are let go.
+            #expect(reader.liveStoreCount == 5)
+            // A query of objects already tracked keeps no reference to its result.
+            _ = try await reader.scalars(select(AssigningCategory.self))
+            #expect(reader.liveStoreCount == 5)
+            try await reader.commit()
+            try await Self.schema.dropAll(on: connection)
+        }
+    }
+
+    @Test("a session shared by two tasks of one actor: a flush whose entries another task rolled back stops with a typed error",
+          arguments: TestBackend.selected, TestDatabase.allCases)
+    func sharedSessionMisuse(_ backend: TestBackend, _ database: TestDatabase) async throws {
+        try await database.withPrivateConnection(backend) { connection in
+            try await Self.schema.createAll(on: connection)
+            for _ in 0..<5 {
+                let shared = SharedSession(Session(connection: connection))
+                for index in 0..<20 { await shared.add("c\(index)") }
+                // Whichever order the actor runs them in, nothing traps: the flush completes, or (rolled back
+                // under it) stops with misuse.
+                let outcome = await withTaskGroup(of: String.self) { group in
+                    group.addTask {
+                        do {
+                            try await shared.flush()
+                            return "flushed"
+                        } catch let error as SQLError where error.kind == .misuse {
+                            return "misuse"
+                        } catch {
+                            return "\(error)"
+                        }
+                    }
+                    group.addTask {
+                        await shared.rollback()
+                        return "rolled back"
+                    }
+                    return await group.reduce(into: [String]()) { $0.append($1) }
+                }
+                #expect(outcome.contains("rolled back") && (outcome.contains("flushed") || outcome.contains("misuse")), "\(outcome)")
+                await shared.rollback()
+            }
             try await Self.schema.dropAll(on: connection)
         }
     }

@@ -63,7 +63,7 @@ public struct ColumnValues: Sendable, Equatable {
     @usableFromInline var names: [String] = []
     @usableFromInline var values: [SQLValue] = []
 
-    /// Checking mode (``matches(_:encode:)``): values are compared with a snapshot's, in order, instead of
+    /// Checking mode (``matches(offset:encode:)``): values are compared with a snapshot's, in order, instead of
     /// being stored — an unchanged object is checked without writing anything.
     @usableFromInline var checking = false
     /// Whether a value set while checking differed from the snapshot's (or came in another order).
@@ -161,8 +161,11 @@ public struct ColumnValues: Sendable, Equatable {
         differs = false
         matched = 0
         encode(&self)
+        // An `encode(to:)` that assigned the whole value (`values = …`) left checking mode: what it set was
+        // stored, not checked, so it is not known to match.
+        let checked = checking
         checking = false
-        return !differs
+        return checked && !differs
     }
 
     /// The names whose values differ from `row`'s (or that `row` lacks).

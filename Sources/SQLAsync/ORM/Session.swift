@@ -24,8 +24,14 @@ public final class Session {
     private var entries: [Entry] = []
     private var detachedCount = 0
     /// The snapshots' storage: the results objects were loaded from (one for all of a result's entries, which
-    /// keep their row's offset), and the rows of single entries (an update's values).
+    /// keep their row's offset), and the rows of single entries (what an insert sent or read back, an update's
+    /// values, a refresh's or a re-encoded row). `storeUsers` counts the entries using each: a store no entry
+    /// uses any more is emptied at once (its result's memory goes), its slot dropped at the next compaction.
     private var stores: [Row] = []
+    private var storeUsers: [Int] = []
+    /// Changes whenever entry indices do (a compaction, a rollback): a flush that finds it changed after an
+    /// `await` stops rather than use stale indices (another task used the session meanwhile).
+    private var generation = 0
     /// Identity map: the entry of each primary key.
     private var byKey = IdentityMap()
     /// The keys of tracked objects whose key is not one integer (an entry holds an integer key itself).
@@ -65,7 +71,7 @@ public final class Session {
     public func addAll<M: Model>(_ objects: [M]) {
         let info = info(M.self)
         indexAll()
-        entries.reserveCapacity(entries.count + objects.count)
+        Self.reserve(&entries, adding: objects.count)
         byObject.reserveCapacity(byObject.count + objects.count)
         for object in objects {
             let id = ObjectIdentifier(object)
@@ -119,20 +125,25 @@ public final class Session {
         entries = kept
         indexedCount = indexed
         detachedCount = 0
+        generation += 1
         // Only the stores the remaining entries use (a result's store stays while one of its entries does).
         var keptStores: [Row] = []
+        var keptUsers: [Int] = []
         var storeIndex: [Int: Int] = [:]
         for index in entries.indices where entries[index].store >= 0 {
             let old = entries[index].store
             if let new = storeIndex[old] {
                 entries[index].store = new
+                keptUsers[new] += 1
             } else {
                 storeIndex[old] = keptStores.count
                 entries[index].store = keptStores.count
                 keptStores.append(stores[old])
+                keptUsers.append(1)
             }
         }
         stores = keptStores
+        storeUsers = keptUsers
         byKey.removeAll()
         byObject.removeAll(keepingCapacity: true)
         for index in entries.indices {
@@ -143,6 +154,9 @@ public final class Session {
 
     /// The entries the session holds, forgotten ones not dropped yet included (for tests).
     var trackedCount: Int { entries.count }
+
+    /// The snapshot stores holding rows (for tests).
+    var liveStoreCount: Int { stores.filter { !$0.columns.isEmpty }.count }
 
     /// Tracks a new object; returns whether it was new to the session.
     @discardableResult
@@ -199,6 +213,12 @@ public final class Session {
         if let key = key(of: index), byKey[key] == index { byKey[key] = nil }
         otherKeys[id] = nil
         relations[id] = nil
+        // Its snapshot is not needed any more.
+        if entries[index].store >= 0 {
+            releaseStore(entries[index].store)
+            entries[index].store = -1
+            entries[index].ownsStore = false
+        }
     }
 
     // MARK: Loading
@@ -240,12 +260,11 @@ public final class Session {
         try Self.checkKeyColumns(M.self, info, keyIndexes)
         var objects: [M] = []
         objects.reserveCapacity(result.count)
-        entries.reserveCapacity(entries.count + result.count)
+        Self.reserve(&entries, adding: result.count)
         byKey.reserveCapacity(adding: result.count, of: M.self)
         guard let first = result.first else { return [] }
         // The result's storage is the snapshot store of the entries it makes.
-        let store = stores.count
-        stores.append(Row(columns: first.columns, storage: first.storage, offset: 0))
+        let store = addStore(Row(columns: first.columns, storage: first.storage, offset: 0), users: 0)
         let tracked = entries.count
         // The entries and the identity map are held by the loop (no exclusivity check per row), then put back.
         var entries = self.entries, byKey = self.byKey
@@ -254,6 +273,14 @@ public final class Session {
         defer {
             self.entries = entries
             self.byKey = byKey
+            // The new entries use the store; when there are none (every object was tracked already, or the
+            // first row failed to decode), the session keeps no reference to the result.
+            if entries.count == tracked {
+                stores.removeLast()
+                storeUsers.removeLast()
+            } else {
+                storeUsers[store] = entries.count - tracked
+            }
         }
         for row in result {
             let (object, _) = try Self.materialize(
@@ -261,8 +288,6 @@ public final class Session {
                 entries: &entries, byKey: &byKey, otherKeys: &otherKeys)
             if let object { objects.append(object) }
         }
-        // Every object was tracked already: the session keeps no reference to the result.
-        if entries.count == tracked { stores.removeLast() }
         return objects
     }
 
@@ -272,7 +297,7 @@ public final class Session {
         let (object, created) = try Self.materialize(
             M.self, row, info: info, keyIndexes: keyIndexes, store: stores.count, offset: 0, ownsStore: true, entries: &entries,
             byKey: &byKey, otherKeys: &otherKeys)
-        if created { stores.append(row) }
+        if created { _ = addStore(row, users: 1) }
         return object
     }
 
@@ -387,11 +412,13 @@ public final class Session {
     ///   objects detached), so that it is in a known state.
     public func flush(isolation: isolated (any Actor)? = #isolation) async throws {
         compact()
+        let generation = self.generation
         let withRelationships = models.values.contains { $0.hasRelationships }
         do {
             if withRelationships {
                 try prepareRelationships()
                 try await cascadeDeletes()
+                try checkUnchanged(generation)
             }
             // Indices stay valid to the end of the flush: entries are only appended until the next compaction.
             let inserts = entries.indices.filter { entries[$0].store < 0 && !entries[$0].detached }
@@ -402,6 +429,7 @@ public final class Session {
             let links = withRelationships ? try linkChanges() : []
             if inserts.isEmpty && deletes.isEmpty && updates?.isEmpty == true && links.isEmpty { return }
             try await beginIfNeeded()
+            try checkUnchanged(generation)
             let order = try tableOrder(inserts + deletes)
             for name in order {
                 let batch = order.count == 1 ? inserts : inserts.filter { entries[$0].info.table.name == name }
@@ -409,18 +437,24 @@ public final class Session {
                 // Rows of a table that references itself (a tree) go in parents first, a level at a time.
                 for level in try insertLevels(batch) {
                     if withRelationships { try synchronizeKeys() }
-                    try await insert(level)
+                    // Models sharing a table are written apart (each with its own encoding).
+                    for group in byModel(level) { try await insert(group, generation: generation) }
                 }
             }
             if updates == nil {
                 if withRelationships { try synchronizeKeys() }
                 updates = dirtyEntries()
             }
-            try await update(updates ?? [])
-            for change in links { try await change.write(self) }
+            try await update(updates ?? [], generation: generation)
+            for change in links {
+                try await change.write(self)
+                try checkUnchanged(generation)
+            }
             for name in order.reversed() {
                 let batch = order.count == 1 ? deletes : deletes.filter { entries[$0].info.table.name == name }
-                for level in try deleteLevels(batch) { try await delete(level) }
+                for level in try deleteLevels(batch) {
+                    for group in byModel(level) { try await delete(group, generation: generation) }
+                }
             }
             if withRelationships { recordRelationships() }
         } catch {
@@ -428,6 +462,33 @@ public final class Session {
             if savepointDepth == 0 { await rollback() }
             throw error
         }
+    }
+
+    /// - Throws: ``SQLError/Kind/misuse`` when the session's entries moved since `generation` (another task
+    ///   rolled it back or flushed it while this flush waited).
+    private func checkUnchanged(_ generation: Int) throws(SQLError) {
+        guard generation == self.generation else {
+            throw SQLError(.misuse, "the session was rolled back or flushed by another task during this flush: use one session per task")
+        }
+    }
+
+    /// Entry indices grouped by model, in order of first appearance (one group in the usual case).
+    private func byModel(_ indices: [Int]) -> [[Int]] {
+        guard let first = indices.first else { return [] }
+        let info = entries[first].info
+        if indices.allSatisfy({ entries[$0].info === info }) { return [indices] }
+        var groups: [[Int]] = []
+        var position: [ObjectIdentifier: Int] = [:]
+        for index in indices {
+            let model = ObjectIdentifier(entries[index].info)
+            if let existing = position[model] {
+                groups[existing].append(index)
+            } else {
+                position[model] = groups.count
+                groups.append([index])
+            }
+        }
+        return groups
     }
 
     /// The tables of the entries to insert or delete, parents before children.
@@ -597,19 +658,42 @@ public final class Session {
         if entries[index].ownsStore {
             stores[entries[index].store] = row
         } else {
-            entries[index].store = stores.count
+            if entries[index].store >= 0 { releaseStore(entries[index].store) }
+            entries[index].store = addStore(row, users: 1)
             entries[index].ownsStore = true
-            stores.append(row)
         }
         entries[index].offset = 0
         entries[index].canonical = canonical
     }
 
-    /// Inserts new objects of one table: objects that set the same columns go in one batch (`executeMany`:
+    /// A new snapshot store used by `users` entries; its index.
+    private func addStore(_ row: Row, users: Int) -> Int {
+        stores.append(row)
+        storeUsers.append(users)
+        return stores.count - 1
+    }
+
+    /// One entry less uses the store: with none left, its rows are let go at once.
+    private func releaseStore(_ store: Int) {
+        storeUsers[store] -= 1
+        if storeUsers[store] == 0 { stores[store] = Self.noRow }
+    }
+
+    private static let noRow = Row(columns: [], values: [])
+
+    /// Room for `count` more entries, growing geometrically (an exact reservation per load would copy the
+    /// array at each of many small loads).
+    private static func reserve(_ array: inout [Entry], adding count: Int) {
+        let needed = array.count + count
+        if needed > array.capacity { array.reserveCapacity(max(needed, array.capacity * 2)) }
+    }
+
+    /// Inserts new objects of one model: objects that set the same columns go in one batch (`executeMany`:
     /// PostgreSQL pipeline mode, one round trip). A batch that leaves a column to the database (a generated
-    /// key, a default) returns its rows, which update the objects; a batch that sets every column returns
-    /// nothing, and what it sent is the snapshot.
-    private func insert(_ batchIndices: [Int], isolation: isolated (any Actor)? = #isolation) async throws {
+    /// key, a default) or has keys the database may write differently (``keysRoundTrip(_:names:_:)``)
+    /// returns its rows, which update the objects; a batch that sets every column, with integer or text keys,
+    /// returns nothing, and what it sent is the snapshot.
+    private func insert(_ batchIndices: [Int], generation: Int, isolation: isolated (any Actor)? = #isolation) async throws {
         guard let first = batchIndices.first else { return }
         let info = entries[first].info
         let table = info.table
@@ -654,6 +738,7 @@ public final class Session {
             }
             // Each column is one placeholder, in the order of `names`: the values go in as they are, positionally.
             let result = try await run(statement, batch.map(\.values))
+            try checkUnchanged(generation)
             byKey.reserveCapacity(adding: batch.count, of: info.type)
             if complete {
                 guard result.rowsAffected == batch.count else {
@@ -709,22 +794,25 @@ public final class Session {
     /// An inserted entry: its snapshot, and its key in the identity map.
     private func recordInsert(_ index: Int, _ snapshot: Row, key: IdentityKey, canonical: Bool) {
         setSnapshot(index, snapshot, canonical: canonical)
-        setKey(of: index, key)
-        byKey[key] = index
+        assign(key, to: index)
     }
 
     /// Updates the changed columns of persistent objects: objects of one table changing the same columns go
     /// in one batch; a versioned object's update applies only to the version it read.
-    private func update(_ dirty: [(index: Int, values: ColumnValues, changed: [String])], isolation: isolated (any Actor)? = #isolation) async throws {
+    private func update(
+        _ dirty: [(index: Int, values: ColumnValues, changed: [String])], generation: Int, isolation: isolated (any Actor)? = #isolation
+    ) async throws {
+        /// One model (models sharing a table are written apart, each with its own encoding) and the columns
+        /// that changed.
         struct BatchKey: Hashable {
-            let table: String
+            let model: ObjectIdentifier
             let changed: [String]
         }
         var batches: [BatchKey: [(index: Int, values: ColumnValues)]] = [:]
         var order: [BatchKey] = []
         for (index, values, changed) in dirty {
             let info = entries[index].info
-            let key = BatchKey(table: info.table.name, changed: changed.filter { $0 != info.versionColumn })
+            let key = BatchKey(model: ObjectIdentifier(info), changed: changed.filter { $0 != info.versionColumn })
             if batches[key] == nil { order.append(key) }
             batches[key, default: []].append((index, values))
         }
@@ -753,6 +841,7 @@ public final class Session {
                 return set
             }
             let result = try await run(statement, sets)
+            try checkUnchanged(generation)
             let written = version == nil ? result.rowsAffected : result.count
             guard written == batch.count else {
                 throw SQLError(
@@ -770,16 +859,14 @@ public final class Session {
                 if keyChanged {
                     // A new primary key: the identity map follows it.
                     if let old = self.key(of: index), byKey[old] == index { byKey[old] = nil }
-                    let new = IdentityKey(info.type, keyNames.map { values[$0] ?? .null })
-                    setKey(of: index, new)
-                    byKey[new] = index
+                    assign(IdentityKey(info.type, keyNames.map { values[$0] ?? .null }), to: index)
                 }
             }
         }
     }
 
-    /// Deletes persistent objects of one table in one batch (a versioned object only at the version it read).
-    private func delete(_ batch: [Int], isolation: isolated (any Actor)? = #isolation) async throws {
+    /// Deletes persistent objects of one model in one batch (a versioned object only at the version it read).
+    private func delete(_ batch: [Int], generation: Int, isolation: isolated (any Actor)? = #isolation) async throws {
         guard let first = batch.first else { return }
         let info = entries[first].info
         let table = info.table
@@ -798,6 +885,7 @@ public final class Session {
             return set
         }
         let result = try await run(statement, sets)
+        try checkUnchanged(generation)
         guard result.rowsAffected == batch.count else {
             throw SQLError(
                 .staleData,
@@ -1012,6 +1100,8 @@ public final class Session {
     private func detachAll() {
         entries.removeAll()
         stores.removeAll()
+        storeUsers.removeAll()
+        generation += 1
         byKey = IdentityMap()
         otherKeys.removeAll()
         relations.removeAll()
@@ -1082,6 +1172,17 @@ public final class Session {
         case .integer: IdentityKey(entries[index].info.type, integer: entries[index].keyInteger)
         case .other: otherKeys[ObjectIdentifier(entries[index].object)]
         }
+    }
+
+    /// Maps `key` to an entry. An entry the map had under that key (its row changed or deleted behind the
+    /// session's back) loses it, so that no later rebuild of the map gives the key back to it.
+    private func assign(_ key: IdentityKey, to index: Int) {
+        if let previous = byKey[key], previous != index, previous < entries.count {
+            entries[previous].keyKind = .none
+            otherKeys[ObjectIdentifier(entries[previous].object)] = nil
+        }
+        setKey(of: index, key)
+        byKey[key] = index
     }
 
     private func setKey(of index: Int, _ key: IdentityKey) {
