@@ -369,6 +369,43 @@ struct SessionTreeTests {
         }
     }
 
+    @Test("get: from the identity map, or an added object not inserted yet, or one query without a flush",
+          arguments: TestBackend.selected, TestDatabase.allCases)
+    func getWithoutFlush(_ backend: TestBackend, _ database: TestDatabase) async throws {
+        let logs = CapturedLogs()
+        var logger = Logger(label: "orm") { _ in CapturingHandler(sink: logs) }
+        logger.logLevel = .debug
+        func statements(_ verb: String) -> Int { logs.all.filter { $0.contains("execute") && $0.contains(verb) }.count }
+        try await database.withPrivateConnection(backend, logger: logger) { connection in
+            try await Self.schema.createAll(on: connection)
+            let writer = Session(connection: connection)
+            writer.addAll((1...3).map { Category("c\($0)") })
+            try await writer.commit()
+
+            let session = Session(connection: connection)
+            let loaded = try await session.scalars(select(ReversedCategory.self).orderBy(Categories.name.asc()))
+            loaded[0].name = "changed"
+            let (selects, updates, inserts) = (statements("SELECT"), statements("UPDATE"), statements("INSERT"))
+            // A key the session does not have: one query, and the pending change is not flushed for it.
+            #expect(try await session.get(ReversedCategory.self, Int64(999)) == nil)
+            #expect(statements("SELECT") == selects + 1 && statements("UPDATE") == updates)
+            // An added object with an explicit key: found without a query or an insert.
+            let added = ReversedCategory(name: "added")
+            added.id = 500
+            session.add(added)
+            #expect(try await session.get(ReversedCategory.self, Int64(500)) === added)
+            #expect(statements("SELECT") == selects + 1 && statements("INSERT") == inserts)
+            // A deleted one: nil, without a query.
+            try session.delete(loaded[1])
+            #expect(try await session.get(ReversedCategory.self, try #require(loaded[1].id)) == nil)
+            #expect(statements("SELECT") == selects + 1)
+            try await session.commit()
+            #expect(statements("UPDATE") == updates + 1 && statements("INSERT") == inserts + 1)
+            #expect(try await Self.tree(connection).keys.sorted() == ["added", "c3", "changed"])
+            try await Self.schema.dropAll(on: connection)
+        }
+    }
+
     @Test("a session shared by two tasks of one actor: a flush whose entries another task rolled back stops with a typed error",
           arguments: TestBackend.selected, TestDatabase.allCases)
     func sharedSessionMisuse(_ backend: TestBackend, _ database: TestDatabase) async throws {

@@ -50,7 +50,7 @@ public final class Session {
     /// During a flush: the objects live owners' loaded relationships hold.
     private(set) var held = Set<ObjectIdentifier>()
 
-    /// Whether queries flush pending changes first (default: on).
+    /// Whether queries flush pending changes first (default: on). ``get(_:key:isolation:)`` never does.
     public var autoflush = true
 
     /// Keys per `IN` list when relationships are loaded: SQLite allows 32,766 parameters in a statement,
@@ -224,23 +224,42 @@ public final class Session {
     // MARK: Loading
 
     /// The object with primary key `key` (one column), from the identity map when loaded, else from the
-    /// database; `nil` when there is none.
+    /// database; `nil` when there is none. See ``get(_:key:isolation:)``.
     public func get<M: Model>(_ type: M.Type, _ key: some SQLBindable, isolation: isolated (any Actor)? = #isolation) async throws -> M? {
         try await get(type, key: [key.sqlValue])
     }
 
     /// The object with the composite primary key `key` (values in the order of the key's columns).
     ///
+    /// Without a query when the session has it: loaded (`nil` when it is deleted in the session), or added
+    /// and not inserted yet. Otherwise one query by primary key, without flushing first (a loop of `get`s in
+    /// a session holding many objects would otherwise check them all each time): only those objects could
+    /// change its answer, and they are looked at first. (A primary key changed on a loaded object and not
+    /// flushed yet is not seen by `get` under its new value.)
+    ///
     /// - Throws: ``SQLError/Kind/misuse`` when `key` has not as many values as the primary key has columns.
     public func get<M: Model>(_ type: M.Type, key: [SQLValue], isolation: isolated (any Actor)? = #isolation) async throws -> M? {
         let table = M.Schema.table
         let names = try Self.checkKey(M.self, table, key)
-        if let index = byKey[IdentityKey(M.self, key)], !entries[index].deleted, let object = entries[index].object as? M {
-            return object
+        if let index = byKey[IdentityKey(M.self, key)], let object = entries[index].object as? M {
+            return entries[index].deleted ? nil : object
         }
+        if let added = added(M.self, names, key) { return added }
         var query = select(all: M.Schema.self)
         query.conditions.append(Self.keyCondition(table, names, key))
-        return try await objects(query, as: M.self).first
+        return try await fetch(query, as: M.self).first
+    }
+
+    /// The object of type `M` added to the session, its insert pending, whose key columns `names` hold `key`.
+    private func added<M: Model>(_ type: M.Type, _ names: [String], _ key: [SQLValue]) -> M? {
+        var values = ColumnValues(capacity: names.count)
+        for index in entries.indices where entries[index].store < 0 && !entries[index].detached {
+            guard let object = entries[index].object as? M else { continue }
+            values.removeAll()
+            object.encode(to: &values)
+            if zip(names, key).allSatisfy({ values[$0] == $1 }) { return object }
+        }
+        return nil
     }
 
     /// The objects a query returns (select every column of `M`'s table: ``select(all:)``), through the
