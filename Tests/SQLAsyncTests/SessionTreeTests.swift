@@ -402,6 +402,14 @@ struct SessionTreeTests {
             try await session.commit()
             #expect(statements("UPDATE") == updates + 1 && statements("INSERT") == inserts + 1)
             #expect(try await Self.tree(connection).keys.sorted() == ["added", "c3", "changed"])
+
+            // merge, unlike get, writes pending changes first: a deleted row replaced by a merged object.
+            try session.delete(loaded[2])
+            let replacement = ReversedCategory(name: "replacement")
+            replacement.id = loaded[2].id
+            #expect(try await session.merge(replacement) === replacement)
+            try await session.commit()
+            #expect(try await Self.tree(connection).keys.sorted() == ["added", "changed", "replacement"])
             try await Self.schema.dropAll(on: connection)
         }
     }

@@ -410,6 +410,9 @@ public final class Session {
             add(object)
             return object
         }
+        // Pending changes first (as a query would): a deletion of the same key, say, is written before the
+        // object that replaces it is added.
+        if autoflush { try await flush() }
         if let existing = try await get(M.self, key: key) {
             try existing.update(from: values.row)
             return existing
