@@ -241,10 +241,11 @@ public final class Session {
     public func get<M: Model>(_ type: M.Type, key: [SQLValue], isolation: isolated (any Actor)? = #isolation) async throws -> M? {
         let table = M.Schema.table
         let names = try Self.checkKey(M.self, table, key)
-        if let index = byKey[IdentityKey(M.self, key)], let object = entries[index].object as? M {
-            return entries[index].deleted ? nil : object
-        }
+        let known = byKey[IdentityKey(M.self, key)]
+        if let index = known, !entries[index].deleted, let object = entries[index].object as? M { return object }
         if let added = added(M.self, names, key) { return added }
+        // Deleted in the session (and not replaced by an added object).
+        if known != nil { return nil }
         var query = select(all: M.Schema.self)
         query.conditions.append(Self.keyCondition(table, names, key))
         return try await fetch(query, as: M.self).first
