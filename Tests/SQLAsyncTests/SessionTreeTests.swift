@@ -53,10 +53,9 @@ final class ReversedCategory: Model {
     var name: String
 
     init(name: String) { self.name = name }
-    init(row: Row) throws {
-        id = try row.decode(Categories.id.name)
-        parentID = try row.decode(Categories.parentID.name)
-        name = try row.decode(Categories.name.name)
+    convenience init(row: Row) throws {
+        self.init(name: "")
+        try update(from: row)
     }
     func update(from row: Row) throws {
         id = try row.decode(Categories.id.name)
@@ -77,10 +76,10 @@ final class AssigningCategory: Model {
     var parentID: Int64?
     var name: String
 
-    init(row: Row) throws {
-        id = try row.decode(Categories.id.name)
-        parentID = try row.decode(Categories.parentID.name)
-        name = try row.decode(Categories.name.name)
+    init(name: String) { self.name = name }
+    convenience init(row: Row) throws {
+        self.init(name: "")
+        try update(from: row)
     }
     func update(from row: Row) throws {
         id = try row.decode(Categories.id.name)
