@@ -13,12 +13,16 @@ final class Parker<Value: Sendable>: Sendable, CancellationWaker {
     @usableFromInline
     enum State: Sendable {
         case idle
-        case waiting(UnsafeContinuation<Value, any Error>)
+        /// Suspended; `accounting` is the runtime whose blocked-task count includes this wait, if any.
+        case waiting(UnsafeContinuation<Value, any Error>, TaskAccounting?)
         case resolvedEarly(Result<Value, any Error>)
         case done
     }
 
     @usableFromInline let state: Mutex<State>
+    /// Set when Swift task cancellation reached this wait while a shield hid it: a shield turned off later
+    /// must still wake the wait.
+    @usableFromInline let taskCancellationSeen = Atomic<Bool>(false)
 
     @usableFromInline
     enum Outcome { case resumeNow(UnsafeContinuation<Value, any Error>), stored, alreadyFinished }
@@ -43,8 +47,10 @@ final class Parker<Value: Sendable>: Sendable, CancellationWaker {
             case .idle:
                 state = .resolvedEarly(result)
                 return .stored
-            case .waiting(let continuation):
+            case .waiting(let continuation, let accounting):
                 state = .done
+                // Under the lock, so that the task is never counted blocked and runnable at once.
+                accounting?.taskUnblocked()
                 return .resumeNow(continuation)
             case .resolvedEarly, .done:
                 return .alreadyFinished
@@ -87,14 +93,23 @@ final class Parker<Value: Sendable>: Sendable, CancellationWaker {
     /// Wakes the wait because an enclosing cancel scope was cancelled.
     @inlinable func wakeForCancellation() { resume(.failure(CancellationError())) }
 
+    @inlinable func noteTaskCancellation() { taskCancellationSeen.store(true, ordering: .sequentiallyConsistent) }
+    @inlinable var hasSeenTaskCancellation: Bool { taskCancellationSeen.load(ordering: .sequentiallyConsistent) }
+
     /// Suspends until the wait is finished. Call at most once.
+    ///
+    /// - Parameter accounting: the runtime whose blocked-task count this wait joins while suspended (for
+    ///   `Runtime.waitAllTasksBlocked`), or `nil`.
     @inlinable
-    func wait(isolation: isolated (any Actor)? = #isolation) async throws -> Value {
+    func wait(counting accounting: TaskAccounting? = nil, isolation: isolated (any Actor)? = #isolation)
+        async throws -> Value
+    {
         try await withUnsafeThrowingContinuation(isolation: isolation) { continuation in
             let early: Result<Value, any Error>? = state.withLock { state in
                 switch state {
                 case .idle:
-                    state = .waiting(continuation)
+                    state = .waiting(continuation, accounting)
+                    accounting?.taskBlocked()
                     return nil
                 case .resolvedEarly(let result):
                     state = .done
@@ -104,7 +119,11 @@ final class Parker<Value: Sendable>: Sendable, CancellationWaker {
                     preconditionFailure("Parker.wait called twice")
                 }
             }
-            if let early { continuation.resume(with: early) }
+            if let early {
+                continuation.resume(with: early)
+            } else if let accounting, accounting.hasIdleWaiters {
+                accounting.wakeIdleWaitersIfAllBlocked()
+            }
         }
     }
 }
@@ -113,4 +132,8 @@ final class Parker<Value: Sendable>: Sendable, CancellationWaker {
 @usableFromInline
 protocol CancellationWaker: AnyObject, Sendable {
     func wakeForCancellation()
+    /// Records that Swift task cancellation reached the wait while a shield hid it.
+    func noteTaskCancellation()
+    /// Whether ``noteTaskCancellation()`` was called.
+    var hasSeenTaskCancellation: Bool { get }
 }

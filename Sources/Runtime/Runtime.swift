@@ -13,7 +13,7 @@ import Synchronization
 ///
 /// Backends create one per run and enter it with ``enter(isolation:_:)``.
 public final class Runtime: Sendable {
-    @TaskLocal static var taskLocal: Runtime?
+    @TaskLocal @usableFromInline static var taskLocal: Runtime?
 
     /// The runtime of the calling task.
     ///
@@ -36,6 +36,9 @@ public final class Runtime: Sendable {
 
     /// Tasks started by this runtime's task groups that have not finished yet.
     let liveTaskCount = Atomic<Int>(0)
+
+    /// Every task of the runtime and how many are blocked, for ``waitAllTasksBlocked(cushion:isolation:)``.
+    @usableFromInline let accounting = TaskAccounting()
 
     /// Wraps `backend`. Backends call this from their entry point, once per run.
     ///
@@ -67,7 +70,9 @@ public final class Runtime: Sendable {
         isolation: isolated (any Actor)? = #isolation,
         _ body: () async throws -> T
     ) async rethrows -> T {
-        try await withTaskExecutorPreference(backend.executor, isolation: isolation) {
+        accounting.taskStarted()
+        defer { accounting.taskFinished() }
+        return try await withTaskExecutorPreference(backend.executor, isolation: isolation) {
             try await Runtime.$taskLocal.withValue(self, operation: body)
         }
     }
@@ -95,21 +100,24 @@ extension Runtime {
         // scope registration and no deadline timer.
         if parker.isResolved { return try await parker.wait() }
         guard let scope else {
+            let accounting = taskLocal?.accounting
             return try await withTaskCancellationHandler(
-                operation: { try await parker.wait() },
+                operation: { try await parker.wait(counting: accounting) },
                 onCancel: { parker.wakeForCancellation() },
                 isolation: isolation)
         }
         scope.registerWaker(parker)
         defer { scope.unregisterWaker(parker) }
-        if scope.isShieldedChain {
-            // Swift task cancellation is sticky; inside a shield runtime waits ignore it, and the first
-            // checkpoint after the shield sees it.
-            return try await parker.wait()
-        }
+        let accounting = scope.accounting
         return try await withTaskCancellationHandler(
-            operation: { try await parker.wait() },
-            onCancel: { parker.wakeForCancellation() },
+            operation: { try await parker.wait(counting: accounting) },
+            onCancel: {
+                // Swift task cancellation is sticky; inside a shield runtime waits ignore it, and the first
+                // checkpoint after the shield sees it. Noted first, so that a shield turned off later wakes
+                // this wait (CancelScope.shield's setter checks the note after clearing the flag).
+                parker.noteTaskCancellation()
+                if !scope.isShieldedChain { parker.wakeForCancellation() }
+            },
             isolation: isolation)
     }
 
@@ -119,7 +127,7 @@ extension Runtime {
         _ parker: Parker<Value>,
         isolation: isolated (any Actor)? = #isolation
     ) async throws -> Value {
-        try await parker.wait()
+        try await parker.wait(counting: (CancelScope.current?.accounting) ?? taskLocal?.accounting)
     }
 
     /// Suspends until `parker` resumes; when cancellation arrives meanwhile, calls `onCancel` once and keeps
@@ -135,10 +143,13 @@ extension Runtime {
         let scope = CancelScope.current
         scope?.registerWaker(waker)
         defer { scope?.unregisterWaker(waker) }
-        if scope?.isShieldedChain == true { return try await parker.wait() }
+        let accounting = scope?.accounting ?? taskLocal?.accounting
         return try await withTaskCancellationHandler(
-            operation: { try await parker.wait() },
-            onCancel: { waker.wakeForCancellation() },
+            operation: { try await parker.wait(counting: accounting) },
+            onCancel: {
+                waker.noteTaskCancellation()
+                if scope?.isShieldedChain != true { waker.wakeForCancellation() }
+            },
             isolation: isolation)
     }
 }
@@ -147,7 +158,10 @@ extension Runtime {
 @usableFromInline
 final class CallbackWaker: CancellationWaker {
     private let action: Mutex<(@Sendable () -> Void)?>
+    private let taskCancellationSeen = Atomic<Bool>(false)
     @usableFromInline init(_ action: @escaping @Sendable () -> Void) { self.action = Mutex(action) }
+    @usableFromInline func noteTaskCancellation() { taskCancellationSeen.store(true, ordering: .sequentiallyConsistent) }
+    @usableFromInline var hasSeenTaskCancellation: Bool { taskCancellationSeen.load(ordering: .sequentiallyConsistent) }
     @usableFromInline func wakeForCancellation() {
         let action = self.action.withLock { action -> (@Sendable () -> Void)? in
             defer { action = nil }

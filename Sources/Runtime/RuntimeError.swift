@@ -33,8 +33,16 @@ public struct RuntimeError: Error, Sendable, Hashable, CustomStringConvertible {
         public static let taskGroupClosed = Code("taskGroupClosed")
         /// A task started with `start` ended without calling `started(_:)`.
         public static let taskNotStarted = Code("taskNotStarted")
-        /// `release()` on a lock, semaphore or limiter that was not held, or a condition used unlocked.
+        /// `release()` on a lock, semaphore or limiter that the caller does not hold, or a condition used by
+        /// a task that does not hold its lock.
         public static let notHeld = Code("notHeld")
+        /// `acquire()` on a lock the calling task holds already, or a second token of a ``CapacityLimiter``
+        /// for the same borrower (trio raises `RuntimeError`; waiting would deadlock).
+        public static let alreadyHeld = Code("alreadyHeld")
+        /// A ``CancelScope`` entered a second time (a scope is entered once).
+        public static let alreadyEntered = Code("alreadyEntered")
+        /// ``Runtime/TaskStatus/started(_:)`` called a second time.
+        public static let alreadyStarted = Code("alreadyStarted")
         /// An argument was out of range.
         public static let invalidArgument = Code("invalidArgument")
         /// The backend failed (for example a libuv call returned an error).

@@ -31,6 +31,9 @@ extension Runtime {
         isolation: isolated (any Actor)? = #isolation,
         _ body: (TaskGroup) async throws -> Void
     ) async throws {
+        // Failures leave the group outside its own scope: the scope, cancelled by the first failure, must not
+        // take the group's errors for its own cancellation.
+        var failure: (any Error)?
         _ = try await CancelScope.run(runtime: self, deadline: .never, shield: false, isolation: isolation) {
             scope in
             let group = TaskGroup(runtime: self, scope: scope)
@@ -40,8 +43,9 @@ extension Runtime {
                 group.bodyFailed(error)
             }
             await group.join()
-            try group.finish()
+            failure = try group.finish()
         }
+        if let failure { throw failure }
     }
 
     /// `withTaskGroup(isolation:_:)` on the current runtime.
@@ -204,9 +208,15 @@ extension Runtime {
         }
 
         /// Waits until every task finished. When cancelled meanwhile, cancels the tasks and keeps waiting.
+        ///
+        /// Leaving a group always gives other tasks a turn, also when it had no task (trio's schedule point);
+        /// like trio's and anyio's, an empty group's exit does not raise a pending cancellation itself.
         fileprivate func join() async {
             let parker = Parker<Void>()
-            guard registerJoiner(parker) else { return }
+            guard registerJoiner(parker) else {
+                await Task.yield()
+                return
+            }
             do {
                 try await Runtime.park(parker) {}
             } catch {
@@ -230,15 +240,18 @@ extension Runtime {
             }
         }
 
-        fileprivate func finish() throws {
+        /// Closes the group; returns the failure to rethrow, or throws `CancellationError` for the group's scope
+        /// to catch or pass on.
+        fileprivate func finish() throws(CancellationError) -> (any Error)? {
             let (errors, cancelled) = state.withLock { state in
                 state.closed = true
                 return (state.errors, state.bodyCancelled || state.joinCancelled)
             }
-            // A recorded CancellationError (one no scope explains) must not be swallowed by the group's scope.
-            if errors.count == 1, !(errors[0] is CancellationError) { throw errors[0] }
-            if !errors.isEmpty { throw ErrorGroup(errors: errors) }
+            // A recorded CancellationError (one no scope explains) stays a failure, inside an ErrorGroup.
+            if errors.count == 1, !(errors[0] is CancellationError) { return errors[0] }
+            if !errors.isEmpty { return ErrorGroup(errors: errors) }
             if cancelled { throw CancellationError() }
+            return nil
         }
     }
 
