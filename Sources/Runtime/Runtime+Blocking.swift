@@ -46,22 +46,25 @@ extension Runtime {
         _ work: @escaping @Sendable () throws -> T
     ) async throws -> T {
         let limiter = limiter ?? defaultBlockingLimiter
-        try await limiter.acquire()
+        let parker = Parker<T>()
+        // The token is lent to this call, not to the task: under `.abandon` the worker gives it back after
+        // the task has moved on (and may be in another runBlocking call).
+        let borrower = CapacityLimiter.Borrower(ObjectIdentifier(parker))
+        try await limiter.acquireWithoutYield(onBehalfOf: borrower)
         // Cancelled while waiting for the token, or in a scope cancelled meanwhile: don't start.
         do {
             try CancelScope.checkCancelled(CancelScope.current)
         } catch {
-            try? limiter.release()
+            try? limiter.release(onBehalfOf: borrower)
             throw error
         }
-        let parker = Parker<T>()
         // pending → running (the worker took it) or pending → withdrawn (the caller was cancelled first).
         let gate = StartGate()
         let abandons: Bool
         if case .abandon = onCancel.kind { abandons = true } else { abandons = false }
         backend.runBlocking {
             // When the caller abandoned the call, the token is returned only once the work is over.
-            defer { if abandons { try? limiter.release() } }
+            defer { if abandons { try? limiter.release(onBehalfOf: borrower) } }
             guard gate.start() else { return }  // withdrawn while queued: never runs
             parker.resume(Result { try work() })
         }
@@ -73,10 +76,10 @@ extension Runtime {
         }
         switch onCancel.kind {
         case .waitForCompletion:
-            defer { try? limiter.release() }
+            defer { try? limiter.release(onBehalfOf: borrower) }
             return try await Runtime.parkCallingOnCancel(parker) { _ = withdraw() }
         case .interrupt(let interrupt):
-            defer { try? limiter.release() }
+            defer { try? limiter.release(onBehalfOf: borrower) }
             return try await Runtime.parkCallingOnCancel(parker) { if !withdraw() { interrupt() } }
         case .abandon:
             do {

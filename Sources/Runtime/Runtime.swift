@@ -44,10 +44,14 @@ public final class Runtime: Sendable {
     ///
     /// - Parameters:
     ///   - backend: the backend of this run.
-    ///   - blockingTokens: the size of ``defaultBlockingLimiter``.
-    public init(backend: any RuntimeBackend, blockingTokens: Int = 40) {
+    ///   - blockingTokens: the size of ``defaultBlockingLimiter`` (≥ 1).
+    /// - Throws: ``RuntimeError/Code/invalidArgument`` when `blockingTokens` is below 1.
+    public init(backend: any RuntimeBackend, blockingTokens: Int = 40) throws(RuntimeError) {
+        guard blockingTokens >= 1 else {
+            throw RuntimeError(.invalidArgument, "blockingTokens must be >= 1, got \(blockingTokens)")
+        }
         self.backend = backend
-        self.defaultBlockingLimiter = CapacityLimiter(totalTokens: max(1, blockingTokens))
+        self.defaultBlockingLimiter = try CapacityLimiter(totalTokens: blockingTokens)
     }
 
     /// The backend's name, such as `"uv"` or `"dispatch"`.

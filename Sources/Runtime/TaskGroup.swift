@@ -9,7 +9,7 @@ extension Runtime {
     ///     try group.startSoon { try await serve(connection) }
     ///     let port = try await group.start { (status: Runtime.TaskStatus<Int>) in
     ///         let listener = try bind()
-    ///         status.started(listener.port)          // `start` returns now; the task keeps running
+    ///         try status.started(listener.port)      // `start` returns now; the task keeps running
     ///         try await listener.accept(into: group)
     ///     }
     /// }
@@ -96,7 +96,10 @@ extension Runtime {
         /// passed, while the task keeps running in the group (anyio's `start` with `task_status.started()`).
         ///
         /// Until it signals, the task belongs to this call: if it fails first, this call throws its error (the
-        /// group does not see it), and if this call is cancelled first, the task is cancelled.
+        /// group does not see it). If this call is cancelled first — also when it is called in a scope that is
+        /// cancelled already — the task still starts and runs until its first checkpoint, where the
+        /// cancellation reaches it; this call waits for it to signal or end, as trio's `start` does, and
+        /// throws what it ended with (`CancellationError`, unless it caught it and signalled).
         ///
         /// - Throws: the task's error before it signalled; ``RuntimeError/Code/taskNotStarted`` when it returned
         ///   without signalling; `CancellationError`; ``RuntimeError/Code/taskGroupClosed``.
@@ -116,12 +119,20 @@ extension Runtime {
                 _ = status.deliverFailureIfNotStarted(
                     RuntimeError(.taskNotStarted, "a task started with start() returned without calling started()"))
             }
-            do {
-                return try await Runtime.park(status.parker) {}
-            } catch {
-                if !status.hasStarted { taskScope.cancel() }
-                throw error
-            }
+            // A cancellation of the caller reaches the task through its scope; the task's own outcome is then
+            // what this call reports, so nothing it did before it signalled goes unreported.
+            return try await Runtime.parkCallingOnCancel(status.parker) { taskScope.cancel() }
+        }
+
+        /// What the group holds right now (trio's `child_tasks`).
+        public func statistics() -> Statistics {
+            Statistics(tasksRunning: state.withLock { $0.pending })
+        }
+
+        /// A snapshot of a group, from ``statistics()``.
+        public struct Statistics: Sendable, Hashable {
+            /// Tasks started in the group that have not finished.
+            public var tasksRunning: Int
         }
 
         /// Cancels the group: its scope, so every runtime wait of the body and the tasks throws, and the tasks
@@ -146,6 +157,7 @@ extension Runtime {
                 state.pending += 1
                 let id = state.nextID
                 runtime.liveTaskCount.add(1, ordering: .relaxed)
+                runtime.accounting.taskStarted()
                 // Created under the lock so that the handle is stored before the task can finish; a Task's
                 // body never runs synchronously inside its initializer.
                 state.tasks[id] = Task(executorPreference: runtime.backend.executor) {
@@ -188,6 +200,7 @@ extension Runtime {
             runtime.liveTaskCount.subtract(1, ordering: .relaxed)
             if firstFailure { cancel() }
             joiner?.resume(returning: ())
+            runtime.accounting.taskFinished()
         }
 
         fileprivate func bodyFailed(_ error: any Error) {
@@ -258,22 +271,30 @@ extension Runtime {
     /// How a task started with ``TaskGroup/start(isolation:_:)`` reports that it is ready.
     public final class TaskStatus<Value: Sendable>: Sendable {
         let parker = Parker<Value>()
-        private let startedFlag = Atomic<Bool>(false)
+        /// 0: not started; 1: `started` was called; 2: the task ended before it, its outcome delivered.
+        private let phase = Atomic<UInt8>(0)
 
         init() {}
 
         /// Whether ``started(_:)`` was called.
-        public var hasStarted: Bool { startedFlag.load(ordering: .acquiring) }
+        public var hasStarted: Bool { phase.load(ordering: .acquiring) == 1 }
 
-        /// Signals that the task is ready; `start` returns `value`. Later calls do nothing.
-        public func started(_ value: Value) {
-            if startedFlag.exchange(true, ordering: .acquiringAndReleasing) { return }
+        /// Signals that the task is ready; `start` returns `value`.
+        ///
+        /// - Throws: ``RuntimeError/Code/alreadyStarted`` when called a second time (trio raises too: a
+        ///   second value would be lost).
+        public func started(_ value: Value) throws(RuntimeError) {
+            guard phase.compareExchange(expected: 0, desired: 1, ordering: .acquiringAndReleasing).exchanged else {
+                throw RuntimeError(.alreadyStarted, "started() was called twice on the same task status")
+            }
             parker.resume(returning: value)
         }
 
         /// Delivers `error` to the `start` caller when the task has not signalled; returns whether it did.
         fileprivate func deliverFailureIfNotStarted(_ error: any Error) -> Bool {
-            if startedFlag.exchange(true, ordering: .acquiringAndReleasing) { return false }
+            guard phase.compareExchange(expected: 0, desired: 2, ordering: .acquiringAndReleasing).exchanged else {
+                return false
+            }
             return parker.resume(throwing: error)
         }
     }
@@ -281,7 +302,9 @@ extension Runtime {
 
 extension Runtime.TaskStatus where Value == Void {
     /// Signals that the task is ready.
-    public func started() { started(()) }
+    ///
+    /// - Throws: ``RuntimeError/Code/alreadyStarted`` when called a second time.
+    public func started() throws(RuntimeError) { try started(()) }
 }
 
 // MARK: - Interrupting awaits the runtime does not own

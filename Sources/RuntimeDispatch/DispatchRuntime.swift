@@ -33,7 +33,7 @@ public enum DispatchRuntime {
     ) throws -> T {
         let done = DispatchSemaphore(value: 0)
         let backend = DispatchBackend(configuration: configuration)
-        let runtime = Runtime(backend: backend, blockingTokens: configuration.blockingTokens)
+        let runtime = try Runtime(backend: backend, blockingTokens: configuration.blockingTokens)
         // The root task ends after the backend closed, so the caller returns with nothing left behind.
         let root = RootTask(runtime: runtime, { () async throws -> T in
             try await Runtime.current.enter(body, afterwards: { await backend.close() })
@@ -49,7 +49,7 @@ public enum DispatchRuntime {
         _ body: () async throws -> T
     ) async throws -> T {
         let backend = DispatchBackend(configuration: configuration)
-        let runtime = Runtime(backend: backend, blockingTokens: configuration.blockingTokens)
+        let runtime = try Runtime(backend: backend, blockingTokens: configuration.blockingTokens)
         return try await runtime.enter(isolation: isolation, body, afterwards: { await backend.close() })
     }
 }

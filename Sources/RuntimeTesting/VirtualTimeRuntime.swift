@@ -52,7 +52,7 @@ public enum VirtualTimeRuntime {
         _ body: @escaping @Sendable () async throws -> T
     ) throws -> T {
         let backend = VirtualTimeBackend(configuration: configuration)
-        let runtime = Runtime(backend: backend, blockingTokens: configuration.blockingTokens)
+        let runtime = try Runtime(backend: backend, blockingTokens: configuration.blockingTokens)
         backend.adoptCurrentThread()
         let root = RootTask(runtime: runtime, body) { backend.stop() }
         backend.drive()
@@ -67,7 +67,7 @@ public enum VirtualTimeRuntime {
         _ body: () async throws -> T
     ) async throws -> T {
         let backend = VirtualTimeBackend(configuration: configuration)
-        let runtime = Runtime(backend: backend, blockingTokens: configuration.blockingTokens)
+        let runtime = try Runtime(backend: backend, blockingTokens: configuration.blockingTokens)
         try backend.startThread()
         return try await runtime.enter(isolation: isolation, body, afterwards: { await backend.stopThread() })
     }

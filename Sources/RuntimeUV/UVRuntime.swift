@@ -46,7 +46,7 @@ public enum UVRuntime {
         _ body: @escaping @Sendable () async throws -> T
     ) throws -> T {
         let backend = UVBackend(configuration: configuration)
-        let runtime = Runtime(backend: backend, blockingTokens: configuration.blockingTokens)
+        let runtime = try Runtime(backend: backend, blockingTokens: configuration.blockingTokens)
         backend.loop.adoptCurrentThread()
         let root = RootTask(runtime: runtime, body) { backend.loop.stop() }
         backend.loop.drive()
@@ -66,7 +66,7 @@ public enum UVRuntime {
         _ body: () async throws -> T
     ) async throws -> T {
         let backend = UVBackend(configuration: configuration)
-        let runtime = Runtime(backend: backend, blockingTokens: configuration.blockingTokens)
+        let runtime = try Runtime(backend: backend, blockingTokens: configuration.blockingTokens)
         try backend.startThread()
         return try await runtime.enter(isolation: isolation, body, afterwards: { try await backend.stopThread() })
     }

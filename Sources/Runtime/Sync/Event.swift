@@ -15,6 +15,15 @@ public final class Event: Sendable {
     /// Whether ``set()`` was called.
     public var isSet: Bool { state.withLock { $0.isSet } }
 
+    /// A snapshot of the event (trio's `EventStatistics`).
+    public struct Statistics: Sendable, Hashable {
+        /// Tasks blocked in ``Event/wait()``.
+        public var tasksWaiting: Int
+    }
+
+    /// What the event holds right now.
+    public func statistics() -> Statistics { Statistics(tasksWaiting: state.withLock { $0.waiters.count }) }
+
     /// Sets the flag and wakes every waiter. Idempotent; safe from any thread.
     public func set() {
         let waiters = state.withLock { state -> [Parker<Void>] in
@@ -26,11 +35,13 @@ public final class Event: Sendable {
         for waiter in waiters { waiter.resume(returning: ()) }
     }
 
-    /// Waits until the flag is set. Returns at once when it is, after checking for cancellation.
+    /// Waits until the flag is set. A checkpoint: when it is set already, checks for cancellation and lets
+    /// other tasks run before returning.
     ///
     /// - Throws: `CancellationError` when an enclosing cancel scope, or the task, is cancelled.
     public func wait() async throws {
         let parker = Parker<Void>()
+        var parked = true
         do {
             try await Runtime.park(parker) {
                 let alreadySet = state.withLock { state in
@@ -38,8 +49,12 @@ public final class Event: Sendable {
                     state.waiters[ObjectIdentifier(parker)] = parker
                     return false
                 }
-                if alreadySet { parker.resume(returning: ()) }
+                if alreadySet {
+                    parked = false
+                    parker.resume(returning: ())
+                }
             }
+            if !parked { await Task.yield() }
         } catch {
             _ = state.withLock { $0.waiters.removeValue(forKey: ObjectIdentifier(parker)) }
             throw error

@@ -1,5 +1,5 @@
-/// The counting core shared by ``Semaphore`` and ``CapacityLimiter``: available permits and a FIFO of
-/// waiters; a released permit goes straight to the first waiter.
+/// The counting core of ``Semaphore``: available permits and a FIFO of waiters; a released permit goes
+/// straight to the first waiter.
 struct PermitPool: Sendable {
     var available: Int
     var waiters = WaitQueue<Void>()
@@ -27,21 +27,27 @@ struct PermitPool: Sendable {
 }
 
 extension PermitPool {
-    /// Shared acquire path: checks cancellation, takes a permit or parks for one.
+    /// Shared acquire path: checks cancellation, takes a permit or parks for one. Returns whether the permit
+    /// was taken without waiting.
     static func acquire(
         isolation: isolated (any Actor)? = #isolation,
         take: (Parker<Void>) -> Bool,
         remove: (Parker<Void>) -> Void
-    ) async throws {
+    ) async throws -> Bool {
         try CancelScope.checkCancelled(CancelScope.current)
         let parker = Parker<Void>()
+        var immediate = false
         do {
             try await Runtime.park(parker) {
-                if take(parker) { parker.resume(returning: ()) }
+                if take(parker) {
+                    immediate = true
+                    parker.resume(returning: ())
+                }
             }
         } catch {
             remove(parker)
             throw error
         }
+        return immediate
     }
 }

@@ -11,6 +11,9 @@ public final class Semaphore: Sendable {
     ///   - maxValue: when given, ``release()`` above it throws ``RuntimeError/Code/invalidArgument``.
     /// - Throws: ``RuntimeError/Code/invalidArgument`` for a negative value or one above `maxValue`.
     public init(initialValue: Int, maxValue: Int? = nil) throws(RuntimeError) {
+        if let maxValue, maxValue < 0 {
+            throw RuntimeError(.invalidArgument, "Semaphore maxValue must be >= 0, got \(maxValue)")
+        }
         guard initialValue >= 0 else {
             throw RuntimeError(.invalidArgument, "Semaphore initialValue must be >= 0, got \(initialValue)")
         }
@@ -24,13 +27,28 @@ public final class Semaphore: Sendable {
     /// The number of permits available now.
     public var value: Int { pool.withLock { $0.available } }
 
-    /// Waits for a permit and takes it.
+    /// A snapshot of the semaphore (trio's `statistics()`).
+    public struct Statistics: Sendable, Hashable {
+        /// The number of permits available.
+        public var value: Int
+        /// Tasks blocked in ``Semaphore/acquire()``.
+        public var tasksWaiting: Int
+    }
+
+    /// What the semaphore holds right now.
+    public func statistics() -> Statistics {
+        pool.withLock { Statistics(value: $0.available, tasksWaiting: $0.waiters.count) }
+    }
+
+    /// Waits for a permit and takes it. A checkpoint, also when a permit is free; waiters are served in
+    /// order, a released permit going straight to the first.
     ///
     /// - Throws: `CancellationError` (then no permit is held).
     public func acquire() async throws {
-        try await PermitPool.acquire(
+        let immediate = try await PermitPool.acquire(
             take: { parker in pool.withLock { $0.takeOrEnqueue(parker) } },
             remove: { parker in _ = pool.withLock { $0.waiters.remove(parker) } })
+        if immediate { await Task.yield() }
     }
 
     /// Takes a permit if one is free; returns whether it did.

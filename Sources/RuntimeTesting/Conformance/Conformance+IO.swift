@@ -187,7 +187,7 @@ extension RuntimeConformance {
                 }
 
                 // The limiter bounds concurrency.
-                let limiter = CapacityLimiter(totalTokens: 2)
+                let limiter = try CapacityLimiter(totalTokens: 2)
                 let gauge = Gauge()
                 try await Runtime.withTaskGroup { group in
                     for _ in 0..<6 {
@@ -239,7 +239,7 @@ extension RuntimeConformance {
                 // Abandon: returns at once; the closure runs on and keeps its token until it ends.
                 let abandonedFinished = Flag()
                 let mayFinish = Flag()
-                let abandonLimiter = CapacityLimiter(totalTokens: 1)
+                let abandonLimiter = try CapacityLimiter(totalTokens: 1)
                 let abandoned: Int? = try await withCancelScope { scope in
                     try await runtime.runBlocking(limiter: abandonLimiter, onCancel: .abandon) { () -> Int in
                         scope.cancel()
@@ -250,7 +250,7 @@ extension RuntimeConformance {
                 }
                 try check(abandoned == nil, "an abandoned call did not throw CancellationError")
                 try check(!abandonedFinished.isSet, "abandon waited for the closure")
-                try check(!abandonLimiter.tryAcquire(), "the abandoned closure gave its token back while running")
+                try check(!(try abandonLimiter.tryAcquire()), "the abandoned closure gave its token back while running")
                 mayFinish.set()
                 try await abandonLimiter.acquire()  // granted only once the abandoned closure ended
                 try check(abandonedFinished.isSet, "the abandoned closure's token came back before it ended")

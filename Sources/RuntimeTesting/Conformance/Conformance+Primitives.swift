@@ -36,7 +36,7 @@ extension RuntimeConformance {
         ConformanceTest("j.semaphore-limiter", "a Semaphore and a CapacityLimiter bound concurrency") { backend in
             try await backend.run {
                 let semaphore = try Semaphore(initialValue: 3)
-                let limiter = CapacityLimiter(totalTokens: 2)
+                let limiter = try CapacityLimiter(totalTokens: 2)
                 let semaphoreGauge = Gauge()
                 let limiterGauge = Gauge()
                 try await Runtime.withTaskGroup { group in
@@ -59,36 +59,40 @@ extension RuntimeConformance {
                 try check(limiterGauge.peak == 2, "limiter of 2 allowed \(limiterGauge.peak)")
                 try check(semaphore.value == 3 && limiter.availableTokens == 2, "permits were not all returned")
 
-                // Raising a limiter's size wakes waiters.
-                try await limiter.acquire()
-                try await limiter.acquire()
+                // Raising a limiter's size lends the new token to the waiter at once.
+                let a = CapacityLimiter.Borrower("a")
+                let b = CapacityLimiter.Borrower("b")
+                try await limiter.acquire(onBehalfOf: a)
+                try await limiter.acquire(onBehalfOf: b)
                 try await Runtime.withTaskGroup { group in
                     try group.startSoon { try await limiter.acquire() }
-                    try await Runtime.sleep(for: .milliseconds(2))
+                    try await Runtime.waitAllTasksBlocked()
                     try check(limiter.borrowedTokens == 2, "a third token was lent")
-                    limiter.totalTokens = 3
+                    try limiter.setTotalTokens(3)
+                    try check(limiter.borrowedTokens == 3, "raising totalTokens did not lend to the waiter at once")
                 }
                 try check(limiter.borrowedTokens == 3, "raising totalTokens did not wake the waiter")
 
-                // Lowering below what is borrowed is a debt that new tokens pay before any waiter gets one.
-                let debtor = CapacityLimiter(totalTokens: 2)
-                try await debtor.acquire()
-                try await debtor.acquire()
-                debtor.totalTokens = 1
+                // Lowering below what is borrowed: borrowers keep their tokens, and returned tokens pay the
+                // difference before any waiter gets one.
+                let debtor = try CapacityLimiter(totalTokens: 2)
+                try await debtor.acquire(onBehalfOf: a)
+                try await debtor.acquire(onBehalfOf: b)
+                try debtor.setTotalTokens(1)
                 let woke = Flag()
                 try await Runtime.withTaskGroup { group in
                     try group.startSoon {
                         try await debtor.acquire()
                         woke.set()
                     }
-                    try await Runtime.sleep(for: .milliseconds(2))
-                    debtor.totalTokens = 2
-                    try await Runtime.sleep(for: .milliseconds(2))
+                    try await Runtime.waitAllTasksBlocked()
+                    try debtor.setTotalTokens(2)
+                    try await Runtime.waitAllTasksBlocked()
                     try check(!woke.isSet, "a waiter got a token while 2 of 2 were borrowed")
-                    try debtor.release()
+                    try debtor.release(onBehalfOf: a)
                 }
                 try check(woke.isSet && debtor.borrowedTokens == 2, "the waiter did not get the returned token")
-                debtor.totalTokens = Int.max  // "unbounded": must not loop per token
+                try debtor.setTotalTokens(Int.max)  // "unbounded": must not loop per token
                 try check(debtor.availableTokens == Int.max - 2, "availableTokens is \(debtor.availableTokens)")
             }
         },
@@ -113,11 +117,11 @@ extension RuntimeConformance {
                     while waiting.value < 5 { try await Runtime.sleep(for: .milliseconds(1)) }
                     try await condition.withLock {}
                     try check(woken.value == 0, "waiters woke without a notification")
-                    try await condition.withLock { condition.notify() }
+                    try await condition.withLock { try condition.notify() }
                     while woken.value == 0 { try await Runtime.sleep(for: .milliseconds(1)) }
                     try await Runtime.sleep(for: .milliseconds(5))
                     try check(woken.value == 1, "notify() woke \(woken.value) waiters")
-                    try await condition.withLock { condition.notifyAll() }
+                    try await condition.withLock { try condition.notifyAll() }
                 }
                 try check(woken.value == 5, "notifyAll() left waiters asleep: \(woken.value) of 5 woke")
                 try check(!condition.lock.isLocked, "the condition's lock is still held")

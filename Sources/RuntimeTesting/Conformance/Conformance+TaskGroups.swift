@@ -123,7 +123,7 @@ extension RuntimeConformance {
                         events.append("child-before")
                         try await Runtime.sleep(for: .milliseconds(10))
                         events.append("signal")
-                        status.started(42)
+                        try status.started(42)
                         try await Runtime.sleep(for: .milliseconds(10))
                         events.append("child-after")
                     }
