@@ -29,8 +29,12 @@ extension Runtime {
         }
     }
 
-    /// Suspends for `duration` on the runtime's clock.
+    /// Suspends for `duration` on the runtime's clock. A zero duration is a `checkpoint()`.
+    ///
+    /// - Throws: ``RuntimeError/Code/invalidArgument`` for a negative `duration` (trio refuses it too: it is
+    ///   a bug in the caller's arithmetic, not a request to return at once); `CancellationError`.
     public func sleep(for duration: Duration) async throws {
+        try CancelScope.validate(duration, "sleep(for:)", "duration")
         try await sleep(until: now.advanced(by: duration))
     }
 

@@ -26,9 +26,12 @@
 /// - **Executor.** Tasks of this runtime prefer ``executor`` (SE-0417), so structured children,
 ///   `async let`, nonisolated async functions and default actors run on it too.
 /// - **After the run.** A task can outlive its run (an unstructured `Task` holding the runtime). Once the
-///   backend has shut down, new timers fire at once, new watches fail with ``RuntimeError/Code/closed``,
-///   `forget` returns at once, and blocking work still runs; jobs sent to the executor continue on Swift's
-///   global executor. Nothing hangs and nothing touches released resources.
+///   backend has shut down, new timers fire at once — on another thread, through ``LateCallbacks``, never
+///   inside `scheduleTimer` — new watches fail with ``RuntimeError/Code/closed`` (thrown, or through `ready`
+///   on another thread), `forget` returns at once, and blocking work still runs; jobs sent to the executor
+///   continue on Swift's global executor. Nothing hangs and nothing touches released resources. (Code on top
+///   of the contract still never calls a backend while holding a lock its callbacks take: a cancel scope
+///   arms its deadline timer outside its own lock.)
 ///
 /// The conformance suite in `RuntimeTesting` checks all of this; a third backend passes it and needs
 /// nothing else. See the "Writing a backend" article.

@@ -129,9 +129,9 @@ final class DispatchExecutor: TaskExecutor, Sendable {
     private static let batchSize = 128
 
     init(queue: DispatchQueue) {
+        // Not kept alive on purpose: a task started with `Task(executorPreference:)` retains its executor, and
+        // `withTaskExecutorPreference` holds it for its scope, so a task that outlives the run keeps it.
         self.queue = queue
-        // Kept alive on purpose: a task may hold its preferred executor after the runtime ended.
-        _ = Unmanaged.passRetained(self)
     }
 
     func enqueue(_ job: consuming ExecutorJob) {

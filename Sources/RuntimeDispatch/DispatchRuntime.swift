@@ -79,7 +79,9 @@ final class DispatchBackend: RuntimeBackend {
     func scheduleTimer(at deadline: RuntimeInstant, _ fire: @escaping @Sendable () -> Void) -> any BackendRegistration {
         let entry = TimerQueue.Entry(deadline: deadline, fire: fire)
         guard !closedFlag.load(ordering: .acquiring) else {
-            fire()  // the run has ended: a task that outlived it is not left sleeping forever
+            // The run has ended: a task that outlived it is not left sleeping forever (fired on another
+            // thread, never inside this call).
+            LateCallbacks.deliver { if !entry.isCancelled { entry.fire() } }
             return DispatchTimerRegistration(entry: entry, loop: loop)
         }
         loop.insertTimer(entry)

@@ -25,14 +25,54 @@ import Glibc
 /// **When the clock jumps.** The loop is idle when no job is runnable. Then:
 /// - while blocking work is in flight, or outside work awaited through `Runtime.withCompletion`, it waits for
 ///   that work (the clock stands still);
-/// - while file descriptors are watched, it waits for readiness for ``Configuration/ioQuietPeriod`` of real
-///   time, and jumps only if none came;
-/// - otherwise it jumps at once to the earliest timer.
+/// - it waits ``Configuration/autojumpThreshold`` of real time (trio's `MockClock.autojump_threshold`) —
+///   while file descriptors are watched, at least ``Configuration/ioQuietPeriod`` — and jumps to the
+///   earliest timer only if nothing happened meanwhile;
+/// - with ``Autojump/never`` it never jumps by itself: only ``jump(by:)`` moves the clock.
+///
+/// A task in `Runtime.waitAllTasksBlocked(cushion:)` is woken before the clock jumps, as in trio.
 ///
 /// It is written against the public `RuntimeBackend` contract only, like a third-party backend would be.
 public enum VirtualTimeRuntime {
+    /// When an idle loop moves the virtual clock to the next deadline by itself.
+    public struct Autojump: Sendable, Hashable, CustomStringConvertible {
+        /// Real time the loop must stay idle before it jumps; `nil` for never.
+        public let threshold: Duration?
+
+        /// Jump as soon as every task is blocked (trio's `autojump_threshold = 0`; the default here).
+        public static let immediately = Autojump(threshold: .zero)
+        /// Never jump by itself: the clock moves only through ``VirtualTimeRuntime/jump(by:)`` (trio's
+        /// default, `inf`).
+        public static let never = Autojump(threshold: nil)
+
+        /// Jump once the loop has been idle for `threshold` of real time.
+        ///
+        /// - Throws: ``RuntimeError/Code/invalidArgument`` for a negative threshold.
+        public static func after(_ threshold: Duration) throws(RuntimeError) -> Autojump {
+            guard threshold >= .zero else {
+                throw RuntimeError(.invalidArgument, "Autojump.after: threshold must be >= 0, got \(threshold)")
+            }
+            return Autojump(threshold: threshold)
+        }
+
+        private init(threshold: Duration?) { self.threshold = threshold }
+
+        public var description: String { threshold.map { "after \($0)" } ?? "never" }
+
+        /// The poll(2) timeout in milliseconds, -1 for never.
+        var milliseconds: Int32 {
+            guard let threshold else { return -1 }
+            // Rounded up: a threshold of 1 µs still waits for a poll that finds nothing.
+            let ns = threshold.saturatingNanoseconds
+            return Int32(clamping: ns / 1_000_000 + (ns % 1_000_000 == 0 ? 0 : 1))
+        }
+    }
+
     /// Tuning for one run.
     public struct Configuration: Sendable {
+        /// When the idle loop jumps the clock (default ``Autojump/immediately``). Change it during a run with
+        /// ``VirtualTimeRuntime/setAutojump(_:)``.
+        public var autojump = Autojump.immediately
         /// Real time the loop waits for IO before it lets the virtual clock jump while fds are watched
         /// (default 250 ms). It bounds how long a real peer — a database server — may take to answer before
         /// virtual deadlines pass: raise it for slow peers or loaded machines, lower it for tests that only
@@ -75,12 +115,28 @@ public enum VirtualTimeRuntime {
     /// Moves the current virtual-time runtime's clock forward by `duration` and runs the timers that became
     /// due (trio's `MockClock.jump`).
     ///
-    /// - Throws: `RuntimeError.Code.invalidArgument` when the current runtime is not a virtual-time one.
+    /// - Throws: `RuntimeError.Code.invalidArgument` when the current runtime is not a virtual-time one, or
+    ///   `duration` is negative (time does not go backwards).
     public static func jump(by duration: Duration) throws(RuntimeError) {
-        guard let backend = try Runtime.current.backend as? VirtualTimeBackend else {
-            throw RuntimeError(.invalidArgument, "VirtualTimeRuntime.jump needs a virtual-time runtime")
+        guard duration >= .zero else {
+            throw RuntimeError(.invalidArgument, "VirtualTimeRuntime.jump: duration must be >= 0 (time can't go backwards), got \(duration)")
         }
-        backend.jump(by: duration)
+        try currentBackend("jump").jump(by: duration)
+    }
+
+    /// Changes when the current virtual-time runtime's idle loop jumps the clock; takes effect at once, also
+    /// while the loop is idle.
+    ///
+    /// - Throws: `RuntimeError.Code.invalidArgument` when the current runtime is not a virtual-time one.
+    public static func setAutojump(_ autojump: Autojump) throws(RuntimeError) {
+        try currentBackend("setAutojump").setAutojump(autojump)
+    }
+
+    private static func currentBackend(_ api: String) throws(RuntimeError) -> VirtualTimeBackend {
+        guard let backend = try Runtime.current.backend as? VirtualTimeBackend else {
+            throw RuntimeError(.invalidArgument, "VirtualTimeRuntime.\(api) needs a virtual-time runtime")
+        }
+        return backend
     }
 }
 
@@ -114,6 +170,7 @@ final class VirtualTimeBackend: RuntimeBackend, OutsideWorkTracking, @unchecked 
     private let closedFlag = Atomic<Bool>(false)
     private let thread = Mutex<LoopThread?>(nil)
     private let quietMilliseconds: Int32
+    private let autojumpMilliseconds: Atomic<Int32>
     private let executorObject: VirtualExecutor
 
     // Loop thread only.
@@ -124,6 +181,7 @@ final class VirtualTimeBackend: RuntimeBackend, OutsideWorkTracking, @unchecked 
     init(configuration: VirtualTimeRuntime.Configuration) {
         virtualNow = Atomic(configuration.start.nanoseconds)
         quietMilliseconds = Int32(clamping: max(0, configuration.ioQuietPeriod.saturatingNanoseconds / 1_000_000))
+        autojumpMilliseconds = Atomic(configuration.autojump.milliseconds)
         // A pipe wakes the loop from poll(2); failing to get one means the process is out of fds.
         var ends: [Int32] = [-1, -1]
         let rc = pipe(&ends)
@@ -135,7 +193,7 @@ final class VirtualTimeBackend: RuntimeBackend, OutsideWorkTracking, @unchecked 
         wakeFD = ends[0]
         wakeWriteFD = ends[1]
         executorObject = VirtualExecutor()
-        executorObject.backend = self
+        executorObject.attach(self)
     }
 
     var name: String { "virtual" }
@@ -193,7 +251,9 @@ final class VirtualTimeBackend: RuntimeBackend, OutsideWorkTracking, @unchecked 
     func scheduleTimer(at deadline: RuntimeInstant, _ fire: @escaping @Sendable () -> Void) -> any BackendRegistration {
         let entry = TimerQueue.Entry(deadline: deadline, fire: fire)
         guard !isClosed else {
-            fire()  // the run has ended: a task that outlived it is not left sleeping forever
+            // The run has ended: a task that outlived it is not left sleeping forever (fired on another
+            // thread, never inside this call).
+            LateCallbacks.deliver { if !entry.isCancelled { entry.fire() } }
             return VirtualTimer(entry: entry, backend: self)
         }
         timers.withLock { _ = $0.insert(entry) }
@@ -215,6 +275,13 @@ final class VirtualTimeBackend: RuntimeBackend, OutsideWorkTracking, @unchecked 
         }
         return fired
     }
+
+    func setAutojump(_ autojump: Autojump) {
+        autojumpMilliseconds.store(autojump.milliseconds, ordering: .relaxed)
+        wake()  // an idle loop re-reads it
+    }
+
+    typealias Autojump = VirtualTimeRuntime.Autojump
 
     func jump(by duration: Duration) {
         let step = max(0, duration.saturatingNanoseconds)
@@ -322,16 +389,15 @@ final class VirtualTimeBackend: RuntimeBackend, OutsideWorkTracking, @unchecked 
             // Idle: every task is blocked.
             let watching = shared.withLock { !$0.readers.isEmpty || !$0.writers.isEmpty }
             let nextTimer = timers.withLock { $0.nextDeadline }.flatMap { $0.isNever ? nil : $0 }
+            let threshold = autojumpMilliseconds.load(ordering: .relaxed)
             let timeout: Int32
-            if blockingInFlight.load(ordering: .acquiring) > 0 {
-                timeout = -1  // the work's completion wakes us
-            } else if watching {
-                timeout = nextTimer == nil ? -1 : quietMilliseconds
+            if blockingInFlight.load(ordering: .acquiring) > 0 || nextTimer == nil || threshold < 0 {
+                timeout = -1  // the work's completion, a jump, new work or readiness wakes us
             } else {
-                timeout = nextTimer == nil ? -1 : 0
+                timeout = watching ? max(threshold, quietMilliseconds) : threshold
             }
             if pollIO(timeout: timeout) { continue }
-            if blockingInFlight.load(ordering: .acquiring) == 0, let nextTimer,
+            if blockingInFlight.load(ordering: .acquiring) == 0, let nextTimer, threshold >= 0,
                 shared.withLock({ $0.remote.isEmpty })
             {
                 // Autojump: nothing can happen before the next deadline.
@@ -443,16 +509,28 @@ final class VirtualTimeBackend: RuntimeBackend, OutsideWorkTracking, @unchecked 
     }
 }
 
-/// The executor of a virtual-time runtime. Kept alive on purpose, like the other backends' executors.
-final class VirtualExecutor: TaskExecutor, @unchecked Sendable {
-    // @unchecked Sendable: `backend` is written once, before the executor is handed to any task.
-    unowned(unsafe) var backend: VirtualTimeBackend?
+/// The executor of a virtual-time runtime.
+///
+/// Reference-counted: the backend holds it, and so does every task that prefers it (Swift retains a task's
+/// preferred executor). It refers to the backend weakly, so that the two do not keep each other alive; jobs
+/// of a task that outlived the backend go to Swift's global executor instead of being lost.
+final class VirtualExecutor: TaskExecutor, Sendable {
+    private let backendReference = Mutex<WeakBackend>(WeakBackend())
+    private struct WeakBackend: Sendable {
+        weak var backend: VirtualTimeBackend?
+    }
 
-    init() { _ = Unmanaged.passRetained(self) }
+    init() {}
+
+    func attach(_ backend: VirtualTimeBackend) { backendReference.withLock { $0.backend = backend } }
 
     func enqueue(_ job: consuming ExecutorJob) {
         let job = UnownedJob(job)
-        backend?.submit(.job(job))
+        if let backend = backendReference.withLock({ $0.backend }) {
+            backend.submit(.job(job))
+        } else {
+            globalConcurrentExecutor.enqueue(ExecutorJob(job))
+        }
     }
 }
 

@@ -59,15 +59,16 @@ final class UVLoop: @unchecked Sendable {
     var polls: [UVPoll?] = []
     private(set) var loopCloseResult: Int32 = 0
 
-    /// The executor tasks of this loop prefer.
-    let executor: UVExecutor
+    /// The executor tasks of this loop prefer, as jobs need it. Not retained: the executor owns the loop
+    /// (tasks that prefer it keep both alive), and the backend holds the executor for the length of the run.
+    /// Set once by ``attach(_:)`` before the loop runs.
+    private var executor: UnownedTaskExecutor?
 
     init(jobsBetweenPolls: Int) {
         self.jobsBetweenPolls = max(1, jobsBetweenPolls)
         loop = .allocate(capacity: 1)
         wakeup = .allocate(capacity: 1)
         timerHandle = .allocate(capacity: 1)
-        executor = UVExecutor()
         // uv_loop_init and handle inits fail only on resource exhaustion (no fds for epoll/eventfd).
         let rc = uv_loop_init(loop)
         precondition(rc == 0, "uv_loop_init failed: \(String(cString: uv_strerror(rc)))")
@@ -79,8 +80,10 @@ final class UVLoop: @unchecked Sendable {
         loop.pointee.data = me
         timerHandle.pointee.data = me
         timerPoll.pointee.data = me
-        executor.attach(self)
     }
+
+    /// Records the executor that owns this loop; called once by it, before anything runs.
+    func attach(_ executor: UVExecutor) { self.executor = executor.asUnownedTaskExecutor() }
 
     // MARK: Threads
 
@@ -192,7 +195,7 @@ final class UVLoop: @unchecked Sendable {
     /// Runs the urgent work, then up to `limit` jobs of those queued now (work queued meanwhile waits for the
     /// next batch); returns how many ran.
     private func runBatch(limit: Int) -> Int {
-        let executor = self.executor.asUnownedTaskExecutor()
+        guard let executor else { return 0 }  // never: attached at creation
         var count = 0
         if !urgent.isEmpty {
             let batch = urgent
@@ -341,28 +344,21 @@ final class UVLoop: @unchecked Sendable {
 /// The loop's clock: CLOCK_MONOTONIC (``RuntimeInstant/monotonicNow()``).
 @inline(__always) func monotonicNow() -> RuntimeInstant { RuntimeInstant.monotonicNow() }
 
-/// The SE-0417 task executor of a libuv loop.
+/// The SE-0417 task executor of a libuv loop, and the owner of the loop object.
 ///
-/// Executors are never deallocated: a task may hold its preferred executor after the runtime ended, and
-/// its jobs are then forwarded to the global executor. One small object per run is the price.
-final class UVExecutor: TaskExecutor, @unchecked Sendable {
-    // @unchecked Sendable: `loop` is written once by `attach` before the executor is published to any
-    // task, and only read afterwards.
-    private unowned(unsafe) var loop: UVLoop?
+/// Reference-counted like any object: a task started with `Task(executorPreference:)` retains its
+/// executor until it ends, and `withTaskExecutorPreference` keeps it for its scope, so a task that outlives
+/// its run keeps the executor and the (closed) loop object alive, and its jobs go on to the global executor.
+/// Once no task and no backend holds it, both are freed: a process that starts many runs does not grow.
+final class UVExecutor: TaskExecutor, Sendable {
+    let loop: UVLoop
 
-    init() {
-        // Kept alive on purpose; see the type's documentation.
-        _ = Unmanaged.passRetained(self)
-    }
-
-    func attach(_ loop: UVLoop) {
-        self.loop = loop
-        // The loop object must outlive every job routed through this executor, too.
-        _ = Unmanaged.passRetained(loop)
+    init(jobsBetweenPolls: Int) {
+        loop = UVLoop(jobsBetweenPolls: jobsBetweenPolls)
+        loop.attach(self)  // the loop refers back to its executor without retaining it
     }
 
     func enqueue(_ job: consuming ExecutorJob) {
-        let job = UnownedJob(job)
-        if let loop { loop.submit(.job(job)) }
+        loop.submit(.job(UnownedJob(job)))
     }
 }

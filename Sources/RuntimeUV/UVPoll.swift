@@ -14,7 +14,9 @@ final class UVWatch: BackendRegistration, @unchecked Sendable {
     let events: IOEvents
     private let ready: @Sendable (Result<IOEvents, RuntimeError>) -> Void
     private let cancelled = Atomic<Bool>(false)
-    private unowned(unsafe) let loop: UVLoop
+    // Retained: the watch may be cancelled after the run, from a task that outlived it. (The loop holds the
+    // watch only while it is registered, so the cycle ends when the watch does.)
+    private let loop: UVLoop
     private var finished = false  // loop thread only
 
     init(fd: Int32, events: IOEvents, loop: UVLoop, ready: @escaping @Sendable (Result<IOEvents, RuntimeError>) -> Void) {

@@ -74,19 +74,21 @@ public enum UVRuntime {
 
 /// The `RuntimeBackend` over a ``UVLoop``.
 final class UVBackend: RuntimeBackend, OutsideWorkTracking {
-    let loop: UVLoop
+    /// Owns the loop; held here for the run, and by every task that prefers it.
+    private let executorObject: UVExecutor
+    var loop: UVLoop { executorObject.loop }
     private let pool: BlockingThreadPool
     private let thread = Mutex<LoopThread?>(nil)
     private let closedFlag = Atomic<Bool>(false)
     private let closeResult = Atomic<Int32>(0)
 
     init(configuration: UVRuntime.Configuration) {
-        loop = UVLoop(jobsBetweenPolls: configuration.jobsBetweenPolls)
+        executorObject = UVExecutor(jobsBetweenPolls: configuration.jobsBetweenPolls)
         pool = BlockingThreadPool(maximumThreads: configuration.blockingThreads)
     }
 
     var name: String { "uv" }
-    var executor: any TaskExecutor { loop.executor }
+    var executor: any TaskExecutor { executorObject }
     var isOnExecutor: Bool { loop.isOnLoopThread }
 
     func now() -> RuntimeInstant { monotonicNow() }
@@ -95,7 +97,9 @@ final class UVBackend: RuntimeBackend, OutsideWorkTracking {
         let entry = TimerQueue.Entry(deadline: deadline, fire: fire)
         let loop = self.loop
         // After the run ended (a task that outlived it), the timer fires at once rather than never.
-        loop.execute({ loop.insertTimer(entry) }, ifClosed: { if !entry.isCancelled { entry.fire() } })
+        loop.execute(
+            { loop.insertTimer(entry) },
+            ifClosed: { LateCallbacks.deliver { if !entry.isCancelled { entry.fire() } } })
         return UVTimerRegistration(entry: entry, loop: loop)
     }
 
@@ -117,7 +121,7 @@ final class UVBackend: RuntimeBackend, OutsideWorkTracking {
                 } catch {
                     watch.finish(.failure(error))
                 }
-            }, ifClosed: { watch.finish(.failure(Self.closedError)) }))
+            }, ifClosed: { LateCallbacks.deliver { watch.finish(.failure(Self.closedError)) } }))
         }
         return watch
     }
@@ -205,10 +209,11 @@ final class UVBackend: RuntimeBackend, OutsideWorkTracking {
     }
 }
 
-/// A timer scheduled on a ``UVLoop``.
+/// A timer scheduled on a ``UVLoop``. Holds the loop object: a registration may be cancelled after the run
+/// (a cancel scope kept by a task that outlived it), when only this reference keeps the loop object valid.
 struct UVTimerRegistration: BackendRegistration {
     let entry: TimerQueue.Entry
-    unowned(unsafe) let loop: UVLoop
+    let loop: UVLoop
 
     func cancel() {
         entry.markCancelled()

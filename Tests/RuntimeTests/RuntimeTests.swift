@@ -82,7 +82,7 @@ struct RuntimeTests {
           arguments: TestBackend.selected)
     func channelEndsWhenSendersAreReleased(_ backend: TestBackend) async throws {
         try await backend.run {
-            var (send, receive) = makeMemoryChannel(of: Int.self, bufferSize: 4) as (MemorySendChannel<Int>?, MemoryReceiveChannel<Int>)
+            var (send, receive) = try makeMemoryChannel(of: Int.self, bufferSize: 4) as (MemorySendChannel<Int>?, MemoryReceiveChannel<Int>)
             try send?.sendNowait(1)
             try send?.sendNowait(2)
             send = nil  // released without close(): the channel still ends

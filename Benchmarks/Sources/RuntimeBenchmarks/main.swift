@@ -29,8 +29,8 @@ func spawn(_ count: Int) async throws -> String {
 }
 
 func pingPong(_ rounds: Int) async throws -> String {
-    let (toB, fromA) = makeMemoryChannel(of: Int.self)
-    let (toA, fromB) = makeMemoryChannel(of: Int.self)
+    let (toB, fromA) = try makeMemoryChannel(of: Int.self)
+    let (toA, fromB) = try makeMemoryChannel(of: Int.self)
     try await Runtime.withTaskGroup { group in
         try group.startSoon {
             for _ in 0..<rounds { try await toA.send(try await fromA.receive() + 1) }

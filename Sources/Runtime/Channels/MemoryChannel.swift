@@ -5,7 +5,7 @@ public import Synchronization
 /// `create_memory_object_stream`).
 ///
 /// ```swift
-/// let (send, receive) = makeMemoryChannel(of: Int.self, bufferSize: 16)
+/// let (send, receive) = try makeMemoryChannel(of: Int.self, bufferSize: 16)
 /// try group.startSoon { defer { send.close() }; for i in 0..<100 { try await send.send(i) } }
 /// for try await value in receive { print(value) }      // ends when every sender is closed
 /// ```
@@ -16,12 +16,32 @@ public import Synchronization
 ///     default, as in anyio) makes every send wait for a receiver; `Int.max` never blocks.
 /// - Returns: the sending and the receiving end. Each end can be cloned; the channel ends for receivers when
 ///   every send end is closed (or released), and breaks for senders when every receive end is.
+/// - Throws: ``RuntimeError/Code/invalidArgument`` when `bufferSize` is negative.
 public func makeMemoryChannel<Element: Sendable>(
     of type: Element.Type = Element.self,
     bufferSize: Int = 0
-) -> (MemorySendChannel<Element>, MemoryReceiveChannel<Element>) {
-    let core = MemoryChannelCore<Element>(bufferSize: max(0, bufferSize))
+) throws(RuntimeError) -> (MemorySendChannel<Element>, MemoryReceiveChannel<Element>) {
+    guard bufferSize >= 0 else {
+        throw RuntimeError(.invalidArgument, "makeMemoryChannel: bufferSize must be >= 0, got \(bufferSize)")
+    }
+    let core = MemoryChannelCore<Element>(bufferSize: bufferSize)
     return (MemorySendChannel(core), MemoryReceiveChannel(core))
+}
+
+/// A snapshot of a memory channel, the same from either end (trio's `MemoryChannelStatistics`).
+public struct MemoryChannelStatistics: Sendable, Hashable {
+    /// Elements in the buffer.
+    public var currentBufferUsed: Int
+    /// The buffer's size.
+    public var maxBufferSize: Int
+    /// Send ends not closed.
+    public var openSendChannels: Int
+    /// Receive ends not closed.
+    public var openReceiveChannels: Int
+    /// Tasks blocked in `send`.
+    public var tasksWaitingSend: Int
+    /// Tasks blocked in `receive`.
+    public var tasksWaitingReceive: Int
 }
 
 /// What a channel's two ends share. (Sending and receiving are inlinable: specialized for the element type in
@@ -52,6 +72,15 @@ final class MemoryChannelCore<Element: Sendable>: Sendable {
     @inlinable init(bufferSize: Int) {
         self.bufferSize = bufferSize
         state = Mutex(State())
+    }
+
+    func statistics() -> MemoryChannelStatistics {
+        state.withLock { state in
+            MemoryChannelStatistics(
+                currentBufferUsed: state.buffer.count, maxBufferSize: bufferSize, openSendChannels: state.openSenders,
+                openReceiveChannels: state.openReceivers, tasksWaitingSend: state.waitingSenders.count,
+                tasksWaitingReceive: state.waitingReceivers.count)
+        }
     }
 
     @usableFromInline static var endOfStream: RuntimeError {
@@ -139,6 +168,9 @@ public final class MemorySendChannel<Element: Sendable>: Sendable {
         }
         return false
     }
+
+    /// What the channel holds right now.
+    public func statistics() -> MemoryChannelStatistics { core.statistics() }
 
     /// Another send end of the same channel; the channel stays open for receivers until every one is closed.
     ///
@@ -247,6 +279,9 @@ public final class MemoryReceiveChannel<Element: Sendable>: Sendable, AsyncSeque
         if state.openSenders == 0 { throw MemoryChannelCore<Element>.endOfStream }
         return nil
     }
+
+    /// What the channel holds right now.
+    public func statistics() -> MemoryChannelStatistics { core.statistics() }
 
     /// Another receive end of the same channel; receivers share the elements (each goes to one of them).
     ///

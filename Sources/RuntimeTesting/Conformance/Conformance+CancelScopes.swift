@@ -11,7 +11,7 @@ extension RuntimeConformance {
                 let runtime = try Runtime.current
                 let pair = try SocketPair()
                 let event = Event()
-                let (send, receive) = makeMemoryChannel(of: Int.self)
+                let (send, receive) = try makeMemoryChannel(of: Int.self)
                 let waits: [(String, () async throws -> Void)] = [
                     ("sleep", { try await Runtime.sleep(for: .seconds(30)) }),
                     ("readiness", { try await runtime.wait(fd: pair.left, for: .read) }),

@@ -121,7 +121,7 @@ extension RuntimeConformance {
                             let runtime = try Runtime.current
                             let pair = try SocketPair()
                             let event = Event()
-                            let (send, receive) = makeMemoryChannel(of: Int.self)
+                            let (send, receive) = try makeMemoryChannel(of: Int.self)
                             let lock = Lock()
                             try await lock.acquire()
                             let waits: [(String, @Sendable () async throws -> Void)] = [

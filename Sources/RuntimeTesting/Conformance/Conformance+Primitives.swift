@@ -133,7 +133,7 @@ extension RuntimeConformance {
             "a channel blocks the sender at capacity, keeps order, ends when senders close, breaks when receivers do"
         ) { backend in
             try await backend.run {
-                let (send, receive) = makeMemoryChannel(of: Int.self, bufferSize: 2)
+                let (send, receive) = try makeMemoryChannel(of: Int.self, bufferSize: 2)
                 let sent = Gauge()
                 var received: [Int] = []
                 try await Runtime.withTaskGroup { group in
@@ -154,7 +154,7 @@ extension RuntimeConformance {
                 try check(received == [0, 1, 2, 3, 4], "received \(received)")
 
                 // Unbuffered: a send waits for a receiver.
-                let (send0, receive0) = makeMemoryChannel(of: String.self)
+                let (send0, receive0) = try makeMemoryChannel(of: String.self)
                 do {
                     try send0.sendNowait("x")
                     throw fail("sendNowait on a channel without receivers waiting did not throw")
@@ -178,7 +178,7 @@ extension RuntimeConformance {
                 }
 
                 // Closing the last sender wakes a waiting receiver with endOfStream.
-                let (send1, receive1) = makeMemoryChannel(of: Int.self)
+                let (send1, receive1) = try makeMemoryChannel(of: Int.self)
                 let codes = Recorder<RuntimeError.Code>()
                 try await Runtime.withTaskGroup { group in
                     try group.startSoon {
@@ -194,7 +194,7 @@ extension RuntimeConformance {
                 try check(codes.values == [.endOfStream], "the receiver got \(codes.values)")
 
                 // A cancelled send delivers nothing; a cancelled receive loses nothing.
-                let (send2, receive2) = makeMemoryChannel(of: Int.self)
+                let (send2, receive2) = try makeMemoryChannel(of: Int.self)
                 let cancelledSend: Void? = try await moveOnAfter(.milliseconds(2)) { _ in try await send2.send(1) }
                 try check(cancelledSend == nil, "an unbuffered send without receivers completed")
                 do {
@@ -207,7 +207,7 @@ extension RuntimeConformance {
                 receive2.close()
 
                 // Closing the receive end wakes a task blocked on it.
-                let (send3, receive3) = makeMemoryChannel(of: Int.self)
+                let (send3, receive3) = try makeMemoryChannel(of: Int.self)
                 let receiveCodes = Recorder<RuntimeError.Code>()
                 try await Runtime.withTaskGroup { group in
                     try group.startSoon {
@@ -222,8 +222,8 @@ extension RuntimeConformance {
                 send3.close()
 
                 // An element holding an end of its own channel: dropping it on close must not deadlock.
-                let (send4, receive4) = makeMemoryChannel(of: MemorySendChannel<Int>.self, bufferSize: 1)
-                let (inner, _) = makeMemoryChannel(of: Int.self)
+                let (send4, receive4) = try makeMemoryChannel(of: MemorySendChannel<Int>.self, bufferSize: 1)
+                let (inner, _) = try makeMemoryChannel(of: Int.self)
                 try send4.sendNowait(inner)
                 receive4.close()
                 send4.close()
