@@ -122,7 +122,8 @@ extension Runtime {
                     _ = usleep(microseconds)
                     pause.resume(returning: ())
                 }
-                _ = try? await Runtime.parkUninterruptibly(pause)
+                // Not counted as blocked (nor its end as a wake-up): the caller is the one waiting for idleness.
+                _ = try? await pause.wait()
             }
             // Let whatever was already queued (a due timer, a ready fd) run before deciding.
             await Task.yield()

@@ -73,7 +73,8 @@ public struct ConformanceFailure: Error, CustomStringConvertible {
 public enum RuntimeConformance {
     /// Every test, in order.
     public static var tests: [ConformanceTest] {
-        taskGroupTests + cancelScopeTests + ioTests + blockingTests + primitiveTests + lifecycleTests
+        taskGroupTests + cancelScopeTests + ioTests + blockingTests + primitiveTests + lifecycleTests + trioTests
+            + scopeObjectTests
     }
 
     /// The test with identifier `id`.
