@@ -84,7 +84,7 @@ public func failAfter<T>(
 }
 
 /// Runs `body` until `deadline` at the latest, else throws ``TimeoutError`` (anyio's `fail_after` with an
-/// absolute deadline). The body receives the scope; see ``failAfter(_:shield:isolation:_:)-(_,_,_,(CancelScope)->T)``.
+/// absolute deadline). The body receives the scope; see `failAfter(_:shield:_:)`.
 public func fail<T>(
     at deadline: RuntimeInstant,
     shield: Bool = false,

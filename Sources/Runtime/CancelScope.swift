@@ -4,7 +4,7 @@ import Synchronization
 /// anyio's cancel scope).
 ///
 /// Run code in a new scope with ``withCancelScope(deadline:shield:isolation:_:)``,
-/// ``moveOnAfter(_:shield:isolation:_:)`` or ``failAfter(_:shield:isolation:_:)``, or make a scope first
+/// ``moveOnAfter(_:shield:isolation:_:)`` or `failAfter(_:shield:_:)`, or make a scope first
 /// and enter it later, exactly once, with ``enter(isolation:_:)`` — to hand it to another task before the
 /// code it guards starts, say:
 ///

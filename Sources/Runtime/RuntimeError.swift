@@ -70,7 +70,7 @@ public struct RuntimeError: Error, Sendable, Hashable, CustomStringConvertible {
     }
 }
 
-/// Thrown by ``failAfter(_:isolation:_:)`` and ``fail(at:isolation:_:)`` when the deadline expired (anyio's `TimeoutError`).
+/// Thrown by `failAfter(_:shield:_:)` and `fail(at:shield:_:)` when the deadline expired (anyio's `TimeoutError`).
 public struct TimeoutError: Error, Sendable, Hashable, CustomStringConvertible {
     /// The deadline that expired.
     public let deadline: RuntimeInstant

@@ -92,7 +92,9 @@ extension Runtime {
     /// like trio's, a task waiting here is woken before the clock jumps. Tasks with the same cushion wake
     /// together; a task with a smaller cushion wakes first.
     ///
-    /// - Parameter cushion: how long everything must stay blocked (0, the default: return as soon as it is).
+    /// - Parameters:
+    ///   - cushion: how long everything must stay blocked (0, the default: return as soon as it is).
+    ///   - isolation: the caller's isolation (leave the default).
     /// - Throws: ``RuntimeError/Code/invalidArgument`` for a negative cushion; `CancellationError`.
     public func waitAllTasksBlocked(
         cushion: Duration = .zero,
