@@ -232,8 +232,8 @@ public final class CancelScope: Sendable {
     }
 
     /// Whether a wait in this scope is cancelled: some scope up to the first shield is, or, past every
-    /// scope, the wait's task is (`taskCancelled`).
-    func isCancelled(forWaitSeenTaskCancellation taskCancelled: Bool) -> Bool {
+    /// scope, the wait's task is (`taskCancelled`, asked only then).
+    func isCancelled(forWaitSeenTaskCancellation taskCancelled: @autoclosure () -> Bool) -> Bool {
         var now: Int64?
         var scope: CancelScope? = self
         while let current = scope {
@@ -241,20 +241,11 @@ public final class CancelScope: Sendable {
             if current.shield { return false }
             scope = current.parent
         }
-        return taskCancelled
+        return taskCancelled()
     }
 
     /// Whether code running in this scope, in the calling task, is cancelled.
-    func isEffectivelyCancelled() -> Bool {
-        var now: Int64?
-        var scope: CancelScope? = self
-        while let current = scope {
-            if current.isSelfCancelled(now: &now) { return true }
-            if current.shield { return false }
-            scope = current.parent
-        }
-        return Task.isCancelled
-    }
+    func isEffectivelyCancelled() -> Bool { isCancelled(forWaitSeenTaskCancellation: Task.isCancelled) }
 
     /// Whether this scope or an enclosing one is a shield right now: then Swift task cancellation does not
     /// reach the waits inside.

@@ -1,3 +1,9 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
 // Sleeping, checkpoints and readiness: the waits every other primitive is made of.
 
 extension Runtime {
@@ -43,10 +49,18 @@ extension Runtime {
     /// The wait is one-shot: call it again for the next readiness. Readiness may be spurious (another reader
     /// drained the data first); treat `EAGAIN` after a wake-up as "wait again".
     ///
+    /// `fd` must be in non-blocking mode (`O_NONBLOCK`), on every backend: a blocking fd is refused, and no
+    /// backend changes the mode for you (it belongs to the open file, which other processes may share). See
+    /// the article *Doing IO from a library*.
+    ///
     /// - Throws: `CancellationError` when cancelled (the registration is withdrawn and the fd can be waited
-    ///   on again at once); ``RuntimeError/Code/invalidArgument`` for empty `events`; ``RuntimeError/Code/busy`` when another task waits on `fd` in one of these
-    ///   directions; ``RuntimeError/Code/closed`` when the fd is forgotten meanwhile.
-    /// - Warning: Call ``forget(fd:)`` before closing `fd`.
+    ///   on again at once); ``RuntimeError/Code/invalidArgument`` for empty `events` or a blocking `fd`;
+    ///   ``RuntimeError/Code/badDescriptor`` when `fd` is not open; ``RuntimeError/Code/busy`` when another
+    ///   task waits on `fd` in one of these directions; ``RuntimeError/Code/closed`` when the fd is forgotten
+    ///   meanwhile, or was closed without ``forget(fd:)`` and its number reused for another file (noticed
+    ///   when the new file is waited on).
+    /// - Warning: Call ``forget(fd:)`` before closing `fd` (or ``closeAfterForgetting(fd:)`` from
+    ///   synchronous code).
     @discardableResult
     public func wait(fd: Int32, for events: IOEvents) async throws -> IOEvents {
         guard !events.isEmpty else {
@@ -67,6 +81,22 @@ extension Runtime {
     /// Call it before `close(fd)`; when it returns, the fd may be closed. It is not interrupted by cancellation.
     public func forget(fd: Int32) async {
         await backend.forget(fd: fd)
+    }
+
+    /// Forgets `fd` and then closes it, from synchronous code such as a `deinit`, which cannot await
+    /// ``forget(fd:)``.
+    ///
+    /// Returns at once; the fd is closed shortly after, once the backend has let go of it, by a task on this
+    /// runtime's executor (after the run has ended, on Swift's global executor). Waiters on `fd` get
+    /// ``RuntimeError/Code/closed``. Do not use `fd` after this call.
+    public func closeAfterForgetting(fd: Int32) {
+        let backend = self.backend
+        // A task of its own, preferring the backend's executor: `forget` must be awaited, and the caller
+        // cannot. It needs no cancel scope and never blocks.
+        Task(executorPreference: backend.executor) {
+            await backend.forget(fd: fd)
+            _ = close(fd)
+        }
     }
 }
 

@@ -17,6 +17,8 @@ final class DispatchSourceBox: @unchecked Sendable {
 
 /// The persistent read and write sources of one fd, resumed while somebody waits and suspended otherwise.
 struct DispatchFD: Sendable {
+    /// The file the fd named when its sources were made (a different one: closed without forget, reused).
+    var identity: DescriptorIdentity
     var read: DispatchSourceBox?
     var write: DispatchSourceBox?
     var reader: ReadinessWatch?
@@ -35,11 +37,16 @@ final class DispatchPollRegistry: Sendable {
     func register(_ watch: ReadinessWatch) throws(RuntimeError) {
         let fd = watch.fd
         // A source on a closed fd would never fire: refuse it instead of waiting forever.
-        guard fd >= 0, fcntl(fd, F_GETFD) != -1 else {
-            throw RuntimeError(.badDescriptor, "fd \(fd) is not an open file descriptor")
-        }
-        try table.withLock { table throws(RuntimeError) in
-            var entry = table[fd] ?? DispatchFD()
+        let identity = try DescriptorCheck.identity(of: fd)
+        let stale = try table.withLock { table throws(RuntimeError) -> DispatchFD? in
+            var stale: DispatchFD?
+            if let old = table[fd], old.identity != identity {
+                // Closed without forget and reused: the old sources watch a file that is gone.
+                stale = old
+                table[fd] = nil
+            }
+            if table[fd] == nil { try DescriptorCheck.requireNonBlocking(fd) }
+            var entry = table[fd] ?? DispatchFD(identity: identity)
             let wantsRead = watch.events.contains(.read)
             let wantsWrite = watch.events.contains(.write)
             if (wantsRead && entry.reader != nil) || (wantsWrite && entry.writer != nil) {
@@ -54,7 +61,9 @@ final class DispatchPollRegistry: Sendable {
                 entry.write = arm(entry.write, fd: fd, kind: .write)
             }
             table[fd] = entry
+            return stale
         }
+        if let stale { Self.discard(stale, failingWith: DescriptorCheck.reusedError(fd)) }
         // A resumed source does not always report a state that began while it was suspended (a peer's
         // hang-up or reset is delivered once): look once, and deliver what is already there.
         let ready = Self.readiness(of: fd, for: watch.events)
@@ -149,6 +158,20 @@ final class DispatchPollRegistry: Sendable {
                     box.suspended = false
                     box.source.resume()
                 }
+            }
+        }
+    }
+
+    /// Fails a stale entry's watchers and cancels its sources without waiting (its fd is not ours to close).
+    private static func discard(_ entry: DispatchFD, failingWith error: RuntimeError) {
+        entry.reader?.finish(.failure(error))
+        entry.writer?.finish(.failure(error))
+        for box in [entry.read, entry.write].compactMap({ $0 }) {
+            box.source.cancel()
+            // A suspended source must be resumed before it is cancelled and released.
+            if box.suspended {
+                box.suspended = false
+                box.source.resume()
             }
         }
     }

@@ -303,12 +303,21 @@ final class VirtualTimeBackend: RuntimeBackend, OutsideWorkTracking, @unchecked 
         for events: IOEvents,
         _ ready: @escaping @Sendable (Result<IOEvents, RuntimeError>) -> Void
     ) throws(RuntimeError) -> any BackendRegistration {
-        guard fd >= 0, fcntl(fd, F_GETFD) != -1 else {
-            throw RuntimeError(.badDescriptor, "fd \(fd) is not an open file descriptor")
+        let identity = try DescriptorCheck.validate(fd)
+        let watch = ReadinessWatch(fd: fd, events: events, identity: identity, ready: ready) { [weak self] in
+            self?.unregister($0)
         }
-        let watch = ReadinessWatch(fd: fd, events: events, ready: ready) { [weak self] in self?.unregister($0) }
-        try shared.withLock { shared throws(RuntimeError) in
+        let stale = try shared.withLock { shared throws(RuntimeError) -> [ReadinessWatch] in
             if shared.closed { throw RuntimeError(.closed, "the runtime has ended; this task outlived it") }
+            // A waiter on a file that is gone: its fd was closed without forget and the number reused.
+            var stale: [ReadinessWatch] = []
+            for direction in [\Shared.readers, \Shared.writers] {
+                if let old = shared[keyPath: direction][fd], old.identity != identity {
+                    shared.readers[fd] = shared.readers[fd] === old ? nil : shared.readers[fd]
+                    shared.writers[fd] = shared.writers[fd] === old ? nil : shared.writers[fd]
+                    stale.append(old)
+                }
+            }
             if (events.contains(.read) && shared.readers[fd] != nil)
                 || (events.contains(.write) && shared.writers[fd] != nil)
             {
@@ -316,7 +325,9 @@ final class VirtualTimeBackend: RuntimeBackend, OutsideWorkTracking, @unchecked 
             }
             if events.contains(.read) { shared.readers[fd] = watch }
             if events.contains(.write) { shared.writers[fd] = watch }
+            return stale
         }
+        for old in stale { old.finish(.failure(DescriptorCheck.reusedError(fd))) }
         if !isOnExecutor { wake() }
         return watch
     }

@@ -45,12 +45,18 @@ final class UVWatch: BackendRegistration, @unchecked Sendable {
 /// The poll handle of one fd and its reader and writer slots. Loop thread only.
 final class UVPoll {
     let handle: UnsafeMutablePointer<uv_poll_t>
+    /// The file the fd named when the handle was made: a different one now means the fd was closed without
+    /// `forget` and its number reused, and the handle (which epoll silently dropped) is stale.
+    let identity: DescriptorIdentity
     var reader: UVWatch?
     var writer: UVWatch?
     /// The events currently passed to `uv_poll_start`.
     var armed: Int32 = 0
 
-    init(handle: UnsafeMutablePointer<uv_poll_t>) { self.handle = handle }
+    init(handle: UnsafeMutablePointer<uv_poll_t>, identity: DescriptorIdentity) {
+        self.handle = handle
+        self.identity = identity
+    }
 }
 
 private let readable = Int32(UV_READABLE.rawValue)
@@ -96,21 +102,25 @@ extension UVLoop {
 
     private func pollEntry(for fd: Int32) throws(RuntimeError) -> UVPoll {
         // Validate before growing the fd-indexed table: a closed or absurd fd is an error, not an allocation.
-        guard fcntl(fd, F_GETFD) != -1 else {
-            throw RuntimeError(.badDescriptor, "fd \(fd) is not an open file descriptor")
-        }
+        let identity = try DescriptorCheck.identity(of: fd)
         let index = Int(fd)
         if index >= polls.count { polls.append(contentsOf: repeatElement(nil, count: index - polls.count + 1)) }
-        if let poll = polls[index] { return poll }
+        if let poll = polls[index] {
+            if poll.identity == identity { return poll }
+            // Closed without forget and reused: fail the stale waiters instead of leaving them forever.
+            dropPoll(fd: fd, failingWith: DescriptorCheck.reusedError(fd))
+        }
+        // Checked before uv_poll_init, which would otherwise switch the fd to non-blocking mode itself: the
+        // same fds are accepted on every backend.
+        try DescriptorCheck.requireNonBlocking(fd)
         let handle = UnsafeMutablePointer<uv_poll_t>.allocate(capacity: 1)
-        // Note: uv_poll_init puts the fd in non-blocking mode.
         let rc = uv_poll_init(loop, handle, fd)
         guard rc == 0 else {
             handle.deallocate()
             throw RuntimeError(.badDescriptor, "cannot watch fd \(fd): \(String(cString: uv_strerror(rc)))")
         }
         handle.pointee.data = Unmanaged.passUnretained(self).toOpaque()
-        let poll = UVPoll(handle: handle)
+        let poll = UVPoll(handle: handle, identity: identity)
         polls[index] = poll
         watchedCount.add(1, ordering: .relaxed)
         return poll
@@ -156,11 +166,15 @@ extension UVLoop {
 
     /// Fails the fd's watchers with `closed` and closes its poll handle. Loop thread only.
     func forgetOnLoop(fd: Int32) {
+        dropPoll(fd: fd, failingWith: RuntimeError(.closed, "fd \(fd) was forgotten (about to be closed) while a task waited on it"))
+    }
+
+    /// Removes the fd's poll handle and fails its watchers with `closed`. Loop thread only.
+    private func dropPoll(fd: Int32, failingWith closed: RuntimeError) {
         let index = Int(fd)
         guard index >= 0, index < polls.count, let poll = polls[index] else { return }
         polls[index] = nil
         watchedCount.subtract(1, ordering: .relaxed)
-        let closed = RuntimeError(.closed, "fd \(fd) was forgotten (about to be closed) while a task waited on it")
         let watchers = [poll.reader, poll.writer === poll.reader ? nil : poll.writer].compactMap { $0 }
         poll.reader = nil
         poll.writer = nil

@@ -74,7 +74,7 @@ public enum RuntimeConformance {
     /// Every test, in order.
     public static var tests: [ConformanceTest] {
         taskGroupTests + cancelScopeTests + ioTests + blockingTests + primitiveTests + lifecycleTests + trioTests
-            + scopeObjectTests
+            + scopeObjectTests + descriptorTests
     }
 
     /// The test with identifier `id`.
