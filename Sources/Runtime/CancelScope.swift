@@ -49,8 +49,8 @@ public final class CancelScope: Sendable {
         static let unentered: UInt8 = 0
         static let entered: UInt8 = 1
     }
-    private let phase = Atomic<UInt8>(Phase.unentered)
-    private let entryClaimed = Atomic<Bool>(false)
+    private let phase: Atomic<UInt8>
+    private let entryClaimed: Atomic<Bool>
 
     private let cancelFlag = Atomic<Bool>(false)
     private let shieldFlag: Atomic<Bool>
@@ -85,6 +85,8 @@ public final class CancelScope: Sendable {
     ///   - deadline: when the scope cancels itself, on the clock of the runtime it is entered in.
     ///   - shield: hide enclosing cancellation from the runtime waits inside.
     public init(deadline: RuntimeInstant = .never, shield: Bool = false) {
+        self.phase = Atomic(Phase.unentered)
+        self.entryClaimed = Atomic(false)
         self.shieldFlag = Atomic(shield)
         self.deadlineNanoseconds = Atomic(deadline.nanoseconds)
         self.pendingTimeoutNanoseconds = Atomic(.min)
@@ -95,17 +97,23 @@ public final class CancelScope: Sendable {
     /// - Throws: ``RuntimeError/Code/invalidArgument`` when `timeout` is negative.
     public init(timeout: Duration, shield: Bool = false) throws(RuntimeError) {
         try Self.validate(timeout, "CancelScope(timeout:)", "timeout")
+        self.phase = Atomic(Phase.unentered)
+        self.entryClaimed = Atomic(false)
         self.shieldFlag = Atomic(shield)
         self.deadlineNanoseconds = Atomic(RuntimeInstant.never.nanoseconds)
         self.pendingTimeoutNanoseconds = Atomic(timeout.saturatingNanoseconds)
     }
 
+    /// A scope entered at once (the `withCancelScope` family): bound here, before any task can see it, so
+    /// with plain stores rather than `bind`'s atomic read-modify-writes.
     init(runtime: Runtime, parent: CancelScope?, deadline: RuntimeInstant, shield: Bool) {
+        self.phase = Atomic(Phase.entered)
+        self.entryClaimed = Atomic(true)
         self.shieldFlag = Atomic(shield)
         self.deadlineNanoseconds = Atomic(deadline.nanoseconds)
         self.pendingTimeoutNanoseconds = Atomic(.min)
-        _ = entryClaimed.exchange(true, ordering: .relaxed)
-        bind(runtime: runtime, parent: parent)
+        self.boundRuntime = runtime
+        self.parent = parent
     }
 
     /// The blocked-task accounting of the runtime the scope was entered in.

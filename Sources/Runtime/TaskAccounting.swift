@@ -1,4 +1,4 @@
-import Synchronization
+public import Synchronization
 
 #if canImport(Glibc)
 import Glibc
@@ -18,17 +18,17 @@ final class TaskAccounting: Sendable {
     /// Tasks of the runtime that have not finished.
     let tasks = Atomic<Int>(0)
     /// Of those, how many are suspended in a runtime wait.
-    let blocked = Atomic<Int>(0)
+    @usableFromInline let blocked = Atomic<Int>(0)
     /// How many waits were resumed so far: a change tells an idle waiter that something ran.
-    let wakeups = Atomic<Int>(0)
-    private let idleWaiterCount = Atomic<Int>(0)
+    @usableFromInline let wakeups = Atomic<Int>(0)
+    @usableFromInline let idleWaiterCount = Atomic<Int>(0)
     private let idleWaiters = Mutex<[ObjectIdentifier: Parker<Void>]>([:])
 
     init() {}
 
-    @usableFromInline func taskBlocked() { blocked.add(1, ordering: .relaxed) }
+    @inlinable func taskBlocked() { blocked.add(1, ordering: .relaxed) }
 
-    @usableFromInline func taskUnblocked() {
+    @inlinable func taskUnblocked() {
         blocked.subtract(1, ordering: .relaxed)
         wakeups.add(1, ordering: .relaxed)
     }
@@ -43,7 +43,7 @@ final class TaskAccounting: Sendable {
     /// Whether every counted task is suspended in a runtime wait.
     var allBlocked: Bool { blocked.load(ordering: .relaxed) >= tasks.load(ordering: .relaxed) }
 
-    @usableFromInline var hasIdleWaiters: Bool { idleWaiterCount.load(ordering: .relaxed) > 0 }
+    @inlinable var hasIdleWaiters: Bool { idleWaiterCount.load(ordering: .relaxed) > 0 }
 
     @usableFromInline func wakeIdleWaitersIfAllBlocked() {
         guard allBlocked else { return }

@@ -193,10 +193,22 @@ func naiveTimeouts(_ count: Int) async throws -> String {
     return ""
 }
 
+/// The process's resident memory, in whole megabytes (/proc/self/statm's second field, in pages).
+func residentMegabytes() -> Int {
+    guard let file = fopen("/proc/self/statm", "r") else { return -1 }
+    defer { fclose(file) }
+    var line = [CChar](repeating: 0, count: 256)
+    guard fgets(&line, Int32(line.count), file) != nil else { return -1 }
+    let fields = String(decoding: line.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        .split(whereSeparator: { $0 == " " || $0 == "\n" }).compactMap { Int($0) }
+    guard fields.count >= 2 else { return -1 }
+    return fields[1] * sysconf(Int32(_SC_PAGESIZE)) / 1_048_576
+}
+
 // MARK: Main
 
 let options = try Options(
-    CommandLine.arguments, usage: "usage: RuntimeBenchmarks [--quick] [--repetitions N] [--only RT-SPAWN,RT-FD-PINGPONG,…] [--systems uv,dispatch,c,peers] [--json PATH] [--svg PATH]")
+    CommandLine.arguments, usage: "usage: RuntimeBenchmarks [--quick] [--repetitions N] [--only RT-SPAWN,RT-FD-PINGPONG,RT-RUNS,…] [--systems uv,dispatch,c,peers] [--json PATH] [--svg PATH]")
 let reps = options.repetitions
 var rows: [BenchmarkRow] = []
 func wanted(_ id: String) -> Bool { options.wants(id) }
@@ -233,6 +245,32 @@ for backend in try Backend.allFromEnvironment() where options.runs("\(backend)")
         return out
     }
     rows.append(contentsOf: backendRows)
+}
+
+// RT-RUNS: whole runs started one after another (a process that starts a runtime per job or per test), with
+// the resident memory after a warm-up and at the end: it must stay flat, as runs free their loop, executor
+// and threads.
+if wanted("RT-RUNS") {
+    let n = options.count(10_000)
+    for backend in try Backend.allFromEnvironment() where options.runs("\(backend)") {
+        func oneRun() async throws {
+            try await backend.run {
+                try await Runtime.withTaskGroup { group in
+                    try group.startSoon { try await Runtime.sleep(for: .microseconds(1)) }
+                    _ = try await moveOnAfter(.seconds(1)) { _ in try await Runtime.checkpoint() }
+                }
+            }
+        }
+        for _ in 0..<max(1, n / 10) { try await oneRun() }  // warm-up: allocator and thread caches settle
+        let warm = residentMegabytes()
+        var row = try await measure("RT-RUNS", "AnyRuntime \(backend)", operations: n, repetitions: 1) {
+            for _ in 0..<n { try await oneRun() }
+            return ""
+        }
+        let end = residentMegabytes()
+        row.extra = "RSS \(warm) MB after \(max(1, n / 10)) warm-up runs, \(end) MB after \(n) more"
+        rows.append(row)
+    }
 }
 
 // The C floors: the same fd ping-pong with the libraries' own callbacks, no Swift concurrency.
