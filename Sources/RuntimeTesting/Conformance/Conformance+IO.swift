@@ -47,7 +47,7 @@ extension RuntimeConformance {
                         _ = try await runtime.wait(fd: pair.left, for: .read)
                     }
                     try await parked.wait()
-                    try await Runtime.sleep(for: .milliseconds(2))
+                    try await Runtime.waitAllTasksBlocked()
                     do {
                         try await runtime.wait(fd: pair.left, for: .read)
                         throw fail("a second reader was not refused")
@@ -72,7 +72,7 @@ extension RuntimeConformance {
                         }
                     }
                     try await parked.wait()
-                    try await Runtime.sleep(for: .milliseconds(2))
+                    try await Runtime.waitAllTasksBlocked()
                     await runtime.forget(fd: pair.left)
                 }
                 try check(codes.values == [.closed], "forget gave the waiter \(codes.values), expected [closed]")

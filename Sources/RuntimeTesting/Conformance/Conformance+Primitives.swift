@@ -112,14 +112,11 @@ extension RuntimeConformance {
                             }
                         }
                     }
-                    // Counted under the lock, which `wait` gives up: once all five counted and the lock is ours
-                    // again, all five wait. (Polled rather than timed: a loaded machine may take long.)
-                    while waiting.value < 5 { try await Runtime.sleep(for: .milliseconds(1)) }
-                    try await condition.withLock {}
-                    try check(woken.value == 0, "waiters woke without a notification")
+                    // Deterministic: every task is blocked in wait() once this returns.
+                    try await Runtime.waitAllTasksBlocked()
+                    try check(waiting.value == 5 && woken.value == 0, "waiters woke without a notification")
                     try await condition.withLock { try condition.notify() }
-                    while woken.value == 0 { try await Runtime.sleep(for: .milliseconds(1)) }
-                    try await Runtime.sleep(for: .milliseconds(5))
+                    try await Runtime.waitAllTasksBlocked()
                     try check(woken.value == 1, "notify() woke \(woken.value) waiters")
                     try await condition.withLock { try condition.notifyAll() }
                 }
@@ -144,10 +141,10 @@ extension RuntimeConformance {
                             sent.increment()
                         }
                     }
-                    try await Runtime.sleep(for: .milliseconds(5))
+                    try await Runtime.waitAllTasksBlocked()
                     try check(sent.value == 2, "the sender got past a full buffer: \(sent.value) sent")
                     received.append(try await receive.receive())
-                    try await Runtime.sleep(for: .milliseconds(5))
+                    try await Runtime.waitAllTasksBlocked()
                     try check(sent.value == 3, "receiving did not unblock exactly one send: \(sent.value)")
                     for try await value in receive { received.append(value) }
                 }
@@ -184,10 +181,10 @@ extension RuntimeConformance {
                     try group.startSoon {
                         do { _ = try await receive1.receive() } catch let error as RuntimeError { codes.append(error.code) }
                     }
-                    try await Runtime.sleep(for: .milliseconds(2))
+                    try await Runtime.waitAllTasksBlocked()
                     let extra = try send1.clone()
                     send1.close()
-                    try await Runtime.sleep(for: .milliseconds(2))
+                    try await Runtime.waitAllTasksBlocked()
                     try check(codes.count == 0, "the receiver ended while a cloned sender was open")
                     extra.close()
                 }
@@ -215,7 +212,7 @@ extension RuntimeConformance {
                             receiveCodes.append(error.code)
                         }
                     }
-                    try await Runtime.sleep(for: .milliseconds(2))
+                    try await Runtime.waitAllTasksBlocked()
                     receive3.close()
                 }
                 try check(receiveCodes.values == [.closedResource], "a blocked receiver got \(receiveCodes.values)")
@@ -241,7 +238,7 @@ extension RuntimeConformance {
                             woken.increment()
                         }
                     }
-                    try await Runtime.sleep(for: .milliseconds(2))
+                    try await Runtime.waitAllTasksBlocked()
                     try check(woken.value == 0, "waiters woke before set()")
                     event.set()
                 }

@@ -75,7 +75,7 @@ extension RuntimeConformance {
                         try group.startSoon {
                             do { try await Runtime.sleep(for: .seconds(30)) } catch { childCancelled.set(); throw error }
                         }
-                        try await Runtime.sleep(for: .milliseconds(2))
+                        try await Runtime.waitAllTasksBlocked()
                         throw Boom(id: 7)
                     }
                     throw fail("the group did not throw")
