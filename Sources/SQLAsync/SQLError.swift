@@ -35,6 +35,10 @@ public struct SQLError: Error, Sendable, CustomStringConvertible {
         public static let decoding = Kind("decoding")
         /// The API was misused (for example a result consumed twice).
         public static let misuse = Kind("misuse")
+        /// `one()` found no row (SQLAlchemy's `NoResultFound`).
+        public static let noRows = Kind("noRows")
+        /// `one()` or `oneOrNone()` found more than one row (SQLAlchemy's `MultipleResultsFound`).
+        public static let multipleRows = Kind("multipleRows")
         /// Any other error the database reported.
         public static let database = Kind("database")
     }

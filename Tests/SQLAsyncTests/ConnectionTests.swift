@@ -81,8 +81,11 @@ struct ConnectionTests {
                 let one = try await connection.execute("SELECT name FROM \(table) WHERE id = \(1)").one()
                 #expect(try one.decode(0, as: String.self) == "Ada")
                 #expect(try await connection.execute("SELECT name FROM \(table) WHERE id = \(99)").oneOrNone() == nil)
-                #expect(throws: SQLError.self) { try all.one() }
-                #expect(throws: SQLError.self) { try all.oneOrNone() }
+                #expect { try all.one() } throws: { ($0 as? SQLError)?.kind == .multipleRows }
+                #expect { try all.oneOrNone() } throws: { ($0 as? SQLError)?.kind == .multipleRows }
+                await #expect { try await connection.execute("SELECT name FROM \(table) WHERE id = \(99)").one() } throws: {
+                    ($0 as? SQLError)?.kind == .noRows
+                }
                 let count = try await connection.execute("SELECT count(*) FROM \(table) WHERE age > \(37)").scalar(Int.self)
                 #expect(count == 1)
                 let updated = try await connection.execute("UPDATE \(table) SET age = \(50) WHERE age IS NOT NULL")

@@ -166,3 +166,44 @@ struct StreamTests {
         }
     }
 }
+
+@Suite("Streaming, cut short", .timeLimit(.minutes(1)))
+struct StreamCutShortTests {
+    @Test("a stream whose read was cancelled (a timeout) never looks finished: the next read throws",
+          arguments: TestBackend.selected, TestDatabase.allCases)
+    func cancelledReadIsNotTheEnd(_ backend: TestBackend, _ database: TestDatabase) async throws {
+        let engine = try database.engine()
+        try await backend.run {
+            try await engine.withConnection { connection in
+                // PostgreSQL: ten quick rows, then one a second, so that the second batch's read is waiting for
+                // the server when the deadline passes (each row is larger than the server's 8 KB output buffer,
+                // so it is sent at once). SQLite: the read runs in an already cancelled scope.
+                let sql: SQL = database == .postgresql
+                    ? "SELECT g AS n, repeat('x', 9000) || pg_sleep(CASE WHEN g > 10 THEN 1 ELSE 0 END)::text AS pad FROM generate_series(1, 1000) g"
+                    : StreamTests.series(database, 10_000)
+                let outcome = try await connection.stream(sql, batchSize: 10) { rows in
+                    var iterator = rows.makeAsyncIterator()
+                    for expected in 1...10 {
+                        #expect(try await iterator.next()?.decode("n", as: Int.self) == expected)
+                    }
+                    // A timeout that ends while the stream is being read (the next row is a second away).
+                    let interrupted: Row?? = try await moveOnAfter(.milliseconds(100)) { scope in
+                        if database == .sqlite { scope.cancel() }
+                        return try await iterator.next()
+                    }
+                    #expect(interrupted == nil, "the cancelled read returned rows")
+                    do {
+                        let after = try await iterator.next()
+                        return "returned \(after == nil ? "the end" : "a row")"
+                    } catch let error as SQLError {
+                        return "\(error.kind)"
+                    }
+                }
+                #expect(outcome == "cancelled", "after a cancelled read the stream \(outcome)")
+                // The connection is clean and usable afterwards.
+                #expect(try await connection.execute("SELECT \(7)").scalar(Int.self) == 7)
+            }
+            await engine.dispose()
+        }
+    }
+}

@@ -36,17 +36,21 @@ public struct QueryResult: Sendable, RandomAccessCollection {
 
     /// The only row.
     ///
-    /// - Throws: ``SQLError/Kind/misuse`` when there is no row or more than one.
+    /// - Throws: ``SQLError/Kind/noRows`` when there is no row; ``SQLError/Kind/multipleRows`` when there is
+    ///   more than one (two kinds, so that "not found" can be told from "not unique").
     public func one() throws(SQLError) -> Row {
-        guard count == 1 else { throw SQLError(.misuse, "one() expected exactly one row, got \(count)") }
+        if isEmpty { throw SQLError(.noRows, "one() expected exactly one row, got none") }
+        guard count == 1 else { throw SQLError(.multipleRows, "one() expected exactly one row, got \(count)") }
         return self[startIndex]
     }
 
     /// The only row, or `nil` when there is none.
     ///
-    /// - Throws: ``SQLError/Kind/misuse`` when there is more than one.
+    /// - Throws: ``SQLError/Kind/multipleRows`` when there is more than one.
     public func oneOrNone() throws(SQLError) -> Row? {
-        guard count <= 1 else { throw SQLError(.misuse, "oneOrNone() expected at most one row, got \(count)") }
+        guard count <= 1 else {
+            throw SQLError(.multipleRows, "oneOrNone() expected at most one row, got \(count)")
+        }
         return first()
     }
 

@@ -62,6 +62,9 @@ final class StreamSource: Sendable {
     /// when it ends. A stream kept past its `stream { }` call, or read by two tasks at once, gets a misuse
     /// error; a close that meets a read hands the closing over to it, so the driver is never used by two.
     private let state = Atomic<Int>(0)
+    /// Set when a read failed or was cancelled part-way: the driver may have cancelled the rest of the query,
+    /// so an empty answer afterwards would not mean the end. Every later read throws instead.
+    private let cutShort = Mutex<String?>(nil)
 
     private init(driver: Driver, sql: String, batchSize: Int) {
         self.driver = driver
@@ -87,6 +90,12 @@ final class StreamSource: Sendable {
         case 1: throw SQLError(.misuse, "a stream is read by one task at a time", sql: sql)
         default: throw SQLError(.misuse, "the stream ended with its stream { } call", sql: sql)
         }
+        if let reason = cutShort.withLock({ $0 }) {
+            await endRead()
+            throw SQLError(
+                .cancelled,
+                "the stream was cut short (\(reason)) and did not finish: the rest of its rows were not read", sql: sql)
+        }
         let raw: RawRows?
         do {
             switch driver {
@@ -94,6 +103,9 @@ final class StreamSource: Sendable {
             case .sqlite(let sqlite, let cursor): raw = try await sqlite.nextRows(cursor, limit: batchSize, sql: sql)
             }
         } catch {
+            // Never let the stream look finished after this: the next read throws.
+            let reason = error is CancellationError ? "a read was cancelled" : "a read failed: \(error)"
+            cutShort.withLock { $0 = reason }
             await endRead()
             throw error
         }
