@@ -44,6 +44,8 @@ public final class CancelScope: Sendable {
     // `nonisolated(unsafe)`: written exactly once, before publication, and never again.
     nonisolated(unsafe) private var boundRuntime: Runtime?
     nonisolated(unsafe) private(set) var parent: CancelScope?
+    /// `boundRuntime`'s blocked-task accounting, kept beside it so that a wait reads one reference.
+    nonisolated(unsafe) private var boundAccounting: TaskAccounting?
 
     private enum Phase {
         static let unentered: UInt8 = 0
@@ -63,7 +65,9 @@ public final class CancelScope: Sendable {
     /// one inside it), whose chain decides whether a cancellation here reaches the wait.
     struct Registration: Sendable {
         let waker: any CancellationWaker
-        let innermost: CancelScope
+        /// Not retained: a registration lives only while its wait is parked inside `innermost` (the wait
+        /// unregisters before it returns), and the waiting task keeps the scope alive until then.
+        unowned(unsafe) let innermost: CancelScope
     }
 
     private struct State: Sendable {
@@ -113,11 +117,12 @@ public final class CancelScope: Sendable {
         self.deadlineNanoseconds = Atomic(deadline.nanoseconds)
         self.pendingTimeoutNanoseconds = Atomic(.min)
         self.boundRuntime = runtime
+        self.boundAccounting = runtime.accounting
         self.parent = parent
     }
 
     /// The blocked-task accounting of the runtime the scope was entered in.
-    @usableFromInline var accounting: TaskAccounting? { boundRuntime?.accounting }
+    @usableFromInline var accounting: TaskAccounting? { boundAccounting }
 
     /// The runtime whose clock the deadline is on; `nil` until the scope is entered.
     public var runtime: Runtime? { isEntered ? boundRuntime : nil }
@@ -192,6 +197,7 @@ public final class CancelScope: Sendable {
 
     private func bind(runtime: Runtime, parent: CancelScope?) {
         boundRuntime = runtime
+        boundAccounting = runtime.accounting
         self.parent = parent
         let timeout = pendingTimeoutNanoseconds.exchange(.min, ordering: .acquiringAndReleasing)
         if timeout != .min {

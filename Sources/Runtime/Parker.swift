@@ -13,8 +13,10 @@ final class Parker<Value: Sendable>: Sendable, CancellationWaker {
     @usableFromInline
     enum State: Sendable {
         case idle
-        /// Suspended; `accounting` is the runtime whose blocked-task count includes this wait, if any.
-        case waiting(UnsafeContinuation<Value, any Error>, TaskAccounting?)
+        /// Suspended; `accounting` is the runtime whose blocked-task count includes this wait, if any. Held
+        /// without a reference count: the runtime owns it and outlives every wait of its tasks (a waiting
+        /// task holds its runtime through its task-local binding until the wait has returned).
+        case waiting(UnsafeContinuation<Value, any Error>, Unmanaged<TaskAccounting>?)
         case resolvedEarly(Result<Value, any Error>)
         case done
     }
@@ -50,7 +52,7 @@ final class Parker<Value: Sendable>: Sendable, CancellationWaker {
             case .waiting(let continuation, let accounting):
                 state = .done
                 // Under the lock, so that the task is never counted blocked and runnable at once.
-                accounting?.taskUnblocked()
+                accounting?._withUnsafeGuaranteedRef { $0.taskUnblocked() }
                 return .resumeNow(continuation)
             case .resolvedEarly, .done:
                 return .alreadyFinished
@@ -108,7 +110,7 @@ final class Parker<Value: Sendable>: Sendable, CancellationWaker {
             let early: Result<Value, any Error>? = state.withLock { state in
                 switch state {
                 case .idle:
-                    state = .waiting(continuation, accounting)
+                    state = .waiting(continuation, accounting.map { Unmanaged.passUnretained($0) })
                     accounting?.taskBlocked()
                     return nil
                 case .resolvedEarly(let result):

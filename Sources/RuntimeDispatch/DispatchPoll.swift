@@ -39,11 +39,12 @@ final class DispatchPollRegistry: Sendable {
         // A source on a closed fd would never fire: refuse it instead of waiting forever.
         let identity = try DescriptorCheck.identity(of: fd)
         let stale = try table.withLock { table throws(RuntimeError) -> DispatchFD? in
-            var stale: DispatchFD?
             if let old = table[fd], old.identity != identity {
-                // Closed without forget and reused: the old sources watch a file that is gone.
-                stale = old
+                // Closed without forget and reused: the old sources watch a file that is gone, and libdispatch
+                // keys its epoll registration by fd number, so new sources made before the old ones are
+                // cancelled would join that dead registration and never fire. Register once they are gone.
                 table[fd] = nil
+                return old
             }
             if table[fd] == nil { try DescriptorCheck.requireNonBlocking(fd) }
             var entry = table[fd] ?? DispatchFD(identity: identity)
@@ -61,9 +62,19 @@ final class DispatchPollRegistry: Sendable {
                 entry.write = arm(entry.write, fd: fd, kind: .write)
             }
             table[fd] = entry
-            return stale
+            return nil
         }
-        if let stale { Self.discard(stale, failingWith: DescriptorCheck.reusedError(fd)) }
+        if let stale {
+            Self.discard(stale, failingWith: DescriptorCheck.reusedError(fd)) { [weak self] in
+                guard let self else { return watch.finish(.failure(RuntimeError(.closed, "the runtime has ended"))) }
+                do throws(RuntimeError) {
+                    try self.register(watch)
+                } catch {
+                    watch.finish(.failure(error))  // an asynchronous registration reports through `ready`
+                }
+            }
+            return
+        }
         // A resumed source does not always report a state that began while it was suspended (a peer's
         // hang-up or reset is delivered once): look once, and deliver what is already there.
         let ready = Self.readiness(of: fd, for: watch.events)
@@ -162,11 +173,20 @@ final class DispatchPollRegistry: Sendable {
         }
     }
 
-    /// Fails a stale entry's watchers and cancels its sources without waiting (its fd is not ours to close).
-    private static func discard(_ entry: DispatchFD, failingWith error: RuntimeError) {
+    /// Fails a stale entry's watchers and cancels its sources; calls `then` once every source's cancel handler
+    /// has run (libdispatch has dropped its registration of the fd number).
+    private static func discard(
+        _ entry: DispatchFD, failingWith error: RuntimeError, then: @escaping @Sendable () -> Void
+    ) {
         entry.reader?.finish(.failure(error))
         entry.writer?.finish(.failure(error))
-        for box in [entry.read, entry.write].compactMap({ $0 }) {
+        let boxes = [entry.read, entry.write].compactMap { $0 }
+        guard !boxes.isEmpty else { return then() }
+        let remaining = Atomic<Int>(boxes.count)
+        for box in boxes {
+            box.source.setCancelHandler {
+                if remaining.subtract(1, ordering: .acquiringAndReleasing).newValue == 0 { then() }
+            }
             box.source.cancel()
             // A suspended source must be resumed before it is cancelled and released.
             if box.suspended {
