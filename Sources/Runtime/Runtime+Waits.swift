@@ -17,6 +17,15 @@ extension Runtime {
         try CancelScope.checkCancelled(CancelScope.current)
     }
 
+    /// Throws `CancellationError` when the calling code is cancelled — by an enclosing cancel scope, or as a
+    /// Swift task — without yielding (trio's `checkpoint_if_cancelled`, without its schedule point).
+    ///
+    /// Call it right before a side effect that cannot be taken back, such as sending a statement to a
+    /// database: code that is cancelled already must not start it ("cancelled means it did not happen").
+    public static func checkCancellation() throws(CancellationError) {
+        try CancelScope.checkCancelled(CancelScope.current)
+    }
+
     /// Suspends until the runtime's clock reaches `deadline`.
     ///
     /// A deadline already reached makes this a `checkpoint()`. It never returns early.

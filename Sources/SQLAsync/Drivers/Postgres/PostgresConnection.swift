@@ -198,8 +198,10 @@ final class PostgresConnection: Sendable {
         handle.finish()
     }
 
-    /// Runs `body` holding the connection.
+    /// Runs `body` holding the connection. Nothing is sent from code that is cancelled already: the call
+    /// throws `CancellationError` and has no effect.
     private func exclusively<T>(_ sql: String, _ body: () async throws -> T) async throws -> T {
+        try Runtime.checkCancellation()
         try acquire(sql)
         do {
             let result = try await body()
@@ -297,6 +299,7 @@ final class PostgresConnection: Sendable {
 
     /// Sends `sql` in single-row mode and keeps the connection for the stream until ``closeStream()``.
     func openStream(_ sql: String, _ binds: [SQLValue]) async throws {
+        try Runtime.checkCancellation()  // nothing is sent from cancelled code
         try acquire(sql)
         do {
             guard try handle.sendQuery(sql, binds) else { throw await failure(sql: sql) }
@@ -632,7 +635,12 @@ final class PostgresConnection: Sendable {
                     let ready = try await runtime.wait(fd: watched, for: [.read, .write])
                     if ready.contains(.read), !handle.consumeInput() { return "reading failed" }
                 }
-                if handle.isBusy {
+                // Still running on the server: ask it to stop. Not only while libpq is busy — in single-row mode
+                // libpq is "not busy" whenever one row is buffered, and then a stream left after 10 rows of a
+                // million drained all the rest (seconds on a loaded machine, past the deadline). A cancel that
+                // reaches a session after its query ended is ignored by the server (it is idle by then: this
+                // drain waits for the query's end before the connection is used again).
+                if handle.isBusy || handle.hasPendingResults {
                     let cancel = handle.cancelObject()
                     // Abandoned at the deadline: PQcancel blocks while it connects, and an unreachable server
                     // must not hold the clean-up past it.
