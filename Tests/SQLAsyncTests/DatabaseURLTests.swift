@@ -112,3 +112,16 @@ struct SQLTests {
         #expect(query.values == [.integer(7), .integer(10)])
     }
 }
+
+@Suite("DatabaseURL, session settings")
+struct DatabaseURLSessionSettingsTests {
+    @Test("a client_encoding other than UTF-8 is refused: the driver decodes text as UTF-8")
+    func clientEncoding() throws {
+        #expect { try DatabaseURL("postgresql://localhost/app?client_encoding=LATIN1") } throws: {
+            ($0 as? SQLError)?.kind == .invalidURL && "\($0)".contains("UTF8")
+        }
+        for spelling in ["UTF8", "utf8", "UTF-8", "unicode"] {
+            #expect(throws: Never.self) { try DatabaseURL("postgresql://localhost/app?client_encoding=\(spelling)") }
+        }
+    }
+}

@@ -1,3 +1,4 @@
+import Foundation
 import Runtime
 import RuntimeTesting
 import TestSupport
@@ -275,6 +276,47 @@ struct PostgresDriverTests {
             #expect(statistics.open == statistics.idle)
             #expect(try await engine.withConnection { try await $0.execute("SELECT \(5)").scalar(Int.self) } == 5)
             await engine.dispose()
+        }
+    }
+}
+
+@Suite("PostgreSQL session settings", .timeLimit(.minutes(1)))
+struct PostgresSessionSettingsTests {
+    @Test("a database whose defaults are LATIN1 text and SQL-style dates cannot alter values: UTF-8 and ISO are forced",
+          arguments: TestBackend.selected)
+    func hostileDatabaseDefaults(_ backend: TestBackend) async throws {
+        let base = try TestPostgres.url()
+        let name = "anyrt_settings_\(UInt32.random(in: 0...UInt32.max))"
+        // The same server, another database: the URL's path is the database name.
+        guard let slash = base.lastIndex(of: "/") else { throw SQLError(.invalidURL, "unexpected test URL") }
+        let query = base[slash...].firstIndex(of: "?").map { String(base[$0...]) } ?? ""
+        let other = try DatabaseURL(String(base[..<slash]) + "/" + name + query)
+        let admin = Engine(url: try postgresURL(), logger: quietLogger)
+        try await backend.run {
+            try await admin.withConnection { connection in
+                try await connection.execute(.unsafeRaw("CREATE DATABASE \(name)"))
+                try await connection.execute(.unsafeRaw("ALTER DATABASE \(name) SET client_encoding = 'LATIN1'"))
+                try await connection.execute(.unsafeRaw("ALTER DATABASE \(name) SET DateStyle = 'SQL, DMY'"))
+            }
+            let engine = Engine(url: other, logger: quietLogger)
+            do {
+                try await engine.withConnection { connection in
+                    let text = "é ü 漢字 🚀"
+                    #expect(try await connection.execute("SELECT \(text)::text").scalar(String.self) == text)
+                    #expect(try await connection.execute("SHOW DateStyle").scalar(String.self)?.hasPrefix("ISO") == true)
+                    #expect(try await connection.execute("SHOW client_encoding").scalar(String.self) == "UTF8")
+                    let date = Date(timeIntervalSince1970: 1_700_000_000.123456)
+                    let back = try await connection.execute("SELECT \(date)::timestamptz").scalar(Date.self)
+                    #expect(back == date)
+                }
+            } catch {
+                Issue.record("\(error)")
+            }
+            await engine.dispose()
+            try await admin.withConnection { connection in
+                try await connection.execute(.unsafeRaw("DROP DATABASE \(name)"))
+            }
+            await admin.dispose()
         }
     }
 }

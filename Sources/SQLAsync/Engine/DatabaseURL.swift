@@ -141,6 +141,12 @@ public struct DatabaseURL: Sendable, Hashable, CustomStringConvertible {
             guard key != "password" else {
                 throw SQLError(.invalidURL, "put the password in the URL's user-info part, not in a parameter")
             }
+            if key == "client_encoding", !Self.isUTF8(value) {
+                // The driver decodes every text value as UTF-8: another encoding would alter text silently.
+                throw SQLError(
+                    .invalidURL,
+                    "client_encoding must be UTF8 (the driver reads and writes all text as UTF-8), not '\(value)'")
+            }
             parameters.append((key, value))
         }
         self.host = host
@@ -214,6 +220,16 @@ public struct DatabaseURL: Sendable, Hashable, CustomStringConvertible {
         ].contains(key)
     }
 
+    /// Whether `name` is PostgreSQL's UTF-8 client encoding, under any of the spellings it accepts.
+    static func isUTF8(_ name: String) -> Bool {
+        ["utf8", "utf-8", "unicode"].contains(name.lowercased())
+    }
+
+    /// The session settings every connection starts with, whatever the role's or database's defaults say:
+    /// text in UTF-8 (what the driver decodes) and dates in ISO order (what it parses). Sent in the startup
+    /// packet, they take precedence over `ALTER ROLE` / `ALTER DATABASE … SET`.
+    static let sessionOptions = "-c DateStyle=ISO,MDY -c IntervalStyle=postgres"
+
     /// The libpq connection keywords and values, password included, for `PQconnectStartParams`.
     func libpqParameters() -> [(key: String, value: String)] {
         var result: [(key: String, value: String)] = []
@@ -222,7 +238,11 @@ public struct DatabaseURL: Sendable, Hashable, CustomStringConvertible {
         if let user { result.append(("user", user)) }
         if let password { result.append(("password", password)) }
         if let databaseName { result.append(("dbname", databaseName)) }
-        result.append(contentsOf: parameters)
+        result.append(contentsOf: parameters.filter { $0.key != "options" && $0.key != "client_encoding" })
+        result.append(("client_encoding", "UTF8"))
+        // The application's own options first: the driver's come last and win where they overlap.
+        let options = parameters.last { $0.key == "options" }.map { $0.value + " " } ?? ""
+        result.append(("options", options + Self.sessionOptions))
         return result
     }
 
