@@ -247,3 +247,32 @@ struct TransactionTests {
         }
     }
 }
+
+@Suite("Transactions, the database's word", .timeLimit(.minutes(1)))
+struct RawTransactionTests {
+    @Test("isInTransaction follows raw BEGIN / COMMIT; a managed transaction inside a raw one is a typed error",
+          arguments: TestBackend.selected, TestDatabase.allCases)
+    func rawBegin(_ backend: TestBackend, _ database: TestDatabase) async throws {
+        let engine = try database.engine()
+        try await backend.run {
+            try await engine.withConnection { connection in
+                #expect(!connection.isInTransaction)
+                try await connection.execute("BEGIN")
+                #expect(connection.isInTransaction, "a raw BEGIN is not seen")
+                await #expect {
+                    try await connection.withTransaction { _ in }
+                } throws: { ($0 as? SQLError)?.kind == .misuse }
+                #expect(connection.isInTransaction, "the refused transaction ended the raw one")
+                try await connection.execute("COMMIT")
+                #expect(!connection.isInTransaction, "a raw COMMIT is not seen")
+                // Managed transactions still work, and nest as savepoints.
+                try await connection.withTransaction { connection in
+                    #expect(connection.isInTransaction)
+                    try await connection.withTransaction { _ in #expect(connection.isInTransaction) }
+                }
+                #expect(!connection.isInTransaction)
+            }
+            await engine.dispose()
+        }
+    }
+}

@@ -76,6 +76,14 @@ extension Connection {
     /// Starts a transaction, or a savepoint inside one; returns the savepoint's name (nil for a transaction).
     func begin(isolation: IsolationLevel?, readOnly: Bool) async throws -> String? {
         let depth = transactionDepth.withLock { $0 }
+        if depth == 0, isInTransaction {
+            // A raw BEGIN (or a transaction some statement left open): a managed transaction inside it would
+            // commit or roll back the caller's outer one behind its back.
+            throw SQLError(
+                .misuse,
+                "a transaction is already open on this connection, begun with raw SQL: end it with COMMIT or ROLLBACK "
+                    + "before withTransaction/begin, or use them for both")
+        }
         if depth > 0 {
             let name = "anyruntime_sp_\(depth)"
             transactionDepth.withLock { $0 += 1 }
@@ -167,8 +175,16 @@ extension Connection {
         if reset == nil { markBroken() }
     }
 
-    /// Whether a transaction (or savepoint) opened through this API is in progress.
-    public var isInTransaction: Bool { transactionDepth.withLock { $0 > 0 } }
+    /// Whether a transaction is open on this connection, in the database's own word (PostgreSQL's
+    /// transaction status, SQLite's autocommit flag, as of the last statement) — raw `BEGIN`s included — or
+    /// one opened through this API is in progress.
+    public var isInTransaction: Bool {
+        if transactionDepth.withLock({ $0 > 0 }) { return true }
+        switch driver {
+        case .postgres(let connection): return connection.isInTransaction
+        case .sqlite(let connection): return connection.isInTransaction
+        }
+    }
 }
 
 /// A transaction (or savepoint) begun with ``Connection/begin(isolationLevel:readOnly:)``: end it once, with

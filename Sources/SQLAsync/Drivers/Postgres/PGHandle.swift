@@ -41,6 +41,8 @@ final class PGHandle: @unchecked Sendable {
     var socket: Int32 { connection.map { PQsocket($0) } ?? -1 }
     var status: ConnStatusType { connection.map { PQstatus($0) } ?? CONNECTION_BAD }
     var isBusy: Bool { connection.map { PQisBusy($0) != 0 } ?? false }
+    /// libpq's view of the session's transaction status after the last ReadyForQuery.
+    var transactionStatus: PGTransactionStatusType { connection.map { PQtransactionStatus($0) } ?? PQTRANS_UNKNOWN }
     /// Whether the server session is idle outside any transaction (libpq's view of the last ReadyForQuery).
     var isIdleOutsideTransaction: Bool { connection.map { PQtransactionStatus($0) == PQTRANS_IDLE } ?? false }
 

@@ -54,6 +54,11 @@ final class PostgresConnection: Sendable {
     /// Whether an error aborted the session's transaction: a COMMIT now would roll back, silently.
     var isInFailedTransaction: Bool { handle.isInFailedTransaction }
 
+    /// Whether the server had a transaction open (or failed) after the last call: libpq's transaction status,
+    /// recorded as each call gives the connection back (reading libpq meanwhile could race with a call).
+    var isInTransaction: Bool { inTransaction.load(ordering: .acquiring) }
+    private let inTransaction = Atomic<Bool>(false)
+
     /// Whether a failed clean-up or a lost server left this connection unusable.
     /// (Set by the calls that met the failure: reading libpq's status here could race with a call.)
     var isBroken: Bool { brokenFlag.load(ordering: .acquiring) || use.load(ordering: .acquiring) == 3 }
@@ -192,6 +197,8 @@ final class PostgresConnection: Sendable {
 
     /// Gives the connection back after a call; closes it when a close came meanwhile.
     private func release() async {
+        let status = handle.transactionStatus
+        inTransaction.store(status == PQTRANS_INTRANS || status == PQTRANS_INERROR, ordering: .releasing)
         guard !use.compareExchange(expected: 1, desired: 0, ordering: .acquiringAndReleasing).exchanged else { return }
         use.store(3, ordering: .releasing)  // it was 2: the close is ours
         await forgetSocket()

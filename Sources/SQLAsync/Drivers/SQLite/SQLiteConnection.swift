@@ -42,6 +42,12 @@ struct RawRows: Sendable {
 final class SQLiteConnection: Sendable {
     private let worker: BlockingThreadPool
     private let handle: SQLiteHandle
+    /// Whether SQLite had a transaction open after the last job (`sqlite3_get_autocommit`, read on the
+    /// connection's thread at the end of each job): the database's own word, raw `BEGIN`s included.
+    private let inTransaction = Atomic<Bool>(false)
+
+    /// Whether a transaction was open on the database after the last statement.
+    var isInTransaction: Bool { inTransaction.load(ordering: .acquiring) }
 
     private init(handle: SQLiteHandle, worker: BlockingThreadPool) {
         self.handle = handle
@@ -136,10 +142,10 @@ final class SQLiteConnection: Sendable {
                 interrupted.set()
                 handle.interrupt(interrupted)
             }) { (completion: Completion<Value>) in
-                worker.submit {
-                    completion.resume(with: Result { () throws(SQLError) -> Value in
-                        try work(handle, interrupted)
-                    }.mapError { $0 as any Error })
+                worker.submit { [self] in
+                    let result = Result { () throws(SQLError) -> Value in try work(handle, interrupted) }
+                    inTransaction.store(!handle.isAutocommit, ordering: .releasing)
+                    completion.resume(with: result.mapError { $0 as any Error })
                 }
             }
         } catch let error as SQLError where interrupted.isSet && (error.kind == .cancelled || error.kind == .timeout) {
