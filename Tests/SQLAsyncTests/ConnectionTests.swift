@@ -169,3 +169,38 @@ struct ConnectionTests {
 #if canImport(Glibc)
 import Glibc
 #endif
+
+@Suite("Scripts", .timeLimit(.minutes(1)))
+struct ScriptTests {
+    @Test("executeScript runs several statements; a failing one stops the script (PostgreSQL: nothing of it stays)",
+          arguments: TestBackend.selected, TestDatabase.allCases)
+    func scripts(_ backend: TestBackend, _ database: TestDatabase) async throws {
+        let engine = try database.engine()
+        try await backend.run {
+            try await engine.withConnection { connection in
+                let table = "script_\(UInt32.random(in: 0...UInt32.max))"
+                try await connection.executeScript("""
+                    CREATE TABLE \(table) (id INTEGER PRIMARY KEY, name TEXT NOT NULL);
+                    INSERT INTO \(table) (id, name) VALUES (1, 'one');
+                    INSERT INTO \(table) (id, name) VALUES (2, 'two; with a semicolon');
+                    """)
+                let names = try await connection.execute("SELECT name FROM \(unsafeRaw: table) ORDER BY id").scalars(String.self)
+                #expect(names == ["one", "two; with a semicolon"])
+                await #expect {
+                    try await connection.executeScript("""
+                        INSERT INTO \(table) (id, name) VALUES (3, 'three');
+                        INSERT INTO \(table) (id, name) VALUES (1, 'duplicate key');
+                        INSERT INTO \(table) (id, name) VALUES (4, 'four');
+                        """)
+                } throws: { ($0 as? SQLError)?.kind == .constraint }
+                let count = try await connection.execute("SELECT count(*) FROM \(unsafeRaw: table)").scalar(Int.self)
+                // PostgreSQL runs the script in one implicit transaction; SQLite statement by statement, so the
+                // statement before the failing one stays.
+                #expect(count == (database == .postgresql ? 2 : 3))
+                #expect(!connection.isInTransaction)
+                try await connection.executeScript("DROP TABLE \(table)")
+            }
+            await engine.dispose()
+        }
+    }
+}

@@ -73,6 +73,25 @@ public final class Connection: Sendable {
         }
     }
 
+    /// Runs a script of several statements separated by `;` — a schema file, a migration — and returns when
+    /// all have run; stops at the first error.
+    ///
+    /// PostgreSQL runs it through the simple query protocol, in one implicit transaction unless the script
+    /// says `BEGIN` / `COMMIT` itself (so a failing script changes nothing); SQLite runs it statement by
+    /// statement, each in its own transaction unless the script opens one. A script takes no parameters:
+    /// its text is sent as it is, so build it from trusted text only, never from values.
+    ///
+    /// - Throws: ``SQLError`` of the first failing statement; `CancellationError` (nothing is sent when
+    ///   cancelled before; a running script is cancelled on the server or interrupted).
+    public func executeScript(_ script: String) async throws {
+        try checkOpen(script)
+        logger?.debug("execute script", metadata: ["sql": "\(script)"])
+        switch driver {
+        case .postgres(let connection): try await connection.executeScript(script)
+        case .sqlite(let connection): try await connection.executeScript(script)
+        }
+    }
+
     /// Runs compiled `text` with `binds` (one per placeholder).
     func execute(text: String, binds: [SQLValue]) async throws -> QueryResult {
         try checkOpen(text)

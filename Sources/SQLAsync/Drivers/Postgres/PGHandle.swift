@@ -80,6 +80,13 @@ final class PGHandle: @unchecked Sendable {
         }
     }
 
+    /// Sends `script` through the simple query protocol, which runs several statements separated by `;`
+    /// (in one implicit transaction unless the script has its own BEGIN / COMMIT).
+    func sendSimpleQuery(_ script: String) -> Bool {
+        guard let connection else { return false }
+        return PQsendQuery(connection, script) == 1
+    }
+
     /// Sends a statement to prepare under `name` with the parameter types of `types` (0: inferred).
     func sendPrepare(_ name: String, _ sql: String, types: [Oid]) -> Bool {
         guard let connection else { return false }

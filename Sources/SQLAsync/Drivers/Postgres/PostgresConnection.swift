@@ -167,6 +167,18 @@ final class PostgresConnection: Sendable {
         }
     }
 
+    /// Runs a script of several statements through the simple query protocol (no parameters); stops at the
+    /// first error, which the server reports after rolling back the script's implicit transaction.
+    func executeScript(_ script: String) async throws {
+        try await exclusively(script) {
+            try await cleaningUp {
+                guard handle.sendSimpleQuery(script) else { throw await failure(sql: script) }
+                try await flush(sql: script)
+                _ = try await collect(sql: script)
+            }
+        }
+    }
+
     /// The names of the statements the session has prepared (one unprepared round trip).
     private func preparedStatementNames() async throws -> Set<String> {
         let sql = "SELECT name FROM pg_prepared_statements"

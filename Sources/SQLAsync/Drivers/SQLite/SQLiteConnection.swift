@@ -73,6 +73,11 @@ final class SQLiteConnection: Sendable {
         }
     }
 
+    /// Runs every statement of `script`, one after another, in one job; stops at the first error.
+    func executeScript(_ script: String) async throws {
+        try await job { handle, interrupted throws(SQLError) in try handle.runScript(script, cancelled: interrupted) }
+    }
+
     /// Runs `sql` with `binds` and returns every row.
     ///
     /// - Throws: ``SQLError`` (the SQL text, never the values); `CancellationError` when cancelled (the

@@ -129,6 +129,23 @@ final class SQLiteHandle: @unchecked Sendable {
     /// `atomically`, inside a savepoint: all sets take effect or none.
     func run(_ sql: String, _ sets: [[SQLValue]], atomically: Bool, cancelled: InterruptFlag?) throws(SQLError) -> RawRows {
         guard let db else { throw SQLError(.connection, "the SQLite connection is closed", sql: sql) }
+        return try watchingCancellation(cancelled, db: db, sql: sql) { () throws(SQLError) -> RawRows in
+            try run(sql, sets, atomically: atomically, cancelled: cancelled, db: db)
+        }
+    }
+
+    /// Runs every statement of `script` in order, stopping at the first error (schema files, migrations).
+    /// Worker thread only.
+    func runScript(_ script: String, cancelled: InterruptFlag?) throws(SQLError) {
+        guard let db else { throw SQLError(.connection, "the SQLite connection is closed", sql: script) }
+        try watchingCancellation(cancelled, db: db, sql: script) { () throws(SQLError) in try exec(script, db: db) }
+    }
+
+    /// Runs `body` as the connection's current job: an interrupt for `cancelled` reaches it, and SQLite's
+    /// progress handler stops it once the flag is set.
+    private func watchingCancellation<T>(
+        _ cancelled: InterruptFlag?, db: OpaquePointer, sql: String, _ body: () throws(SQLError) -> T
+    ) throws(SQLError) -> T {
         let finished = starting(cancelled)
         defer { finished() }
         if let cancelled {
@@ -142,6 +159,12 @@ final class SQLiteHandle: @unchecked Sendable {
         }
         // The flag is only borrowed for this call (the caller keeps it alive until the call returns).
         defer { if cancelled != nil { sqlite3_progress_handler(db, 0, nil, nil) } }
+        return try body()
+    }
+
+    private func run(
+        _ sql: String, _ sets: [[SQLValue]], atomically: Bool, cancelled: InterruptFlag?, db: OpaquePointer
+    ) throws(SQLError) -> RawRows {
         let statement = try prepared(sql, db: db)
         defer {
             sqlite3_reset(statement)
