@@ -35,6 +35,10 @@ public struct SQLError: Error, Sendable, CustomStringConvertible {
         public static let decoding = Kind("decoding")
         /// The API was misused (for example a result consumed twice).
         public static let misuse = Kind("misuse")
+        /// COMMIT was sent and its answer never came — the connection broke, or no answer within the commit's
+        /// deadline: the transaction may or may not have committed (JDBC and psycopg call this "in doubt").
+        /// Check the database before retrying; never assume it rolled back.
+        public static let commitInDoubt = Kind("commitInDoubt")
         /// `one()` found no row (SQLAlchemy's `NoResultFound`).
         public static let noRows = Kind("noRows")
         /// `one()` or `oneOrNone()` found more than one row (SQLAlchemy's `MultipleResultsFound`).

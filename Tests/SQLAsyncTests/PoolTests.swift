@@ -129,7 +129,7 @@ struct PoolTests {
                         #expect(try await third.execute("SELECT \(1)").scalar(Int.self) == 1)
                         await third.close()
                     }
-                    try await Runtime.sleep(for: .milliseconds(5))
+                    try await Runtime.waitAllTasksBlocked()  // the third checkout waits for a connection
                     await second.close()
                 }
                 await again.close()

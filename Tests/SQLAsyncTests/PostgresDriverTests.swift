@@ -268,7 +268,7 @@ struct PostgresDriverTests {
                     // Finishes (or fails cleanly): the close waits for it instead of freeing libpq under it.
                     _ = try? await connection.execute("SELECT pg_sleep(1)")
                 }
-                try await Runtime.sleep(for: .milliseconds(50))
+                try await Runtime.waitAllTasksBlocked()  // the query is sent and awaits its answer
                 await connection.close()
             }
             #expect(connection.isBroken, "a connection closed under a call went back to the pool")

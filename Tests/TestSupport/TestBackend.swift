@@ -25,8 +25,18 @@ public enum TestBackend: String, CaseIterable, Sendable, CustomStringConvertible
         switch self {
         case .uv: try await Backend.uv.run(isolation: isolation, body)
         case .dispatch: try await Backend.dispatch.run(isolation: isolation, body)
-        case .virtual: try await VirtualTimeRuntime.run(isolation: isolation, body)
+        case .virtual: try await VirtualTimeRuntime.run(configuration: Self.virtualConfiguration, isolation: isolation, body)
         }
+    }
+
+    /// Virtual time as the tests run it: the clock jumps past a deadline only after 1 s of real silence on the
+    /// watched fds (not the default 250 ms), so that a database server slowed down by the parallel suite is
+    /// not mistaken for one that stopped answering — the library's own safety deadlines (a COMMIT's 10 s, a
+    /// clean-up's 5 s) would otherwise pass in virtual time while the server is merely busy.
+    static var virtualConfiguration: VirtualTimeRuntime.Configuration {
+        var configuration = VirtualTimeRuntime.Configuration()
+        configuration.ioQuietPeriod = .seconds(1)
+        return configuration
     }
 
     /// This backend as the conformance suite sees it.

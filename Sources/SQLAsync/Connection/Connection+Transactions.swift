@@ -14,6 +14,10 @@ extension Connection {
     /// How long the rollback after an error or a cancellation may take before the connection is given up.
     static let rollbackDeadline: Duration = .seconds(5)
 
+    /// How long a COMMIT's answer is awaited once it is sent, whatever the caller's deadline: past it, the
+    /// outcome is reported as unknown (``SQLError/Kind/commitInDoubt``) and the connection is given up.
+    static let commitDeadline: Duration = .seconds(10)
+
     /// Runs `body` in a transaction: commits when it returns, rolls back when it throws or is cancelled.
     ///
     /// Called inside another transaction on the same connection, it uses a savepoint instead, so that only the
@@ -130,8 +134,40 @@ extension Connection {
                 .database,
                 "the transaction cannot commit: a statement in it failed (its error was caught inside the transaction); it is rolled back")
         }
-        _ = try await execute("COMMIT")
-        await endTransaction()
+        // The point of no return. Not sent from code that is cancelled already (then nothing happened); once
+        // sent, its answer is awaited shielded, within its own deadline, so that a cancellation cannot report
+        // a commit that happened as cancelled. The caller's next checkpoint sees the cancellation.
+        try Runtime.checkCancellation()
+        let outcome: Result<Void, any Error>?? = try? await withCancelScope(
+            deadline: Runtime.current.now.advanced(by: Self.commitDeadline), shield: true
+        ) { _ in
+            do {
+                _ = try await execute("COMMIT")
+                return .success(())
+            } catch {
+                return .failure(error)
+            }
+        }
+        switch outcome ?? nil {
+        case .success?:
+            await endTransaction()
+        case .failure(let error as SQLError)? where error.kind == .connection:
+            markBroken()
+            throw SQLError(
+                .commitInDoubt,
+                "the connection was lost after COMMIT was sent and before its answer: the transaction may or may not "
+                    + "have committed (\(error.message))", sqlState: error.sqlState, sql: "COMMIT")
+        case nil, .failure(is CancellationError)?:
+            // The commit's own deadline passed (only it reaches inside the shield): the wait for the answer
+            // was given up, and the outcome is unknown.
+            markBroken()
+            throw SQLError(
+                .commitInDoubt,
+                "COMMIT was sent and no answer came within \(Self.commitDeadline): the transaction may or may not "
+                    + "have committed", sql: "COMMIT")
+        case .failure(let error)?:
+            throw error
+        }
     }
 
     /// Rolls back the transaction or savepoint, shielded, within ``rollbackDeadline``; marks the connection

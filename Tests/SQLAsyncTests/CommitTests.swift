@@ -1,0 +1,120 @@
+import Runtime
+import SQLAsync
+import Synchronization
+import TestSupport
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// COMMIT is a point of no return: once sent, its answer is awaited (shielded, within its own deadline), and
+/// a connection lost before the answer is reported as "in doubt", never as a rollback or a cancellation.
+@Suite("COMMIT", .timeLimit(.minutes(1)))
+struct CommitTests {
+    /// A table whose inserts make COMMIT take `seconds` (a deferred constraint trigger that sleeps).
+    static func slowCommitTable(_ connection: Connection, seconds: Double) async throws -> String {
+        let suffix = UInt32.random(in: 0...UInt32.max)
+        let table = "slow_commit_\(suffix)"
+        try await connection.executeScript("""
+            CREATE TABLE \(table) (id INTEGER PRIMARY KEY);
+            CREATE FUNCTION \(table)_sleep() RETURNS trigger LANGUAGE plpgsql AS $$
+                BEGIN PERFORM pg_sleep(TG_ARGV[0]::float8); RETURN NULL; END $$;
+            CREATE CONSTRAINT TRIGGER \(table)_slow AFTER INSERT ON \(table) DEFERRABLE INITIALLY DEFERRED
+                FOR EACH ROW EXECUTE FUNCTION \(table)_sleep('\(seconds)');
+            """)
+        return table
+    }
+
+    @Test("a cancellation that lands while COMMIT runs does not report a commit that happened as cancelled",
+          arguments: TestBackend.selected)
+    func cancelledDuringCommit(_ backend: TestBackend) async throws {
+        let engine = Engine(url: try postgresURL(), logger: quietLogger)
+        let observer = Engine(url: try postgresURL(), logger: quietLogger)
+        try await backend.run {
+            let table = try await observer.withConnection { try await Self.slowCommitTable($0, seconds: 0.5) }
+            let pid = Recorder<Int>()
+            let outcome = Recorder<Int?>()
+            let scope = CancelScope()
+            try await Runtime.withTaskGroup { group in
+                try group.startSoon {
+                    let value: Int? = try await scope.enter { _ in
+                        try await engine.withConnection { connection in
+                            try await connection.withTransaction { connection in
+                                pid.append(try await connection.execute("SELECT pg_backend_pid()").scalar(Int.self) ?? -1)
+                                try await connection.execute("INSERT INTO \(unsafeRaw: table) (id) VALUES (\(1))")
+                            }
+                        }
+                        return 1
+                    }
+                    outcome.append(value)
+                }
+                try await Self.waitUntilCommitting(pid, observer: observer)
+                scope.cancel()  // the deadline of a caller, landing while the answer to COMMIT is awaited
+            }
+            let rows = try await observer.withConnection {
+                try await $0.execute("SELECT count(*) FROM \(unsafeRaw: table)").scalar(Int.self)
+            }
+            #expect(outcome.values == [1] && rows == 1, "reported \(outcome.values), \(rows ?? -1) rows committed")
+            try await observer.withConnection { try await $0.executeScript("DROP TABLE \(table); DROP FUNCTION \(table)_sleep()") }
+            await engine.dispose()
+            await observer.dispose()
+        }
+    }
+
+    /// Waits until the session whose pid is recorded runs its COMMIT.
+    static func waitUntilCommitting(_ pid: Recorder<Int>, observer: Engine) async throws {
+        try await failAfter(.seconds(20)) {
+            while true {
+                if let backendPid = pid.values.first {
+                    let committing = try await observer.withConnection { observer in
+                        try await observer.execute(
+                            "SELECT count(*) FROM pg_stat_activity WHERE pid = \(backendPid) AND state = 'active' AND query = 'COMMIT'"
+                        ).scalar(Int.self)
+                    }
+                    if committing == 1 { return }
+                }
+                // A real-time pause (virtual time's clock stands still meanwhile): the COMMIT runs for real time,
+                // and a virtual sleep would only end when the server next answers.
+                try await Runtime.runBlocking { _ = usleep(2_000) }
+            }
+        }
+    }
+
+    @Test("a connection lost after COMMIT was sent is reported as commitInDoubt", arguments: TestBackend.selected)
+    func lostDuringCommit(_ backend: TestBackend) async throws {
+        let engine = Engine(url: try postgresURL(), logger: quietLogger)
+        let observer = Engine(url: try postgresURL(), logger: quietLogger)
+        try await backend.run {
+            let table = try await observer.withConnection { try await Self.slowCommitTable($0, seconds: 30) }
+            let pid = Recorder<Int>()
+            try await Runtime.withTaskGroup { group in
+                try group.startSoon {
+                    await #expect {
+                        try await engine.withConnection { connection in
+                            try await connection.withTransaction { connection in
+                                pid.append(try await connection.execute("SELECT pg_backend_pid()").scalar(Int.self) ?? -1)
+                                try await connection.execute("INSERT INTO \(unsafeRaw: table) (id) VALUES (\(1))")
+                            }
+                        }
+                    } throws: { ($0 as? SQLError)?.kind == .commitInDoubt }
+                }
+                // Once the session runs its COMMIT (the trigger sleeps in it), the server kills it.
+                try await Self.waitUntilCommitting(pid, observer: observer)
+                try await observer.withConnection { observer in
+                    _ = try await observer.execute("SELECT pg_terminate_backend(CAST(\(pid.values[0]) AS integer))")
+                }
+            }
+            try await observer.withConnection { try await $0.executeScript("DROP TABLE \(table); DROP FUNCTION \(table)_sleep()") }
+            await engine.dispose()
+            await observer.dispose()
+        }
+    }
+}
+
+/// A thread-safe list, for values a test's tasks report.
+final class Recorder<Value: Sendable>: Sendable {
+    private let storage = Mutex<[Value]>([])
+    func append(_ value: Value) { storage.withLock { $0.append(value) } }
+    var values: [Value] { storage.withLock { $0 } }
+}
