@@ -34,40 +34,6 @@ import Glibc
 ///
 /// It is written against the public `RuntimeBackend` contract only, like a third-party backend would be.
 public enum VirtualTimeRuntime {
-    /// When an idle loop moves the virtual clock to the next deadline by itself.
-    public struct Autojump: Sendable, Hashable, CustomStringConvertible {
-        /// Real time the loop must stay idle before it jumps; `nil` for never.
-        public let threshold: Duration?
-
-        /// Jump as soon as every task is blocked (trio's `autojump_threshold = 0`; the default here).
-        public static let immediately = Autojump(threshold: .zero)
-        /// Never jump by itself: the clock moves only through ``VirtualTimeRuntime/jump(by:)`` (trio's
-        /// default, `inf`).
-        public static let never = Autojump(threshold: nil)
-
-        /// Jump once the loop has been idle for `threshold` of real time.
-        ///
-        /// - Throws: ``RuntimeError/Code/invalidArgument`` for a negative threshold.
-        public static func after(_ threshold: Duration) throws(RuntimeError) -> Autojump {
-            guard threshold >= .zero else {
-                throw RuntimeError(.invalidArgument, "Autojump.after: threshold must be >= 0, got \(threshold)")
-            }
-            return Autojump(threshold: threshold)
-        }
-
-        private init(threshold: Duration?) { self.threshold = threshold }
-
-        public var description: String { threshold.map { "after \($0)" } ?? "never" }
-
-        /// The poll(2) timeout in milliseconds, -1 for never.
-        var milliseconds: Int32 {
-            guard let threshold else { return -1 }
-            // Rounded up: a threshold of 1 µs still waits for a poll that finds nothing.
-            let ns = threshold.saturatingNanoseconds
-            return Int32(clamping: ns / 1_000_000 + (ns % 1_000_000 == 0 ? 0 : 1))
-        }
-    }
-
     /// Tuning for one run.
     public struct Configuration: Sendable {
         /// When the idle loop jumps the clock (default ``Autojump/immediately``). Change it during a run with
@@ -261,7 +227,7 @@ final class VirtualTimeBackend: RuntimeBackend, OutsideWorkTracking, @unchecked 
         return VirtualTimer(entry: entry, backend: self)
     }
 
-    fileprivate func removeTimer(_ entry: TimerQueue.Entry) {
+    func removeTimer(_ entry: TimerQueue.Entry) {
         timers.withLock { _ = $0.remove(entry) }
     }
 
@@ -517,41 +483,5 @@ final class VirtualTimeBackend: RuntimeBackend, OutsideWorkTracking, @unchecked 
         guard let thread = thread.withLock({ $0 }) else { return }
         await thread.join()
         self.thread.withLock { $0 = nil }
-    }
-}
-
-/// The executor of a virtual-time runtime.
-///
-/// Reference-counted: the backend holds it, and so does every task that prefers it (Swift retains a task's
-/// preferred executor). It refers to the backend weakly, so that the two do not keep each other alive; jobs
-/// of a task that outlived the backend go to Swift's global executor instead of being lost.
-final class VirtualExecutor: TaskExecutor, Sendable {
-    private let backendReference = Mutex<WeakBackend>(WeakBackend())
-    private struct WeakBackend: Sendable {
-        weak var backend: VirtualTimeBackend?
-    }
-
-    init() {}
-
-    func attach(_ backend: VirtualTimeBackend) { backendReference.withLock { $0.backend = backend } }
-
-    func enqueue(_ job: consuming ExecutorJob) {
-        let job = UnownedJob(job)
-        if let backend = backendReference.withLock({ $0.backend }) {
-            backend.submit(.job(job))
-        } else {
-            globalConcurrentExecutor.enqueue(ExecutorJob(job))
-        }
-    }
-}
-
-/// A virtual timer.
-struct VirtualTimer: BackendRegistration {
-    let entry: TimerQueue.Entry
-    let backend: VirtualTimeBackend
-
-    func cancel() {
-        entry.markCancelled()
-        backend.removeTimer(entry)
     }
 }
