@@ -154,3 +154,54 @@ func monotonicSeconds() -> Double {
     clock_gettime(CLOCK_MONOTONIC, &ts)
     return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
 }
+
+@Suite("SQLite URL modes", .timeLimit(.minutes(1)))
+struct SQLiteURLModeTests {
+    @Test("?mode= is parsed, not taken as part of the file name; unknown parameters are refused")
+    func parsing() throws {
+        let url = try DatabaseURL("sqlite:///data/app.db?mode=ro")
+        #expect(url.sqlitePath == "data/app.db")
+        #expect(url.parameters.map(\.key) == ["mode"] && url.parameters.map(\.value) == ["ro"])
+        #expect(url.description == "sqlite:///data/app.db?mode=ro")
+        #expect(try DatabaseURL("sqlite:///odd%3Fname.db").sqlitePath == "odd?name.db")
+        #expect { try DatabaseURL("sqlite:///app.db?mode=readonly") } throws: { ($0 as? SQLError)?.kind == .invalidURL }
+        #expect { try DatabaseURL("sqlite:///app.db?cache=shared") } throws: { ($0 as? SQLError)?.kind == .invalidURL }
+    }
+
+    @Test("mode=ro opens an existing file read-only and never creates one; mode=rw does not create either",
+          arguments: TestBackend.selected)
+    func modes(_ backend: TestBackend) async throws {
+        var template = Array("/tmp/anyruntime-mode-XXXXXX".utf8CString)
+        guard let made = template.withUnsafeMutableBufferPointer({ $0.baseAddress.flatMap { mkdtemp($0) } }) else {
+            throw SQLError(.connection, "mkdtemp failed")
+        }
+        let directory = String(cString: made)
+        let path = directory + "/app.db"
+        defer {
+            for suffix in ["", "-wal", "-shm", "?mode=ro"] { unlink(path + suffix) }
+            unlink(directory + "/missing.db")
+            rmdir(directory)
+        }
+        try await backend.run {
+            let writer = try Engine("sqlite:///" + path, logger: quietLogger)
+            try await writer.withConnection { connection in
+                try await connection.executeScript("CREATE TABLE t (n INTEGER); INSERT INTO t VALUES (7);")
+            }
+            await writer.dispose()
+            let reader = try Engine("sqlite:///" + path + "?mode=ro", logger: quietLogger)
+            try await reader.withConnection { connection in
+                let n = try await connection.execute("SELECT n FROM t").scalar(Int.self)
+                #expect(n == 7)
+                await #expect(throws: SQLError.self) { _ = try await connection.execute("INSERT INTO t VALUES (\(8))") }
+            }
+            await reader.dispose()
+            #expect(access(path + "?mode=ro", F_OK) != 0, "a file named after the whole URL was created")
+            for mode in ["ro", "rw"] {
+                let missing = try Engine("sqlite:///" + directory + "/missing.db?mode=" + mode, logger: quietLogger)
+                await #expect { try await missing.withConnection { _ in } } throws: { ($0 as? SQLError)?.kind == .connection }
+                await missing.dispose()
+                #expect(access(directory + "/missing.db", F_OK) != 0, "mode=\(mode) created the file")
+            }
+        }
+    }
+}

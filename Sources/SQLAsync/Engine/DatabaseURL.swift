@@ -27,7 +27,8 @@ public struct DatabaseURL: Sendable, Hashable, CustomStringConvertible {
     public let user: String?
     /// PostgreSQL: the database name.
     public let databaseName: String?
-    /// PostgreSQL: the query parameters, passed through to libpq as connection keywords, in URL order.
+    /// The query parameters, in URL order: for PostgreSQL, libpq connection keywords passed through; for
+    /// SQLite, `mode` (`ro`, `rw` or `rwc`).
     public let parameters: [(key: String, value: String)]
     /// SQLite: the file path, or `nil` for an in-memory database.
     public let sqlitePath: String?
@@ -50,9 +51,25 @@ public struct DatabaseURL: Sendable, Hashable, CustomStringConvertible {
             guard string.hasPrefix("sqlite:///") else {
                 throw SQLError(.invalidURL, "an SQLite URL is sqlite:///relative.db, sqlite:////absolute.db or sqlite::memory:")
             }
-            let path = String(string.dropFirst("sqlite:///".count))
+            // A '?' starts the parameters (a '?' in a file name is written %3F), as in SQLite's own URIs.
+            let rest = string.dropFirst("sqlite:///".count)
+            let path = rest.split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false).first ?? ""
             guard !path.isEmpty else { throw SQLError(.invalidURL, "the SQLite URL names no file") }
-            self.init(sqlitePath: try Self.percentDecode(path, what: "SQLite path"))
+            let query = rest.dropFirst(path.count + 1)
+            var parameters: [(key: String, value: String)] = []
+            for pair in query.split(separator: "&") where !pair.isEmpty {
+                let parts = pair.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
+                let key = try Self.percentDecode(parts[0], what: "parameter name")
+                let value = parts.count > 1 ? try Self.percentDecode(parts[1], what: "value of a parameter") : ""
+                guard key == "mode" else {
+                    throw SQLError(.invalidURL, "the SQLite URL parameter '\(key)' is not supported (mode=ro|rw|rwc is)")
+                }
+                guard ["ro", "rw", "rwc"].contains(value) else {
+                    throw SQLError(.invalidURL, "the SQLite URL's mode is ro, rw or rwc, not '\(value)'")
+                }
+                parameters.append((key, value))
+            }
+            self.init(sqlitePath: try Self.percentDecode(path, what: "SQLite path"), parameters: parameters)
             return
         }
         let rest: Substring
@@ -68,7 +85,7 @@ public struct DatabaseURL: Sendable, Hashable, CustomStringConvertible {
         try self.init(postgresRest: rest)
     }
 
-    private init(sqlitePath: String?) {
+    private init(sqlitePath: String?, parameters: [(key: String, value: String)] = []) {
         database = .sqlite
         self.sqlitePath = sqlitePath
         host = nil
@@ -76,8 +93,12 @@ public struct DatabaseURL: Sendable, Hashable, CustomStringConvertible {
         user = nil
         password = nil
         databaseName = nil
-        parameters = []
+        self.parameters = parameters
     }
+
+    /// SQLite: how the file is opened, from the URL's `mode` (SQLite's URI names): `ro` read-only, `rw`
+    /// read-write without creating it, `rwc` (the default) read-write, created when missing.
+    var sqliteMode: String { parameters.last { $0.key == "mode" }?.value ?? "rwc" }
 
     private init(postgresRest rest: Substring) throws(SQLError) {
         database = .postgresql
@@ -251,7 +272,8 @@ public struct DatabaseURL: Sendable, Hashable, CustomStringConvertible {
         switch database {
         case .sqlite:
             // An absolute path starts with '/', which makes the fourth slash of sqlite:////absolute.db.
-            return sqlitePath.map { "sqlite:///\($0)" } ?? "sqlite::memory:"
+            let query = parameters.isEmpty ? "" : "?" + parameters.map { "\($0.key)=\($0.value)" }.joined(separator: "&")
+            return sqlitePath.map { "sqlite:///\($0)" + query } ?? "sqlite::memory:"
         case .postgresql:
             var text = "postgresql://"
             if let user { text += user + (password == nil ? "" : ":***") + "@" }

@@ -93,7 +93,7 @@ public final class Engine: Sendable {
                 logger.info("opening a connection", metadata: ["runtime": "\(runtime.name)"])
                 switch url.database {
                 case .postgresql: return .postgres(try await PostgresConnection.connect(url, logger: logger))
-                case .sqlite: return .sqlite(try await SQLiteConnection.open(path: url.sqlitePath))
+                case .sqlite: return .sqlite(try await SQLiteConnection.open(path: url.sqlitePath, mode: url.sqliteMode))
                 }
             }
             pools.byRuntime[ObjectIdentifier(runtime)] = pool

@@ -55,13 +55,13 @@ final class SQLiteConnection: Sendable {
     }
 
     /// Opens `path` (`nil`: a private in-memory database). File databases use WAL.
-    static func open(path: String?, busyTimeoutMilliseconds: Int32 = 5_000) async throws -> SQLiteConnection {
+    static func open(path: String?, mode: String = "rwc", busyTimeoutMilliseconds: Int32 = 5_000) async throws -> SQLiteConnection {
         let worker = BlockingThreadPool(maximumThreads: 1)
         do {
             let handle = try await Runtime.withCompletion { (completion: Completion<SQLiteHandle>) in
                 worker.submit {
                     completion.resume(with: Result { () throws(SQLError) -> SQLiteHandle in
-                        try SQLiteHandle(path: path, busyTimeoutMilliseconds: busyTimeoutMilliseconds)
+                        try SQLiteHandle(path: path, mode: mode, busyTimeoutMilliseconds: busyTimeoutMilliseconds)
                     }.mapError { $0 as any Error })
                 }
             }

@@ -23,9 +23,15 @@ final class SQLiteHandle: @unchecked Sendable {
     private var statementOrder: [String] = []
     private let lock = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
 
-    init(path: String?, busyTimeoutMilliseconds: Int32) throws(SQLError) {
+    init(path: String?, mode: String = "rwc", busyTimeoutMilliseconds: Int32) throws(SQLError) {
         pthread_mutex_init(lock, nil)
-        let flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX
+        let access: Int32
+        switch mode {
+        case "ro": access = SQLITE_OPEN_READONLY
+        case "rw": access = SQLITE_OPEN_READWRITE
+        default: access = SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE
+        }
+        let flags = access | SQLITE_OPEN_NOMUTEX
         var connection: OpaquePointer?
         let rc = sqlite3_open_v2(path ?? ":memory:", &connection, flags, nil)
         guard rc == SQLITE_OK, let connection else {
