@@ -122,6 +122,16 @@ struct PoolTests {
                 } catch let error as SQLError {
                     #expect(error.kind == .poolTimeout)
                 }
+                // A timeout of its own, for one call: shorter than the pool's, and named in the error.
+                do {
+                    _ = try await engine.connect(timeout: .milliseconds(20))
+                    Issue.record("a third connection was handed out")
+                } catch let error as SQLError {
+                    #expect(error.kind == .poolTimeout && error.message.contains("0.02 seconds"), "\(error)")
+                }
+                await #expect { _ = try await engine.connect(timeout: .milliseconds(-1)) } throws: {
+                    ($0 as? SQLError)?.kind == .misuse
+                }
                 // A waiter is served as soon as a connection comes back.
                 try await Runtime.withTaskGroup { group in
                     try group.startSoon {

@@ -63,9 +63,15 @@ public final class Engine: Sendable {
     /// - Throws: ``SQLError/Kind/connection``; ``SQLError/Kind/poolTimeout`` when none became free in time;
     ///   ``SQLError/Kind/misuse`` after ``dispose()``; `CancellationError`; `RuntimeError.noRuntime` outside a
     ///   runtime.
-    public func connect() async throws -> Connection {
+    ///
+    /// - Parameter timeout: how long to wait for a free connection, for this call only; the pool's
+    ///   ``PoolConfiguration/checkoutTimeout`` when `nil`.
+    public func connect(timeout: Duration? = nil) async throws -> Connection {
+        if let timeout, timeout < .zero {
+            throw SQLError(.misuse, "the checkout timeout must be >= 0, not \(timeout)")
+        }
         let pool = try await currentPool()
-        return Connection(try await pool.checkout(), pool: pool, logger: logger)
+        return Connection(try await pool.checkout(timeout: timeout), pool: pool, logger: logger)
     }
 
     /// Closes every idle connection; connections in use close when they are given back, and later
@@ -111,12 +117,15 @@ public final class Engine: Sendable {
     }
 
     /// Opens a connection, runs `body` with it and closes it, also when `body` throws or is cancelled.
+    ///
+    /// - Parameter timeout: how long to wait for a free connection (see ``connect(timeout:)``).
     @discardableResult
     public func withConnection<T>(
+        timeout: Duration? = nil,
         isolation: isolated (any Actor)? = #isolation,
         _ body: (Connection) async throws -> T
     ) async throws -> T {
-        let connection = try await connect()
+        let connection = try await connect(timeout: timeout)
         do {
             let result = try await body(connection)
             await connection.close()

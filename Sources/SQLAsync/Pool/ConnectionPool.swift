@@ -67,10 +67,13 @@ final class ConnectionPool: Sendable {
 
     /// A connection for the calling task.
     ///
+    /// - Parameter timeout: how long to wait for a free connection; the configuration's checkout timeout when
+    ///   `nil`.
     /// - Throws: ``SQLError/Kind/poolTimeout`` after the checkout timeout; the open error; `CancellationError`.
-    func checkout() async throws -> Pooled {
+    func checkout(timeout: Duration? = nil) async throws -> Pooled {
+        let timeout = timeout ?? configuration.checkoutTimeout
         while true {
-            switch try await waitForHandoff() {
+            switch try await waitForHandoff(timeout: timeout) {
             case .connection(let pooled):
                 if configuration.prePing, !(await ping(pooled)) {
                     await release(pooled, healthy: false)
@@ -100,9 +103,9 @@ final class ConnectionPool: Sendable {
         }
     }
 
-    private func waitForHandoff() async throws -> Handoff {
+    private func waitForHandoff(timeout: Duration) async throws -> Handoff {
         let id = nextWaiter.add(1, ordering: .relaxed).newValue
-        let deadline = runtime.now.advanced(by: configuration.checkoutTimeout)
+        let deadline = runtime.now.advanced(by: timeout)
         do {
             return try await fail(at: deadline) {
                 // Resumed by another task giving a connection back, not by an outside thread.
@@ -133,7 +136,7 @@ final class ConnectionPool: Sendable {
             if error is TimeoutError {
                 throw SQLError(
                     .poolTimeout,
-                    "no connection became free within \(configuration.checkoutTimeout) "
+                    "no connection became free within \(timeout) "
                         + "(size \(configuration.size), overflow \(configuration.overflow))")
             }
             throw error
