@@ -118,3 +118,75 @@ final class Recorder<Value: Sendable>: Sendable {
     func append(_ value: Value) { storage.withLock { $0.append(value) } }
     var values: [Value] { storage.withLock { $0 } }
 }
+
+/// A statement that finished on the server although the caller was cancelled while waiting for its answer
+/// reports its result: "cancelled" only ever means it did not happen.
+@Suite("A cancel that comes too late", .timeLimit(.minutes(1)))
+struct LateCancelTests {
+    @Test("an autocommit INSERT the server completes despite the cancel request returns its result, and the row is there",
+          arguments: TestBackend.selected)
+    func insertCompletesDespiteCancel(_ backend: TestBackend) async throws {
+        let engine = Engine(url: try postgresURL(), logger: quietLogger)
+        let observer = Engine(url: try postgresURL(), logger: quietLogger)
+        try await backend.run {
+            let table = "late_cancel_\(UInt32.random(in: 0...UInt32.max))"
+            // A trigger that sleeps and swallows the cancel request: the INSERT completes whatever happens.
+            try await observer.withConnection { connection in
+                try await connection.executeScript("""
+                    CREATE TABLE \(table) (id INTEGER PRIMARY KEY);
+                    CREATE FUNCTION \(table)_stubborn() RETURNS trigger LANGUAGE plpgsql AS $$
+                        BEGIN
+                            BEGIN PERFORM pg_sleep(0.5); EXCEPTION WHEN query_canceled THEN NULL; END;
+                            RETURN NEW;
+                        END $$;
+                    CREATE TRIGGER \(table)_slow BEFORE INSERT ON \(table) FOR EACH ROW EXECUTE FUNCTION \(table)_stubborn();
+                    """)
+            }
+            let pid = Recorder<Int>()
+            let outcome = Recorder<String>()
+            let scope = CancelScope()
+            try await Runtime.withTaskGroup { group in
+                try group.startSoon {
+                    do {
+                        let value: Int? = try await scope.enter { _ in
+                            try await engine.withConnection { connection in
+                                pid.append(try await connection.execute("SELECT pg_backend_pid()").scalar(Int.self) ?? -1)
+                                let inserted = try await connection.execute("INSERT INTO \(unsafeRaw: table) (id) VALUES (\(1))")
+                                outcome.append("returned, \(inserted.rowsAffected) row")
+                                try await Runtime.checkpoint()  // the caller's next checkpoint sees the cancellation
+                                outcome.append("went past the checkpoint")
+                            }
+                            return 1
+                        }
+                        outcome.append(value == nil ? "scope caught the cancellation" : "scope returned")
+                    } catch {
+                        outcome.append("threw \(error)")
+                    }
+                }
+                // Once the INSERT runs (its trigger sleeps), the caller is cancelled.
+                try await failAfter(.seconds(20)) {
+                    while true {
+                        if let backendPid = pid.values.first {
+                            let inserting = try await observer.withConnection { observer in
+                                try await observer.execute(
+                                    "SELECT count(*) FROM pg_stat_activity WHERE pid = \(backendPid) AND state = 'active' AND query LIKE 'INSERT%'"
+                                ).scalar(Int.self)
+                            }
+                            if inserting == 1 { break }
+                        }
+                        try await Runtime.runBlocking { _ = usleep(2_000) }  // real time: the INSERT runs for real
+                    }
+                }
+                scope.cancel()
+            }
+            let rows = try await observer.withConnection {
+                try await $0.execute("SELECT count(*) FROM \(unsafeRaw: table)").scalar(Int.self)
+            }
+            #expect(rows == 1)
+            #expect(outcome.values == ["returned, 1 row", "scope caught the cancellation"], "\(outcome.values)")
+            try await observer.withConnection { try await $0.executeScript("DROP TABLE \(table); DROP FUNCTION \(table)_stubborn()") }
+            await engine.dispose()
+            await observer.dispose()
+        }
+    }
+}

@@ -35,6 +35,16 @@ final class PostgresConnection: Sendable {
     private let watchedSocket = Atomic<Int32>(-1)
     /// Statements this connection prepared, by SQL text and parameter types.
     private let statements = Mutex(StatementCache())
+    /// A cancellation that landed during the current call, once the statement was on its way: see
+    /// ``waitOnSocket(for:sql:canCancelServer:)``. Reset as each call takes the connection.
+    private let lateCancel = Mutex(LateCancel())
+
+    private struct LateCancel: Sendable {
+        /// The shielded wait's deadline, set by the first cancellation seen in the call.
+        var deadline: RuntimeInstant?
+        /// Whether the server was asked to cancel the statement.
+        var requested = false
+    }
 
     /// How long the clean-up after a cancellation may take before the connection is given up.
     /// (The same as a rollback's: on a loaded machine a cancel request, which forks a server process, and the
@@ -222,6 +232,7 @@ final class PostgresConnection: Sendable {
     private func exclusively<T>(_ sql: String, _ body: () async throws -> T) async throws -> T {
         try Runtime.checkCancellation()
         try acquire(sql)
+        lateCancel.withLock { $0 = LateCancel() }
         do {
             let result = try await body()
             await release()
@@ -310,6 +321,7 @@ final class PostgresConnection: Sendable {
                 statements.withLock { $0.removeAll() }
             }
         }
+        if statementFailedAfterCancellation(failedStatement) { throw CancellationError() }
         if failedStatement, let error = outcome.lastError { throw error }
         return outcome.rows
     }
@@ -418,12 +430,15 @@ final class PostgresConnection: Sendable {
                 let sent = uniform ? try handle.sendQueryPrepared("", set, sql: sql) : try handle.sendQuery(sql, set)
                 guard sent else { throw await failure(sql: sql) }
                 // Push out what has accumulated now and then, reading meanwhile: memory stays bounded.
-                if index % 256 == 255 { try await flush(sql: sql) }
+                // (A cancellation here stops the batch: it is not fully sent, and closing the connection rolls
+                // it back.)
+                if index % 256 == 255 { try await flush(sql: sql, whileSending: true) }
             }
             guard handle.pipelineSync() else { throw await failure(sql: sql) }
             synced = true
             try await flush(sql: sql)
             let outcome = try await collectPipeline(expected: expected, sql: sql)
+            if statementFailedAfterCancellation(outcome.firstError != nil) { throw CancellationError() }
             if let error = outcome.firstError { throw error }
             return outcome.rows
         } catch let error as CancellationError {
@@ -459,7 +474,7 @@ final class PostgresConnection: Sendable {
         var syncsLeft = syncs
         while true {
             while handle.isBusy {
-                try await runtime.wait(fd: try await liveSocket(sql: sql), for: .read)
+                try await waitOnSocket(for: .read, sql: sql, canCancelServer: true)
                 guard handle.consumeInput() else { throw await failure(sql: sql) }
             }
             guard let result = handle.nextResult() else {
@@ -556,12 +571,17 @@ final class PostgresConnection: Sendable {
 
     /// Pushes the query out; while libpq's buffer is full, waits for write readiness, and reads meanwhile so
     /// that a server blocked writing to us cannot deadlock the exchange (FINDINGS Q6, pitfall 4).
-    private func flush(sql: String) async throws {
+    /// Pushes out what libpq has queued. `whileSending`: more of the statement is still to be queued, so a
+    /// cancellation stops here (nothing complete has reached the server); otherwise it is absorbed like any
+    /// wait of a statement on its way (``waitOnSocket(for:sql:canCancelServer:)``).
+    private func flush(sql: String, whileSending: Bool = false) async throws {
         while true {
             switch handle.flush() {
             case 0: return
             case 1:
-                let ready = try await runtime.wait(fd: try await liveSocket(sql: sql), for: [.read, .write])
+                let ready = whileSending
+                    ? try await runtime.wait(fd: try await liveSocket(sql: sql), for: [.read, .write])
+                    : try await waitOnSocket(for: [.read, .write], sql: sql, canCancelServer: false)
                 if ready.contains(.read), !handle.consumeInput() { throw await failure(sql: sql) }
             default: throw await failure(sql: sql)
             }
@@ -575,7 +595,7 @@ final class PostgresConnection: Sendable {
         var serverError: SQLError?
         while true {
             while handle.isBusy {
-                try await runtime.wait(fd: try await liveSocket(sql: sql), for: .read)
+                try await waitOnSocket(for: .read, sql: sql, canCancelServer: true)
                 guard handle.consumeInput() else { throw await failure(sql: sql) }
             }
             guard let result = handle.nextResult() else { break }
@@ -597,6 +617,7 @@ final class PostgresConnection: Sendable {
             let lost = await failure(sql: sql)
             throw serverError.map { SQLError(.connection, $0.message, sqlState: $0.sqlState, sql: sql) } ?? lost
         }
+        if statementFailedAfterCancellation(serverError != nil) { throw CancellationError() }
         if let serverError { throw serverError }
         return rows
     }
@@ -699,6 +720,54 @@ final class PostgresConnection: Sendable {
             throw await failure(sql: sql)
         }
         return fd
+    }
+
+    /// Waits for the socket during a call whose statement is on its way to the server.
+    ///
+    /// A cancellation that lands here does not abandon the call, since the statement may be running, or done,
+    /// on the server. The first one asks the server to cancel it (`canCancelServer`: once it is fully sent;
+    /// the server reads a cancel only between messages), and the call keeps waiting, shielded, within the
+    /// clean-up deadline, for the server's answer: a statement that finished anyway then reports its result
+    /// (the caller's next checkpoint throws), and one the server cancelled reports the cancellation
+    /// (``statementFailedAfterCancellation()``). "Cancelled" always means it did not happen.
+    @discardableResult
+    private func waitOnSocket(for events: IOEvents, sql: String, canCancelServer: Bool) async throws -> IOEvents {
+        let fd = try await liveSocket(sql: sql)
+        do {
+            return try await runtime.wait(fd: fd, for: events)
+        } catch is CancellationError {
+            let deadline = lateCancel.withLock { state -> RuntimeInstant in
+                let deadline = state.deadline ?? runtime.now.advanced(by: Self.cleanUpDeadline)
+                state.deadline = deadline
+                return deadline
+            }
+            let handle = self.handle
+            let ready: IOEvents? = try await withCancelScope(deadline: deadline, shield: true) { _ in
+                let first = canCancelServer && lateCancel.withLock { state in
+                    defer { state.requested = true }
+                    return !state.requested
+                }
+                if first {
+                    let cancel = handle.cancelObject()
+                    // Abandoned at the deadline: PQcancel blocks while it connects.
+                    _ = try await runtime.runBlocking(onCancel: .abandon) { cancel?.send() ?? false }
+                }
+                return try await runtime.wait(fd: fd, for: events)
+            }
+            guard let ready else {
+                // No answer in time: the statement's fate is unknown, and the connection is given up.
+                markBroken("no answer within \(Self.cleanUpDeadline) after a cancelled statement")
+                await forgetSocket()
+                throw CancellationError()
+            }
+            return ready
+        }
+    }
+
+    /// After a call's results: whether a cancellation landed during it and the statement did not complete
+    /// (the server cancelled it, or it failed): then the call throws `CancellationError`, as nothing happened.
+    private func statementFailedAfterCancellation(_ failed: Bool) -> Bool {
+        failed && lateCancel.withLock { $0.deadline != nil }
     }
 
     /// Marks the connection broken, keeping the first reason for later errors.
