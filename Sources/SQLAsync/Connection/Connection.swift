@@ -4,7 +4,7 @@ import Synchronization
 
 /// A connection to a database: statements, written once with ``SQL``, compiled for its dialect.
 ///
-/// Obtain one from ``Engine/connect()``; call ``close()`` when done. A connection serves one task at a time.
+/// Obtain one from ``Engine/connect(timeout:)``; call ``close()`` when done. A connection serves one task at a time.
 public final class Connection: Sendable {
     enum Driver: Sendable {
         case postgres(PostgresConnection)

@@ -118,7 +118,10 @@ public final class Engine: Sendable {
 
     /// Opens a connection, runs `body` with it and closes it, also when `body` throws or is cancelled.
     ///
-    /// - Parameter timeout: how long to wait for a free connection (see ``connect(timeout:)``).
+    /// - Parameters:
+    ///   - timeout: how long to wait for a free connection (see ``connect(timeout:)``).
+    ///   - isolation: the caller's isolation (leave the default).
+    ///   - body: the work; it gets the connection.
     @discardableResult
     public func withConnection<T>(
         timeout: Duration? = nil,
