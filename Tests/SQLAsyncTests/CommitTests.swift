@@ -64,15 +64,20 @@ struct CommitTests {
 
     /// Waits until the session whose pid is recorded runs its COMMIT.
     static func waitUntilCommitting(_ pid: Recorder<Int>, observer: Engine) async throws {
+        try await waitUntilRunning(pid, queryLike: "COMMIT", observer: observer)
+    }
+
+    /// Waits until the session whose pid is recorded runs a statement whose text is like `pattern`.
+    static func waitUntilRunning(_ pid: Recorder<Int>, queryLike pattern: String, observer: Engine) async throws {
         try await failAfter(.seconds(20)) {
             while true {
                 if let backendPid = pid.values.first {
-                    let committing = try await observer.withConnection { observer in
+                    let running = try await observer.withConnection { observer in
                         try await observer.execute(
-                            "SELECT count(*) FROM pg_stat_activity WHERE pid = \(backendPid) AND state = 'active' AND query = 'COMMIT'"
+                            "SELECT count(*) FROM pg_stat_activity WHERE pid = \(backendPid) AND state = 'active' AND query LIKE \(pattern)"
                         ).scalar(Int.self)
                     }
-                    if committing == 1 { return }
+                    if running == 1 { return }
                 }
                 // A real-time pause (virtual time's clock stands still meanwhile): the COMMIT runs for real time,
                 // and a virtual sleep would only end when the server next answers.
@@ -164,19 +169,7 @@ struct LateCancelTests {
                     }
                 }
                 // Once the INSERT runs (its trigger sleeps), the caller is cancelled.
-                try await failAfter(.seconds(20)) {
-                    while true {
-                        if let backendPid = pid.values.first {
-                            let inserting = try await observer.withConnection { observer in
-                                try await observer.execute(
-                                    "SELECT count(*) FROM pg_stat_activity WHERE pid = \(backendPid) AND state = 'active' AND query LIKE 'INSERT%'"
-                                ).scalar(Int.self)
-                            }
-                            if inserting == 1 { break }
-                        }
-                        try await Runtime.runBlocking { _ = usleep(2_000) }  // real time: the INSERT runs for real
-                    }
-                }
+                try await CommitTests.waitUntilRunning(pid, queryLike: "INSERT%", observer: observer)
                 scope.cancel()
             }
             let rows = try await observer.withConnection {
