@@ -67,15 +67,20 @@ struct CommitTests {
         try await waitUntilRunning(pid, queryLike: "COMMIT", observer: observer)
     }
 
-    /// Waits until the session whose pid is recorded runs a statement whose text is like `pattern`.
-    static func waitUntilRunning(_ pid: Recorder<Int>, queryLike pattern: String, observer: Engine) async throws {
+    /// Waits until the session whose pid is recorded runs a statement whose text is like `pattern` (and, when
+    /// given, waits on `waitEvent` in it, such as a trigger's `PgSleep`).
+    static func waitUntilRunning(
+        _ pid: Recorder<Int>, queryLike pattern: String, waitEvent: String? = nil, observer: Engine
+    ) async throws {
         try await failAfter(.seconds(20)) {
             while true {
                 if let backendPid = pid.values.first {
                     let running = try await observer.withConnection { observer in
                         try await observer.execute(
-                            "SELECT count(*) FROM pg_stat_activity WHERE pid = \(backendPid) AND state = 'active' AND query LIKE \(pattern)"
-                        ).scalar(Int.self)
+                            """
+                            SELECT count(*) FROM pg_stat_activity WHERE pid = \(backendPid) AND state = 'active'
+                              AND query LIKE \(pattern) AND (\(waitEvent)::text IS NULL OR wait_event = \(waitEvent))
+                            """).scalar(Int.self)
                     }
                     if running == 1 { return }
                 }
@@ -168,8 +173,8 @@ struct LateCancelTests {
                         outcome.append("threw \(error)")
                     }
                 }
-                // Once the INSERT runs (its trigger sleeps), the caller is cancelled.
-                try await CommitTests.waitUntilRunning(pid, queryLike: "INSERT%", observer: observer)
+                // Once the INSERT's trigger sleeps (where it swallows the cancel request), the caller is cancelled.
+                try await CommitTests.waitUntilRunning(pid, queryLike: "INSERT%", waitEvent: "PgSleep", observer: observer)
                 scope.cancel()
             }
             let rows = try await observer.withConnection {

@@ -13,33 +13,34 @@ import Glibc
 /// A connection serves one task at a time (the pool hands it out as a lease); a second concurrent call is a
 /// ``SQLError/Kind/misuse`` error, not a corrupted protocol stream.
 ///
-/// Cancellation: a query cancelled at any await sends a cancel request (`PQcancel`, on a worker thread, since
-/// libpq 15 has no non-blocking cancel) and drains the results inside a shielded scope with its own short
-/// deadline, so the connection is clean when the call returns; if that fails the connection is marked broken
-/// and must be discarded.
+/// Cancellation: nothing is sent from cancelled code. Once a statement is on its way, a cancellation sends a
+/// cancel request (`PQcancel`, on a worker thread, since libpq 15 has no non-blocking cancel) and the call
+/// keeps reading, shielded, within a short deadline of its own: it throws `CancellationError` when the server
+/// cancelled the statement and returns the result when it finished anyway, so the connection is clean when
+/// the call returns; if that fails the connection is marked broken and must be discarded.
 final class PostgresConnection: Sendable {
-    private let runtime: Runtime
-    private let handle: PGHandle
+    let runtime: Runtime
+    let handle: PGHandle
     /// The engine's logger: a connection given up says why (never with values).
-    private let logger: Logger?
+    let logger: Logger?
     /// Who uses the connection: 0 nobody, 1 a call (or an open stream), 2 a call, and a close is waiting for
     /// it to end, 3 closed. libpq's connection is touched only by the call holding it (1 or 2) or by the close
     /// (3): a close that meets a call hands the closing over to it, so `PQfinish` never runs under a call.
     private let use = Atomic<UInt8>(0)
-    private let brokenFlag = Atomic<Bool>(false)
+    let brokenFlag = Atomic<Bool>(false)
     /// Why the connection was given up (the first reason), for the error every later call throws.
     private let brokenReason = Mutex<String?>(nil)
     /// The socket the runtime watches. libpq closes its socket by itself when the connection is lost, so
     /// this is kept to `forget` it on every failure (a stale registration would hang the next user of the
     /// fd number).
-    private let watchedSocket = Atomic<Int32>(-1)
+    let watchedSocket = Atomic<Int32>(-1)
     /// Statements this connection prepared, by SQL text and parameter types.
     private let statements = Mutex(StatementCache())
     /// A cancellation that landed during the current call, once the statement was on its way: see
     /// ``waitOnSocket(for:sql:canCancelServer:)``. Reset as each call takes the connection.
-    private let lateCancel = Mutex(LateCancel())
+    let lateCancel = Mutex(LateCancel())
 
-    private struct LateCancel: Sendable {
+    struct LateCancel: Sendable {
         /// The shielded wait's deadline, set by the first cancellation seen in the call.
         var deadline: RuntimeInstant?
         /// Whether the server was asked to cancel the statement.
@@ -205,7 +206,7 @@ final class PostgresConnection: Sendable {
     }
 
     /// Takes the connection for one call: one task at a time, and never once broken or closed.
-    private func acquire(_ sql: String) throws(SQLError) {
+    func acquire(_ sql: String) throws(SQLError) {
         guard !brokenFlag.load(ordering: .acquiring) else {
             let reason = brokenReason.withLock { $0 }.map { " (\($0))" } ?? ""
             throw SQLError(.connection, "the connection is broken\(reason); discard it", sql: sql)
@@ -218,7 +219,7 @@ final class PostgresConnection: Sendable {
     }
 
     /// Gives the connection back after a call; closes it when a close came meanwhile.
-    private func release() async {
+    func release() async {
         let status = handle.transactionStatus
         inTransaction.store(status == PQTRANS_INTRANS || status == PQTRANS_INERROR, ordering: .releasing)
         guard !use.compareExchange(expected: 1, desired: 0, ordering: .acquiringAndReleasing).exchanged else { return }
@@ -229,7 +230,7 @@ final class PostgresConnection: Sendable {
 
     /// Runs `body` holding the connection. Nothing is sent from code that is cancelled already: the call
     /// throws `CancellationError` and has no effect.
-    private func exclusively<T>(_ sql: String, _ body: () async throws -> T) async throws -> T {
+    func exclusively<T>(_ sql: String, _ body: () async throws -> T) async throws -> T {
         try Runtime.checkCancellation()
         try acquire(sql)
         lateCancel.withLock { $0 = LateCancel() }
@@ -245,7 +246,7 @@ final class PostgresConnection: Sendable {
 
     /// Runs one exchange with the server: a cancellation cleans the connection up (cancel request and
     /// drain), a connection error marks it broken.
-    private func cleaningUp<T>(_ exchange: () async throws -> T) async throws -> T {
+    func cleaningUp<T>(_ exchange: () async throws -> T) async throws -> T {
         do {
             return try await exchange()
         } catch let error as CancellationError {
@@ -326,255 +327,12 @@ final class PostgresConnection: Sendable {
         return outcome.rows
     }
 
-    // MARK: Streaming
-
-    /// Sends `sql` in single-row mode and keeps the connection for the stream until ``closeStream()``.
-    func openStream(_ sql: String, _ binds: [SQLValue]) async throws {
-        try Runtime.checkCancellation()  // nothing is sent from cancelled code
-        try acquire(sql)
-        do {
-            guard try handle.sendQuery(sql, binds) else { throw await failure(sql: sql) }
-            guard handle.setSingleRowMode() else { throw await failure(sql: sql) }
-            try await flush(sql: sql)
-        } catch {
-            await closeStream()
-            throw error
-        }
-    }
-
-    /// Up to `limit` more rows of the stream; `nil` after the last. Reads from the socket only as rows are
-    /// asked for, so the server is held back (TCP flow control) instead of memory growing.
-    func nextRows(limit: Int, sql: String) async throws -> RawRows? {
-        var rows = RawRows()
-        var serverError: SQLError?
-        return try await cleaningUp {
-            while rows.rowCount < limit {
-                while handle.isBusy {
-                    // Rows in hand go out first: waiting for more would hold them back.
-                    if !rows.isEmpty, serverError == nil { return rows }
-                    try await runtime.wait(fd: try await liveSocket(sql: sql), for: .read)
-                    guard handle.consumeInput() else { throw await failure(sql: sql) }
-                }
-                guard let result = handle.nextResult() else {
-                    if handle.status != CONNECTION_OK { throw await failure(sql: sql) }
-                    if let serverError { throw serverError }
-                    return rows.isEmpty ? nil : rows
-                }
-                defer { PQclear(result) }
-                switch PQresultStatus(result) {
-                case PGRES_SINGLE_TUPLE:
-                    rows.append(PGHandle.decode(result))
-                case PGRES_TUPLES_OK, PGRES_COMMAND_OK:
-                    break  // the end: zero rows; NULL follows
-                case PGRES_COPY_IN, PGRES_COPY_OUT, PGRES_COPY_BOTH:
-                    let refusal = try await refuseCopy(PQresultStatus(result), sql: sql)
-                    serverError = serverError ?? refusal
-                default:
-                    serverError = serverError ?? PGHandle.error(from: result, sql: sql)
-                }
-            }
-            return rows
-        }
-    }
-
-    /// Ends the stream: when rows are left, cancels the query and drains (shielded, with a deadline). The
-    /// connection is then free again.
-    func closeStream() async {
-        await cleanUpAfterCancellation()
-        await release()
-    }
-
-    /// Runs `sql` once per parameter set in libpq's pipeline mode: one prepare, every execution sent without
-    /// waiting, one sync — a single round trip for the batch. Outside a transaction the batch is atomic (the
-    /// server runs a pipeline up to its sync as one implicit transaction); inside one, an error aborts it.
-    ///
-    /// Returns the rows every execution returned (for `RETURNING`), and the rows affected by all.
-    func executeMany(_ sql: String, _ sets: [[SQLValue]]) async throws -> RawRows {
-        guard let first = sets.first else { return RawRows() }
-        return try await exclusively(sql) { try await executeMany(sql, sets, first: first) }
-    }
-
-    private func executeMany(_ sql: String, _ sets: [[SQLValue]], first: [SQLValue]) async throws -> RawRows {
-        // One parameter type per position: the first set's, unless a later set has a non-NULL value of another
-        // type there; then every execution is sent with its own types (no shared prepared statement).
-        var types = first.map(PGHandle.typeOID)
-        var uniform = true
-        for set in sets.dropFirst() {
-            guard set.count == types.count else {
-                throw SQLError(.misuse, "every parameter set needs \(types.count) values; one has \(set.count)", sql: sql)
-            }
-            for (index, value) in set.enumerated() where value != .null {
-                let type = PGHandle.typeOID(value)
-                if types[index] == 0, case .null = first[index] { types[index] = type } else if types[index] != type { uniform = false }
-            }
-        }
-        // Refused before anything is sent, so that a batch never runs in part.
-        for set in sets {
-            for (index, value) in set.enumerated() {
-                if case .text(let text) = value, text.utf8.contains(0) {
-                    throw SQLError(
-                        .misuse, "parameter $\(index + 1) is text with a NUL byte, which PostgreSQL cannot store; bind it as bytes",
-                        sql: sql)
-                }
-            }
-        }
-        guard handle.enterPipelineMode() else { throw await failure(sql: sql) }
-        var synced = false
-        do {
-            var expected = sets.count
-            if uniform {
-                guard handle.sendPrepare("", sql, types: types) else { throw await failure(sql: sql) }
-                expected += 1
-            }
-            for (index, set) in sets.enumerated() {
-                let sent = uniform ? try handle.sendQueryPrepared("", set, sql: sql) : try handle.sendQuery(sql, set)
-                guard sent else { throw await failure(sql: sql) }
-                // Push out what has accumulated now and then, reading meanwhile: memory stays bounded.
-                // (A cancellation here stops the batch: it is not fully sent, and closing the connection rolls
-                // it back.)
-                if index % 256 == 255 { try await flush(sql: sql, whileSending: true) }
-            }
-            guard handle.pipelineSync() else { throw await failure(sql: sql) }
-            synced = true
-            try await flush(sql: sql)
-            let outcome = try await collectPipeline(expected: expected, sql: sql)
-            if statementFailedAfterCancellation(outcome.firstError != nil) { throw CancellationError() }
-            if let error = outcome.firstError { throw error }
-            return outcome.rows
-        } catch let error as CancellationError {
-            await cleanUpPipeline(synced: synced)
-            throw error
-        } catch let error as SQLError where error.kind == .connection {
-            markBroken(error.message)
-            throw error
-        } catch {
-            await cleanUpPipeline(synced: synced)
-            throw error
-        }
-    }
-
-    /// What a pipeline returned: the rows of every command, and which commands failed.
-    struct PipelineOutcome {
-        var rows = RawRows()
-        /// The result column types the DESCRIBE command reported.
-        var describedTypes: [Oid]?
-        /// The errors, by command index (commands skipped after an error are not failures).
-        var errors: [Int: SQLError] = [:]
-        /// The first command's error.
-        var firstError: SQLError? { errors.keys.min().flatMap { errors[$0] } }
-        /// The last failing command's error: after a middle sync, the statement's own.
-        var lastError: SQLError? { errors.keys.max().flatMap { errors[$0] } }
-        func failed(_ command: Int) -> Bool { errors[command] != nil }
-    }
-
-    /// Reads the results of `expected` pipelined commands and the sync, then leaves pipeline mode.
-    private func collectPipeline(expected: Int, syncs: Int = 1, sql: String, describing: Int? = nil) async throws -> PipelineOutcome {
-        var outcome = PipelineOutcome()
-        var command = 0
-        var syncsLeft = syncs
-        while true {
-            while handle.isBusy {
-                try await waitOnSocket(for: .read, sql: sql, canCancelServer: true)
-                guard handle.consumeInput() else { throw await failure(sql: sql) }
-            }
-            guard let result = handle.nextResult() else {
-                // The end of one command's results.
-                command += 1
-                // Past the last command only the sync can come; more ends mean the connection is gone.
-                if command > expected + 1 || handle.status != CONNECTION_OK { throw await failure(sql: sql) }
-                continue
-            }
-            defer { PQclear(result) }
-            switch PQresultStatus(result) {
-            case PGRES_PIPELINE_SYNC:
-                syncsLeft -= 1
-                guard syncsLeft == 0 else { continue }
-                guard handle.exitPipelineMode() else { throw await failure(sql: sql) }
-                return outcome
-            case PGRES_TUPLES_OK:
-                outcome.rows.append(PGHandle.decode(result))
-                outcome.rows.rowsAffected += PGHandle.rowsAffected(result)
-            case PGRES_COMMAND_OK where command == describing:
-                outcome.describedTypes = (0..<PQnfields(result)).map { PQftype(result, $0) }
-            case PGRES_COMMAND_OK:
-                outcome.rows.rowsAffected += PGHandle.rowsAffected(result)
-            case PGRES_PIPELINE_ABORTED:
-                break  // skipped after an earlier error, which is the one reported
-            case PGRES_COPY_IN, PGRES_COPY_OUT, PGRES_COPY_BOTH:
-                // libpq cannot leave a COPY inside a pipeline: the connection is given up.
-                markBroken("a COPY inside a batch")
-                await forgetSocket()
-                handle.finish()
-                throw SQLError(.misuse, "COPY cannot run in a batch or as a prepared statement; the connection was closed", sql: sql)
-            default:
-                outcome.errors[command] = PGHandle.error(from: result, sql: sql)
-            }
-        }
-    }
-
-    /// After a cancelled or failed pipeline, shielded and with a deadline. Before the sync was sent, the
-    /// connection is closed: a sync now would commit the commands already run, so closing (which makes the
-    /// server roll them back) is the only way the batch stays all-or-nothing. After the sync: cancel what
-    /// runs, drain to the sync, leave pipeline mode. The connection is broken if that fails.
-    private func cleanUpPipeline(synced: Bool) async {
-        guard handle.isInPipelineMode, !brokenFlag.load(ordering: .acquiring) else { return }  // nothing is left
-        guard synced else {
-            logger?.info("closing a PostgreSQL connection: a batch was cancelled before it was fully sent (the server rolls it back)")
-            markBroken("a batch was cancelled before it was fully sent")
-            await forgetSocket()
-            handle.finish()
-            return
-        }
-        let handle = self.handle
-        let clean: Bool? = try? await withCancelScope(
-            deadline: runtime.now.advanced(by: Self.cleanUpDeadline), shield: true
-        ) { _ in
-            if handle.isBusy {
-                let cancel = handle.cancelObject()
-                _ = try await runtime.runBlocking(onCancel: .abandon) { cancel?.send() ?? false }
-            }
-            var ends = 0
-            while true {
-                switch handle.flush() {
-                case 0: break
-                case 1:
-                    let ready = try await runtime.wait(fd: handle.socket, for: [.read, .write])
-                    if ready.contains(.read), !handle.consumeInput() { return false }
-                    continue
-                default: return false
-                }
-                while handle.isBusy {
-                    guard handle.status == CONNECTION_OK else { return false }
-                    try await runtime.wait(fd: handle.socket, for: .read)
-                    guard handle.consumeInput() else { return false }
-                }
-                guard let result = handle.nextResult() else {
-                    // One end per command; two in a row with nothing to wait for would spin forever.
-                    ends += 1
-                    if ends > 1 { return false }
-                    continue
-                }
-                ends = 0
-                let status = PQresultStatus(result)
-                PQclear(result)
-                if status == PGRES_COPY_IN || status == PGRES_COPY_OUT || status == PGRES_COPY_BOTH { return false }
-                // Leaving pipeline mode succeeds once nothing is pending: after the last sync.
-                if status == PGRES_PIPELINE_SYNC, handle.exitPipelineMode() { return true }
-            }
-        }
-        if clean != true {
-            logger?.warning("discarding a PostgreSQL connection: the clean-up after a cancelled batch failed")
-            markBroken("the clean-up after a cancelled batch failed")
-            await forgetSocket()
-        }
-    }
-
     /// Pushes the query out; while libpq's buffer is full, waits for write readiness, and reads meanwhile so
     /// that a server blocked writing to us cannot deadlock the exchange (FINDINGS Q6, pitfall 4).
     /// Pushes out what libpq has queued. `whileSending`: more of the statement is still to be queued, so a
     /// cancellation stops here (nothing complete has reached the server); otherwise it is absorbed like any
     /// wait of a statement on its way (``waitOnSocket(for:sql:canCancelServer:)``).
-    private func flush(sql: String, whileSending: Bool = false) async throws {
+    func flush(sql: String, whileSending: Bool = false) async throws {
         while true {
             switch handle.flush() {
             case 0: return
@@ -625,7 +383,7 @@ final class PostgresConnection: Sendable {
     /// Ends a COPY the statement started (the protocol would otherwise wait for data forever) and returns the
     /// error to report: COPY FROM STDIN is ended with a failure the server turns into an error; the data of
     /// COPY TO STDOUT is read and dropped.
-    private func refuseCopy(_ status: ExecStatusType, sql: String) async throws -> SQLError {
+    func refuseCopy(_ status: ExecStatusType, sql: String) async throws -> SQLError {
         let refusal = SQLError(.misuse, "COPY … FROM STDIN / TO STDOUT is not supported; use executeMany or stream", sql: sql)
         switch status {
         case PGRES_COPY_IN:
@@ -651,70 +409,9 @@ final class PostgresConnection: Sendable {
         return refusal
     }
 
-    /// After a cancelled await mid-query: ask the server to cancel, wait for its answer and drain, all in a
-    /// shielded scope with its own deadline. A late cancel can then never hit the next query.
-    private func cleanUpAfterCancellation() async {
-        // Already given up (a clean-up before this one failed): its socket registration is gone, and waiting
-        // on the fd again would register it anew under a connection about to be closed.
-        guard !brokenFlag.load(ordering: .acquiring) else { return }
-        let handle = self.handle
-        let watched = watchedSocket.load(ordering: .acquiring)
-        let failure: String?
-        do {
-            failure = try await withCancelScope(
-                deadline: runtime.now.advanced(by: Self.cleanUpDeadline), shield: true
-            ) { _ -> String? in
-                guard handle.isBusy || handle.hasPendingResults else { return nil }
-                guard handle.status == CONNECTION_OK, handle.socket == watched else { return "the connection is gone" }
-                // A query cancelled while it was being sent is pushed out whole first: the server reads a
-                // cancel only between messages, and answers only a complete one.
-                while true {
-                    let flushed = handle.flush()
-                    if flushed == 0 { break }
-                    guard flushed == 1 else { return "writing failed" }
-                    let ready = try await runtime.wait(fd: watched, for: [.read, .write])
-                    if ready.contains(.read), !handle.consumeInput() { return "reading failed" }
-                }
-                // Still running on the server: ask it to stop. Not only while libpq is busy — in single-row mode
-                // libpq is "not busy" whenever one row is buffered, and then a stream left after 10 rows of a
-                // million drained all the rest (seconds on a loaded machine, past the deadline). A cancel that
-                // reaches a session after its query ended is ignored by the server (it is idle by then: this
-                // drain waits for the query's end before the connection is used again).
-                if handle.isBusy || handle.hasPendingResults {
-                    let cancel = handle.cancelObject()
-                    // Abandoned at the deadline: PQcancel blocks while it connects, and an unreachable server
-                    // must not hold the clean-up past it.
-                    _ = try await runtime.runBlocking(onCancel: .abandon) { cancel?.send() ?? false }
-                }
-                // Drain until libpq reports no more results: the cancelled query's error, or its normal end.
-                while true {
-                    while handle.isBusy {
-                        guard handle.status == CONNECTION_OK else { return "the server closed the connection" }
-                        try await runtime.wait(fd: watched, for: .read)
-                        guard handle.consumeInput() else { return "reading failed" }
-                    }
-                    guard let result = handle.nextResult() else { return nil }
-                    let status = PQresultStatus(result)
-                    PQclear(result)
-                    // A COPY in progress answers every call with another COPY result, never the end: give up.
-                    if status == PGRES_COPY_IN || status == PGRES_COPY_OUT || status == PGRES_COPY_BOTH {
-                        return "a COPY was in progress"
-                    }
-                }
-            } ?? "no answer within \(Self.cleanUpDeadline)"
-        } catch {
-            failure = "\(error)"
-        }
-        if let failure {
-            logger?.warning("discarding a PostgreSQL connection: the clean-up after a cancelled query failed: \(failure)")
-            markBroken("the clean-up after a cancelled query failed: \(failure)")
-            await forgetSocket()
-        }
-    }
-
     /// The socket to wait on, or the connection error when libpq has lost (and closed) it — then the
     /// registration is dropped at once, before another task can reuse the fd number.
-    private func liveSocket(sql: String) async throws -> Int32 {
+    func liveSocket(sql: String) async throws -> Int32 {
         let fd = handle.socket
         guard handle.status == CONNECTION_OK, fd >= 0, fd == watchedSocket.load(ordering: .acquiring) else {
             throw await failure(sql: sql)
@@ -722,70 +419,22 @@ final class PostgresConnection: Sendable {
         return fd
     }
 
-    /// Waits for the socket during a call whose statement is on its way to the server.
-    ///
-    /// A cancellation that lands here does not abandon the call, since the statement may be running, or done,
-    /// on the server. The first one asks the server to cancel it (`canCancelServer`: once it is fully sent;
-    /// the server reads a cancel only between messages), and the call keeps waiting, shielded, within the
-    /// clean-up deadline, for the server's answer: a statement that finished anyway then reports its result
-    /// (the caller's next checkpoint throws), and one the server cancelled reports the cancellation
-    /// (``statementFailedAfterCancellation()``). "Cancelled" always means it did not happen.
-    @discardableResult
-    private func waitOnSocket(for events: IOEvents, sql: String, canCancelServer: Bool) async throws -> IOEvents {
-        let fd = try await liveSocket(sql: sql)
-        do {
-            return try await runtime.wait(fd: fd, for: events)
-        } catch is CancellationError {
-            let deadline = lateCancel.withLock { state -> RuntimeInstant in
-                let deadline = state.deadline ?? runtime.now.advanced(by: Self.cleanUpDeadline)
-                state.deadline = deadline
-                return deadline
-            }
-            let handle = self.handle
-            let ready: IOEvents? = try await withCancelScope(deadline: deadline, shield: true) { _ in
-                let first = canCancelServer && lateCancel.withLock { state in
-                    defer { state.requested = true }
-                    return !state.requested
-                }
-                if first {
-                    let cancel = handle.cancelObject()
-                    // Abandoned at the deadline: PQcancel blocks while it connects.
-                    _ = try await runtime.runBlocking(onCancel: .abandon) { cancel?.send() ?? false }
-                }
-                return try await runtime.wait(fd: fd, for: events)
-            }
-            guard let ready else {
-                // No answer in time: the statement's fate is unknown, and the connection is given up.
-                markBroken("no answer within \(Self.cleanUpDeadline) after a cancelled statement")
-                await forgetSocket()
-                throw CancellationError()
-            }
-            return ready
-        }
-    }
-
-    /// After a call's results: whether a cancellation landed during it and the statement did not complete
-    /// (the server cancelled it, or it failed): then the call throws `CancellationError`, as nothing happened.
-    private func statementFailedAfterCancellation(_ failed: Bool) -> Bool {
-        failed && lateCancel.withLock { $0.deadline != nil }
-    }
-
     /// Marks the connection broken, keeping the first reason for later errors.
-    private func markBroken(_ reason: String) {
+    func markBroken(_ reason: String) {
         brokenReason.withLock { if $0 == nil { $0 = reason } }
         brokenFlag.store(true, ordering: .releasing)
     }
 
     /// Marks the connection broken and drops the runtime's registration of its socket before anything else
     /// can reuse the number; returns the error to throw.
-    private func failure(sql: String) async -> SQLError {
+    func failure(sql: String) async -> SQLError {
         let error = handle.connectionError("the connection failed", sql: sql)
         markBroken(error.message)
         await forgetSocket()
         return error
     }
 
-    private func forgetSocket() async {
+    func forgetSocket() async {
         let fd = watchedSocket.exchange(-1, ordering: .acquiringAndReleasing)
         if fd >= 0 { await runtime.forget(fd: fd) }
     }
@@ -844,85 +493,4 @@ private func resolve(_ host: String) throws -> [String] {
     }
     guard !addresses.isEmpty else { throw SQLError(.connection, "cannot format the addresses of host '\(host)'") }
     return addresses
-}
-
-/// The prepared statements of one connection: SQL text and parameter types → server-side name, least recently
-/// used evicted first.
-struct StatementCache {
-    /// Statements kept per connection; the least recently used beyond this is deallocated.
-    static let capacity = 128
-
-    /// A prepared statement: its server-side name, and whether its results come in binary format.
-    struct Entry: Sendable {
-        let name: String
-        var binaryResults = false
-    }
-
-    private var names: [String: Entry] = [:]
-    private var recency: [String] = []
-    /// Names dropped from the cache whose statements still exist on the server.
-    private var orphans: [String] = []
-    private var counter = 0
-
-    /// The cache key: the text and the parameter types (a statement is prepared for its types).
-    static func key(_ sql: String, _ binds: [SQLValue]) -> String {
-        var key = sql
-        key.append("\u{0}")
-        for bind in binds { key.append(String(PGHandle.typeOID(bind))); key.append(",") }
-        return key
-    }
-
-    /// The statement prepared for `key`, if any (marked most recently used).
-    mutating func lookUp(_ key: String) -> Entry? {
-        guard let entry = names[key] else { return nil }
-        if recency.last != key, let index = recency.firstIndex(of: key) {
-            recency.remove(at: index)
-            recency.append(key)
-        }
-        return entry
-    }
-
-    /// From now on, ask for `key`'s results in binary format.
-    mutating func useBinaryResults(_ key: String) { names[key]?.binaryResults = true }
-
-    /// A new name for `key`, and — when `deallocating` — the names of statements to deallocate on the server:
-    /// the one evicted to make room, and any dropped from the cache since.
-    mutating func insert(_ key: String, deallocating: Bool = true) -> (name: String, deallocate: [String]) {
-        counter += 1
-        let name = "anyruntime_\(counter)"
-        if names.count >= Self.capacity, !recency.isEmpty, let evicted = names.removeValue(forKey: recency.removeFirst()) {
-            orphans.append(evicted.name)
-        }
-        names[key] = Entry(name: name)
-        recency.append(key)
-        guard deallocating else { return (name, []) }
-        defer { orphans.removeAll() }
-        return (name, orphans)
-    }
-
-    /// Drops `key`; with `deallocate`, its statement is deallocated on the server with the next prepare.
-    mutating func remove(_ key: String, deallocate: Bool = false) {
-        guard let entry = names.removeValue(forKey: key) else { return }
-        recency.removeAll { $0 == key }
-        if deallocate { orphans.append(entry.name) }
-    }
-
-    /// Keeps the entries and pending deallocations whose statements the server still has (`existing`);
-    /// `pending` are deallocations that were being sent and are due again if they still exist.
-    mutating func keepOnly(_ existing: Set<String>, pending: [String]) {
-        for (key, entry) in names where !existing.contains(entry.name) { remove(key) }
-        orphans = (orphans + pending).filter { existing.contains($0) }
-    }
-
-    /// Forgets every statement (the server has dropped them).
-    mutating func removeAll() {
-        names.removeAll()
-        recency.removeAll()
-        orphans.removeAll()
-    }
-
-    /// Whether `error` means the prepared statement is gone (26000) or its plan no longer fits (0A000).
-    static func isStale(_ error: SQLError) -> Bool {
-        error.sqlState == "26000" || (error.sqlState == "0A000" && error.message.contains("cached plan"))
-    }
 }
