@@ -20,6 +20,7 @@ let package = Package(
         .library(name: "AnyRuntime", targets: ["AnyRuntime"]),
         .library(name: "SQLAsync", targets: ["SQLAsync"]),
         .executable(name: "anyruntime-demo", targets: ["RuntimeDemo"]),
+        .executable(name: "anyruntime-ledger", targets: ["SQLLedger"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-collections", from: "1.1.0"),
@@ -62,6 +63,12 @@ let package = Package(
 
         .executableTarget(
             name: "RuntimeDemo", dependencies: ["AnyRuntime", "Runtime", "SQLAsync", .product(name: "Logging", package: "swift-log")],
+            swiftSettings: swiftSettings),
+
+        // The ledger: random cancellations checked against the database (scripts/ledger.sh; CI runs a short one).
+        .executableTarget(
+            name: "SQLLedger",
+            dependencies: ["Runtime", "SQLAsync", "TestSupport", .product(name: "Logging", package: "swift-log")],
             swiftSettings: swiftSettings),
 
         // Test support shared by the test targets (backend selection); not a product.

@@ -32,6 +32,10 @@ scripts/with-postgres.sh swift test --skip-build 2>&1 | tee "$log" | grep -vE '^
 status=${PIPESTATUS[0]}
 [ "$status" -eq 0 ] || exit "$status"
 
+# The ledger, shortened: random cancellations on every backend x database, checked against the database.
+echo "== ledger (scripts/ledger.sh runs the full 10,000 operations)"
+scripts/with-postgres.sh "$(swift build --show-bin-path)/anyruntime-ledger" --operations 500 | grep -v '^with-postgres:'
+
 # The benchmarks must build and run (a twentieth of the work, one repetition); their figures are not checked.
 echo "== benchmarks (quick)"
 # (The build's own status counts: with pipefail a failed build piped into grep is not an `&&` condition.)

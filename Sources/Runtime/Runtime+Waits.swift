@@ -99,12 +99,21 @@ extension Runtime {
     /// runtime's executor (after the run has ended, on Swift's global executor). Waiters on `fd` get
     /// ``RuntimeError/Code/closed``. Do not use `fd` after this call.
     public func closeAfterForgetting(fd: Int32) {
+        closeAfterForgetting(fd: fd) { _ = close(fd) }
+    }
+
+    /// Forgets `fd` and then runs `close`, which closes it (a library that owns the fd, such as libpq's
+    /// `PQfinish`), from synchronous code such as a `deinit`.
+    ///
+    /// Returns at once; `close` runs shortly after, once the backend has let go of `fd`, as
+    /// ``closeAfterForgetting(fd:)`` says. It must not block.
+    public func closeAfterForgetting(fd: Int32, close: @escaping @Sendable () -> Void) {
         let backend = self.backend
         // A task of its own, preferring the backend's executor: `forget` must be awaited, and the caller
         // cannot. It needs no cancel scope and never blocks.
         Task(executorPreference: backend.executor) {
             await backend.forget(fd: fd)
-            _ = close(fd)
+            close()
         }
     }
 }

@@ -39,6 +39,9 @@ public struct SQLError: Error, Sendable, CustomStringConvertible {
         /// deadline: the transaction may or may not have committed (JDBC and psycopg call this "in doubt").
         /// Check the database before retrying; never assume it rolled back.
         public static let commitInDoubt = Kind("commitInDoubt")
+        /// A bound value cannot be represented in the type the database gave its parameter (an integer out of
+        /// an `int2` / `int4` parameter's range, say): refused before anything is sent, naming the parameter.
+        public static let invalidParameter = Kind("invalidParameter")
         /// `one()` found no row (SQLAlchemy's `NoResultFound`).
         public static let noRows = Kind("noRows")
         /// `one()` or `oneOrNone()` found more than one row (SQLAlchemy's `MultipleResultsFound`).

@@ -29,7 +29,7 @@ struct PoolStateMachineTests {
             case .keep = machine.release("a", openedAt: 0, healthy: true, now: 2)
         else { Issue.record("overflow not closed"); return }
         #expect(machine.open == 1 && machine.idle.count == 1)
-        guard case .use(let reused) = machine.checkout(5, now: 3) else { Issue.record("idle not reused"); return }
+        guard case .use(let reused, _) = machine.checkout(5, now: 3) else { Issue.record("idle not reused"); return }
         #expect(reused.connection == "a")
     }
 

@@ -109,10 +109,15 @@ public final class BlockingThreadPool: @unchecked Sendable {
         pthread_mutex_lock(mutex)
         var spun = false
         while true {
-            if let job = queue.popFirst() {
+            var job = queue.popFirst()
+            if job != nil {
                 queued.store(queue.count, ordering: .relaxed)
                 pthread_mutex_unlock(mutex)
-                job()
+                job?()
+                // Released before the lock is taken again: the closure's captures may be the last references
+                // to objects whose deinit submits to this pool (a connection closing itself), which would
+                // deadlock on the lock.
+                job = nil
                 pthread_mutex_lock(mutex)
                 inFlight -= 1
                 spun = false
@@ -144,7 +149,12 @@ public final class BlockingThreadPool: @unchecked Sendable {
             pthread_cond_broadcast(wakeWorkers)
             return threads
         }
-        for thread in running { pthread_join(thread, nil) }
+        // Called from one of the pool's own jobs (an object shutting its pool down in its deinit, released on
+        // the pool's thread): that thread cannot join itself; it is detached and ends after this job.
+        let current = pthread_self()
+        for thread in running {
+            if pthread_equal(thread, current) != 0 { pthread_detach(thread) } else { pthread_join(thread, nil) }
+        }
         // Jobs submitted after the threads left run here; the queue is found empty and the pool marked shut
         // down in one critical section, so a job submitted meanwhile is either run here or gets its own thread.
         while true {

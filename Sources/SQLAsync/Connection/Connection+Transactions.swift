@@ -105,15 +105,8 @@ extension Connection {
         transactionDepth.withLock { $0 = 1 }
         readOnlyTransaction.withLock { $0 = readOnly }
         do {
-            switch driver {
-            case .postgres:
-                var text = "BEGIN"
-                if let isolation { text += " ISOLATION LEVEL \(isolation.rawValue)" }
-                if readOnly { text += " READ ONLY" }
-                _ = try await execute(.unsafeRaw(text))
-            case .sqlite:
-                _ = try await execute(.unsafeRaw(readOnly ? "BEGIN DEFERRED" : "BEGIN IMMEDIATE"))
-                if readOnly { _ = try await execute("PRAGMA query_only = ON") }
+            for statement in driver.beginStatements(isolation: isolation, readOnly: readOnly) {
+                _ = try await execute(.unsafeRaw(statement))
             }
         } catch {
             await rollBackShielded(nil)
@@ -128,7 +121,7 @@ extension Connection {
             transactionDepth.withLock { $0 -= 1 }
             return
         }
-        if case .postgres(let connection) = driver, connection.isInFailedTransaction {
+        if driver.isInFailedTransaction {
             // PostgreSQL answers COMMIT with ROLLBACK here: say so instead of reporting a commit.
             throw SQLError(
                 .database,
@@ -185,7 +178,7 @@ extension Connection {
                     _ = try await execute("ROLLBACK")
                     await endTransaction()
                 }
-            } catch let error as SQLError where dialect == .sqlite && Self.sqliteRolledBackItself(error) {
+            } catch let error as SQLError where driver.rolledBackItself(error) {
                 // An interrupted statement (a cancellation) makes SQLite roll the whole transaction back by
                 // itself: nothing is left to undo, at any depth.
                 await endTransaction()
@@ -195,19 +188,15 @@ extension Connection {
         if rolledBack != true { markBroken() }
     }
 
-    /// Whether SQLite refused a rollback because it had already rolled the transaction back itself.
-    static func sqliteRolledBackItself(_ error: SQLError) -> Bool {
-        error.message.contains("no transaction is active") || error.message.hasPrefix("no such savepoint")
-    }
-
     private func endTransaction() async {
         transactionDepth.withLock { $0 = 0 }
         let wasReadOnly = readOnlyTransaction.withLock { state -> Bool in defer { state = false }; return state }
-        guard case .sqlite = driver, wasReadOnly else { return }
+        let statements = wasReadOnly ? driver.statementsAfterReadOnlyTransaction() : []
+        guard !statements.isEmpty else { return }
         // Shielded: a connection left read-only must not go back to the pool; if this fails, it is discarded.
         let reset: Void? = try? await withCancelScope(
             deadline: Runtime.current.now.advanced(by: Self.rollbackDeadline), shield: true
-        ) { _ in _ = try await execute("PRAGMA query_only = OFF") }
+        ) { _ in for statement in statements { _ = try await execute(.unsafeRaw(statement)) } }
         if reset == nil { markBroken() }
     }
 
@@ -215,11 +204,7 @@ extension Connection {
     /// transaction status, SQLite's autocommit flag, as of the last statement) — raw `BEGIN`s included — or
     /// one opened through this API is in progress.
     public var isInTransaction: Bool {
-        if transactionDepth.withLock({ $0 > 0 }) { return true }
-        switch driver {
-        case .postgres(let connection): return connection.isInTransaction
-        case .sqlite(let connection): return connection.isInTransaction
-        }
+        transactionDepth.withLock({ $0 > 0 }) || driver.isInTransaction
     }
 }
 

@@ -6,34 +6,51 @@ import Synchronization
 ///
 /// Obtain one from ``Engine/connect(timeout:)``; call ``close()`` when done. A connection serves one task at a time.
 public final class Connection: Sendable {
-    enum Driver: Sendable {
-        case postgres(PostgresConnection)
-        case sqlite(SQLiteConnection)
-    }
-
-    let driver: Driver
+    let driver: any DatabaseDriver
     /// The pool this connection returns to on ``close()``, and when it was opened.
     private let pool: ConnectionPool?
     private let openedAt: Int64
     private let released = Atomic<Bool>(false)
+    /// Lent by the pool for a moment: never closed or given back by this.
+    private let borrowed: Bool
     let logger: Logger?
+    /// How long one statement may run (``PoolConfiguration/statementTimeout``).
+    let statementTimeout: Duration?
     /// 0 outside a transaction, 1 in one, more inside savepoints.
     let transactionDepth = Mutex(0)
     let readOnlyTransaction = Mutex(false)
     private let broken = Atomic<Bool>(false)
 
-    init(_ driver: Driver) {
+    /// A connection over a driver the pool lends it for a moment (a ping): the pool, not this, closes it.
+    init(borrowing driver: any DatabaseDriver) {
         self.driver = driver
         self.pool = nil
         self.openedAt = 0
         self.logger = nil
+        self.statementTimeout = nil
+        self.borrowed = true
     }
 
-    init(_ pooled: ConnectionPool.Pooled, pool: ConnectionPool, logger: Logger) {
+    init(_ pooled: ConnectionPool.Pooled, pool: ConnectionPool, logger: Logger, statementTimeout: Duration?) {
+        self.borrowed = false
         self.driver = pooled.driver
         self.pool = pool
         self.openedAt = pooled.openedAt
         self.logger = logger
+        self.statementTimeout = statementTimeout
+    }
+
+    deinit {
+        // Dropped without close(): the slot goes back to the pool (or to a waiter) and the connection is
+        // closed, so that a forgotten connection neither starves the pool nor keeps its server session, with
+        // the locks of an open transaction, alive. It is never reused: its state is unknown.
+        guard !borrowed, !released.load(ordering: .acquiring) else { return }
+        logger?.warning("a Connection was dropped without close(): it is closed, and its pool slot freed")
+        if let pool {
+            pool.releaseDropped(ConnectionPool.Pooled(driver: driver, openedAt: openedAt))
+        } else {
+            driver.closeDropped()
+        }
     }
 
     /// Marks the connection unusable (its state could not be restored).
@@ -54,12 +71,7 @@ public final class Connection: Sendable {
     }
 
     /// The SQL dialect of the database behind this connection.
-    public var dialect: SQLDialect {
-        switch driver {
-        case .postgres: .postgresql
-        case .sqlite: .sqlite
-        }
-    }
+    public var dialect: SQLDialect { driver.dialect }
 
     /// Throws when the connection was given back: a stale reference must not run statements on a connection
     /// another task now holds.
@@ -86,10 +98,7 @@ public final class Connection: Sendable {
     public func executeScript(_ script: String) async throws {
         try checkOpen(script)
         logger?.debug("execute script", metadata: ["sql": "\(script)"])
-        switch driver {
-        case .postgres(let connection): try await connection.executeScript(script)
-        case .sqlite(let connection): try await connection.executeScript(script)
-        }
+        try await running(script) { try await driver.executeScript(script) }
     }
 
     /// Runs compiled `text` with `binds` (one per placeholder).
@@ -97,10 +106,7 @@ public final class Connection: Sendable {
         try checkOpen(text)
         // The SQL text with placeholders only: bound values never reach a log.
         logger?.debug("execute", metadata: ["sql": "\(text)", "parameters": "\(binds.count)"])
-        switch driver {
-        case .postgres(let connection): return QueryResult(try await connection.execute(text, binds))
-        case .sqlite(let connection): return QueryResult(try await connection.execute(text, binds))
-        }
+        return QueryResult(try await running(text) { try await driver.execute(text, binds) })
     }
 
     /// Runs one statement once per parameter set: PostgreSQL sends the whole batch in pipeline mode (one round
@@ -137,39 +143,44 @@ public final class Connection: Sendable {
     func executeMany(text: String, sets: [[SQLValue]]) async throws -> QueryResult {
         try checkOpen(text)
         logger?.debug("executeMany", metadata: ["sql": "\(text)", "sets": "\(sets.count)"])
-        switch driver {
-        case .postgres(let connection): return QueryResult(try await connection.executeMany(text, sets))
-        case .sqlite(let connection): return QueryResult(try await connection.executeMany(text, sets))
+        return QueryResult(try await running(text) { try await driver.executeMany(text, sets) })
+    }
+
+    /// Runs one call on the driver: within the engine's statement timeout, if it has one; an error that
+    /// means the server went away has the pool check its idle connections before their next use.
+    func running<T>(_ sql: String, _ call: () async throws -> T) async throws -> T {
+        do {
+            guard let statementTimeout else { return try await call() }
+            do {
+                return try await failAfter(statementTimeout) { try await call() }
+            } catch is TimeoutError {
+                throw SQLError(.timeout, "the statement ran longer than the statement timeout (\(statementTimeout)); it was cancelled", sql: sql)
+            }
+        } catch let error as SQLError where error.kind == .connection || error.kind == .commitInDoubt {
+            pool?.invalidate()
+            throw error
         }
     }
 
     /// Whether the connection can no longer be used (the server went away, or a cancelled query could not
     /// be cleaned up); discard it.
     public var isBroken: Bool {
-        if broken.load(ordering: .acquiring) { return true }
-        switch driver {
-        case .postgres(let connection): return connection.isBroken
-        case .sqlite: return false
-        }
+        broken.load(ordering: .acquiring) || driver.isBroken
     }
 
     /// Whether no call runs on the connection and the database itself reports no open transaction
     /// (PostgreSQL: libpq's transaction status; SQLite: autocommit mode, read on the connection's thread).
     /// A connection another task still runs a call on is never reused.
-    private func serverIsIdle() async -> Bool {
-        switch driver {
-        case .postgres(let connection): await connection.isReusable()
-        case .sqlite(let connection): await connection.isIdleOutsideTransaction()
-        }
-    }
+    private func serverIsIdle() async -> Bool { await driver.isReusable() }
 
     /// Returns the connection to its engine's pool (or closes it when it came from no pool). A broken
     /// connection, or one left inside a transaction, is closed instead of reused. Idempotent; not interrupted
     /// by cancellation.
     public func close() async {
         guard !released.exchange(true, ordering: .acquiringAndReleasing) else { return }
+        guard !borrowed else { return }
         guard let pool else {
-            await ConnectionPool.close(driver)
+            await driver.close()
             return
         }
         let healthy = !isBroken && !isInTransaction ? await serverIsIdle() : false

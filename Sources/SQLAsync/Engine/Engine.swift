@@ -71,11 +71,12 @@ public final class Engine: Sendable {
             throw SQLError(.misuse, "the checkout timeout must be >= 0, not \(timeout)")
         }
         let pool = try await currentPool()
-        return Connection(try await pool.checkout(timeout: timeout), pool: pool, logger: logger)
+        return Connection(
+            try await pool.checkout(timeout: timeout), pool: pool, logger: logger, statementTimeout: poolConfiguration.statementTimeout)
     }
 
-    /// Closes every idle connection; connections in use close when they are given back, and later
-    /// `connect()` calls fail. Not interrupted by cancellation.
+    /// Closes every idle connection at once; connections in use close when they are given back, and later
+    /// `connect()` calls fail. Not interrupted by cancellation. ``close(timeout:)`` also waits for them.
     public func dispose() async {
         let all = pools.withLock { pools -> [ConnectionPool] in
             pools.disposed = true
@@ -83,6 +84,30 @@ public final class Engine: Sendable {
             return Array(pools.byRuntime.values)
         }
         for pool in all { await pool.dispose() }
+    }
+
+    /// Closes the engine gracefully: later `connect()` calls fail at once and idle connections close, then
+    /// this waits — up to `timeout` — for the connections in use to be given back, and closes them. Not
+    /// interrupted by cancellation of the wait's clean-up; a cancelled caller stops waiting.
+    ///
+    /// - Returns: whether every connection was given back and closed in time. When not, those still in use
+    ///   close as they are given back.
+    @discardableResult
+    public func close(timeout: Duration = .seconds(30)) async -> Bool {
+        let all = pools.withLock { pools -> [ConnectionPool] in
+            pools.disposed = true
+            defer { pools.byRuntime.removeAll() }
+            return Array(pools.byRuntime.values)
+        }
+        for pool in all { await pool.dispose() }
+        guard let runtime = try? Runtime.current else { return all.isEmpty }
+        let deadline = runtime.now.advanced(by: max(timeout, .zero))
+        var drained = true
+        for pool in all where !(await pool.waitUntilDrained(deadline: deadline)) { drained = false }
+        if !drained {
+            logger.warning("engine closed with connections still in use after \(timeout); they close as they are given back")
+        }
+        return drained
     }
 
     private func currentPool() async throws -> ConnectionPool {
@@ -98,8 +123,8 @@ public final class Engine: Sendable {
             let pool = ConnectionPool(runtime: runtime, configuration: poolConfiguration) {
                 logger.info("opening a connection", metadata: ["runtime": "\(runtime.name)"])
                 switch url.database {
-                case .postgresql: return .postgres(try await PostgresConnection.connect(url, logger: logger))
-                case .sqlite: return .sqlite(try await SQLiteConnection.open(path: url.sqlitePath, mode: url.sqliteMode))
+                case .postgresql: return try await PostgresConnection.connect(url, logger: logger)
+                case .sqlite: return try await SQLiteConnection.open(path: url.sqlitePath, mode: url.sqliteMode)
                 }
             }
             pools.byRuntime[ObjectIdentifier(runtime)] = pool

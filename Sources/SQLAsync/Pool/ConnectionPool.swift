@@ -17,6 +17,10 @@ public struct PoolConfiguration: Sendable {
     /// libpq; a PostgreSQL URL's `connect_timeout` applies too). The checkout timeout covers only the wait
     /// for a free connection.
     public var connectTimeout: Duration?
+    /// How long one call (`execute`, `executeMany`, `executeScript`, opening a stream) may run before it is
+    /// cancelled — on the server too — and fails with ``SQLError/Kind/timeout`` (default: no limit). A call
+    /// the server finished anyway returns its result, as with any cancellation.
+    public var statementTimeout: Duration?
 
     public init() {}
 }
@@ -25,33 +29,43 @@ public struct PoolConfiguration: Sendable {
 final class ConnectionPool: Sendable {
     /// A driver connection and when it was opened.
     struct Pooled: Sendable {
-        let driver: Connection.Driver
+        let driver: any DatabaseDriver
         let openedAt: RuntimeInstantNanos
     }
 
     /// What a waiting task receives.
     enum Handoff: Sendable {
-        case connection(Pooled)
+        /// `mustCheck`: it was idle when the server went away; check it before use.
+        case connection(Pooled, mustCheck: Bool)
         /// A slot: open a connection yourself.
         case openSlot
         /// Close this stale connection, then try again.
-        case closeAndRetry(Connection.Driver)
+        case closeAndRetry(any DatabaseDriver)
     }
 
     private struct State: ~Copyable {
         var machine: PoolStateMachine<Pooled, UInt64>
         var waiting: [UInt64: Completion<Handoff>] = [:]
+        /// ``close(timeout:)`` calls waiting for every connection to be closed.
+        var drainWaiters: [Completion<Void>] = []
+
+        /// The drain waiters to resume, when the pool is disposed and every connection closed.
+        mutating func takeDrainWaitersIfDrained() -> [Completion<Void>] {
+            guard machine.isDrained, !drainWaiters.isEmpty else { return [] }
+            defer { drainWaiters = [] }
+            return drainWaiters
+        }
     }
 
     private let state: Mutex<State>
     private let nextWaiter = Atomic<UInt64>(0)
     private let configuration: PoolConfiguration
-    private let openConnection: @Sendable () async throws -> Connection.Driver
+    private let openConnection: @Sendable () async throws -> any DatabaseDriver
     let runtime: Runtime
 
     init(
         runtime: Runtime, configuration: PoolConfiguration,
-        open: @escaping @Sendable () async throws -> Connection.Driver
+        open: @escaping @Sendable () async throws -> any DatabaseDriver
     ) {
         self.runtime = runtime
         self.configuration = configuration
@@ -74,15 +88,15 @@ final class ConnectionPool: Sendable {
         let timeout = timeout ?? configuration.checkoutTimeout
         while true {
             switch try await waitForHandoff(timeout: timeout) {
-            case .connection(let pooled):
-                if configuration.prePing, !(await ping(pooled)) {
+            case .connection(let pooled, let mustCheck):
+                if configuration.prePing || mustCheck, !(await ping(pooled)) {
                     await release(pooled, healthy: false)
                     continue
                 }
                 return pooled
             case .openSlot:
                 do {
-                    let opened: Connection.Driver
+                    let opened: any DatabaseDriver
                     if let limit = configuration.connectTimeout {
                         opened = try await fail(at: runtime.now.advanced(by: limit)) { try await openConnection() }
                     } else {
@@ -98,7 +112,8 @@ final class ConnectionPool: Sendable {
                     throw error
                 }
             case .closeAndRetry(let stale):
-                await Self.close(stale)
+                await stale.close()
+                resumeDrainWaiters()
             }
         }
     }
@@ -118,7 +133,8 @@ final class ConnectionPool: Sendable {
                         return action
                     }
                     switch action {
-                    case .use(let idle): completion.resume(returning: .connection(idle.connection))
+                    case .use(let idle, let mustCheck):
+                        completion.resume(returning: .connection(idle.connection, mustCheck: mustCheck))
                     case .open: completion.resume(returning: .openSlot)
                     case .wait: break
                     case .fail: completion.resume(throwing: Self.disposedError)
@@ -144,7 +160,7 @@ final class ConnectionPool: Sendable {
     }
 
     private func ping(_ pooled: Pooled) async -> Bool {
-        let connection = Connection(pooled.driver)
+        let connection = Connection(borrowing: pooled.driver)
         return (try? await connection.execute("SELECT 1")) != nil && !connection.isBroken
     }
 
@@ -168,14 +184,15 @@ final class ConnectionPool: Sendable {
             case .keep:
                 return
             case .close(let connection):
-                await Self.close(connection.driver)
+                await connection.driver.close()
+                resumeDrainWaiters()
                 return
             case .handTo(_, let idle):
-                if completion?.resume(returning: .connection(idle.connection)) == true { return }
+                if completion?.resume(returning: .connection(idle.connection, mustCheck: false)) == true { return }
                 // The waiter left: the connection comes back through the machine again, still healthy.
                 healthy = true
             case .closeAndOpenFor(_, let connection):
-                await Self.close(connection.driver)
+                await connection.driver.close()
                 if completion?.resume(returning: .openSlot) != true { passSlot() }
                 return
             }
@@ -189,7 +206,10 @@ final class ConnectionPool: Sendable {
                 guard let waiter = state.machine.openFailed() else { return (nil, nil) }
                 return (waiter, state.waiting.removeValue(forKey: waiter))
             }
-            guard waiter != nil else { return }
+            guard waiter != nil else {
+                resumeDrainWaiters()
+                return
+            }
             if completion?.resume(returning: .openSlot) == true { return }
         }
     }
@@ -204,8 +224,58 @@ final class ConnectionPool: Sendable {
             return (connections, waiters)
         }
         for waiter in waiters { waiter.resume(throwing: Self.disposedError) }
-        for connection in connections { await Self.close(connection.driver) }
+        for connection in connections { await connection.driver.close() }
+        resumeDrainWaiters()
     }
+
+    /// Waits until every connection of the disposed pool is closed (those in use close as they come back),
+    /// or `deadline`; returns whether all were.
+    func waitUntilDrained(deadline: RuntimeInstant) async -> Bool {
+        // Resumed by whichever task closes the last connection: one of this pool's runtime, or — when the
+        // caller runs on another runtime — from that runtime's thread.
+        let outside = (try? Runtime.current).map { $0 !== runtime } ?? true
+        let drained: Void?? = try? await withCancelScope(deadline: deadline) { _ in
+            try await Runtime.withCompletion(onCancel: .abandon, resumedByOutsideThread: outside) { (completion: Completion<Void>) in
+                let done = state.withLock { state -> Bool in
+                    if state.machine.isDrained { return true }
+                    state.drainWaiters.append(completion)
+                    return false
+                }
+                if done { completion.resume() }
+            }
+        }
+        return (drained ?? nil) != nil
+    }
+
+    private func resumeDrainWaiters() {
+        for waiter in state.withLock({ $0.takeDrainWaitersIfDrained() }) { waiter.resume() }
+    }
+
+    /// A connection whose ``Connection`` was dropped without `close()`: its slot is freed (passed to a
+    /// waiter) and the connection closed, at once, from synchronous code.
+    func releaseDropped(_ pooled: Pooled) {
+        let now = self.now
+        let (action, completion) = state.withLock { state -> (PoolStateMachine<Pooled, UInt64>.ReleaseAction, Completion<Handoff>?) in
+            let action = state.machine.release(pooled, openedAt: pooled.openedAt, healthy: false, now: now)
+            switch action {
+            case .handTo(let waiter, _), .closeAndOpenFor(let waiter, _):
+                return (action, state.waiting.removeValue(forKey: waiter))
+            case .keep, .close:
+                return (action, nil)
+            }
+        }
+        pooled.driver.closeDropped()
+        switch action {
+        case .closeAndOpenFor:
+            if completion?.resume(returning: .openSlot) != true { passSlot() }
+        case .close, .keep, .handTo:
+            break  // an unhealthy connection is never kept or handed on
+        }
+        resumeDrainWaiters()
+    }
+
+    /// The server went away: idle connections are checked before their next use.
+    func invalidate() { state.withLock { $0.machine.invalidate() } }
 
     /// Open connections, idle ones and waiting tasks, for tests and diagnostics.
     var statistics: (open: Int, idle: Int, waiting: Int) {
@@ -213,11 +283,4 @@ final class ConnectionPool: Sendable {
     }
 
     static var disposedError: SQLError { SQLError(.misuse, "the engine was disposed; create a new one") }
-
-    static func close(_ driver: Connection.Driver) async {
-        switch driver {
-        case .postgres(let connection): await connection.close()
-        case .sqlite(let connection): await connection.close()
-        }
-    }
 }

@@ -9,6 +9,9 @@ struct PoolStateMachine<Connection, Waiter: Hashable> {
         let connection: Connection
         let openedAt: RuntimeInstantNanos
         var lastUsed: RuntimeInstantNanos
+        /// The pool's generation when the connection came back: one from before the last
+        /// ``invalidate()`` is checked before it is used.
+        var generation = 0
     }
 
     let size: Int
@@ -19,6 +22,8 @@ struct PoolStateMachine<Connection, Waiter: Hashable> {
     private(set) var open = 0  // connections open or being opened
     private(set) var waiters = Deque<Waiter>()
     private(set) var disposed = false
+    /// Raised by ``invalidate()``: the server went away, so connections idle since may be dead.
+    private(set) var generation = 0
 
     init(size: Int, overflow: Int, maxAge: Int64?) {
         self.size = max(1, size)
@@ -27,8 +32,9 @@ struct PoolStateMachine<Connection, Waiter: Hashable> {
     }
 
     enum CheckoutAction {
-        /// Use this idle connection (check it first if pre-ping is on).
-        case use(Idle)
+        /// Use this idle connection. `mustCheck`: it was idle when the server went away (``invalidate()``):
+        /// check it with a trivial query first (as always with pre-ping).
+        case use(Idle, mustCheck: Bool)
         /// Open a new connection (the slot is reserved).
         case open
         /// Wait: every connection is busy and the limit is reached.
@@ -47,7 +53,7 @@ struct PoolStateMachine<Connection, Waiter: Hashable> {
                 open -= 1
                 return .closeAndRetry(entry.connection)
             }
-            return .use(entry)
+            return .use(entry, mustCheck: entry.generation < generation)
         }
         if open < size + overflow {
             open += 1
@@ -84,7 +90,7 @@ struct PoolStateMachine<Connection, Waiter: Hashable> {
             open -= 1
             return .close(connection)
         }
-        let entry = Idle(connection: connection, openedAt: openedAt, lastUsed: now)
+        let entry = Idle(connection: connection, openedAt: openedAt, lastUsed: now, generation: generation)
         if let waiter = waiters.popFirst() { return .handTo(waiter, entry) }
         if open > size {
             open -= 1  // overflow connections are closed when they come back
@@ -93,6 +99,13 @@ struct PoolStateMachine<Connection, Waiter: Hashable> {
         idle.append(entry)
         return .keep
     }
+
+    /// A connection failed in a way that means the server went away (a restart, a failover): every
+    /// connection idle now is checked before its next use (SQLAlchemy invalidates the whole pool).
+    mutating func invalidate() { generation += 1 }
+
+    /// Whether the pool is disposed and every connection it opened is closed.
+    var isDrained: Bool { disposed && open == 0 }
 
     /// Opening a connection failed: its slot is free again; a waiter may try in its place.
     mutating func openFailed() -> Waiter? {

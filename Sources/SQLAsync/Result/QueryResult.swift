@@ -8,6 +8,10 @@
 public struct QueryResult: Sendable, RandomAccessCollection {
     /// The column names.
     public let columns: [String]
+    /// The database's type of each column, beside ``columns``: PostgreSQL's type name (`int4`, `text`,
+    /// `timestamptz`…; a type that is not built in, such as an enum or a domain, as `oid 16385`), SQLite's
+    /// declared type of the column (`INTEGER`, `VARCHAR(20)`…; empty for an expression, which has none).
+    public let columnTypes: [String]
     /// Rows inserted, updated or deleted (0 for queries).
     public let rowsAffected: Int
     /// Every row's values one after another (`columns.count` per row).
@@ -16,6 +20,7 @@ public struct QueryResult: Sendable, RandomAccessCollection {
 
     init(_ raw: RawRows) {
         columns = raw.columns
+        columnTypes = raw.columnTypes
         rowsAffected = raw.rowsAffected
         values = raw.values
         rowCount = raw.rowCount

@@ -48,96 +48,106 @@ public struct RowStream: AsyncSequence, Sendable {
     }
 }
 
-/// The driver side of a stream: an open query or cursor on one connection.
-final class StreamSource: Sendable {
-    enum Driver: Sendable {
-        case postgres(PostgresConnection)
-        case sqlite(SQLiteConnection, SQLiteCursor)
+/// Who may read a stream, as a pure value: one read at a time, none once the stream is closed or was cut
+/// short, and a close that meets a read handed over to it, so that the driver's cursor is never used by two.
+struct StreamLifecycle: Sendable, Equatable {
+    enum State: Sendable, Equatable {
+        case idle
+        /// A batch is being read; `closeRequested`: the stream closes when the read ends.
+        case reading(closeRequested: Bool)
+        case closed
     }
 
-    private let driver: Driver
-    private let sql: String
-    private let batchSize: Int
-    /// 0 open and idle, 1 a batch is being read, 2 closed, 3 a batch is being read and the stream must close
-    /// when it ends. A stream kept past its `stream { }` call, or read by two tasks at once, gets a misuse
-    /// error; a close that meets a read hands the closing over to it, so the driver is never used by two.
-    private let state = Atomic<Int>(0)
+    private(set) var state = State.idle
     /// Set when a read failed or was cancelled part-way: the driver may have cancelled the rest of the query,
     /// so an empty answer afterwards would not mean the end. Every later read throws instead.
-    private let cutShort = Mutex<String?>(nil)
+    private(set) var cutShort: String?
 
-    private init(driver: Driver, sql: String, batchSize: Int) {
-        self.driver = driver
+    enum ReadAction: Sendable {
+        case read
+        case fail(SQLError)
+    }
+
+    /// A read wants the cursor.
+    mutating func startRead(sql: String) -> ReadAction {
+        switch state {
+        case .reading:
+            return .fail(SQLError(.misuse, "a stream is read by one task at a time", sql: sql))
+        case .closed:
+            return .fail(SQLError(.misuse, "the stream ended with its stream { } call", sql: sql))
+        case .idle:
+            if let cutShort {
+                return .fail(SQLError(
+                    .cancelled, "the stream was cut short (\(cutShort)) and did not finish: the rest of its rows were not read",
+                    sql: sql))
+            }
+            state = .reading(closeRequested: false)
+            return .read
+        }
+    }
+
+    /// A read ended (`failure`: why it did not finish). Returns whether the stream must be closed now.
+    mutating func endRead(failure: String?) -> Bool {
+        if let failure, cutShort == nil { cutShort = failure }
+        guard case .reading(let closeRequested) = state else { return false }
+        state = closeRequested ? .closed : .idle
+        return closeRequested
+    }
+
+    /// The stream's call ends. Returns whether to close the cursor now (false: closed already, or the read
+    /// running meanwhile closes it when it ends).
+    mutating func close() -> Bool {
+        switch state {
+        case .idle:
+            state = .closed
+            return true
+        case .reading:
+            state = .reading(closeRequested: true)
+            return false
+        case .closed:
+            return false
+        }
+    }
+}
+
+/// The driver side of a stream: an open query or cursor on one connection.
+final class StreamSource: Sendable {
+    private let cursor: any DriverCursor
+    private let sql: String
+    private let batchSize: Int
+    /// A stream kept past its `stream { }` call, or read by two tasks at once, gets a misuse error.
+    private let lifecycle = Mutex(StreamLifecycle())
+
+    private init(cursor: any DriverCursor, sql: String, batchSize: Int) {
+        self.cursor = cursor
         self.sql = sql
         self.batchSize = batchSize
     }
 
-    static func open(_ connection: Connection.Driver, sql: String, binds: [SQLValue], batchSize: Int) async throws -> StreamSource {
-        switch connection {
-        case .postgres(let postgres):
-            try await postgres.openStream(sql, binds)
-            return StreamSource(driver: .postgres(postgres), sql: sql, batchSize: batchSize)
-        case .sqlite(let sqlite):
-            let cursor = try await sqlite.openStream(sql, binds)
-            return StreamSource(driver: .sqlite(sqlite, cursor), sql: sql, batchSize: batchSize)
-        }
+    static func open(_ driver: any DatabaseDriver, sql: String, binds: [SQLValue], batchSize: Int) async throws -> StreamSource {
+        StreamSource(cursor: try await driver.openCursor(sql, binds), sql: sql, batchSize: batchSize)
     }
 
     /// The next batch (at most `batchSize` rows), or `nil` after the last.
     func nextBatch() async throws -> [Row]? {
-        switch state.compareExchange(expected: 0, desired: 1, ordering: .acquiringAndReleasing).original {
-        case 0: break
-        case 1: throw SQLError(.misuse, "a stream is read by one task at a time", sql: sql)
-        default: throw SQLError(.misuse, "the stream ended with its stream { } call", sql: sql)
-        }
-        if let reason = cutShort.withLock({ $0 }) {
-            await endRead()
-            throw SQLError(
-                .cancelled,
-                "the stream was cut short (\(reason)) and did not finish: the rest of its rows were not read", sql: sql)
-        }
+        if case .fail(let error) = lifecycle.withLock({ $0.startRead(sql: sql) }) { throw error }
         let raw: RawRows?
         do {
-            switch driver {
-            case .postgres(let postgres): raw = try await postgres.nextRows(limit: batchSize, sql: sql)
-            case .sqlite(let sqlite, let cursor): raw = try await sqlite.nextRows(cursor, limit: batchSize, sql: sql)
-            }
+            raw = try await cursor.next(limit: batchSize, sql: sql)
         } catch {
             // Never let the stream look finished after this: the next read throws.
             let reason = error is CancellationError ? "a read was cancelled" : "a read failed: \(error)"
-            cutShort.withLock { $0 = reason }
-            await endRead()
+            if lifecycle.withLock({ $0.endRead(failure: reason) }) { await cursor.close() }
             throw error
         }
-        await endRead()
+        if lifecycle.withLock({ $0.endRead(failure: nil) }) { await cursor.close() }
         guard let raw else { return nil }
         return (0..<raw.rowCount).map { raw.row($0) }
     }
 
-    /// After a read: idle again, or — when a close came meanwhile — closed now.
-    private func endRead() async {
-        guard !state.compareExchange(expected: 1, desired: 0, ordering: .acquiringAndReleasing).exchanged else { return }
-        state.store(2, ordering: .releasing)
-        await closeDriver()
-    }
-
     /// Ends the stream early or late: PostgreSQL cancels what is left and drains; SQLite finalizes.
     func close() async {
-        while true {
-            let (closedNow, current) = state.compareExchange(expected: 0, desired: 2, ordering: .acquiringAndReleasing)
-            if closedNow { break }
-            guard current == 1 else { return }  // closed already, or handed over
-            // A read by a task the body left behind is running: it closes the stream when it ends.
-            if state.compareExchange(expected: 1, desired: 3, ordering: .acquiringAndReleasing).exchanged { return }
-        }
-        await closeDriver()
-    }
-
-    private func closeDriver() async {
-        switch driver {
-        case .postgres(let postgres): await postgres.closeStream()
-        case .sqlite(let sqlite, let cursor): await sqlite.closeStream(cursor)
-        }
+        if lifecycle.withLock({ $0.close() }) { await cursor.close() }
     }
 }
 

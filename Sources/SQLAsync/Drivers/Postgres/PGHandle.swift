@@ -96,8 +96,13 @@ final class PGHandle: @unchecked Sendable {
     /// Sends the execution of the prepared statement `name` with `binds`.
     ///
     /// - Parameter binaryResults: ask for every result column in binary format (see ``binaryDecodable(_:)``).
-    func sendQueryPrepared(_ name: String, _ binds: [SQLValue], sql: String, binaryResults: Bool = false) throws(SQLError) -> Bool {
+    /// - Parameter parameterTypes: the types the server gave the statement's parameters, when known: integers
+    ///   are checked against them before anything is sent.
+    func sendQueryPrepared(
+        _ name: String, _ binds: [SQLValue], sql: String, binaryResults: Bool = false, parameterTypes: [Oid]? = nil
+    ) throws(SQLError) -> Bool {
         guard let connection else { return false }
+        if let parameterTypes { try Self.checkIntegers(binds, against: parameterTypes, sql: sql) }
         let parameters = try Parameters(binds, sql: sql)
         return parameters.withPointers { values in
             PQsendQueryPrepared(
@@ -157,6 +162,48 @@ final class PGHandle: @unchecked Sendable {
         case .double: 701
         case .bool: 16
         case .bytes: 17
+        }
+    }
+
+    /// The type a statement is prepared with for a value, when the server is to describe integer parameters:
+    /// integers are left to the server to infer from their context (`pg_terminate_backend($1)` takes an
+    /// `int4`, a comparison with an `int2` column an `int2`), everything else as ``typeOID(_:)``.
+    static func inferredTypeOID(_ value: SQLValue) -> Oid {
+        if case .integer = value { return 0 }
+        return typeOID(value)
+    }
+
+    /// Whether an integer sent as text to a parameter of type `type` arrives as the same number (or is
+    /// refused by ``checkIntegers(_:against:sql:)``): the integer types, `oid`, `numeric` and the floats. A
+    /// parameter the server made text (`SELECT $1`) or anything else is prepared as `int8` instead.
+    static func acceptsInteger(_ type: Oid) -> Bool {
+        switch type {
+        case 20, 21, 23, 26, 1700, 700, 701: true
+        default: false
+        }
+    }
+
+    /// Refuses an integer its parameter's type cannot hold exactly, naming the parameter: nothing is sent,
+    /// and nothing is silently rounded (a float4 parameter holds integers up to 2^24 exactly, a float8 one up
+    /// to 2^53).
+    static func checkIntegers(_ binds: [SQLValue], against types: [Oid], sql: String) throws(SQLError) {
+        for (index, value) in binds.enumerated() where index < types.count {
+            guard case .integer(let integer) = value else { continue }
+            let (name, fits): (String, Bool) =
+                switch types[index] {
+                case 21: ("smallint (int2)", Int16(exactly: integer) != nil)
+                case 23: ("integer (int4)", Int32(exactly: integer) != nil)
+                case 26: ("oid", UInt32(exactly: integer) != nil)
+                case 700: ("real (float4)", integer.magnitude <= 1 << 24)
+                case 701: ("double precision (float8)", integer.magnitude <= 1 << 53)
+                default: ("", true)
+                }
+            guard fits else {
+                throw SQLError(
+                    .invalidParameter,
+                    "parameter $\(index + 1) is \(integer), which the parameter's type \(name) cannot hold exactly",
+                    sql: sql)
+            }
         }
     }
 
@@ -296,15 +343,73 @@ final class PGHandle: @unchecked Sendable {
         return result
     }
 
+    /// The name of a built-in type (`pg_type.typname`); other types (domains, enums, extensions) by their
+    /// OID, which `SELECT $1::regtype` names.
+    static func typeName(_ oid: Oid) -> String {
+        switch oid {
+        case 16: "bool"
+        case 17: "bytea"
+        case 18: "char"
+        case 19: "name"
+        case 20: "int8"
+        case 21: "int2"
+        case 23: "int4"
+        case 25: "text"
+        case 26: "oid"
+        case 114: "json"
+        case 142: "xml"
+        case 700: "float4"
+        case 701: "float8"
+        case 790: "money"
+        case 869: "inet"
+        case 650: "cidr"
+        case 1042: "bpchar"
+        case 1043: "varchar"
+        case 1082: "date"
+        case 1083: "time"
+        case 1114: "timestamp"
+        case 1184: "timestamptz"
+        case 1186: "interval"
+        case 1266: "timetz"
+        case 1560: "bit"
+        case 1562: "varbit"
+        case 1700: "numeric"
+        case 2950: "uuid"
+        case 3802: "jsonb"
+        case 1000: "_bool"
+        case 1005: "_int2"
+        case 1007: "_int4"
+        case 1016: "_int8"
+        case 1009: "_text"
+        case 1015: "_varchar"
+        case 1021: "_float4"
+        case 1022: "_float8"
+        case 2951: "_uuid"
+        default: "oid \(oid)"
+        }
+    }
+
     /// Decodes every row of a text-format result by column type.
     static func decode(_ result: OpaquePointer) -> RawRows {
         var rows = RawRows()
+        decode(result, appendingTo: &rows)
+        return rows
+    }
+
+    /// Decodes every row of `result` onto `rows` (a stream's rows arrive one result each); the column names
+    /// and types are read from the first result only.
+    static func decode(_ result: OpaquePointer, appendingTo rows: inout RawRows) {
         let columnCount = PQnfields(result)
         let rowCount = PQntuples(result)
-        rows.columns = (0..<columnCount).map { String(cString: PQfname(result, $0)) }
-        let types = (0..<columnCount).map { PQftype(result, $0) }
-        let binary = (0..<columnCount).map { PQfformat(result, $0) == 1 }
-        rows.values.reserveCapacity(Int(rowCount) * Int(columnCount))
+        if rows.columns.isEmpty, columnCount > 0 {
+            rows.columns = (0..<columnCount).map { String(cString: PQfname(result, $0)) }
+            rows.columnTypes = (0..<columnCount).map { typeName(PQftype(result, $0)) }
+        }
+        rows.values.reserveCapacity(rows.values.count + Int(rowCount) * Int(columnCount))
+        // Per column, looked up once for a result of many rows; a single row (a stream's, a point select's)
+        // asks libpq directly rather than allocating the tables.
+        let types = rowCount > 1 ? (0..<columnCount).map { PQftype(result, $0) } : []
+        let binary = rowCount > 1 ? (0..<columnCount).map { PQfformat(result, $0) == 1 } : []
         for row in 0..<rowCount {
             for column in 0..<columnCount {
                 if PQgetisnull(result, row, column) != 0 {
@@ -314,12 +419,12 @@ final class PGHandle: @unchecked Sendable {
                 let length = Int(PQgetlength(result, row, column))
                 let pointer = PQgetvalue(result, row, column)
                 let bytes = UnsafeRawBufferPointer(start: pointer, count: length)
-                rows.values.append(
-                    binary[Int(column)] ? binaryValue(bytes, type: types[Int(column)]) : value(bytes, type: types[Int(column)]))
+                let type = types.isEmpty ? PQftype(result, column) : types[Int(column)]
+                let isBinary = binary.isEmpty ? PQfformat(result, column) == 1 : binary[Int(column)]
+                rows.values.append(isBinary ? binaryValue(bytes, type: type) : value(bytes, type: type))
             }
         }
-        rows.rowCount = Int(rowCount)
-        return rows
+        rows.rowCount += Int(rowCount)
     }
 
     /// A binary-format value of one of the ``binaryDecodable(_:)`` types (big-endian integers and IEEE floats).

@@ -12,7 +12,7 @@ extension PostgresConnection {
     /// Returns the rows every execution returned (for `RETURNING`), and the rows affected by all.
     func executeMany(_ sql: String, _ sets: [[SQLValue]]) async throws -> RawRows {
         guard let first = sets.first else { return RawRows() }
-        return try await exclusively(sql) { try await executeMany(sql, sets, first: first) }
+        return try await exclusively(.pipeline, sql) { try await executeMany(sql, sets, first: first) }
     }
 
     private func executeMany(_ sql: String, _ sets: [[SQLValue]], first: [SQLValue]) async throws -> RawRows {
@@ -56,20 +56,26 @@ extension PostgresConnection {
                 if index % 256 == 255 { try await flush(sql: sql, whileSending: true) }
             }
             guard handle.pipelineSync() else { throw await failure(sql: sql) }
-            synced = true
             try await flush(sql: sql)
+            synced = true
             let outcome = try await collectPipeline(expected: expected, sql: sql)
             if statementFailedAfterCancellation(outcome.firstError != nil) { throw CancellationError() }
             if let error = outcome.firstError { throw error }
             return outcome.rows
-        } catch let error as CancellationError {
-            await cleanUpPipeline(synced: synced)
-            throw error
         } catch let error as SQLError where error.kind == .connection {
             markBroken(error.message)
             throw error
         } catch {
-            await cleanUpPipeline(synced: synced)
+            if synced {
+                await cleanUp()
+            } else if handle.isInPipelineMode, !isBroken {
+                // A sync now would commit the commands already run: closing, which makes the server roll them
+                // back, is the only way the batch stays all-or-nothing.
+                logger?.info("closing a PostgreSQL connection: a batch failed before it was fully sent (the server rolls it back)")
+                markBroken("a batch failed before it was fully sent")
+                await forgetSocket()
+                handle.finish()
+            }
             throw error
         }
     }
@@ -79,6 +85,10 @@ extension PostgresConnection {
         var rows = RawRows()
         /// The result column types the DESCRIBE command reported.
         var describedTypes: [Oid]?
+        /// The parameter types the DESCRIBE command reported.
+        var parameterTypes: [Oid]?
+        /// Which command was the PREPARE, when there was one.
+        var prepareIndex = 0
         /// The errors, by command index (commands skipped after an error are not failures).
         var errors: [Int: SQLError] = [:]
         /// The first command's error.
@@ -94,11 +104,7 @@ extension PostgresConnection {
         var command = 0
         var syncsLeft = syncs
         while true {
-            while handle.isBusy {
-                try await waitOnSocket(for: .read, sql: sql, canCancelServer: true)
-                guard handle.consumeInput() else { throw await failure(sql: sql) }
-            }
-            guard let result = handle.nextResult() else {
+            guard let result = try await nextResult(sql: sql) else {
                 // The end of one command's results.
                 command += 1
                 // Past the last command only the sync can come; more ends mean the connection is gone.
@@ -113,10 +119,11 @@ extension PostgresConnection {
                 guard handle.exitPipelineMode() else { throw await failure(sql: sql) }
                 return outcome
             case PGRES_TUPLES_OK:
-                outcome.rows.append(PGHandle.decode(result))
+                PGHandle.decode(result, appendingTo: &outcome.rows)
                 outcome.rows.rowsAffected += PGHandle.rowsAffected(result)
             case PGRES_COMMAND_OK where command == describing:
                 outcome.describedTypes = (0..<PQnfields(result)).map { PQftype(result, $0) }
+                outcome.parameterTypes = (0..<PQnparams(result)).map { PQparamtype(result, $0) }
             case PGRES_COMMAND_OK:
                 outcome.rows.rowsAffected += PGHandle.rowsAffected(result)
             case PGRES_PIPELINE_ABORTED:

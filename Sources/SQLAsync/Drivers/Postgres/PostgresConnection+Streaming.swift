@@ -8,7 +8,7 @@ extension PostgresConnection {
     /// Sends `sql` in single-row mode and keeps the connection for the stream until ``closeStream()``.
     func openStream(_ sql: String, _ binds: [SQLValue]) async throws {
         try Runtime.checkCancellation()  // nothing is sent from cancelled code
-        try acquire(sql)
+        try acquire(.stream, sql)
         do {
             guard try handle.sendQuery(sql, binds) else { throw await failure(sql: sql) }
             guard handle.setSingleRowMode() else { throw await failure(sql: sql) }
@@ -26,13 +26,9 @@ extension PostgresConnection {
         var serverError: SQLError?
         return try await cleaningUp {
             while rows.rowCount < limit {
-                while handle.isBusy {
-                    // Rows in hand go out first: waiting for more would hold them back.
-                    if !rows.isEmpty, serverError == nil { return rows }
-                    try await runtime.wait(fd: try await liveSocket(sql: sql), for: .read)
-                    guard handle.consumeInput() else { throw await failure(sql: sql) }
-                }
-                guard let result = handle.nextResult() else {
+                // Rows in hand go out first: waiting for more would hold them back.
+                if handle.isBusy, !rows.isEmpty, serverError == nil { return rows }
+                guard let result = try await nextResult(sql: sql) else {
                     if handle.status != CONNECTION_OK { throw await failure(sql: sql) }
                     if let serverError { throw serverError }
                     return rows.isEmpty ? nil : rows
@@ -40,7 +36,7 @@ extension PostgresConnection {
                 defer { PQclear(result) }
                 switch PQresultStatus(result) {
                 case PGRES_SINGLE_TUPLE:
-                    rows.append(PGHandle.decode(result))
+                    PGHandle.decode(result, appendingTo: &rows)
                 case PGRES_TUPLES_OK, PGRES_COMMAND_OK:
                     break  // the end: zero rows; NULL follows
                 case PGRES_COPY_IN, PGRES_COPY_OUT, PGRES_COPY_BOTH:
@@ -57,7 +53,7 @@ extension PostgresConnection {
     /// Ends the stream: when rows are left, cancels the query and drains (shielded, with a deadline). The
     /// connection is then free again.
     func closeStream() async {
-        await cleanUpAfterCancellation()
+        await cleanUp()
         await release()
     }
 }

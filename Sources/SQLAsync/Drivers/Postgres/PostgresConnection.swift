@@ -11,7 +11,9 @@ import Glibc
 /// readiness wait, so the same code runs on every backend.
 ///
 /// A connection serves one task at a time (the pool hands it out as a lease); a second concurrent call is a
-/// ``SQLError/Kind/misuse`` error, not a corrupted protocol stream.
+/// ``SQLError/Kind/misuse`` error, not a corrupted protocol stream. Who holds the connection, what a
+/// cancellation does to a running call and what the call then reports are decided by a pure
+/// ``PostgresStateMachine``; this type does the IO it asks for.
 ///
 /// Cancellation: nothing is sent from cancelled code. Once a statement is on its way, a cancellation sends a
 /// cancel request (`PQcancel`, on a worker thread, since libpq 15 has no non-blocking cancel) and the call
@@ -23,29 +25,15 @@ final class PostgresConnection: Sendable {
     let handle: PGHandle
     /// The engine's logger: a connection given up says why (never with values).
     let logger: Logger?
-    /// Who uses the connection: 0 nobody, 1 a call (or an open stream), 2 a call, and a close is waiting for
-    /// it to end, 3 closed. libpq's connection is touched only by the call holding it (1 or 2) or by the close
-    /// (3): a close that meets a call hands the closing over to it, so `PQfinish` never runs under a call.
-    private let use = Atomic<UInt8>(0)
-    let brokenFlag = Atomic<Bool>(false)
-    /// Why the connection was given up (the first reason), for the error every later call throws.
-    private let brokenReason = Mutex<String?>(nil)
+    /// Who uses the connection and how far its call got. libpq's connection is touched only by the call
+    /// holding it, or by a close when none does.
+    let machine = Mutex(PostgresStateMachine())
     /// The socket the runtime watches. libpq closes its socket by itself when the connection is lost, so
     /// this is kept to `forget` it on every failure (a stale registration would hang the next user of the
     /// fd number).
     let watchedSocket = Atomic<Int32>(-1)
     /// Statements this connection prepared, by SQL text and parameter types.
-    private let statements = Mutex(StatementCache())
-    /// A cancellation that landed during the current call, once the statement was on its way: see
-    /// ``waitOnSocket(for:sql:canCancelServer:)``. Reset as each call takes the connection.
-    let lateCancel = Mutex(LateCancel())
-
-    struct LateCancel: Sendable {
-        /// The shielded wait's deadline, set by the first cancellation seen in the call.
-        var deadline: RuntimeInstant?
-        /// Whether the server was asked to cancel the statement.
-        var requested = false
-    }
+    let statements = Mutex(StatementCache())
 
     /// How long the clean-up after a cancellation may take before the connection is given up.
     /// (The same as a rollback's: on a loaded machine a cancel request, which forks a server process, and the
@@ -58,33 +46,22 @@ final class PostgresConnection: Sendable {
         self.logger = logger
     }
 
-    /// Whether the server says the session is idle outside any transaction: the only state a pooled
-    /// connection may be reused in.
-    var isIdleOutsideTransaction: Bool { handle.isIdleOutsideTransaction }
-
     /// Whether an error aborted the session's transaction: a COMMIT now would roll back, silently.
-    var isInFailedTransaction: Bool { handle.isInFailedTransaction }
+    var isInFailedTransaction: Bool { machine.withLock { $0.transaction } == .failed }
 
     /// Whether the server had a transaction open (or failed) after the last call: libpq's transaction status,
     /// recorded as each call gives the connection back (reading libpq meanwhile could race with a call).
-    var isInTransaction: Bool { inTransaction.load(ordering: .acquiring) }
-    private let inTransaction = Atomic<Bool>(false)
-
-    /// Whether a failed clean-up or a lost server left this connection unusable.
-    /// (Set by the calls that met the failure: reading libpq's status here could race with a call.)
-    var isBroken: Bool { brokenFlag.load(ordering: .acquiring) || use.load(ordering: .acquiring) == 3 }
-
-    /// Whether the connection can go back to a pool: no call or stream holds it (checked by taking it for
-    /// the moment of the check, so that none can start meanwhile), not broken, and the session idle outside
-    /// any transaction.
-    func isReusable() async -> Bool {
-        guard !brokenFlag.load(ordering: .acquiring),
-            use.compareExchange(expected: 0, desired: 1, ordering: .acquiringAndReleasing).exchanged
-        else { return false }
-        let idle = handle.isIdleOutsideTransaction
-        await release()
-        return idle && !isBroken
+    var isInTransaction: Bool {
+        let transaction = machine.withLock { $0.transaction }
+        return transaction == .inTransaction || transaction == .failed
     }
+
+    /// Whether a failed clean-up or a lost server left this connection unusable, or it was closed.
+    var isBroken: Bool { machine.withLock { $0.isBroken } }
+
+    /// Whether the connection can go back to a pool: no call or stream holds it, not broken, and the session
+    /// idle outside any transaction (as the last call left it).
+    func isReusable() async -> Bool { machine.withLock { $0.isReusable } }
 
     // MARK: Connecting
 
@@ -130,6 +107,7 @@ final class PostgresConnection: Sendable {
                 guard handle.setNonBlocking() else { throw handle.connectionError("cannot enter non-blocking mode") }
                 handle.silenceNotices()
                 watchedSocket.store(handle.socket, ordering: .releasing)
+                machine.withLock { $0.connected() }
                 return
             case PGRES_POLLING_FAILED:
                 throw handle.connectionError("cannot connect")
@@ -152,7 +130,7 @@ final class PostgresConnection: Sendable {
     /// Sends `sql` with `binds` (`$1`, `$2`, … placeholders) and returns every row of its result.
     func execute(_ sql: String, _ binds: [SQLValue]) async throws -> RawRows {
         let key = StatementCache.key(sql, binds)
-        return try await exclusively(sql) {
+        return try await exclusively(.statement, sql) {
           try await cleaningUp {
             // COPY cannot run in pipeline mode (where statements are prepared): sent as it is, and refused.
             if Self.isCopy(sql) {
@@ -181,22 +159,13 @@ final class PostgresConnection: Sendable {
     /// Runs a script of several statements through the simple query protocol (no parameters); stops at the
     /// first error, which the server reports after rolling back the script's implicit transaction.
     func executeScript(_ script: String) async throws {
-        try await exclusively(script) {
+        try await exclusively(.script, script) {
             try await cleaningUp {
                 guard handle.sendSimpleQuery(script) else { throw await failure(sql: script) }
                 try await flush(sql: script)
                 _ = try await collect(sql: script)
             }
         }
-    }
-
-    /// The names of the statements the session has prepared (one unprepared round trip).
-    private func preparedStatementNames() async throws -> Set<String> {
-        let sql = "SELECT name FROM pg_prepared_statements"
-        guard try handle.sendQuery(sql, []) else { throw await failure(sql: sql) }
-        try await flush(sql: sql)
-        let rows = try await collect(sql: sql)
-        return Set((0..<rows.rowCount).compactMap { if case .text(let name)? = rows.row($0)[0] { name } else { nil } })
     }
 
     /// Whether `sql` is a COPY statement (leading blanks aside).
@@ -206,34 +175,30 @@ final class PostgresConnection: Sendable {
     }
 
     /// Takes the connection for one call: one task at a time, and never once broken or closed.
-    func acquire(_ sql: String) throws(SQLError) {
-        guard !brokenFlag.load(ordering: .acquiring) else {
-            let reason = brokenReason.withLock { $0 }.map { " (\($0))" } ?? ""
-            throw SQLError(.connection, "the connection is broken\(reason); discard it", sql: sql)
-        }
-        let (taken, state) = use.compareExchange(expected: 0, desired: 1, ordering: .acquiringAndReleasing)
-        guard taken else {
-            if state == 3 { throw SQLError(.connection, "the connection is closed", sql: sql) }
-            throw SQLError(.misuse, "a PostgreSQL connection serves one task at a time", sql: sql)
-        }
+    func acquire(_ kind: PostgresStateMachine.Kind, _ sql: String) throws(SQLError) {
+        if case .fail(let error) = machine.withLock({ $0.startCall(kind, sql: sql) }) { throw error }
     }
 
-    /// Gives the connection back after a call; closes it when a close came meanwhile.
+    /// Gives the connection back after a call, recording the server's transaction state; closes it when a
+    /// close came meanwhile.
     func release() async {
-        let status = handle.transactionStatus
-        inTransaction.store(status == PQTRANS_INTRANS || status == PQTRANS_INERROR, ordering: .releasing)
-        guard !use.compareExchange(expected: 1, desired: 0, ordering: .acquiringAndReleasing).exchanged else { return }
-        use.store(3, ordering: .releasing)  // it was 2: the close is ours
+        let transaction: PostgresStateMachine.TransactionState =
+            switch handle.transactionStatus {
+            case PQTRANS_IDLE: .idle
+            case PQTRANS_INTRANS: .inTransaction
+            case PQTRANS_INERROR: .failed
+            default: .unknown
+            }
+        guard machine.withLock({ $0.endCall(transaction: transaction) }) == .close else { return }
         await forgetSocket()
         handle.finish()
     }
 
     /// Runs `body` holding the connection. Nothing is sent from code that is cancelled already: the call
     /// throws `CancellationError` and has no effect.
-    func exclusively<T>(_ sql: String, _ body: () async throws -> T) async throws -> T {
+    func exclusively<T>(_ kind: PostgresStateMachine.Kind, _ sql: String, _ body: () async throws -> T) async throws -> T {
         try Runtime.checkCancellation()
-        try acquire(sql)
-        lateCancel.withLock { $0 = LateCancel() }
+        try acquire(kind, sql)
         do {
             let result = try await body()
             await release()
@@ -244,119 +209,40 @@ final class PostgresConnection: Sendable {
         }
     }
 
-    /// Runs one exchange with the server: a cancellation cleans the connection up (cancel request and
-    /// drain), a connection error marks it broken.
-    func cleaningUp<T>(_ exchange: () async throws -> T) async throws -> T {
-        do {
-            return try await exchange()
-        } catch let error as CancellationError {
-            await cleanUpAfterCancellation()
-            throw error
-        } catch let error as SQLError where error.kind == .connection {
-            markBroken(error.message)
-            throw error
-        }
-    }
-
-    /// Runs a statement this connection prepared earlier: no parsing or planning on the server.
-    private func runPrepared(_ entry: StatementCache.Entry, _ sql: String, _ binds: [SQLValue]) async throws -> RawRows {
-        guard try handle.sendQueryPrepared(entry.name, binds, sql: sql, binaryResults: entry.binaryResults) else {
-            throw await failure(sql: sql)
-        }
-        try await flush(sql: sql)
-        return try await collect(sql: sql)
-    }
-
-    /// Prepares `sql` under a new name and runs it, in one pipelined round trip (deallocating the statement
-    /// the cache evicts in the same trip).
-    private func prepareAndRun(_ key: String, _ sql: String, _ binds: [SQLValue]) async throws -> RawRows {
-        // Checked before anything is sent, like every bind.
-        _ = try PGHandle.Parameters(binds, sql: sql)
-        // DEALLOCATEs wait for a moment outside any transaction: in a failed one they would be refused, and
-        // would take the statement they travel with (a ROLLBACK, say) down with them.
-        let idle = handle.isIdleOutsideTransaction
-        let (name, deallocations) = statements.withLock { $0.insert(key, deallocating: idle) }
-        // Until the server confirms the PREPARE, the name stays out of the cache.
-        var prepared = false
-        // Whether the server's answer to the PREPARE was read; if not (a cancellation, a lost connection),
-        // it may exist there, and is deallocated later.
-        var answered = false
-        defer { if !prepared { statements.withLock { $0.remove(key, deallocate: !answered) } } }
-        guard handle.enterPipelineMode() else { throw await failure(sql: sql) }
-        for old in deallocations {
-            guard try handle.sendQuery("DEALLOCATE \(old)", []) else { throw await failure(sql: sql) }
-        }
-        // A sync of their own: a failed DEALLOCATE then cannot abort the statement, and the statement runs
-        // as the only command of its implicit transaction (VACUUM or DISCARD ALL refuse to share one).
-        if !deallocations.isEmpty, !handle.pipelineSync() { throw await failure(sql: sql) }
-        // PREPARE, DESCRIBE (for the result types: binary results pay from the second run on), EXECUTE.
-        let commands = deallocations.count + 3
-        guard handle.sendPrepare(name, sql, types: binds.map(PGHandle.typeOID)), handle.sendDescribePrepared(name),
-            try handle.sendQueryPrepared(name, binds, sql: sql), handle.pipelineSync()
-        else { throw await failure(sql: sql) }
-        let outcome: PipelineOutcome
-        do {
-            try await flush(sql: sql)
-            outcome = try await collectPipeline(
-                expected: commands, syncs: deallocations.isEmpty ? 1 : 2, sql: sql, describing: commands - 2)
-            answered = true
-        } catch let error as CancellationError {
-            await cleanUpPipeline(synced: true)
-            throw error
-        }
-        // The PREPARE is the third to last command.
-        let failedStatement = outcome.errors.keys.contains { $0 >= deallocations.count }
-        prepared = !outcome.failed(commands - 3)
-        if prepared, let types = outcome.describedTypes, !types.isEmpty, types.allSatisfy(PGHandle.binaryDecodable) {
-            statements.withLock { $0.useBinaryResults(key) }
-        }
-        if outcome.errors.keys.contains(where: { $0 < deallocations.count }) {
-            // A DEALLOCATE failed: the server no longer had that statement (DISCARD ALL, or a PREPARE that
-            // never arrived), and the ones after it were skipped. Learn which statements the server has.
-            // The statement's own result is in hand (it may have committed): a failed resync must not lose it.
-            do {
-                let existing = try await preparedStatementNames()
-                statements.withLock { $0.keepOnly(existing, pending: deallocations) }
-            } catch {
-                if error is CancellationError { await cleanUpAfterCancellation() }
-                statements.withLock { $0.removeAll() }
-            }
-        }
-        if statementFailedAfterCancellation(failedStatement) { throw CancellationError() }
-        if failedStatement, let error = outcome.lastError { throw error }
-        return outcome.rows
-    }
-
-    /// Pushes the query out; while libpq's buffer is full, waits for write readiness, and reads meanwhile so
-    /// that a server blocked writing to us cannot deadlock the exchange (FINDINGS Q6, pitfall 4).
-    /// Pushes out what libpq has queued. `whileSending`: more of the statement is still to be queued, so a
-    /// cancellation stops here (nothing complete has reached the server); otherwise it is absorbed like any
-    /// wait of a statement on its way (``waitOnSocket(for:sql:canCancelServer:)``).
+    /// Pushes out what libpq has queued; while its buffer is full, waits for write readiness, and reads
+    /// meanwhile so that a server blocked writing to us cannot deadlock the exchange. `whileSending`: more of
+    /// the call's messages are still to be queued; otherwise the call is sent once this returns. What a
+    /// cancellation does meanwhile is the state machine's answer (``waitOnSocket(for:sql:)``).
     func flush(sql: String, whileSending: Bool = false) async throws {
         while true {
             switch handle.flush() {
-            case 0: return
+            case 0:
+                if !whileSending { machine.withLock { $0.sent() } }
+                return
             case 1:
-                let ready = whileSending
-                    ? try await runtime.wait(fd: try await liveSocket(sql: sql), for: [.read, .write])
-                    : try await waitOnSocket(for: [.read, .write], sql: sql, canCancelServer: false)
+                let ready = try await waitOnSocket(for: [.read, .write], sql: sql)
                 if ready.contains(.read), !handle.consumeInput() { throw await failure(sql: sql) }
             default: throw await failure(sql: sql)
             }
         }
     }
 
+    /// The running call's next result, waiting for the socket while libpq is busy; `nil` at the end of a
+    /// command's results. The caller clears it.
+    func nextResult(sql: String) async throws -> OpaquePointer? {
+        while handle.isBusy {
+            try await waitOnSocket(for: .read, sql: sql)
+            guard handle.consumeInput() else { throw await failure(sql: sql) }
+        }
+        return handle.nextResult()
+    }
+
     /// Reads results until libpq has none left; returns the rows of the last one with tuples or the command
     /// counts, or throws the server's error.
-    private func collect(sql: String) async throws -> RawRows {
+    func collect(sql: String) async throws -> RawRows {
         var rows = RawRows()
         var serverError: SQLError?
-        while true {
-            while handle.isBusy {
-                try await waitOnSocket(for: .read, sql: sql, canCancelServer: true)
-                guard handle.consumeInput() else { throw await failure(sql: sql) }
-            }
-            guard let result = handle.nextResult() else { break }
+        while let result = try await nextResult(sql: sql) {
             defer { PQclear(result) }
             switch PQresultStatus(result) {
             case PGRES_TUPLES_OK, PGRES_SINGLE_TUPLE:
@@ -394,7 +280,7 @@ final class PostgresConnection: Sendable {
                 switch handle.dropCopyData() {
                 case .more: continue
                 case .wouldBlock:
-                    try await runtime.wait(fd: try await liveSocket(sql: sql), for: .read)
+                    try await waitOnSocket(for: .read, sql: sql)
                     guard handle.consumeInput() else { throw await failure(sql: sql) }
                 case .done: return refusal
                 case .failed: throw await failure(sql: sql)
@@ -420,10 +306,7 @@ final class PostgresConnection: Sendable {
     }
 
     /// Marks the connection broken, keeping the first reason for later errors.
-    func markBroken(_ reason: String) {
-        brokenReason.withLock { if $0 == nil { $0 = reason } }
-        brokenFlag.store(true, ordering: .releasing)
-    }
+    func markBroken(_ reason: String) { machine.withLock { $0.connectionFailed(reason) } }
 
     /// Marks the connection broken and drops the runtime's registration of its socket before anything else
     /// can reuse the number; returns the error to throw.
@@ -442,32 +325,33 @@ final class PostgresConnection: Sendable {
     // MARK: Closing
 
     deinit {
-        // Dropped without close() while its runtime still runs (once it has ended, its registrations are gone
-        // and PGHandle's deinit closes the connection): the runtime may still watch the socket, and closing it
-        // now would leave a registration that hangs the next socket given the same number. Leaked instead (a
-        // bug of the caller, said in the log).
-        if watchedSocket.load(ordering: .acquiring) >= 0, !runtime.backend.diagnostics().isClosed {
-            logger?.warning("a PostgreSQL connection was dropped without close(); its socket is left open")
-            handle.abandon()
+        // Dropped without close() (the pool closes what a dropped Connection held, so this is a connection
+        // used without a pool): closed once the runtime has let go of its socket, which a deinit cannot
+        // await. After the run, the registrations are gone and PGHandle's deinit closes it.
+        let fd = watchedSocket.load(ordering: .acquiring)
+        if fd >= 0, !runtime.backend.diagnostics().isClosed {
+            logger?.warning("a PostgreSQL connection was dropped without close(); it is closed now")
+            let handle = self.handle
+            runtime.closeAfterForgetting(fd: fd) { handle.finish() }
         }
+    }
+
+    /// Closes the connection from synchronous code: the runtime forgets its socket, then libpq closes it.
+    /// A call still running closes it when it ends.
+    func closeDropped() {
+        guard machine.withLock({ $0.close() }) == .closeNow else { return }
+        let fd = watchedSocket.exchange(-1, ordering: .acquiringAndReleasing)
+        let handle = self.handle
+        guard fd >= 0 else { return handle.finish() }
+        runtime.closeAfterForgetting(fd: fd) { handle.finish() }
     }
 
     /// Drops the socket's registration and closes the connection. Not interrupted by cancellation. A call
     /// running on another task meanwhile closes it when it ends.
     func close() async {
-        while true {
-            let (closedNow, state) = use.compareExchange(expected: 0, desired: 3, ordering: .acquiringAndReleasing)
-            if closedNow {
-                await forgetSocket()
-                handle.finish()
-                return
-            }
-            guard state == 1 else { return }  // already closed, or its close already handed over
-            if use.compareExchange(expected: 1, desired: 2, ordering: .acquiringAndReleasing).exchanged {
-                markBroken("closed while a call was running")
-                return
-            }
-        }
+        guard machine.withLock({ $0.close() }) == .closeNow else { return }
+        await forgetSocket()
+        handle.finish()
     }
 }
 

@@ -1,3 +1,5 @@
+import CLibPQ
+
 /// The prepared statements of one connection: SQL text and parameter types → server-side name, least recently
 /// used evicted first.
 struct StatementCache {
@@ -8,6 +10,9 @@ struct StatementCache {
     struct Entry: Sendable {
         let name: String
         var binaryResults = false
+        /// The parameter types the server described, when the statement binds integers (which are checked
+        /// against them before each run).
+        var parameterTypes: [Oid]?
     }
 
     private var names: [String: Entry] = [:]
@@ -36,6 +41,9 @@ struct StatementCache {
 
     /// From now on, ask for `key`'s results in binary format.
     mutating func useBinaryResults(_ key: String) { names[key]?.binaryResults = true }
+
+    /// Records the parameter types the server described for `key`.
+    mutating func setParameterTypes(_ key: String, _ types: [Oid]) { names[key]?.parameterTypes = types }
 
     /// A new name for `key`, and — when `deallocating` — the names of statements to deallocate on the server:
     /// the one evicted to make room, and any dropped from the cache since.

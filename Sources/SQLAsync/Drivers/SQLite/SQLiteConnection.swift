@@ -9,6 +9,8 @@ import Glibc
 /// The rows a statement produced, fully decoded, plus its counters.
 struct RawRows: Sendable {
     var columns: [String] = []
+    /// The database's type of each column (see ``QueryResult/columnTypes``).
+    var columnTypes: [String] = []
     /// Every row's values one after another, `columns.count` per row: one array for the whole result rather
     /// than one per row (an allocation and a free per row, which SQ-FETCH-ALL measured).
     var values: [SQLValue] = []
@@ -19,7 +21,10 @@ struct RawRows: Sendable {
 
     /// Appends another batch of rows with the same columns.
     mutating func append(_ other: RawRows) {
-        if columns.isEmpty { columns = other.columns }
+        if columns.isEmpty {
+            columns = other.columns
+            columnTypes = other.columnTypes
+        }
         values.append(contentsOf: other.values)
         rowCount += other.rowCount
     }
@@ -181,6 +186,13 @@ final class SQLiteConnection: Sendable {
                 start(completion)
             }
         }
+    }
+
+    /// Closes the database on the connection's thread, after the job running there (if any); returns at
+    /// once. (The thread ends with the connection's deinit.)
+    func closeDropped() {
+        let handle = self.handle
+        worker.submit { handle.close() }
     }
 
     deinit {

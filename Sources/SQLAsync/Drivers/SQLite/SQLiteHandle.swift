@@ -17,6 +17,11 @@ final class SQLiteHandle: @unchecked Sendable {
     private var running: InterruptFlag?
     /// Cursors opened and not yet closed (under `lock`).
     private var openCursors = 0
+    /// The statement being stepped now, for the progress handler (worker thread only).
+    private var stepping: OpaquePointer?
+    /// The running job passed its point of no return (a batch's commit): no interrupt may stop it any more.
+    /// Written under `lock` by the worker, read under it by `interrupt`.
+    private var pastPointOfNoReturn = false
     /// How long a statement waits for another connection's lock before failing with SQLITE_BUSY.
     private let busyTimeoutMilliseconds: Int
     /// Cached statements' SQL, oldest first.
@@ -77,7 +82,7 @@ final class SQLiteHandle: @unchecked Sendable {
     func interrupt(_ flag: InterruptFlag) {
         pthread_mutex_lock(lock)
         defer { pthread_mutex_unlock(lock) }
-        if let db, running === flag, openCursors == 0 { sqlite3_interrupt(db) }
+        if let db, running === flag, openCursors == 0, !pastPointOfNoReturn { sqlite3_interrupt(db) }
     }
 
     /// SQLite's busy handler: sleep a little and try again, until the busy timeout has passed or the running
@@ -104,12 +109,50 @@ final class SQLiteHandle: @unchecked Sendable {
         guard let flag else { return {} }
         pthread_mutex_lock(lock)
         running = flag
+        pastPointOfNoReturn = false
         pthread_mutex_unlock(lock)
         return { [self] in
             pthread_mutex_lock(lock)
             running = nil
+            pastPointOfNoReturn = false
             pthread_mutex_unlock(lock)
         }
+    }
+
+    /// Installs the progress handler that stops the running job's statement once its flag is set. Worker
+    /// thread only; remove it with `sqlite3_progress_handler(db, 0, nil, nil)` before the call returns (the
+    /// handle is borrowed unretained).
+    private func watchProgress(_ db: OpaquePointer) {
+        // Every 1,000 virtual machine instructions SQLite asks whether to go on.
+        sqlite3_progress_handler(db, 1_000, { context in
+            guard let context else { return 0 }
+            return Unmanaged<SQLiteHandle>.fromOpaque(context).takeUnretainedValue().progressWantsInterrupt() ? 1 : 0
+        }, Unmanaged.passUnretained(self).toOpaque())
+    }
+
+    /// Whether the progress handler stops the statement: its job was cancelled, it has not passed its point
+    /// of no return, and it is still running. SQLite asks once more as a statement returns, after it halted
+    /// — for a write outside a transaction, after it committed — and an interrupt then would report a
+    /// committed statement as interrupted. Worker thread only (the one writer of what it reads).
+    fileprivate func progressWantsInterrupt() -> Bool {
+        guard running?.isSet == true, !pastPointOfNoReturn else { return false }
+        if let stepping, sqlite3_stmt_busy(stepping) == 0 { return false }
+        return true
+    }
+
+    /// Marks the running job past its point of no return, unless it was cancelled already; returns whether
+    /// it was. Worker thread only.
+    private func passPointOfNoReturn() -> Bool {
+        pthread_mutex_lock(lock)
+        defer { pthread_mutex_unlock(lock) }
+        if running?.isSet == true { return false }
+        pastPointOfNoReturn = true
+        return true
+    }
+
+    /// The declared type of each result column (`""` for an expression, which has none).
+    static func declaredTypes(_ statement: OpaquePointer, _ columnCount: Int32) -> [String] {
+        (0..<columnCount).map { sqlite3_column_decltype(statement, $0).map { String(cString: $0) } ?? "" }
     }
 
     func close() {
@@ -156,14 +199,8 @@ final class SQLiteHandle: @unchecked Sendable {
         defer { finished() }
         if let cancelled {
             guard !cancelled.isSet else { throw SQLError(.cancelled, "cancelled before it started", sql: sql) }
-            // Every 1,000 virtual machine instructions SQLite asks whether to go on.
-            let context = Unmanaged.passUnretained(cancelled).toOpaque()
-            sqlite3_progress_handler(db, 1_000, { context in
-                guard let context else { return 0 }
-                return Unmanaged<InterruptFlag>.fromOpaque(context).takeUnretainedValue().isSet ? 1 : 0
-            }, context)
+            watchProgress(db)
         }
-        // The flag is only borrowed for this call (the caller keeps it alive until the call returns).
         defer { if cancelled != nil { sqlite3_progress_handler(db, 0, nil, nil) } }
         return try body()
     }
@@ -179,6 +216,7 @@ final class SQLiteHandle: @unchecked Sendable {
         var result = RawRows()
         let columnCount = sqlite3_column_count(statement)
         result.columns = (0..<columnCount).map { String(cString: sqlite3_column_name(statement, $0)) }
+        result.columnTypes = Self.declaredTypes(statement, columnCount)
         guard atomically else {
             for binds in sets { try step(statement, binds, into: &result, db: db, sql: sql) }
             return result
@@ -189,6 +227,9 @@ final class SQLiteHandle: @unchecked Sendable {
                 if cancelled?.isSet == true { throw SQLError(.cancelled, "cancelled", sql: sql) }
                 try step(statement, binds, into: &result, db: db, sql: sql)
             }
+            // The commit, outside a transaction: once under way, no interrupt may stop it (it could report a
+            // committed batch as interrupted); a cancellation before it rolls the batch back.
+            guard passPointOfNoReturn() else { throw SQLError(.cancelled, "cancelled", sql: sql) }
             try exec("RELEASE anyruntime_batch", db: db)
         } catch {
             sqlite3_reset(statement)
@@ -257,15 +298,14 @@ final class SQLiteHandle: @unchecked Sendable {
         guard !cancelled.isSet else { throw SQLError(.cancelled, "cancelled", sql: sql) }
         let finished = starting(cancelled)
         defer { finished() }
-        let context = Unmanaged.passUnretained(cancelled).toOpaque()
-        sqlite3_progress_handler(db, 1_000, { context in
-            guard let context else { return 0 }
-            return Unmanaged<InterruptFlag>.fromOpaque(context).takeUnretainedValue().isSet ? 1 : 0
-        }, context)
+        watchProgress(db)
         defer { sqlite3_progress_handler(db, 0, nil, nil) }
+        stepping = statement
+        defer { stepping = nil }
         var rows = RawRows()
         let columnCount = sqlite3_column_count(statement)
         rows.columns = (0..<columnCount).map { String(cString: sqlite3_column_name(statement, $0)) }
+        rows.columnTypes = Self.declaredTypes(statement, columnCount)
         while rows.rowCount < limit {
             let rc = sqlite3_step(statement)
             if rc == SQLITE_DONE {
@@ -312,6 +352,8 @@ final class SQLiteHandle: @unchecked Sendable {
             guard rc == SQLITE_OK else { throw error(rc, db: db, sql: sql) }
         }
         let columnCount = sqlite3_column_count(statement)
+        stepping = statement
+        defer { stepping = nil }
         while true {
             let rc = sqlite3_step(statement)
             if rc == SQLITE_DONE { break }

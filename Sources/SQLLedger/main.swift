@@ -1,0 +1,164 @@
+// anyruntime-ledger: operations cancelled at random points on every backend x database, then checked against
+// the database (see Ledger). Exits 1 when any outcome was misreported or anything leaked.
+//
+//   swift run -c release anyruntime-ledger                    # 10,000 operations per backend x database
+//   swift run anyruntime-ledger --operations 300 --seed 7     # what CI runs
+//
+// PostgreSQL: the server named by ANYRUNTIME_PG_URL, or a throw-away one (scripts/with-postgres.sh).
+// ANYRUNTIME_BACKEND narrows the backends, as in the tests.
+import Logging
+import Runtime
+import SQLAsync
+import TestSupport
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+let usage = "usage: anyruntime-ledger [--operations N] [--workers N] [--seed N] [--database sqlite|postgresql]"
+var operations = 10_000
+var workers = 4
+var seed: UInt64 = 2026
+var databases = ["sqlite", "postgresql"]
+var arguments = CommandLine.arguments.dropFirst().makeIterator()
+while let argument = arguments.next() {
+    let value = arguments.next()
+    switch (argument, value) {
+    case ("--operations", let value?) where Int(value).map({ $0 > 0 }) == true: operations = Int(value) ?? operations
+    case ("--workers", let value?) where Int(value).map({ $0 > 0 }) == true: workers = Int(value) ?? workers
+    case ("--seed", let value?) where UInt64(value) != nil: seed = UInt64(value) ?? seed
+    case ("--database", let value?) where ["sqlite", "postgresql"].contains(value): databases = [value]
+    default:
+        print(usage)
+        exit(2)
+    }
+}
+
+/// Open file descriptors of this process.
+func openDescriptors() -> Int { directoryEntries("/proc/self/fd") }
+/// Threads of this process.
+func threads() -> Int { directoryEntries("/proc/self/task") }
+
+func directoryEntries(_ path: String) -> Int {
+    guard let directory = opendir(path) else { return -1 }
+    defer { closedir(directory) }
+    var count = 0
+    while let entry = readdir(directory) {
+        let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+        if name != "." && name != ".." { count += 1 }
+    }
+    return count - 1  // the directory stream's own fd (or nothing, for tasks)
+}
+
+func engine(for database: String, name: String, workers: Int) throws -> Engine {
+    var pool = PoolConfiguration()
+    pool.size = workers
+    pool.overflow = 0
+    switch database {
+    case "postgresql":
+        let url = try TestPostgres.url()
+        let separator = url.contains("?") ? "&" : "?"
+        return try Engine(url + "\(separator)application_name=\(name)", pool: pool, logger: quietLogger())
+    default:
+        let path = "/tmp/\(name).db"
+        return try Engine("sqlite:///\(path)", pool: pool, logger: quietLogger())
+    }
+}
+
+func quietLogger() -> Logger {
+    var logger = Logger(label: "ledger")
+    logger.logLevel = .error
+    return logger
+}
+
+/// The sessions the server has for `name`, by state (PostgreSQL only).
+func serverSessions(_ name: String) async throws -> [String: Int] {
+    let observer = Engine(url: try DatabaseURL(try TestPostgres.url()), logger: quietLogger())
+    defer { _ = observer }
+    let states = try await observer.withConnection { connection in
+        try await connection.execute("SELECT coalesce(state, '') AS state FROM pg_stat_activity WHERE application_name = \(name)")
+            .scalars(String.self)
+    }
+    await observer.dispose()
+    return states.reduce(into: [:]) { $0[$1, default: 0] += 1 }
+}
+
+print("Ledger: \(operations) operations per backend x database, \(workers) at once, seed \(seed).")
+print()
+print("| backend | database | done | cancelled | failed | in doubt | violations | fds before → after | threads before → after | seconds |")
+print("|---|---|---|---|---|---|---|---|---|---|")
+var problems: [String] = []
+var failureShapes: [String: Int] = [:]
+for database in databases {
+    for backend in TestBackend.selected {
+        let name = "ledger_\(backend)_\(UInt32.random(in: 0...UInt32.max))"
+        // The table, made with an engine of its own (the first connection also loads libraries and opens files
+        // for good); then what the process holds is counted, with no connection open.
+        let setUp = try engine(for: database, name: name, workers: workers)
+        try await backend.run {
+            try await Ledger(engine: setUp, operations: 0, workers: 1, realTime: false).prepare()
+            await setUp.dispose()
+        }
+        let fdsBefore = openDescriptors()
+        let threadsBefore = threads()
+        let engine = try engine(for: database, name: name, workers: workers)
+        let ledger = Ledger(engine: engine, operations: operations, workers: workers, realTime: backend != .virtual)
+        let started = ContinuousClock.now
+        var report = Ledger.Report()
+        var sessions: [String: Int] = [:]
+        try await backend.run {
+            let records = try await ledger.run(seed: seed)
+            report = try await ledger.check(records)
+            let statistics = try engine.poolStatistics()
+            if statistics.open != statistics.idle || statistics.waiting != 0 {
+                report.violations.append("the pool is not whole: \(statistics)")
+            }
+            if database == "postgresql" {
+                sessions = try await serverSessions(name)
+                let busy = sessions.filter { $0.key != "idle" }
+                if !busy.isEmpty { report.violations.append("the server has sessions that are not idle: \(busy)") }
+            }
+            await engine.dispose()
+        }
+        let elapsed = (ContinuousClock.now - started).components
+        let tenths = elapsed.seconds * 10 + elapsed.attoseconds / 100_000_000_000_000_000
+        if database == "postgresql" {
+            // Closed sockets end their sessions: wait for the server to notice (a little while at most).
+            var left = try await backend.run { try await serverSessions(name) }
+            for _ in 0..<50 where !left.isEmpty {
+                usleep(100_000)
+                left = try await backend.run { try await serverSessions(name) }
+            }
+            if !left.isEmpty { report.violations.append("sessions left on the server after dispose(): \(left)") }
+        }
+        let fdsAfter = openDescriptors()
+        // libdispatch keeps idle worker threads for some seconds (Dispatch runs blocking work on them): wait
+        // for them to go. Connections' own threads must be gone by then.
+        var threadsAfter = threads()
+        for _ in 0..<60 where threadsAfter > threadsBefore {
+            usleep(250_000)
+            threadsAfter = threads()
+        }
+        if fdsAfter > fdsBefore { report.violations.append("file descriptors leaked: \(fdsBefore) → \(fdsAfter)") }
+        if threadsAfter > threadsBefore { report.violations.append("threads leaked: \(threadsBefore) → \(threadsAfter)") }
+        let count = { (outcome: Ledger.Outcome) in report.counts[outcome, default: 0] }
+        print(
+            "| \(backend) | \(database) | \(count(.done)) | \(count(.cancelled)) | \(count(.failed)) | \(count(.inDoubt)) "
+                + "| \(report.violations.count) | \(fdsBefore) → \(fdsAfter) | \(threadsBefore) → \(threadsAfter) "
+                + "| \(tenths / 10).\(tenths % 10) |")
+        problems += report.violations.prefix(10).map { "\(backend) × \(database): \($0)" }
+        for (shape, count) in report.failures { failureShapes["\(database): \(shape)", default: 0] += count }
+        if database == "sqlite" { unlink("/tmp/\(name).db"); unlink("/tmp/\(name).db-wal"); unlink("/tmp/\(name).db-shm") }
+    }
+}
+if !failureShapes.isEmpty {
+    print()
+    print("Failures (other than cancellations), by kind:")
+    for (shape, count) in failureShapes.sorted(by: { $0.value > $1.value }) { print("  \(count) × \(shape)") }
+}
+if !problems.isEmpty {
+    print()
+    print("Violations:")
+    for problem in problems { print("  \(problem)") }
+    exit(1)
+}

@@ -1,0 +1,83 @@
+import Runtime
+import SQLAsync
+import TestSupport
+import Testing
+
+@Suite("Parameter types and column metadata", .timeLimit(.minutes(1)))
+struct ParameterTypeTests {
+    @Test("integers bind with the parameter's own type: int4 functions, int2 columns, range checked before sending",
+          arguments: TestBackend.selected, TestDatabase.allCases)
+    func integerParameters(_ backend: TestBackend, _ database: TestDatabase) async throws {
+        try await database.withPrivateConnection(backend) { connection in
+            try await connection.execute(
+                "CREATE TABLE widths (small SMALLINT, regular INTEGER, big BIGINT, ratio REAL, label TEXT)")
+            // The same statement twice: the first run prepares it, the second runs it by name.
+            for round in 0..<2 {
+                try await connection.execute(
+                    "INSERT INTO widths VALUES (\(Int16.max - Int16(round)), \(Int32.min + Int32(round)), \(Int64.max - Int64(round)), \(16_777_216), \("x"))")
+            }
+            let rows = try await connection.execute("SELECT small, regular, big FROM widths ORDER BY small DESC")
+            #expect(try rows.first()?.decode("small", as: Int16.self) == Int16.max)
+            #expect(try rows.first()?.decode("regular", as: Int32.self) == Int32.min)
+            #expect(try rows.first()?.decode("big", as: Int64.self) == Int64.max)
+            // A bare parameter stays an integer (PostgreSQL would infer text for it).
+            #expect(try await connection.execute("SELECT \(42) AS answer").scalar(Int.self) == 42)
+            #expect(try await connection.execute("SELECT \(Int64.max) - \(1) AS answer").scalar(Int64.self) == Int64.max - 1)
+            guard database == .postgresql else { return }
+            // Functions that take int4 are found (bound as int8, this was 42883: no such function).
+            let pid = try #require(try await connection.execute("SELECT pg_backend_pid()").scalar(Int.self))
+            #expect(try await connection.execute("SELECT \(pid) = pg_backend_pid()").scalar(Bool.self) == true)
+            #expect(try await connection.execute("SELECT pg_cancel_backend(\(0))").scalar(Bool.self) == false)
+            // Out of range for the column: refused before anything is sent, naming the parameter.
+            for _ in 0..<2 {
+                do {
+                    try await connection.execute("INSERT INTO widths (small) VALUES (\(Int(Int16.max) + 1))")
+                    Issue.record("an out-of-range int2 was accepted")
+                } catch let error as SQLError {
+                    #expect(error.kind == .invalidParameter)
+                    #expect(error.message.contains("$1"))
+                    #expect(error.message.contains("smallint"))
+                }
+            }
+            do {
+                try await connection.execute("UPDATE widths SET regular = \(Int(Int32.max) + 1) WHERE small = \(1)")
+                Issue.record("an out-of-range int4 was accepted")
+            } catch let error as SQLError {
+                #expect(error.kind == .invalidParameter)
+                #expect(error.message.contains("$1"))
+            }
+            // A float4 parameter holds integers up to 2^24 exactly: beyond, refused rather than rounded.
+            do {
+                try await connection.execute("INSERT INTO widths (ratio) VALUES (\(16_777_217))")
+                Issue.record("an integer a float4 rounds was accepted")
+            } catch let error as SQLError {
+                #expect(error.kind == .invalidParameter)
+            }
+            // Nothing of the refused statements reached the table; the connection is still usable.
+            #expect(try await connection.execute("SELECT count(*) FROM widths").scalar(Int.self) == 2)
+            // An integer where the server expects another type is an error, not a silent conversion.
+            do {
+                try await connection.execute("SELECT \(1) AND true")
+                Issue.record("an integer was taken as a boolean")
+            } catch let error as SQLError {
+                #expect(error.sqlState == "42804" || error.sqlState == "42883", "\(error)")
+            }
+        }
+    }
+
+    @Test("results expose the database's column types", arguments: TestBackend.selected, TestDatabase.allCases)
+    func columnTypes(_ backend: TestBackend, _ database: TestDatabase) async throws {
+        try await database.withPrivateConnection(backend) { connection in
+            try await connection.execute("CREATE TABLE typed (id INTEGER, name VARCHAR(20), amount BIGINT, ok BOOLEAN)")
+            try await connection.execute("INSERT INTO typed VALUES (\(1), \("a"), \(2), \(true))")
+            for _ in 0..<2 {  // prepared, then run by name (PostgreSQL: binary results from then on)
+                let result = try await connection.execute("SELECT id, name, amount, ok, id + 1 AS next FROM typed")
+                #expect(result.columns == ["id", "name", "amount", "ok", "next"])
+                switch database {
+                case .postgresql: #expect(result.columnTypes == ["int4", "varchar", "int8", "bool", "int4"])
+                case .sqlite: #expect(result.columnTypes == ["INTEGER", "VARCHAR(20)", "BIGINT", "BOOLEAN", ""])
+                }
+            }
+        }
+    }
+}
