@@ -1,8 +1,12 @@
+import CLibPQ
+
 /// Where a database is, parsed from a URL.
 ///
 /// - `postgresql://user:password@host:5432/database?sslmode=require&application_name=app` (also
-///   `postgres://`); every query parameter is passed to libpq as a connection keyword; user, password and
-///   path segments are percent-decoded; the host may be a bracketed IPv6 address.
+///   `postgres://`), read by libpq itself (`PQconninfoParse`): several hosts
+///   (`postgresql://db1:5432,db2:5433/app?target_session_attrs=read-write`), a percent-encoded socket
+///   directory as the host (`postgresql://%2Fvar%2Frun%2Fpostgresql/app`), a bracketed IPv6 address, and
+///   every connection keyword the linked libpq knows, as query parameters.
 /// - `sqlite:///relative/path.db` (three slashes: relative to the working directory),
 ///   `sqlite:////absolute/path.db` (four slashes), `sqlite::memory:` (a private in-memory database).
 ///
@@ -19,10 +23,17 @@ public struct DatabaseURL: Sendable, Hashable, CustomStringConvertible {
     /// Which database this URL names.
     public let database: Database
 
-    /// PostgreSQL: the host name or address (`nil`: libpq's default, a local socket).
+    /// PostgreSQL: the (first) host name, address or socket directory (`nil`: libpq's default, a local socket).
     public let host: String?
-    /// PostgreSQL: the port.
+    /// PostgreSQL: the (first) port.
     public let port: Int?
+    /// PostgreSQL: every host, in the order libpq tries them.
+    public let hosts: [String]
+    /// PostgreSQL: the port of each host (one port for all, or one per host), as the URL gives them.
+    public let ports: [Int]
+    /// PostgreSQL: libpq's own reading of the URL (`PQconninfoParse`), every keyword with a value, password
+    /// included: what the connection is made with. Kept out of `description`.
+    let options: [(key: String, value: String)]
     /// PostgreSQL: the user name.
     public let user: String?
     /// PostgreSQL: the database name.
@@ -82,7 +93,7 @@ public struct DatabaseURL: Sendable, Hashable, CustomStringConvertible {
             throw SQLError(
                 .invalidURL, "unsupported database URL scheme '\(scheme)'; use postgresql:// or sqlite://")
         }
-        try self.init(postgresRest: rest)
+        try self.init(postgres: string, rest: rest)
     }
 
     private init(sqlitePath: String?, parameters: [(key: String, value: String)] = []) {
@@ -90,6 +101,11 @@ public struct DatabaseURL: Sendable, Hashable, CustomStringConvertible {
         self.sqlitePath = sqlitePath
         host = nil
         port = nil
+        hosts = []
+        ports = []
+        options = []
+        rawAuthority = ""
+        rawPath = ""
         user = nil
         password = nil
         databaseName = nil
@@ -100,9 +116,15 @@ public struct DatabaseURL: Sendable, Hashable, CustomStringConvertible {
     /// read-write without creating it, `rwc` (the default) read-write, created when missing.
     var sqliteMode: String { parameters.last { $0.key == "mode" }?.value ?? "rwc" }
 
-    private init(postgresRest rest: Substring) throws(SQLError) {
+    /// The URL's host list and path as written (no user-info part), for ``description``.
+    private let rawAuthority: String
+    private let rawPath: String
+
+    private init(postgres string: String, rest: Substring) throws(SQLError) {
         database = .postgresql
         sqlitePath = nil
+        // First, checks of its own, whose errors never quote the URL: a password with a reserved character
+        // left unencoded could otherwise be read by libpq as part of the host or database name, and shown.
         var remainder = rest
         var query: Substring = ""
         if let mark = remainder.firstIndex(of: "?") {
@@ -116,36 +138,32 @@ public struct DatabaseURL: Sendable, Hashable, CustomStringConvertible {
         }
         // userinfo@hostport — the last '@' separates them (a password may contain an encoded '@' only).
         var hostPort = remainder
-        var user: String?
-        var password: String?
+        var rawPassword: Substring?
         if let at = remainder.lastIndex(of: "@") {
             let userInfo = remainder[..<at]
             hostPort = remainder[remainder.index(after: at)...]
             if let colon = userInfo.firstIndex(of: ":") {
-                user = try Self.percentDecode(userInfo[..<colon], what: "user name")
-                password = try Self.percentDecode(userInfo[userInfo.index(after: colon)...], what: "password")
+                rawPassword = userInfo[userInfo.index(after: colon)...]
+                _ = try Self.percentDecode(userInfo[..<colon], what: "user name")
             } else {
-                user = try Self.percentDecode(userInfo, what: "user name")
+                _ = try Self.percentDecode(userInfo, what: "user name")
             }
         }
-        var host: String?
-        var port: Int?
-        if hostPort.hasPrefix("[") {
-            guard let close = hostPort.firstIndex(of: "]") else {
-                throw SQLError(.invalidURL, "an IPv6 host in the URL lacks its closing ']'")
+        let password = try rawPassword.map { rawPassword throws(SQLError) in try Self.percentDecode(rawPassword, what: "password") }
+        for entry in hostPort.split(separator: ",", omittingEmptySubsequences: false) {
+            if entry.hasPrefix("[") {
+                guard let close = entry.firstIndex(of: "]") else {
+                    throw SQLError(.invalidURL, "an IPv6 host in the URL lacks its closing ']'")
+                }
+                let after = entry[entry.index(after: close)...]
+                if after.hasPrefix(":") { _ = try Self.parsePort(after.dropFirst()) } else if !after.isEmpty {
+                    throw SQLError(.invalidURL, "unexpected text after the IPv6 host in the URL")
+                }
+            } else if let colon = entry.lastIndex(of: ":") {
+                _ = try Self.parsePort(entry[entry.index(after: colon)...])
             }
-            host = String(hostPort[hostPort.index(after: hostPort.startIndex)..<close])
-            let after = hostPort[hostPort.index(after: close)...]
-            if after.hasPrefix(":") { port = try Self.parsePort(after.dropFirst()) } else if !after.isEmpty {
-                throw SQLError(.invalidURL, "unexpected text after the IPv6 host in the URL")
-            }
-        } else if let colon = hostPort.lastIndex(of: ":") {
-            host = String(hostPort[..<colon])
-            port = try Self.parsePort(hostPort[hostPort.index(after: colon)...])
-        } else if !hostPort.isEmpty {
-            host = String(hostPort)
+            _ = try Self.percentDecode(entry, what: "host")
         }
-        if host?.isEmpty == true { host = nil }
         var parameters: [(key: String, value: String)] = []
         for pair in query.split(separator: "&") where !pair.isEmpty {
             guard let equals = pair.firstIndex(of: "=") else {
@@ -157,7 +175,7 @@ public struct DatabaseURL: Sendable, Hashable, CustomStringConvertible {
             guard Self.isLibpqKeyword(key) else {
                 // Named only when it looks like a keyword: otherwise it may be a piece of a password.
                 let name = key.allSatisfy { $0.isASCII && ($0.isLetter || $0 == "_") } && key.count <= 40 ? "'\(key)' " : ""
-                throw SQLError(.invalidURL, "the URL parameter \(name)is not a libpq connection keyword")
+                throw SQLError(.invalidURL, "the URL parameter \(name)is not a connection keyword of this libpq")
             }
             guard key != "password" else {
                 throw SQLError(.invalidURL, "put the password in the URL's user-info part, not in a parameter")
@@ -170,17 +188,66 @@ public struct DatabaseURL: Sendable, Hashable, CustomStringConvertible {
             }
             parameters.append((key, value))
         }
-        self.host = host
-        self.port = port
-        self.user = user
-        self.password = password
         // A '@' after the first '/' means a password with a '/' left unencoded: refused, or a piece of it would
         // become the database name and show in the description.
         guard !path.contains("@") else {
             throw SQLError(.invalidURL, "the database name in the URL contains '@' (is a '/' in the password not %-encoded?)")
         }
-        self.databaseName = path.isEmpty ? nil : try Self.percentDecode(path, what: "database name")
+        _ = try Self.percentDecode(path, what: "database name")
+
+        // Then libpq's own reading, which is what the connection is made with.
+        let options = try Self.libpqOptions(string, password: password, rawPassword: rawPassword.map(String.init))
+        func option(_ key: String) -> String? { options.last { $0.key == key }?.value }
+        let hosts = option("host").map { $0.split(separator: ",", omittingEmptySubsequences: false).map(String.init) } ?? []
+        var ports: [Int] = []
+        for text in option("port").map({ $0.split(separator: ",", omittingEmptySubsequences: false) }) ?? [] {
+            ports.append(try Self.parsePort(text))
+        }
+        guard ports.count <= 1 || ports.count == max(hosts.count, 1) else {
+            throw SQLError(.invalidURL, "the URL gives \(ports.count) ports for \(hosts.count) hosts (one port for all, or one per host)")
+        }
+        self.options = options
+        self.hosts = hosts
+        self.ports = ports
+        self.host = hosts.first.flatMap { $0.isEmpty ? nil : $0 }
+        self.port = ports.first
+        self.user = option("user")
+        self.password = password
+        self.databaseName = option("dbname")
         self.parameters = parameters
+        self.rawAuthority = String(hostPort)
+        self.rawPath = String(path)
+    }
+
+    /// libpq's reading of `url`: every keyword it sets. A libpq error is passed on only when it quotes no
+    /// piece of the password.
+    private static func libpqOptions(_ url: String, password: String?, rawPassword: String?) throws(SQLError) -> [(key: String, value: String)] {
+        var error: UnsafeMutablePointer<CChar>?
+        guard let parsed = PQconninfoParse(url, &error) else {
+            var message = error.map { String(cString: $0).trimmingTrailingNewlines() } ?? "out of memory"
+            if let error { PQfreemem(error) }
+            if Self.quotesPart(of: password, in: message) || Self.quotesPart(of: rawPassword, in: message) {
+                message = "its message is withheld: it quotes the user-info part"
+            }
+            throw SQLError(.invalidURL, "libpq cannot read the URL (\(message))")
+        }
+        defer { PQconninfoFree(parsed) }
+        var options: [(key: String, value: String)] = []
+        var option = parsed
+        while let keyword = option.pointee.keyword {
+            if let value = option.pointee.val { options.append((String(cString: keyword), String(cString: value))) }
+            option += 1
+        }
+        return options
+    }
+
+    /// Whether `text` contains `secret`, or four characters of it in a row.
+    static func quotesPart(of secret: String?, in text: String) -> Bool {
+        guard let secret, !secret.isEmpty else { return false }
+        let characters = Array(secret)
+        if characters.count <= 4 { return text.contains(secret) }
+        for start in 0...(characters.count - 4) where text.contains(String(characters[start..<start + 4])) { return true }
+        return false
     }
 
     private static func parsePort(_ text: Substring) throws(SQLError) -> Int {
@@ -228,18 +295,26 @@ public struct DatabaseURL: Sendable, Hashable, CustomStringConvertible {
     /// Keywords whose values are secrets, hidden like the password.
     static let secretKeywords: Set<String> = ["sslpassword"]
 
-    /// libpq's connection keywords (PostgreSQL 15), so that a typo is an error instead of a silent default.
-    static func isLibpqKeyword(_ key: String) -> Bool {
-        [
-            "host", "hostaddr", "port", "dbname", "user", "passfile", "channel_binding", "connect_timeout",
-            "client_encoding", "options", "application_name", "fallback_application_name", "keepalives",
-            "keepalives_idle", "keepalives_interval", "keepalives_count", "tcp_user_timeout", "replication",
-            "gssencmode", "sslmode", "requiressl", "sslcompression", "sslcert", "sslkey", "sslpassword",
-            "sslrootcert", "sslcrl", "sslcrldir", "sslsni", "requirepeer", "ssl_min_protocol_version",
-            "ssl_max_protocol_version", "krbsrvname", "gsslib", "service", "target_session_attrs",
-            "load_balance_hosts",
-        ].contains(key)
-    }
+    /// The connection keywords of the linked libpq (read from libpq itself: `PQconninfoParse` of an empty
+    /// string lists them all, without reading the environment or any file), so that a typo is an error
+    /// instead of a silent default, and a newer libpq's keywords work.
+    static let libpqKeywords: Set<String> = {
+        var error: UnsafeMutablePointer<CChar>?
+        guard let all = PQconninfoParse("", &error) else {
+            if let error { PQfreemem(error) }
+            return []
+        }
+        defer { PQconninfoFree(all) }
+        var keywords = Set<String>()
+        var option = all
+        while let keyword = option.pointee.keyword {
+            keywords.insert(String(cString: keyword))
+            option += 1
+        }
+        return keywords
+    }()
+
+    static func isLibpqKeyword(_ key: String) -> Bool { libpqKeywords.contains(key) }
 
     /// Whether `name` is PostgreSQL's UTF-8 client encoding, under any of the spellings it accepts.
     static func isUTF8(_ name: String) -> Bool {
@@ -251,18 +326,13 @@ public struct DatabaseURL: Sendable, Hashable, CustomStringConvertible {
     /// packet, they take precedence over `ALTER ROLE` / `ALTER DATABASE … SET`.
     static let sessionOptions = "-c DateStyle=ISO,MDY -c IntervalStyle=postgres"
 
-    /// The libpq connection keywords and values, password included, for `PQconnectStartParams`.
+    /// The libpq connection keywords and values, password included, for `PQconnectStartParams`: libpq's
+    /// reading of the URL, with the session settings the driver needs.
     func libpqParameters() -> [(key: String, value: String)] {
-        var result: [(key: String, value: String)] = []
-        if let host { result.append(("host", host)) }
-        if let port { result.append(("port", String(port))) }
-        if let user { result.append(("user", user)) }
-        if let password { result.append(("password", password)) }
-        if let databaseName { result.append(("dbname", databaseName)) }
-        result.append(contentsOf: parameters.filter { $0.key != "options" && $0.key != "client_encoding" })
+        var result = options.filter { $0.key != "options" && $0.key != "client_encoding" }
         result.append(("client_encoding", "UTF8"))
         // The application's own options first: the driver's come last and win where they overlap.
-        let options = parameters.last { $0.key == "options" }.map { $0.value + " " } ?? ""
+        let options = self.options.last { $0.key == "options" }.map { $0.value + " " } ?? ""
         result.append(("options", options + Self.sessionOptions))
         return result
     }
@@ -277,9 +347,8 @@ public struct DatabaseURL: Sendable, Hashable, CustomStringConvertible {
         case .postgresql:
             var text = "postgresql://"
             if let user { text += user + (password == nil ? "" : ":***") + "@" }
-            if let host { text += host.contains(":") ? "[\(host)]" : host }
-            if let port { text += ":\(port)" }
-            if let databaseName { text += "/\(databaseName)" }
+            text += rawAuthority
+            if !rawPath.isEmpty { text += "/\(rawPath)" }
             if !parameters.isEmpty {
                 text += "?" + parameters.map { "\($0.key)=\(Self.secretKeywords.contains($0.key) ? "***" : $0.value)" }
                     .joined(separator: "&")

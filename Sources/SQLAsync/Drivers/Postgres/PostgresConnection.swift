@@ -40,7 +40,7 @@ final class PostgresConnection: Sendable {
     /// drain behind it can take more than a second or two.)
     static let cleanUpDeadline: Duration = .seconds(5)
 
-    private init(runtime: Runtime, handle: PGHandle, logger: Logger?) {
+    init(runtime: Runtime, handle: PGHandle, logger: Logger?) {
         self.runtime = runtime
         self.handle = handle
         self.logger = logger
@@ -62,68 +62,6 @@ final class PostgresConnection: Sendable {
     /// Whether the connection can go back to a pool: no call or stream holds it, not broken, and the session
     /// idle outside any transaction (as the last call left it).
     func isReusable() async -> Bool { machine.withLock { $0.isReusable } }
-
-    // MARK: Connecting
-
-    /// Connects to `url` on the current runtime.
-    static func connect(_ url: DatabaseURL, logger: Logger? = nil) async throws -> PostgresConnection {
-        let runtime = try Runtime.current
-        var parameters = url.libpqParameters()
-        // Name resolution would block inside PQconnectStart: resolve on a worker thread and pass hostaddr.
-        if let host = url.host, !host.hasPrefix("/"), !parameters.contains(where: { $0.key == "hostaddr" }) {
-            let addresses = try await runtime.runBlocking { () throws -> [String] in try resolve(host) }
-            // Every address, tried in order by libpq (IPv6 `::1` first for localhost, say, then 127.0.0.1); the
-            // host name repeated beside each for TLS verification and error messages.
-            parameters.removeAll { $0.key == "host" }
-            parameters.append(("host", Array(repeating: host, count: addresses.count).joined(separator: ",")))
-            parameters.append(("hostaddr", addresses.joined(separator: ",")))
-        }
-        let handle = try PGHandle.start(parameters)
-        let connection = PostgresConnection(runtime: runtime, handle: handle, logger: logger)
-        // libpq applies connect_timeout only to its blocking connect: enforce it here.
-        let timeout = url.parameters.last { $0.key == "connect_timeout" }.flatMap { Int($0.value) }.flatMap { $0 > 0 ? $0 : nil }
-        do {
-            if let timeout {
-                try await fail(at: runtime.now.advanced(by: .seconds(timeout))) { try await connection.finishConnecting() }
-            } else {
-                try await connection.finishConnecting()
-            }
-        } catch is TimeoutError {
-            await connection.close()
-            throw SQLError(.timeout, "connecting took longer than connect_timeout (\(timeout ?? 0) s)")
-        } catch {
-            await connection.close()
-            throw error
-        }
-        return connection
-    }
-
-    private func finishConnecting() async throws {
-        var status = PGRES_POLLING_WRITING
-        while true {
-            let fd = handle.socket
-            switch status {
-            case PGRES_POLLING_OK:
-                guard handle.setNonBlocking() else { throw handle.connectionError("cannot enter non-blocking mode") }
-                handle.silenceNotices()
-                watchedSocket.store(handle.socket, ordering: .releasing)
-                machine.withLock { $0.connected() }
-                return
-            case PGRES_POLLING_FAILED:
-                throw handle.connectionError("cannot connect")
-            default:
-                // Recorded before the wait, so that a cancelled connect forgets it in `close()` before
-                // PQfinish closes the socket (a registration outliving its fd hangs the next socket that
-                // gets the same number).
-                watchedSocket.store(fd, ordering: .releasing)
-                try await runtime.wait(fd: fd, for: status == PGRES_POLLING_READING ? .read : .write)
-            }
-            // PQconnectPoll may close the socket and open a new one with the same number (SSL or GSS
-            // fallback, another host): drop the registration after every step (FINDINGS Q6, pitfall 1).
-            await forgetSocket()
-            status = handle.connectPoll()
-        }
-    }
 
     // MARK: Queries
 
@@ -166,12 +104,6 @@ final class PostgresConnection: Sendable {
                 _ = try await collect(sql: script)
             }
         }
-    }
-
-    /// Whether `sql` is a COPY statement (leading blanks aside).
-    static func isCopy(_ sql: String) -> Bool {
-        let start = sql.utf8.drop { $0 == UInt8(ascii: " ") || $0 == UInt8(ascii: "\n") || $0 == UInt8(ascii: "\t") || $0 == UInt8(ascii: "\r") }
-        return start.prefix(4).map { $0 & 0xDF } == Array("COPY".utf8)
     }
 
     /// Takes the connection for one call: one task at a time, and never once broken or closed.
@@ -266,35 +198,6 @@ final class PostgresConnection: Sendable {
         return rows
     }
 
-    /// Ends a COPY the statement started (the protocol would otherwise wait for data forever) and returns the
-    /// error to report: COPY FROM STDIN is ended with a failure the server turns into an error; the data of
-    /// COPY TO STDOUT is read and dropped.
-    func refuseCopy(_ status: ExecStatusType, sql: String) async throws -> SQLError {
-        let refusal = SQLError(.misuse, "COPY … FROM STDIN / TO STDOUT is not supported; use executeMany or stream", sql: sql)
-        switch status {
-        case PGRES_COPY_IN:
-            guard handle.putCopyEnd(failing: "COPY FROM STDIN is not supported by SQLAsync") else { throw await failure(sql: sql) }
-            try await flush(sql: sql)
-        case PGRES_COPY_OUT:
-            while true {
-                switch handle.dropCopyData() {
-                case .more: continue
-                case .wouldBlock:
-                    try await waitOnSocket(for: .read, sql: sql)
-                    guard handle.consumeInput() else { throw await failure(sql: sql) }
-                case .done: return refusal
-                case .failed: throw await failure(sql: sql)
-                }
-            }
-        default:
-            // Replication's COPY BOTH: no way back to the normal protocol.
-            markBroken("a COPY BOTH (replication) result")
-            await forgetSocket()
-            handle.finish()
-        }
-        return refusal
-    }
-
     /// The socket to wait on, or the connection error when libpq has lost (and closed) it — then the
     /// registration is dropped at once, before another task can reuse the fd number.
     func liveSocket(sql: String) async throws -> Int32 {
@@ -353,28 +256,4 @@ final class PostgresConnection: Sendable {
         await forgetSocket()
         handle.finish()
     }
-}
-
-/// Resolves `host` to a numeric address (blocking: call on a worker thread).
-private func resolve(_ host: String) throws -> [String] {
-    var hints = addrinfo()
-    hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
-    var list: UnsafeMutablePointer<addrinfo>?
-    let rc = getaddrinfo(host, nil, &hints, &list)
-    guard rc == 0, list != nil else {
-        throw SQLError(.connection, "cannot resolve host '\(host)': \(String(cString: gai_strerror(rc)))")
-    }
-    defer { freeaddrinfo(list) }
-    var addresses: [String] = []
-    var entry = list
-    while let current = entry {
-        var buffer = [CChar](repeating: 0, count: Int(NI_MAXHOST))
-        if getnameinfo(current.pointee.ai_addr, current.pointee.ai_addrlen, &buffer, socklen_t(buffer.count), nil, 0, NI_NUMERICHOST) == 0 {
-            let address = String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
-            if !addresses.contains(address) { addresses.append(address) }
-        }
-        entry = current.pointee.ai_next
-    }
-    guard !addresses.isEmpty else { throw SQLError(.connection, "cannot format the addresses of host '\(host)'") }
-    return addresses
 }
