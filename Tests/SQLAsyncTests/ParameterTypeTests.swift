@@ -78,6 +78,14 @@ struct ParameterTypeTests {
                 case .sqlite: #expect(result.columnTypes == ["INTEGER", "VARCHAR(20)", "BIGINT", "BOOLEAN", ""])
                 }
             }
+            // The same statement after the table changed: its new column is there (SQLite prepares it again
+            // by itself; the names and types read from the old preparation would be stale).
+            let before = try await connection.execute("SELECT * FROM typed")
+            #expect(before.columns == ["id", "name", "amount", "ok"])
+            try await connection.execute("ALTER TABLE typed ADD COLUMN note TEXT")
+            let after = try await connection.execute("SELECT * FROM typed")
+            #expect(after.columns == ["id", "name", "amount", "ok", "note"])
+            #expect(after.columnTypes.last == (database == .postgresql ? "text" : "TEXT"))
         }
     }
 }

@@ -28,6 +28,22 @@ struct PoolInvalidationMachineTests {
     }
 }
 
+@Suite("Pool checkout without waiting (state machine)")
+struct PoolFastPathTests {
+    @Test("a free connection or slot is handed out without queueing; at the limit nothing changes")
+    func withoutWaiting() {
+        var machine = PoolStateMachine<String, Int>(size: 1, overflow: 0, maxAge: nil)
+        guard case .open? = machine.checkoutWithoutWaiting(now: 0) else { Issue.record("no slot"); return }
+        #expect(machine.checkoutWithoutWaiting(now: 1) == nil, "at the limit: the caller waits the slow way")
+        #expect(machine.waiters.isEmpty && machine.open == 1)
+        #expect(machine.release("a", openedAt: 0, healthy: true, now: 2) == .keep)
+        guard case .use(let idle, false)? = machine.checkoutWithoutWaiting(now: 3) else { Issue.record("idle not reused"); return }
+        #expect(idle.connection == "a")
+        _ = machine.dispose()
+        guard case .fail? = machine.checkoutWithoutWaiting(now: 4) else { Issue.record("a disposed pool handed out"); return }
+    }
+}
+
 extension PoolStateMachine.ReleaseAction: Equatable where Connection: Equatable {
     static func == (lhs: Self, rhs: Self) -> Bool {
         switch (lhs, rhs) {

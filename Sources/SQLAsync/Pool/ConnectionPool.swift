@@ -119,6 +119,19 @@ final class ConnectionPool: Sendable {
     }
 
     private func waitForHandoff(timeout: Duration) async throws -> Handoff {
+        // A connection to hand out, or a slot to open one, needs no wait: no timed scope, no parking (the
+        // usual case, under a pool large enough). Cancelled code still gets none.
+        try Runtime.checkCancellation()
+        let now = self.now
+        if let action = state.withLock({ $0.machine.checkoutWithoutWaiting(now: now) }) {
+            switch action {
+            case .use(let idle, let mustCheck): return .connection(idle.connection, mustCheck: mustCheck)
+            case .open: return .openSlot
+            case .fail: throw Self.disposedError
+            case .closeAndRetry(let stale): return .closeAndRetry(stale.driver)
+            case .wait: break
+            }
+        }
         let id = nextWaiter.add(1, ordering: .relaxed).newValue
         let deadline = runtime.now.advanced(by: timeout)
         do {

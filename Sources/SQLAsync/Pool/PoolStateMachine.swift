@@ -47,6 +47,10 @@ struct PoolStateMachine<Connection, Waiter: Hashable> {
 
     /// A task asks for a connection.
     mutating func checkout(_ waiter: Waiter, now: RuntimeInstantNanos) -> CheckoutAction {
+        checkout(Optional(waiter), now: now)
+    }
+
+    private mutating func checkout(_ waiter: Waiter?, now: RuntimeInstantNanos) -> CheckoutAction {
         if disposed { return .fail }
         if let entry = idle.popLast() {
             if let maxAge, now - entry.openedAt >= maxAge {
@@ -59,8 +63,15 @@ struct PoolStateMachine<Connection, Waiter: Hashable> {
             open += 1
             return .open
         }
+        guard let waiter else { return .wait }  // (not reached: checkoutWithoutWaiting checked)
         waiters.append(waiter)
         return .wait
+    }
+
+    /// ``checkout(_:now:)`` when it need not wait; nil (and nothing changed) when it would.
+    mutating func checkoutWithoutWaiting(now: RuntimeInstantNanos) -> CheckoutAction? {
+        if !disposed, idle.isEmpty, open >= size + overflow { return nil }
+        return checkout(nil, now: now)
     }
 
     /// A waiter stopped waiting (timeout or cancellation) before it was served.

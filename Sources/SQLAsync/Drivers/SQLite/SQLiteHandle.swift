@@ -12,7 +12,7 @@ import Glibc
 /// `closed` is read under `lock` by `interrupt` and written under it by `close`.
 final class SQLiteHandle: @unchecked Sendable {
     private var db: OpaquePointer?
-    private var statements: [String: OpaquePointer] = [:]
+    private var statements: [String: CachedStatement] = [:]
     /// The cancellation flag of the job running now (read by `interrupt` under `lock`).
     private var running: InterruptFlag?
     /// Cursors opened and not yet closed (under `lock`).
@@ -26,6 +26,15 @@ final class SQLiteHandle: @unchecked Sendable {
     private let busyTimeoutMilliseconds: Int
     /// Cached statements' SQL, oldest first.
     private var statementOrder: [String] = []
+
+    /// A prepared statement kept for reuse, with its result columns as last read.
+    struct CachedStatement {
+        let statement: OpaquePointer
+        var columns: [String]?
+        var columnTypes: [String] = []
+        /// SQLite's count of its own re-preparations of the statement when the columns were read.
+        var reprepares: Int32 = 0
+    }
     private let lock = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
 
     init(path: String?, mode: String = "rwc", busyTimeoutMilliseconds: Int32) throws(SQLError) {
@@ -156,7 +165,7 @@ final class SQLiteHandle: @unchecked Sendable {
     }
 
     func close() {
-        for statement in statements.values { sqlite3_finalize(statement) }
+        for cached in statements.values { sqlite3_finalize(cached.statement) }
         statements.removeAll()
         statementOrder.removeAll()
         pthread_mutex_lock(lock)
@@ -208,17 +217,16 @@ final class SQLiteHandle: @unchecked Sendable {
     private func run(
         _ sql: String, _ sets: [[SQLValue]], atomically: Bool, cancelled: InterruptFlag?, db: OpaquePointer
     ) throws(SQLError) -> RawRows {
-        let statement = try prepared(sql, db: db)
+        let cached = try prepared(sql, db: db)
+        let statement = cached.statement
         defer {
             sqlite3_reset(statement)
             sqlite3_clear_bindings(statement)
         }
         var result = RawRows()
-        let columnCount = sqlite3_column_count(statement)
-        result.columns = (0..<columnCount).map { String(cString: sqlite3_column_name(statement, $0)) }
-        result.columnTypes = Self.declaredTypes(statement, columnCount)
         guard atomically else {
             for binds in sets { try step(statement, binds, into: &result, db: db, sql: sql) }
+            (result.columns, result.columnTypes) = columns(of: cached, sql: sql)
             return result
         }
         try exec("SAVEPOINT anyruntime_batch", db: db)
@@ -231,6 +239,7 @@ final class SQLiteHandle: @unchecked Sendable {
             // committed batch as interrupted); a cancellation before it rolls the batch back.
             guard passPointOfNoReturn() else { throw SQLError(.cancelled, "cancelled", sql: sql) }
             try exec("RELEASE anyruntime_batch", db: db)
+            (result.columns, result.columnTypes) = columns(of: cached, sql: sql)
         } catch {
             sqlite3_reset(statement)
             // The rollback must not be interrupted in turn: the progress handler would stop it, and the
@@ -304,8 +313,6 @@ final class SQLiteHandle: @unchecked Sendable {
         defer { stepping = nil }
         var rows = RawRows()
         let columnCount = sqlite3_column_count(statement)
-        rows.columns = (0..<columnCount).map { String(cString: sqlite3_column_name(statement, $0)) }
-        rows.columnTypes = Self.declaredTypes(statement, columnCount)
         while rows.rowCount < limit {
             let rc = sqlite3_step(statement)
             if rc == SQLITE_DONE {
@@ -319,6 +326,13 @@ final class SQLiteHandle: @unchecked Sendable {
             for column in 0..<columnCount { rows.values.append(value(at: column, in: statement)) }
             rows.rowCount += 1
         }
+        // Read once, after the first step (when SQLite would have prepared the statement again).
+        if cursor.columns == nil {
+            cursor.columns = (0..<columnCount).map { String(cString: sqlite3_column_name(statement, $0)) }
+            cursor.columnTypes = Self.declaredTypes(statement, columnCount)
+        }
+        rows.columns = cursor.columns ?? []
+        rows.columnTypes = cursor.columnTypes
         return rows.isEmpty && cursor.finished ? nil : rows
     }
 
@@ -372,7 +386,7 @@ final class SQLiteHandle: @unchecked Sendable {
     /// Prepared statements kept per connection; beyond this the oldest is finalized.
     static let statementCacheCapacity = 256
 
-    private func prepared(_ sql: String, db: OpaquePointer) throws(SQLError) -> OpaquePointer {
+    private func prepared(_ sql: String, db: OpaquePointer) throws(SQLError) -> CachedStatement {
         if let cached = statements[sql] { return cached }
         var statement: OpaquePointer?
         // The tail points into the C string: read it while that string exists (inside withCString).
@@ -389,11 +403,27 @@ final class SQLiteHandle: @unchecked Sendable {
         }
         if statements.count >= Self.statementCacheCapacity, let oldest = statementOrder.first {
             statementOrder.removeFirst()
-            if let evicted = statements.removeValue(forKey: oldest) { sqlite3_finalize(evicted) }
+            if let evicted = statements.removeValue(forKey: oldest) { sqlite3_finalize(evicted.statement) }
         }
-        statements[sql] = statement
+        let cached = CachedStatement(statement: statement)
+        statements[sql] = cached
         statementOrder.append(sql)
-        return statement
+        return cached
+    }
+
+    /// The result columns' names and declared types of a cached statement, read once per (re)preparation:
+    /// SQLite prepares a statement again by itself when the schema changed (a `SELECT *` may then have
+    /// other columns), which its REPREPARE counter tells. Call after stepping (that is when it happens).
+    private func columns(of cached: CachedStatement, sql: String) -> (names: [String], types: [String]) {
+        let reprepares = sqlite3_stmt_status(cached.statement, SQLITE_STMTSTATUS_REPREPARE, 0)
+        if let names = cached.columns, cached.reprepares == reprepares { return (names, cached.columnTypes) }
+        let count = sqlite3_column_count(cached.statement)
+        let names = (0..<count).map { String(cString: sqlite3_column_name(cached.statement, $0)) }
+        let types = Self.declaredTypes(cached.statement, count)
+        statements[sql]?.columns = names
+        statements[sql]?.columnTypes = types
+        statements[sql]?.reprepares = reprepares
+        return (names, types)
     }
 
     private func bind(_ value: SQLValue, at index: Int32, in statement: OpaquePointer) -> Int32 {
@@ -466,5 +496,8 @@ private let sqliteTransient = unsafeBitCast(-1, to: sqlite3_destructor_type.self
 final class SQLiteCursor: @unchecked Sendable {
     var statement: OpaquePointer?
     var finished = false
+    /// The result's column names and declared types, read after the first step.
+    var columns: [String]?
+    var columnTypes: [String] = []
     init(_ statement: OpaquePointer) { self.statement = statement }
 }
