@@ -134,25 +134,30 @@ final class ConnectionPool: Sendable {
         }
         let id = nextWaiter.add(1, ordering: .relaxed).newValue
         let deadline = runtime.now.advanced(by: timeout)
+        // The checkout timeout is one backend timer that fails this waiter, armed once it waits: cheaper than
+        // a cancel scope around the wait, and the same to the caller.
+        let timer = Mutex<(any BackendRegistration)?>(nil)
+        defer { timer.withLock { $0 }?.cancel() }
         do {
-            return try await fail(at: deadline) {
-                // Resumed by another task giving a connection back, not by an outside thread.
-                try await Runtime.withCompletion(onCancel: .abandon, resumedByOutsideThread: false) {
-                    (completion: Completion<Handoff>) in
-                    let now = self.now
-                    let action = state.withLock { state in
-                        let action = state.machine.checkout(id, now: now)
-                        if case .wait = action { state.waiting[id] = completion }
-                        return action
-                    }
-                    switch action {
-                    case .use(let idle, let mustCheck):
-                        completion.resume(returning: .connection(idle.connection, mustCheck: mustCheck))
-                    case .open: completion.resume(returning: .openSlot)
-                    case .wait: break
-                    case .fail: completion.resume(throwing: Self.disposedError)
-                    case .closeAndRetry(let stale): completion.resume(returning: .closeAndRetry(stale.driver))
-                    }
+            // Resumed by another task giving a connection back (or the timer), not by an outside thread.
+            return try await Runtime.withCompletion(onCancel: .abandon, resumedByOutsideThread: false) {
+                (completion: Completion<Handoff>) in
+                let now = self.now
+                let action = state.withLock { state in
+                    let action = state.machine.checkout(id, now: now)
+                    if case .wait = action { state.waiting[id] = completion }
+                    return action
+                }
+                switch action {
+                case .use(let idle, let mustCheck):
+                    completion.resume(returning: .connection(idle.connection, mustCheck: mustCheck))
+                case .open: completion.resume(returning: .openSlot)
+                case .wait:
+                    // Armed outside the pool's lock (the timer's callback takes it).
+                    let registration = runtime.backend.scheduleTimer(at: deadline) { [weak self] in self?.expire(id) }
+                    timer.withLock { $0 = registration }
+                case .fail: completion.resume(throwing: Self.disposedError)
+                case .closeAndRetry(let stale): completion.resume(returning: .closeAndRetry(stale.driver))
                 }
             }
         } catch {
@@ -162,7 +167,7 @@ final class ConnectionPool: Sendable {
                 state.machine.withdraw(id)
                 state.waiting[id] = nil
             }
-            if error is TimeoutError {
+            if error is CheckoutTimedOut {
                 throw SQLError(
                     .poolTimeout,
                     "no connection became free within \(timeout) "
@@ -171,6 +176,19 @@ final class ConnectionPool: Sendable {
             throw error
         }
     }
+
+    /// A waiter's checkout timeout passed: it leaves the queue and its wait fails (unless a connection
+    /// reached it first).
+    private func expire(_ id: UInt64) {
+        let completion = state.withLock { state -> Completion<Handoff>? in
+            guard let completion = state.waiting.removeValue(forKey: id) else { return nil }
+            state.machine.withdraw(id)
+            return completion
+        }
+        completion?.resume(throwing: CheckoutTimedOut())
+    }
+
+    private struct CheckoutTimedOut: Error {}
 
     private func ping(_ pooled: Pooled) async -> Bool {
         let connection = Connection(borrowing: pooled.driver)
