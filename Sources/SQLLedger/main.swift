@@ -36,6 +36,21 @@ while let argument = arguments.next() {
 
 /// Open file descriptors of this process.
 func openDescriptors() -> Int { directoryEntries("/proc/self/fd") }
+
+/// What each open file descriptor refers to (`/proc/self/fd/N`), to name a leaked one.
+func descriptorTargets() -> [String: String] {
+    guard let directory = opendir("/proc/self/fd") else { return [:] }
+    defer { closedir(directory) }
+    var targets: [String: String] = [:]
+    while let entry = readdir(directory) {
+        let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+        guard name != "." && name != ".." else { continue }
+        var buffer = [CChar](repeating: 0, count: 512)
+        let length = readlink("/proc/self/fd/\(name)", &buffer, buffer.count - 1)
+        targets[name] = length > 0 ? String(decoding: buffer[0..<length].map { UInt8(bitPattern: $0) }, as: UTF8.self) : "?"
+    }
+    return targets
+}
 /// Threads of this process.
 func threads() -> Int { directoryEntries("/proc/self/task") }
 
@@ -92,14 +107,19 @@ var failureShapes: [String: Int] = [:]
 for database in databases {
     for backend in TestBackend.selected {
         let name = "ledger_\(backend)_\(UInt32.random(in: 0...UInt32.max))"
-        // The table, made with an engine of its own (the first connection also loads libraries and opens files
-        // for good); then what the process holds is counted, with no connection open.
+        // The table, made with an engine of its own, and a short warm-up ledger on it: the first uses open
+        // what a process keeps for good (libraries' files, the global executor's and libdispatch's event
+        // descriptors, worker threads). Then what the process holds is counted, with no connection open.
         let setUp = try engine(for: database, name: name, workers: workers)
         try await backend.run {
-            try await Ledger(engine: setUp, operations: 0, workers: 1, realTime: false).prepare()
+            let warmUp = Ledger(engine: setUp, operations: 64, workers: workers, realTime: backend != .virtual)
+            try await warmUp.prepare()
+            _ = try await warmUp.run(seed: seed &+ 1)
+            try await warmUp.prepare()  // an empty table again
             await setUp.dispose()
         }
         let fdsBefore = openDescriptors()
+        let targetsBefore = descriptorTargets()
         let threadsBefore = threads()
         let engine = try engine(for: database, name: name, workers: workers)
         let ledger = Ledger(engine: engine, operations: operations, workers: workers, realTime: backend != .virtual)
@@ -139,7 +159,10 @@ for database in databases {
             usleep(250_000)
             threadsAfter = threads()
         }
-        if fdsAfter > fdsBefore { report.violations.append("file descriptors leaked: \(fdsBefore) → \(fdsAfter)") }
+        if fdsAfter > fdsBefore {
+            let new = descriptorTargets().filter { targetsBefore[$0.key] != $0.value }.map { "\($0.key) → \($0.value)" }.sorted()
+            report.violations.append("file descriptors leaked: \(fdsBefore) → \(fdsAfter) (new: \(new.joined(separator: ", ")))")
+        }
         if threadsAfter > threadsBefore { report.violations.append("threads leaked: \(threadsBefore) → \(threadsAfter)") }
         let count = { (outcome: Ledger.Outcome) in report.counts[outcome, default: 0] }
         print(
