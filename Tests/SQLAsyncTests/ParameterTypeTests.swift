@@ -23,6 +23,9 @@ struct ParameterTypeTests {
             // A bare parameter stays an integer (PostgreSQL would infer text for it).
             #expect(try await connection.execute("SELECT \(42) AS answer").scalar(Int.self) == 42)
             #expect(try await connection.execute("SELECT \(Int64.max) - \(1) AS answer").scalar(Int64.self) == Int64.max - 1)
+            // Integers the server would type as text (VALUES), summed: int8 as before, not "sum(text)".
+            #expect(try await connection.execute(
+                "SELECT CAST(sum(column1) AS BIGINT) FROM (VALUES (\(2)), (\(3))) AS t").scalar(Int.self) == 5)
             guard database == .postgresql else { return }
             // Functions that take int4 are found (bound as int8, this was 42883: no such function).
             let pid = try #require(try await connection.execute("SELECT pg_backend_pid()").scalar(Int.self))
@@ -86,6 +89,27 @@ struct ParameterTypeTests {
             let after = try await connection.execute("SELECT * FROM typed")
             #expect(after.columns == ["id", "name", "amount", "ok", "note"])
             #expect(after.columnTypes.last == (database == .postgresql ? "text" : "TEXT"))
+        }
+    }
+}
+
+@Suite("Parameter limits", .timeLimit(.minutes(1)))
+struct ParameterLimitTests {
+    @Test("a statement with 10,000 parameters runs (PostgreSQL: the description libpq cannot read is skipped), twice",
+          arguments: TestBackend.selected, TestDatabase.allCases)
+    func manyParameters(_ backend: TestBackend, _ database: TestDatabase) async throws {
+        try await database.withPrivateConnection(backend) { connection in
+            let count = 10_000
+            var sql: SQL = "SELECT count(*), CAST(sum(column1) AS BIGINT) FROM (VALUES "
+            for index in 0..<count { sql.append(index == 0 ? "(\(index))" : ", (\(index))") }
+            sql.append(") AS t")
+            for _ in 0..<2 {
+                let row = try #require(try await connection.execute(sql).first())
+                #expect(try row.decode(0, as: Int.self) == count)
+                #expect(try row.decode(1, as: Int.self) == count * (count - 1) / 2)
+            }
+            #expect(!connection.isBroken)
+            #expect(try await connection.execute("SELECT \(1)").scalar(Int.self) == 1)
         }
     }
 }

@@ -7,6 +7,10 @@ import Runtime
 // before it is sent.
 
 extension PostgresConnection {
+    /// The most parameters a statement is described with (see ``prepareAndRun(_:_:_:)``): libpq 15 takes a
+    /// parameter description of at most 30,000 bytes.
+    static let describableParameters = 7_000
+
     /// Runs a statement this connection prepared earlier: no parsing or planning on the server.
     func runPrepared(_ entry: StatementCache.Entry, _ sql: String, _ binds: [SQLValue]) async throws -> RawRows {
         guard try handle.sendQueryPrepared(
@@ -23,7 +27,11 @@ extension PostgresConnection {
     func prepareAndRun(_ key: String, _ sql: String, _ binds: [SQLValue]) async throws -> RawRows {
         // Checked before anything is sent, like every bind.
         _ = try PGHandle.Parameters(binds, sql: sql)
-        let typed = binds.contains { if case .integer = $0 { true } else { false } }
+        // libpq 15 refuses a parameter description longer than 30,000 bytes (4 per parameter) as a lost
+        // synchronization, so a statement with more parameters is not described: its integers go as int8 and
+        // its results as text. (The protocol's own limit, 65,535, is checked with every bind.)
+        let describable = binds.count <= Self.describableParameters
+        let typed = describable && binds.contains { if case .integer = $0 { true } else { false } }
         // DEALLOCATEs wait for a moment outside any transaction: in a failed one they would be refused, and
         // would take the statement they travel with (a ROLLBACK, say) down with them.
         let status = handle.transactionStatus
@@ -37,7 +45,7 @@ extension PostgresConnection {
         defer { if !prepared { statements.withLock { $0.remove(key, deallocate: !answered) } } }
         guard typed else {
             let outcome = try await sendPrepare(
-                name: name, sql, types: binds.map(PGHandle.typeOID), execute: binds, before: deallocate)
+                name: name, sql, types: binds.map(PGHandle.typeOID), execute: binds, before: deallocate, describe: describable)
             answered = true
             prepared = !outcome.failed(outcome.prepareIndex)
             if prepared { recordResultFormat(key, outcome) }
@@ -57,12 +65,12 @@ extension PostgresConnection {
         answered = true
         if outcome.errors.keys.contains(where: { $0 < deallocations.count }) { await resynchronizeStatements(pending: deallocations) }
         var retyped: [Int] = []
-        if let error = outcome.errors[outcome.prepareIndex] {
-            // Ambiguous (42725) or undeterminable (42P18) without types: every integer as int8, as before.
-            guard error.sqlState == "42725" || error.sqlState == "42P18" else {
-                if statementFailedAfterCancellation(true) { throw CancellationError() }
-                throw error
-            }
+        if outcome.errors[outcome.prepareIndex] != nil {
+            // The server could not make sense of the statement without the integers' types: an ambiguous
+            // operator (`$1 - $2`), a type it cannot determine, or a function it then cannot find
+            // (`sum(column1)` over `VALUES ($1)`, typed text). Every integer as int8 then, as before; if that
+            // fails too, its error is the one reported.
+            if statementFailedAfterCancellation(true) { throw CancellationError() }
             retyped = binds.indices.filter { if case .integer = binds[$0] { true } else { false } }
         } else {
             // A parameter the server made text (`SELECT $1`), or another type an integer does not convert to
@@ -109,7 +117,8 @@ extension PostgresConnection {
     /// savepoint when `savepoint` — PREPARE and DESCRIBE (for the parameter and result types: binary results
     /// pay from the second run on); then, given `execute`'s binds, the EXECUTE; and reads every answer.
     private func sendPrepare(
-        name: String, _ sql: String, types: [Oid], execute binds: [SQLValue]?, before: [String], savepoint: Bool = false
+        name: String, _ sql: String, types: [Oid], execute binds: [SQLValue]?, before: [String], savepoint: Bool = false,
+        describe: Bool = true
     ) async throws -> PipelineOutcome {
         guard handle.enterPipelineMode() else { throw await failure(sql: sql) }
         for command in before {
@@ -117,7 +126,9 @@ extension PostgresConnection {
         }
         if !before.isEmpty, !handle.pipelineSync() { throw await failure(sql: sql) }
         if savepoint, !(try handle.sendQuery("SAVEPOINT anyruntime_prepare", [])) { throw await failure(sql: sql) }
-        guard handle.sendPrepare(name, sql, types: types), handle.sendDescribePrepared(name) else { throw await failure(sql: sql) }
+        guard handle.sendPrepare(name, sql, types: types), !describe || handle.sendDescribePrepared(name) else {
+            throw await failure(sql: sql)
+        }
         if savepoint, !(try handle.sendQuery("RELEASE SAVEPOINT anyruntime_prepare", [])) { throw await failure(sql: sql) }
         if let binds, !(try handle.sendQueryPrepared(name, binds, sql: sql)) { throw await failure(sql: sql) }
         guard handle.pipelineSync() else { throw await failure(sql: sql) }
@@ -125,8 +136,8 @@ extension PostgresConnection {
         try await flush(sql: sql)
         let prepareIndex = before.count + (savepoint ? 1 : 0)
         var outcome = try await collectPipeline(
-            expected: prepareIndex + 2 + (savepoint ? 1 : 0) + (binds == nil ? 0 : 1), syncs: before.isEmpty ? 1 : 2,
-            sql: sql, describing: prepareIndex + 1)
+            expected: prepareIndex + (describe ? 2 : 1) + (savepoint ? 1 : 0) + (binds == nil ? 0 : 1),
+            syncs: before.isEmpty ? 1 : 2, sql: sql, describing: describe ? prepareIndex + 1 : nil)
         outcome.prepareIndex = prepareIndex
         return outcome
     }
