@@ -1,3 +1,4 @@
+import FoundationEssentials
 import Runtime
 import SQLAsync
 import TestSupport
@@ -110,6 +111,27 @@ struct ParameterLimitTests {
             }
             #expect(!connection.isBroken)
             #expect(try await connection.execute("SELECT \(1)").scalar(Int.self) == 1)
+        }
+    }
+}
+
+@Suite("Dates before the common era", .timeLimit(.minutes(1)))
+struct DatesBCTests {
+    @Test("a date BC is written as PostgreSQL writes it and reads back the same, from a table too",
+          arguments: TestBackend.selected, TestDatabase.allCases)
+    func beforeCommonEra(_ backend: TestBackend, _ database: TestDatabase) async throws {
+        try await database.withPrivateConnection(backend) { connection in
+            // 15 March 44 BC, 12:00 UTC (proleptic Gregorian), and the first instant of 1 BC.
+            let ides = Date(timeIntervalSince1970: -63_517_636_800)
+            let firstBC = Date(timeIntervalSince1970: -62_167_219_200)
+            try await connection.execute(
+                database == .postgresql ? "CREATE TABLE events (at TIMESTAMPTZ)" : "CREATE TABLE events (at TEXT)")
+            for date in [ides, firstBC] {
+                #expect(try await connection.execute("SELECT \(date) AS at").scalar(Date.self) == date)
+                try await connection.execute("INSERT INTO events VALUES (\(date))")
+            }
+            let stored = try await connection.execute("SELECT at FROM events").scalars(Date.self)
+            #expect(Set(stored) == [ides, firstBC])
         }
     }
 }

@@ -127,11 +127,17 @@ struct TypeRoundTripTests {
             #expect(overflow?.kind == .decoding && overflow?.message.contains("small") == true)
             let null = try await decodingError("SELECT NULL AS missing", as: Date.self)
             #expect(null?.kind == .decoding && null?.message.contains("missing") == true)
-            // NaN: PostgreSQL stores it; SQLite would turn it into NULL, so it is refused.
+            // NaN and -0.0: PostgreSQL stores them; SQLite would turn NaN into NULL and -0.0 into 0.0, so they
+            // are refused there.
             if database == .postgresql {
                 try await connection.execute(update(Samples.self).set(Samples.double.set(.nan)))
+                let negativeZero = try #require(try await connection.execute("SELECT \(-0.0)").scalar(Double.self))
+                #expect(negativeZero == 0 && negativeZero.sign == .minus, "-0.0 came back as \(negativeZero)")
             } else {
                 await #expect { try await connection.execute("SELECT \(Double.nan)") } throws: { ($0 as? SQLError)?.kind == .misuse }
+                await #expect { try await connection.execute(update(Samples.self).set(Samples.double.set(-0.0))) } throws: {
+                    ($0 as? SQLError)?.kind == .misuse && "\($0)".contains("-0.0")
+                }
             }
             // A JSON value that cannot encode is refused before anything is sent.
             #expect(throws: SQLError.self) { try JSON(Double.nan) }

@@ -50,8 +50,10 @@ enum Timestamp {
         let (year, month, day) = civil(fromDays: days)
         let seconds = dayMicros / 1_000_000
         let fraction = dayMicros % 1_000_000
-        return "\(pad(year, 4))-\(pad(month, 2))-\(pad(day, 2)) \(pad(seconds / 3600, 2)):\(pad(seconds / 60 % 60, 2)):"
-            + "\(pad(seconds % 60, 2)).\(pad(fraction, 6))+00:00"
+        // Years before 1 are written as PostgreSQL writes them: 1 BC is year 0, and the era follows.
+        let era = year <= 0 ? " BC" : ""
+        return "\(pad(year <= 0 ? 1 - year : year, 4))-\(pad(month, 2))-\(pad(day, 2)) \(pad(seconds / 3600, 2)):"
+            + "\(pad(seconds / 60 % 60, 2)):\(pad(seconds % 60, 2)).\(pad(fraction, 6))+00:00" + era
     }
 
     /// Parses `YYYY-MM-DD[( |T)HH:MM[:SS[.f…]]][Z|±HH[:MM[:SS]]][ BC]` into microseconds since 1970 (UTC).

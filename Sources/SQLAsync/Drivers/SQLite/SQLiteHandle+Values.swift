@@ -4,6 +4,20 @@ import CSQLite3
 // columns by their storage class, and the declared types of a result's columns.
 
 extension SQLiteHandle {
+    /// The error for a value SQLite would silently alter, refused rather than stored: NaN (SQLite stores it
+    /// as NULL) and −0.0 (a REAL column stores it as the integer 0, read back as +0.0).
+    static func unstorable(_ value: SQLValue, parameter: Int, sql: String) -> SQLError? {
+        guard case .double(let double) = value else { return nil }
+        if double.isNaN {
+            return SQLError(.misuse, "parameter \(parameter) is NaN, which SQLite cannot store (it would become NULL)", sql: sql)
+        }
+        if double == 0, double.sign == .minus {
+            return SQLError(
+                .misuse, "parameter \(parameter) is -0.0, which SQLite cannot store (it would read back as 0.0)", sql: sql)
+        }
+        return nil
+    }
+
     /// The declared type of each result column (`""` for an expression, which has none).
     static func declaredTypes(_ statement: OpaquePointer, _ columnCount: Int32) -> [String] {
         (0..<columnCount).map { sqlite3_column_decltype(statement, $0).map { String(cString: $0) } ?? "" }

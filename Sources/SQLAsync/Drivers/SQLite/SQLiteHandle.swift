@@ -280,9 +280,9 @@ final class SQLiteHandle: @unchecked Sendable {
         openCursors += 1
         pthread_mutex_unlock(lock)
         for (offset, value) in binds.enumerated() {
-            if case .double(let double) = value, double.isNaN {
+            if let refusal = Self.unstorable(value, parameter: offset + 1, sql: sql) {
                 closeCursor(cursor)
-                throw SQLError(.misuse, "parameter \(offset + 1) is NaN, which SQLite cannot store (it would become NULL)", sql: sql)
+                throw refusal
             }
             let rc = bind(value, at: Int32(offset + 1), in: statement)
             guard rc == SQLITE_OK else {
@@ -353,10 +353,7 @@ final class SQLiteHandle: @unchecked Sendable {
                 sql: sql)
         }
         for (offset, value) in binds.enumerated() {
-            if case .double(let double) = value, double.isNaN {
-                // sqlite3_bind_double stores NaN as NULL: refuse rather than alter the value.
-                throw SQLError(.misuse, "parameter \(offset + 1) is NaN, which SQLite cannot store (it would become NULL)", sql: sql)
-            }
+            if let refusal = Self.unstorable(value, parameter: offset + 1, sql: sql) { throw refusal }
             let rc = bind(value, at: Int32(offset + 1), in: statement)
             guard rc == SQLITE_OK else { throw error(rc, db: db, sql: sql) }
         }
