@@ -34,35 +34,33 @@ while let argument = arguments.next() {
     }
 }
 
-/// Open file descriptors of this process.
-func openDescriptors() -> Int { directoryEntries("/proc/self/fd") }
+/// The entries of a directory, `.` and `..` aside.
+func directoryNames(_ path: String) -> [String] {
+    guard let directory = opendir(path) else { return [] }
+    defer { closedir(directory) }
+    var names: [String] = []
+    while let entry = readdir(directory) {
+        let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+        if name != "." && name != ".." { names.append(name) }
+    }
+    return names
+}
+
+/// Threads of this process.
+func threads() -> Int { directoryNames("/proc/self/task").count }
+
+/// Open file descriptors of this process (the directory stream reading them aside).
+func openDescriptors() -> Int { descriptorTargets().count - 1 }
 
 /// What each open file descriptor refers to (`/proc/self/fd/N`), to name a leaked one.
 func descriptorTargets() -> [String: String] {
-    guard let directory = opendir("/proc/self/fd") else { return [:] }
-    defer { closedir(directory) }
     var targets: [String: String] = [:]
-    while let entry = readdir(directory) {
-        let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
-        guard name != "." && name != ".." else { continue }
+    for name in directoryNames("/proc/self/fd") {
         var buffer = [CChar](repeating: 0, count: 512)
         let length = readlink("/proc/self/fd/\(name)", &buffer, buffer.count - 1)
         targets[name] = length > 0 ? String(decoding: buffer[0..<length].map { UInt8(bitPattern: $0) }, as: UTF8.self) : "?"
     }
     return targets
-}
-/// Threads of this process.
-func threads() -> Int { directoryEntries("/proc/self/task") }
-
-func directoryEntries(_ path: String) -> Int {
-    guard let directory = opendir(path) else { return -1 }
-    defer { closedir(directory) }
-    var count = 0
-    while let entry = readdir(directory) {
-        let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
-        if name != "." && name != ".." { count += 1 }
-    }
-    return count - 1  // the directory stream's own fd (or nothing, for tasks)
 }
 
 func engine(for database: String, name: String, workers: Int) throws -> Engine {

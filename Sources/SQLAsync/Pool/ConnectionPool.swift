@@ -202,15 +202,7 @@ final class ConnectionPool: Sendable {
         var healthy = healthy
         while true {
             let now = self.now
-            let (action, completion) = state.withLock { state -> (PoolStateMachine<Pooled, UInt64>.ReleaseAction, Completion<Handoff>?) in
-                let action = state.machine.release(pooled, openedAt: pooled.openedAt, healthy: healthy, now: now)
-                switch action {
-                case .handTo(let waiter, _), .closeAndOpenFor(let waiter, _):
-                    return (action, state.waiting.removeValue(forKey: waiter))
-                case .keep, .close:
-                    return (action, nil)
-                }
-            }
+            let (action, completion) = takeBack(pooled, healthy: healthy, now: now)
             switch action {
             case .keep:
                 return
@@ -226,6 +218,22 @@ final class ConnectionPool: Sendable {
                 await connection.driver.close()
                 if completion?.resume(returning: .openSlot) != true { passSlot() }
                 return
+            }
+        }
+    }
+
+    /// The machine's answer to a connection coming back, with the completion of the waiter it goes to (taken
+    /// out of the queue under the same lock).
+    private func takeBack(
+        _ pooled: Pooled, healthy: Bool, now: RuntimeInstantNanos
+    ) -> (PoolStateMachine<Pooled, UInt64>.ReleaseAction, Completion<Handoff>?) {
+        state.withLock { state in
+            let action = state.machine.release(pooled, openedAt: pooled.openedAt, healthy: healthy, now: now)
+            switch action {
+            case .handTo(let waiter, _), .closeAndOpenFor(let waiter, _):
+                return (action, state.waiting.removeValue(forKey: waiter))
+            case .keep, .close:
+                return (action, nil)
             }
         }
     }
@@ -286,15 +294,7 @@ final class ConnectionPool: Sendable {
     /// waiter) and the connection closed, at once, from synchronous code.
     func releaseDropped(_ pooled: Pooled) {
         let now = self.now
-        let (action, completion) = state.withLock { state -> (PoolStateMachine<Pooled, UInt64>.ReleaseAction, Completion<Handoff>?) in
-            let action = state.machine.release(pooled, openedAt: pooled.openedAt, healthy: false, now: now)
-            switch action {
-            case .handTo(let waiter, _), .closeAndOpenFor(let waiter, _):
-                return (action, state.waiting.removeValue(forKey: waiter))
-            case .keep, .close:
-                return (action, nil)
-            }
-        }
+        let (action, completion) = takeBack(pooled, healthy: false, now: now)
         pooled.driver.closeDropped()
         switch action {
         case .closeAndOpenFor:
