@@ -116,4 +116,20 @@ extension Runtime {
         if let scope = CancelScope.current { return scope.effectiveDeadline() }
         return Task.isCancelled ? .distantPast : .never
     }
+
+    /// The earliest deadline of the scopes around the calling code, up to the first shield, whether or not it
+    /// has passed: ``RuntimeInstant/never`` when none has one. Unlike ``currentEffectiveDeadline()`` it does not
+    /// turn into ``RuntimeInstant/distantPast`` once the code is cancelled, so a library can tell a cancellation
+    /// that came from a deadline (now or earlier) from one that came from `cancel()`, and bound its clean-up
+    /// by the caller's deadline.
+    public static func currentDeadline() -> RuntimeInstant {
+        var earliest = RuntimeInstant.never
+        var scope = CancelScope.current
+        while let current = scope {
+            earliest = min(earliest, current.deadline)
+            if current.shield { break }
+            scope = current.parent
+        }
+        return earliest
+    }
 }

@@ -40,6 +40,9 @@ public final class Runtime: Sendable {
     /// Every task of the runtime and how many are blocked, for ``waitAllTasksBlocked(cushion:isolation:)``.
     @usableFromInline let accounting = TaskAccounting()
 
+    /// The run's system tasks (``startSystemTask(_:)``).
+    let systemTasks = Mutex(SystemTasks())
+
     /// Wraps `backend`. Backends call this from their entry point, once per run.
     ///
     /// - Parameters:

@@ -59,7 +59,6 @@ final class DispatchBackend: RuntimeBackend {
     let loop: DispatchLoop
     private let polls: DispatchPollRegistry
     private let blockingInFlight = Atomic<Int>(0)
-    private let blockingGroup = DispatchGroup()
     /// Threads owned by the run: libdispatch's global pool grows slowly on Linux, and 40 blocking closures
     /// that wait on one another must not queue behind each other.
     private let pool = BlockingThreadPool(maximumThreads: 64)
@@ -106,11 +105,9 @@ final class DispatchBackend: RuntimeBackend {
 
     func runBlocking(_ work: @escaping @Sendable () -> Void) {
         blockingInFlight.add(1, ordering: .relaxed)
-        blockingGroup.enter()
         pool.submit { [self] in
             work()
             blockingInFlight.subtract(1, ordering: .relaxed)
-            blockingGroup.leave()
         }
     }
 
@@ -124,14 +121,14 @@ final class DispatchBackend: RuntimeBackend {
             isClosed: closedFlag.load(ordering: .acquiring))
     }
 
-    /// Waits for blocking work (abandoned calls included), then releases every source and the timer source
-    /// and waits for their cancel handlers.
+    /// Waits for blocking work (abandoned calls included) up to the pool's bound, then releases every source
+    /// and the timer source and waits for their cancel handlers.
     func close() async {
-        let group = blockingGroup
         let pool = self.pool
         await withUnsafeContinuation { (continuation: UnsafeContinuation<Void, Never>) in
-            group.notify(queue: loop.ioQueue) {
-                pool.shutdown()  // every job has finished: this only joins idle threads
+            // The shutdown blocks (up to its bound): on a thread of its own, not the loop's queues.
+            DispatchQueue.global().async {
+                pool.shutdown()
                 continuation.resume()
             }
         }

@@ -39,6 +39,12 @@ public struct SQLError: Error, Sendable, CustomStringConvertible {
         /// deadline: the transaction may or may not have committed (JDBC and psycopg call this "in doubt").
         /// Check the database before retrying; never assume it rolled back.
         public static let commitInDoubt = Kind("commitInDoubt")
+        /// A statement was sent, then cancelled (its caller's deadline passed, say), and the server did not
+        /// answer within the cancellation grace (``PoolConfiguration/cancellationGrace``): it may or may not
+        /// have taken effect. The connection was closed; the server cannot commit a transaction it was part
+        /// of, so inside `withTransaction` this is reported as `CancellationError`. Check the database before
+        /// retrying an autocommitted write.
+        public static let statementInDoubt = Kind("statementInDoubt")
         /// A bound value cannot be represented in the type the database gave its parameter (an integer out of
         /// an `int2` / `int4` parameter's range, say): refused before anything is sent, naming the parameter.
         public static let invalidParameter = Kind("invalidParameter")

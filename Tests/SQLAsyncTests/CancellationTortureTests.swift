@@ -11,7 +11,7 @@ struct CancellationTortureTests {
     @Test("1,000 operations cancelled at random points leave a healthy pool",
           arguments: TestBackend.selected.filter { $0 != .virtual }, PoolDatabase.allCases)
     func randomCancellations(_ backend: TestBackend, _ database: PoolDatabase) async throws {
-        var configuration = PoolConfiguration()
+        var configuration = PoolConfiguration.patient
         configuration.size = 4
         configuration.overflow = 2
         let applicationName = "torture_\(UInt32.random(in: 0...UInt32.max))"

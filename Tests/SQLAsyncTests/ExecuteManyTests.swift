@@ -66,7 +66,7 @@ struct ExecuteManyTests {
     @Test("a batch cancelled at any point keeps all of its rows or none, and the pool stays healthy",
           arguments: TestBackend.selected.filter { $0 != .virtual }, [PoolDatabase.sqliteFile, .postgresql])
     func cancelledBatches(_ backend: TestBackend, _ database: PoolDatabase) async throws {
-        try await database.withEngine(PoolConfiguration()) { engine in
+        try await database.withEngine(.patient) { engine in
             try await backend.run {
                 let table = SQL.identifier("batch_\(UInt32.random(in: 0...UInt32.max))")
                 try await engine.withConnection { try await $0.execute("CREATE TABLE \(table) (name TEXT NOT NULL)") }

@@ -61,7 +61,7 @@ struct PoolLifecycleTests {
     @Test("a Connection dropped without close() frees its slot and ends its session, open transaction and all",
           arguments: TestBackend.selected, PoolDatabase.allCases)
     func droppedConnection(_ backend: TestBackend, _ database: PoolDatabase) async throws {
-        var configuration = PoolConfiguration()
+        var configuration = PoolConfiguration.patient
         configuration.size = 1
         configuration.overflow = 0
         configuration.checkoutTimeout = .seconds(10)
@@ -105,7 +105,7 @@ struct PoolLifecycleTests {
     @Test("close(timeout:) refuses new checkouts, waits for connections in use, and says whether all came back",
           arguments: TestBackend.selected, PoolDatabase.allCases)
     func gracefulClose(_ backend: TestBackend, _ database: PoolDatabase) async throws {
-        var configuration = PoolConfiguration()
+        var configuration = PoolConfiguration.patient
         configuration.size = 2
         try await database.withEngine(configuration) { engine in
             try await backend.run {
@@ -140,7 +140,7 @@ struct PoolLifecycleTests {
     @Test("the engine's statement timeout cancels a statement that runs too long, and the connection goes on",
           arguments: TestBackend.selected, PoolDatabase.allCases)
     func statementTimeout(_ backend: TestBackend, _ database: PoolDatabase) async throws {
-        var configuration = PoolConfiguration()
+        var configuration = PoolConfiguration.patient
         // Long enough for the statement after it on a loaded machine (it has the same limit).
         configuration.statementTimeout = .seconds(2)
         try await database.withEngine(configuration) { engine in
@@ -175,7 +175,7 @@ struct PoolLifecycleTests {
     @Test("a server that went away has the pool check every idle connection before reuse",
           arguments: TestBackend.selected)
     func invalidation(_ backend: TestBackend) async throws {
-        var configuration = PoolConfiguration()
+        var configuration = PoolConfiguration.patient
         configuration.size = 3
         configuration.overflow = 0
         let name = "invalidation_\(UInt32.random(in: 0...UInt32.max))"
@@ -188,7 +188,7 @@ struct PoolLifecycleTests {
                 held = []
                 #expect(try engine.poolStatistics().idle == 3)
                 // The server restarts, as far as these sessions can tell.
-                let observer = Engine(url: try postgresURL(), logger: quietLogger)
+                let observer = Engine(url: try postgresURL(), pool: .patient, logger: quietLogger)
                 try await observer.withConnection { admin in
                     try await admin.execute(
                         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = \(name)")

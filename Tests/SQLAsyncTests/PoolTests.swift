@@ -104,7 +104,7 @@ struct PoolTests {
     @Test("connections are reused; size + overflow bound them; the checkout timeout is a typed error",
           arguments: TestBackend.selected, PoolDatabase.allCases)
     func limitsAndTimeout(_ backend: TestBackend, _ database: PoolDatabase) async throws {
-        var configuration = PoolConfiguration()
+        var configuration = PoolConfiguration.patient
         configuration.size = 1
         configuration.overflow = 1
         configuration.checkoutTimeout = .milliseconds(500)  // long enough for the waiter below under load
@@ -153,7 +153,7 @@ struct PoolTests {
 
     @Test("a connection the server killed fails with a typed error and is replaced", arguments: TestBackend.selected)
     func serverGoesAway(_ backend: TestBackend) async throws {
-        var configuration = PoolConfiguration()
+        var configuration = PoolConfiguration.patient
         configuration.size = 2
         let engine = Engine(url: try postgresURL(), pool: configuration, logger: quietLogger)
         try await backend.run {
@@ -184,7 +184,7 @@ struct ServerGoesAwayTests {
     @Test("a backend killed in the middle of a query: a typed connection error, and the pool recovers",
           arguments: TestBackend.selected)
     func killedMidQuery(_ backend: TestBackend) async throws {
-        let engine = Engine(url: try postgresURL(), logger: quietLogger)
+        let engine = Engine(url: try postgresURL(), pool: .patient, logger: quietLogger)
         try await backend.run {
             let victim = try await engine.connect()
             let pid = try await victim.execute("SELECT pg_backend_pid()").scalar(Int32.self) ?? 0
@@ -219,7 +219,7 @@ struct ServerGoesAwayTests {
     @Test("with pre-ping, an idle connection whose backend died is replaced before it is handed out",
           arguments: TestBackend.selected)
     func prePingReplacesDeadConnections(_ backend: TestBackend) async throws {
-        var configuration = PoolConfiguration()
+        var configuration = PoolConfiguration.patient
         configuration.size = 1
         configuration.overflow = 1
         configuration.prePing = true
@@ -227,7 +227,7 @@ struct ServerGoesAwayTests {
         try await backend.run {
             let pid = try await engine.withConnection { try await $0.execute("SELECT pg_backend_pid()").scalar(Int32.self) } ?? 0
             // Another engine ends the idle connection's session.
-            let admin = Engine(url: try postgresURL(), logger: quietLogger)
+            let admin = Engine(url: try postgresURL(), pool: .patient, logger: quietLogger)
             try await admin.withConnection { connection in
                 try await connection.execute("SELECT pg_terminate_backend(\(pid)::int)")
                 // Gone for sure before the pool hands the dead connection out.
@@ -253,7 +253,7 @@ struct SQLiteLockTests {
     @Test("a write waiting for another connection's lock is cancelled promptly, not after the busy timeout",
           arguments: TestBackend.selected.filter { $0 != .virtual })
     func cancelledWhileBusy(_ backend: TestBackend) async throws {
-        var configuration = PoolConfiguration()
+        var configuration = PoolConfiguration.patient
         configuration.size = 2
         try await PoolDatabase.sqliteFile.withEngine(configuration) { engine in
             try await backend.run {
@@ -307,7 +307,7 @@ struct ConnectTimeoutTests {
     func silentServerTimesOut(_ backend: TestBackend) async throws {
         let (fd, port) = try Self.silentServer()
         defer { close(fd) }
-        var configuration = PoolConfiguration()
+        var configuration = PoolConfiguration.patient
         configuration.connectTimeout = .milliseconds(200)
         let engine = Engine(url: try DatabaseURL("postgresql://nobody@127.0.0.1:\(port)/none"), pool: configuration, logger: quietLogger)
         let withURLTimeout = try Engine("postgresql://nobody@127.0.0.1:\(port)/none?connect_timeout=1", logger: quietLogger)

@@ -26,7 +26,7 @@ struct PostgresDriverTests {
     func roundTrip(_ backend: TestBackend) async throws {
         let url = try postgresURL()
         try await backend.run {
-            let connection = try await PostgresConnection.connect(url)
+            let connection = try await PostgresConnection.connect(url, grace: .seconds(5))
             let rows = try await connection.execute(
                 "SELECT $1::int8, $2::int8, $3::float8, $4::text, $5::text, $6::bytea, $7::bool, $8::text, $9::int2",
                 [
@@ -52,7 +52,7 @@ struct PostgresDriverTests {
     func errors(_ backend: TestBackend) async throws {
         let url = try postgresURL()
         try await backend.run {
-            let connection = try await PostgresConnection.connect(url)
+            let connection = try await PostgresConnection.connect(url, grace: .seconds(5))
             _ = try await connection.execute("CREATE TEMP TABLE u (name text UNIQUE)", [])
             _ = try await connection.execute("INSERT INTO u VALUES ($1)", [.text("secret-value")])
             do {
@@ -97,8 +97,8 @@ struct PostgresDriverTests {
     func cancellation(_ backend: TestBackend) async throws {
         let url = try postgresURL()
         try await backend.run {
-            let connection = try await PostgresConnection.connect(url)
-            let observer = try await PostgresConnection.connect(url)
+            let connection = try await PostgresConnection.connect(url, grace: .seconds(5))
+            let observer = try await PostgresConnection.connect(url, grace: .seconds(5))
             // A marker unique to this run: other backends run the same test against the same server.
             let marker = "cancel-me-\(backend)-\(UInt32.random(in: 0...UInt32.max))"
             let result: RawRows? = try await moveOnAfter(.milliseconds(100)) { _ in
@@ -137,12 +137,12 @@ struct PostgresDriverTests {
             // exchange. A registration outliving its socket would make a later socket with the same number
             // wait forever (the bug this guards against hung the pool torture test).
             let start = runtime.now
-            await (try await PostgresConnection.connect(url)).close()
+            await (try await PostgresConnection.connect(url, grace: .seconds(5))).close()
             let connectTime = start.duration(to: runtime.now)
             var connected = 0
             for step in 0..<150 {
                 let opened: PostgresConnection? = try await moveOnAfter(connectTime * 2 * (Double(step % 30) / 30)) { _ in
-                    try await PostgresConnection.connect(url)
+                    try await PostgresConnection.connect(url, grace: .seconds(5))
                 }
                 if let opened {
                     connected += 1
@@ -152,7 +152,7 @@ struct PostgresDriverTests {
             }
             // The same fd numbers are reused at once by working connections.
             for _ in 0..<5 {
-                let connection = try await PostgresConnection.connect(url)
+                let connection = try await PostgresConnection.connect(url, grace: .seconds(5))
                 #expect(try await connection.execute("SELECT 1", []).rows == [[.integer(1)]])
                 await connection.close()
             }
@@ -165,7 +165,7 @@ struct PostgresDriverTests {
     func preparedStatements(_ backend: TestBackend) async throws {
         let url = try postgresURL()
         try await backend.run {
-            let connection = try await PostgresConnection.connect(url)
+            let connection = try await PostgresConnection.connect(url, grace: .seconds(5))
             func preparedCount(_ text: String) async throws -> RawRows {
                 try await connection.execute("SELECT count(*) FROM pg_prepared_statements WHERE statement = $1", [.text(text)])
             }
@@ -230,7 +230,7 @@ struct PostgresDriverTests {
     func returningAndCopy(_ backend: TestBackend) async throws {
         let url = try postgresURL()
         try await backend.run {
-            let connection = try await PostgresConnection.connect(url)
+            let connection = try await PostgresConnection.connect(url, grace: .seconds(5))
             _ = try await connection.execute("CREATE TEMP TABLE r (id serial PRIMARY KEY, name text)", [])
             let inserted = try await connection.execute("INSERT INTO r (name) VALUES ($1), ($2) RETURNING id", [.text("a"), .text("b")])
             #expect(inserted.rows.count == 2 && inserted.rowsAffected == 2)
@@ -260,7 +260,7 @@ struct PostgresDriverTests {
     @Test("closing a connection while another task's query runs on it: the query ends, then the connection closes",
           arguments: TestBackend.selected)
     func closeDuringQuery(_ backend: TestBackend) async throws {
-        let engine = Engine(url: try postgresURL(), logger: quietLogger)
+        let engine = Engine(url: try postgresURL(), pool: .patient, logger: quietLogger)
         try await backend.run {
             let connection = try await engine.connect()
             try await Runtime.withTaskGroup { group in
@@ -291,7 +291,7 @@ struct PostgresSessionSettingsTests {
         guard let slash = base.lastIndex(of: "/") else { throw SQLError(.invalidURL, "unexpected test URL") }
         let query = base[slash...].firstIndex(of: "?").map { String(base[$0...]) } ?? ""
         let other = try DatabaseURL(String(base[..<slash]) + "/" + name + query)
-        let admin = Engine(url: try postgresURL(), logger: quietLogger)
+        let admin = Engine(url: try postgresURL(), pool: .patient, logger: quietLogger)
         try await backend.run {
             try await admin.withConnection { connection in
                 try await connection.execute(.unsafeRaw("CREATE DATABASE \(name)"))

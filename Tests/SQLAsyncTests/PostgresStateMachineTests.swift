@@ -56,11 +56,11 @@ struct PostgresStateMachineTests {
         var machine = idleMachine()
         #expect(proceeds(machine.startCall(.statement, sql: "INSERT")))
         // Still being pushed out: wait, and ask the server only once it is out.
-        #expect(machine.cancellationArrived(now: now, cleanUpDeadline: grace) == .wait(deadline: deadline))
+        #expect(machine.cancellationArrived(now: now, grace: grace) == .wait(deadline: deadline))
         machine.sent()
         let later = now.advanced(by: .seconds(1))
-        #expect(machine.cancellationArrived(now: later, cleanUpDeadline: grace) == .requestCancelAndWait(deadline: deadline))
-        #expect(machine.cancellationArrived(now: later, cleanUpDeadline: grace) == .wait(deadline: deadline))
+        #expect(machine.cancellationArrived(now: later, grace: grace) == .requestCancelAndWait(deadline: deadline))
+        #expect(machine.cancellationArrived(now: later, grace: grace) == .wait(deadline: deadline))
         #expect(machine.state == .busy({
             var call = Machine.Call(kind: .statement)
             call.phase = .cancelling
@@ -84,9 +84,9 @@ struct PostgresStateMachineTests {
     func pipelines() {
         var machine = idleMachine()
         #expect(proceeds(machine.startCall(.pipeline, sql: "INSERT")))
-        #expect(machine.cancellationArrived(now: now, cleanUpDeadline: grace) == .stop(closeConnection: true))
+        #expect(machine.cancellationArrived(now: now, grace: grace) == .stop(closeConnection: true))
         #expect(machine.isBroken)
-        #expect(machine.cleanUpStarted(now: now, cleanUpDeadline: grace) == nil, "nothing to clean on a closed batch")
+        #expect(machine.cleanUpStarted(now: now, grace: grace) == nil, "nothing to clean on a closed batch")
         #expect(machine.endCall(transaction: .unknown) == .none)
         #expect(machine.state == .broken(reason: "a batch was cancelled before it was fully sent"))
         guard case .fail(let error) = machine.startCall(.statement, sql: "SELECT 1") else {
@@ -99,7 +99,7 @@ struct PostgresStateMachineTests {
         var synced = idleMachine()
         #expect(proceeds(synced.startCall(.pipeline, sql: "INSERT")))
         synced.sent()
-        #expect(synced.cancellationArrived(now: now, cleanUpDeadline: grace) == .requestCancelAndWait(deadline: deadline))
+        #expect(synced.cancellationArrived(now: now, grace: grace) == .requestCancelAndWait(deadline: deadline))
         #expect(!synced.isBroken)
     }
 
@@ -113,9 +113,9 @@ struct PostgresStateMachineTests {
             call.phase = .streaming
             return call
         }()))
-        #expect(machine.cancellationArrived(now: now, cleanUpDeadline: grace) == .cleanUpAndStop(deadline: deadline))
+        #expect(machine.cancellationArrived(now: now, grace: grace) == .cleanUpAndStop(deadline: deadline))
         // The clean-up keeps the earlier deadline.
-        #expect(machine.cleanUpStarted(now: now.advanced(by: .seconds(2)), cleanUpDeadline: grace) == deadline)
+        #expect(machine.cleanUpStarted(now: now.advanced(by: .seconds(2)), grace: grace) == deadline)
         let first = machine.shouldRequestCancel()
         let second = machine.shouldRequestCancel()
         #expect(first && !second, "a clean-up asks the server once")
@@ -124,13 +124,23 @@ struct PostgresStateMachineTests {
         #expect(machine.isReusable)
     }
 
+    @Test("no answer within the grace while the statement is still being sent: cancelled, not in doubt")
+    func gracePassedWhileSending() {
+        var machine = idleMachine()
+        #expect(proceeds(machine.startCall(.statement, sql: "INSERT INTO t VALUES ($1)")))
+        #expect(machine.cancellationArrived(now: now, grace: grace) == .wait(deadline: now.advanced(by: grace)))
+        // The server stopped reading: the sync that ends the statement never left, so closing undoes it.
+        #expect(machine.cancelDeadlinePassed(grace) == .cancelled)
+        #expect(machine.isBroken)
+    }
+
     @Test("no answer by the deadline gives the connection up")
     func deadlinePassed() {
         var machine = idleMachine()
         #expect(proceeds(machine.startCall(.statement, sql: "SELECT pg_sleep(60)")))
         machine.sent()
-        _ = machine.cancellationArrived(now: now, cleanUpDeadline: grace)
-        machine.cancelDeadlinePassed(grace)
+        _ = machine.cancellationArrived(now: now, grace: grace)
+        #expect(machine.cancelDeadlinePassed(grace) == .inDoubt)
         #expect(machine.isBroken)
         #expect(machine.brokenReason?.contains("no answer within") == true)
         #expect(machine.endCall(transaction: .unknown) == .none)

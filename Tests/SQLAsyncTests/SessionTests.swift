@@ -263,7 +263,7 @@ struct SessionTests {
     func scopedSessions(_ backend: TestBackend, _ database: PoolDatabase) async throws {
         // PostgreSQL: a schema of its own for every connection of the engine, through libpq's `options`.
         let schema = "orm_\(UInt32.random(in: 0...UInt32.max))"
-        try await database.withEngine(PoolConfiguration()) { plain in
+        try await database.withEngine(.patient) { plain in
             let engine: Engine
             if database == .postgresql {
                 let url = try postgresURL()

@@ -65,7 +65,7 @@ struct TransactionTests {
     @Test("a SQLite connection given back inside a raw BEGIN is not reused inside it",
           arguments: TestBackend.selected)
     func rawBeginOnPooledSQLite(_ backend: TestBackend) async throws {
-        var configuration = PoolConfiguration()
+        var configuration = PoolConfiguration.patient
         configuration.size = 1
         configuration.overflow = 0
         try await PoolDatabase.sqliteFile.withEngine(configuration) { engine in

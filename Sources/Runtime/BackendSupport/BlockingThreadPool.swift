@@ -9,14 +9,20 @@ import Darwin
 
 /// A bounded pool of worker threads for backends that run blocking closures on threads they own.
 ///
-/// Threads start on demand up to `maximumThreads` and live until ``shutdown()``, which waits for every
-/// submitted closure (abandoned ones included) and joins every thread, so that no thread outlives the runtime.
+/// Threads start on demand up to `maximumThreads` and live until ``shutdown(waitingAtMost:)``, which waits for
+/// every submitted closure (abandoned ones included) and joins every thread, so that no thread outlives the
+/// runtime — up to a bound: a closure still blocked then (a call to a server that stopped answering) keeps its
+/// thread, detached, and the runtime ends without it.
 public final class BlockingThreadPool: @unchecked Sendable {
     // @unchecked Sendable: every mutable field below is read and written only between
     // pthread_mutex_lock(mutex) and pthread_mutex_unlock(mutex); the pthread objects are created in init
     // and destroyed in deinit, when no thread can reach the pool any more (each thread holds a retain).
     private let mutex = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
     private let wakeWorkers = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)
+    /// Signalled by a pooled thread as it leaves, for a shutdown waiting with a bound (on CLOCK_MONOTONIC).
+    private let threadLeft = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)
+    /// Pooled threads that have left their loop (joining them takes no time).
+    private var leftThreads: [pthread_t] = []
     private var queue = Deque<@Sendable () -> Void>()
     private var threads: [pthread_t] = []
     private var starting = 0  // threads reserved under the lock, not yet in `threads`
@@ -35,13 +41,20 @@ public final class BlockingThreadPool: @unchecked Sendable {
         self.maximumThreads = max(1, maximumThreads)
         pthread_mutex_init(mutex, nil)
         pthread_cond_init(wakeWorkers, nil)
+        var attributes = pthread_condattr_t()
+        pthread_condattr_init(&attributes)
+        pthread_condattr_setclock(&attributes, CLOCK_MONOTONIC)
+        pthread_cond_init(threadLeft, &attributes)
+        pthread_condattr_destroy(&attributes)
     }
 
     deinit {
         pthread_cond_destroy(wakeWorkers)
+        pthread_cond_destroy(threadLeft)
         pthread_mutex_destroy(mutex)
         mutex.deallocate()
         wakeWorkers.deallocate()
+        threadLeft.deallocate()
     }
 
     private func locked<R>(_ body: () -> R) -> R {
@@ -89,6 +102,7 @@ public final class BlockingThreadPool: @unchecked Sendable {
             pool.workerLoop()
             return nil
         }, context)
+
         guard rc == 0 else {
             // No new thread: the job waits for a running thread, or for shutdown(), which runs leftovers.
             Unmanaged<BlockingThreadPool>.fromOpaque(context).release()
@@ -139,37 +153,75 @@ public final class BlockingThreadPool: @unchecked Sendable {
             }
             idle -= 1
         }
+        // Once the pool is shut down, threads are detached (started so, or left running at the bound) and
+        // nobody waits for them to leave.
+        if !shutDown {
+            leftThreads.append(pthread_self())
+            pthread_cond_broadcast(threadLeft)
+        }
         pthread_mutex_unlock(mutex)
     }
 
-    /// Runs every queued closure, lets running ones finish, and joins every thread. Blocks the caller.
-    public func shutdown() {
-        let running = locked { () -> [pthread_t] in
+    /// Runs every queued closure, lets running ones finish, and joins every thread — waiting at most `bound`.
+    /// Blocks the caller.
+    ///
+    /// A closure still running at the bound (blocked on a peer that stopped answering, say: one whose caller
+    /// abandoned it) keeps its thread, which is detached and ends with the closure; closures still queued then
+    /// run on a detached thread of their own. Nothing submitted is lost, and the caller is not held.
+    ///
+    /// - Returns: how many threads were left running at the bound.
+    @discardableResult
+    public func shutdown(waitingAtMost bound: Duration = .seconds(1)) -> Int {
+        let current = pthread_self()
+        var deadline = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &deadline)
+        let nanoseconds = Int64(deadline.tv_nsec) + bound.saturatingNanoseconds
+        deadline.tv_sec += Int(nanoseconds / 1_000_000_000)
+        deadline.tv_nsec = Int(nanoseconds % 1_000_000_000)
+        let (running, left) = locked { () -> ([pthread_t], [pthread_t]) in
             shuttingDown = true
             pthread_cond_broadcast(wakeWorkers)
-            return threads
+            // Called from one of the pool's own jobs (an object shutting its pool down in its deinit, released
+            // on the pool's thread): that thread does not leave while this runs.
+            let own = threads.contains { pthread_equal($0, current) != 0 } ? 1 : 0
+            while leftThreads.count < threads.count + starting - own {
+                if pthread_cond_timedwait(threadLeft, mutex, &deadline) == ETIMEDOUT { break }
+            }
+            return (threads, leftThreads)
         }
-        // Called from one of the pool's own jobs (an object shutting its pool down in its deinit, released on
-        // the pool's thread): that thread cannot join itself; it is detached and ends after this job.
-        let current = pthread_self()
+        var stuck = 0
         for thread in running {
-            if pthread_equal(thread, current) != 0 { pthread_detach(thread) } else { pthread_join(thread, nil) }
+            if left.contains(where: { pthread_equal($0, thread) != 0 }) {
+                pthread_join(thread, nil)
+            } else {
+                // The calling thread itself (it cannot join itself), or a thread whose closure outlived the
+                // bound: it ends after its closure, and nobody joins it.
+                pthread_detach(thread)
+                if pthread_equal(thread, current) == 0 { stuck += 1 }
+            }
         }
         // Jobs submitted after the threads left run here; the queue is found empty and the pool marked shut
         // down in one critical section, so a job submitted meanwhile is either run here or gets its own thread.
+        // Past the bound, what is left goes to a detached thread.
         while true {
             let job = locked { () -> (@Sendable () -> Void)? in
-                if let job = queue.popFirst() {
+                var now = timespec()
+                clock_gettime(CLOCK_MONOTONIC, &now)
+                let late = (now.tv_sec, now.tv_nsec) >= (deadline.tv_sec, deadline.tv_nsec)
+                if !late, let job = queue.popFirst() {
                     queued.store(queue.count, ordering: .relaxed)
                     return job
                 }
                 threads.removeAll()
+                leftThreads.removeAll()
                 shutDown = true
                 return nil
             }
-            guard let job else { return }
+            guard let job else { break }
             job()
             locked { inFlight -= 1 }
         }
+        if locked({ !queue.isEmpty }) { startThread(detached: true) }
+        return stuck
     }
 }

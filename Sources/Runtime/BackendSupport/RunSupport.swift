@@ -59,8 +59,9 @@ public final class RootTask<Value: Sendable>: Sendable {
 }
 
 extension Runtime {
-    /// Runs `body` on this runtime like ``enter(isolation:_:)``, then always runs `afterwards` (the backend's
-    /// shutdown), whether the body returned or threw; rethrows the body's error first, else `afterwards`'.
+    /// Runs `body` on this runtime like ``enter(isolation:_:)``, then cancels and awaits the run's system tasks
+    /// (``startSystemTask(_:)``) and always runs `afterwards` (the backend's shutdown), whether the body
+    /// returned or threw; rethrows the body's error first, else `afterwards`'.
     public func enter<T>(
         isolation: isolated (any Actor)? = #isolation,
         _ body: () async throws -> T,
@@ -72,6 +73,8 @@ extension Runtime {
         } catch {
             result = .failure(error)
         }
+        // System tasks end with the body: cancelled, and awaited before the backend shuts down.
+        await stopSystemTasks()
         try await afterwards()
         return try result.get()
     }

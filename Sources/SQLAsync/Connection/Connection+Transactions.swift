@@ -14,9 +14,26 @@ extension Connection {
     /// How long the rollback after an error or a cancellation may take before the connection is given up.
     static let rollbackDeadline: Duration = .seconds(5)
 
-    /// How long a COMMIT's answer is awaited once it is sent, whatever the caller's deadline: past it, the
-    /// outcome is reported as unknown (``SQLError/Kind/commitInDoubt``) and the connection is given up.
+    /// How long a COMMIT's answer is awaited once it is sent, at most: past it, or past the caller's deadline
+    /// and the cancellation grace, the outcome is reported as unknown (``SQLError/Kind/commitInDoubt``) and
+    /// the connection is given up.
     static let commitDeadline: Duration = .seconds(10)
+
+    /// The deadline of clean-up that must run even for a cancelled caller (a rollback): `limit` from now, but
+    /// no later than the caller's own deadline plus the grace; a caller cancelled already gets the grace.
+    func cleanUpDeadline(limit: Duration) throws -> RuntimeInstant {
+        let now = try Runtime.current.now
+        let caller = driver.isRemote ? Runtime.currentEffectiveDeadline() : .never
+        if caller == .distantPast { return now.advanced(by: grace) }
+        return min(now.advanced(by: limit), caller.advanced(by: grace))
+    }
+
+    /// What a failed transaction body reports: a statement in doubt inside a transaction that can now never
+    /// commit (its connection was closed) had no effect, so it is reported as the cancellation it was.
+    func undone(_ error: any Error) -> any Error {
+        if let error = error as? SQLError, error.kind == .statementInDoubt, isBroken { return CancellationError() }
+        return error
+    }
 
     /// Runs `body` in a transaction: commits when it returns, rolls back when it throws or is cancelled.
     ///
@@ -53,7 +70,7 @@ extension Connection {
             result = try await body(self)
         } catch {
             await rollBackShielded(savepoint)
-            throw error
+            throw undone(error)
         }
         do {
             try await commit(savepoint)
@@ -110,7 +127,7 @@ extension Connection {
             }
         } catch {
             await rollBackShielded(nil)
-            throw error
+            throw undone(error)
         }
         return nil
     }
@@ -131,8 +148,11 @@ extension Connection {
         // sent, its answer is awaited shielded, within its own deadline, so that a cancellation cannot report
         // a commit that happened as cancelled. The caller's next checkpoint sees the cancellation.
         try Runtime.checkCancellation()
+        // Shielded up to the caller's deadline (or the commit's own, if sooner); past it, the driver waits the
+        // cancellation grace for the answer before the outcome is called unknown.
+        let caller = driver.isRemote ? Runtime.currentEffectiveDeadline() : .never
         let outcome: Result<Void, any Error>?? = try? await withCancelScope(
-            deadline: Runtime.current.now.advanced(by: Self.commitDeadline), shield: true
+            deadline: min(Runtime.current.now.advanced(by: Self.commitDeadline), caller), shield: true
         ) { _ in
             do {
                 _ = try await execute("COMMIT")
@@ -150,14 +170,17 @@ extension Connection {
                 .commitInDoubt,
                 "the connection was lost after COMMIT was sent and before its answer: the transaction may or may not "
                     + "have committed (\(error.message))", sqlState: error.sqlState, sql: "COMMIT")
+        case .failure(let error as SQLError)? where error.kind == .statementInDoubt:
+            markBroken()
+            throw SQLError(.commitInDoubt, error.message, sql: "COMMIT")
         case nil, .failure(is CancellationError)?:
             // The commit's own deadline passed (only it reaches inside the shield): the wait for the answer
             // was given up, and the outcome is unknown.
             markBroken()
             throw SQLError(
                 .commitInDoubt,
-                "COMMIT was sent and no answer came within \(Self.commitDeadline): the transaction may or may not "
-                    + "have committed", sql: "COMMIT")
+                "COMMIT was sent and no answer came in time (within \(Self.commitDeadline), or the caller's deadline "
+                    + "and \(grace)): the transaction may or may not have committed", sql: "COMMIT")
         case .failure(let error)?:
             throw error
         }
@@ -167,7 +190,7 @@ extension Connection {
     /// broken when that is not possible.
     func rollBackShielded(_ savepoint: String?) async {
         let rolledBack: Bool? = try? await withCancelScope(
-            deadline: Runtime.current.now.advanced(by: Self.rollbackDeadline), shield: true
+            deadline: cleanUpDeadline(limit: Self.rollbackDeadline), shield: true
         ) { _ in
             do {
                 if let savepoint {
@@ -195,7 +218,7 @@ extension Connection {
         guard !statements.isEmpty else { return }
         // Shielded: a connection left read-only must not go back to the pool; if this fails, it is discarded.
         let reset: Void? = try? await withCancelScope(
-            deadline: Runtime.current.now.advanced(by: Self.rollbackDeadline), shield: true
+            deadline: cleanUpDeadline(limit: Self.rollbackDeadline), shield: true
         ) { _ in for statement in statements { _ = try await execute(.unsafeRaw(statement)) } }
         if reset == nil { markBroken() }
     }

@@ -16,6 +16,8 @@ public final class Connection: Sendable {
     let logger: Logger?
     /// How long one statement may run (``PoolConfiguration/statementTimeout``).
     let statementTimeout: Duration?
+    /// How long clean-up may keep a cancelled caller waiting (``PoolConfiguration/cancellationGrace``).
+    let grace: Duration
     /// 0 outside a transaction, 1 in one, more inside savepoints.
     let transactionDepth = Mutex(0)
     let readOnlyTransaction = Mutex(false)
@@ -28,6 +30,7 @@ public final class Connection: Sendable {
         self.openedAt = 0
         self.logger = nil
         self.statementTimeout = nil
+        self.grace = PoolConfiguration().cancellationGrace
         self.borrowed = true
     }
 
@@ -38,6 +41,7 @@ public final class Connection: Sendable {
         self.openedAt = pooled.openedAt
         self.logger = logger
         self.statementTimeout = statementTimeout
+        self.grace = pool.configuration.cancellationGrace
     }
 
     deinit {

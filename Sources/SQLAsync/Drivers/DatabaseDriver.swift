@@ -9,6 +9,11 @@ protocol DatabaseDriver: AnyObject, Sendable {
     /// The SQL dialect statements are compiled for.
     var dialect: SQLDialect { get }
 
+    /// Whether the database is a server across a network, which can stop answering: then a COMMIT's answer
+    /// is awaited only up to the caller's deadline plus the cancellation grace. An embedded database's
+    /// COMMIT is local and short, and is awaited whole.
+    var isRemote: Bool { get }
+
     /// Runs `sql` with `binds` (one per placeholder) and returns every row of its result.
     func execute(_ sql: String, _ binds: [SQLValue]) async throws -> RawRows
 

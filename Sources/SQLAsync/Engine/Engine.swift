@@ -120,10 +120,12 @@ public final class Engine: Sendable {
             let ended = pools.byRuntime.filter { $0.value.runtime.backend.diagnostics().isClosed }
             for key in ended.keys { pools.byRuntime[key] = nil }
             if let pool = pools.byRuntime[ObjectIdentifier(runtime)] { return (pool, Array(ended.values)) }
-            let pool = ConnectionPool(runtime: runtime, configuration: poolConfiguration) {
+            let configuration = poolConfiguration
+            let pool = ConnectionPool(runtime: runtime, configuration: configuration) {
                 logger.info("opening a connection", metadata: ["runtime": "\(runtime.name)"])
                 switch url.database {
-                case .postgresql: return try await PostgresConnection.connect(url, logger: logger)
+                case .postgresql:
+                    return try await PostgresConnection.connect(url, logger: logger, grace: configuration.cancellationGrace)
                 case .sqlite: return try await SQLiteConnection.open(path: url.sqlitePath, mode: url.sqliteMode)
                 }
             }

@@ -13,10 +13,19 @@ public struct PoolConfiguration: Sendable {
     public var prePing = false
     /// Close connections older than this instead of reusing them (default: never).
     public var recycle: Duration?
-    /// How long opening a connection may take before ``SQLError/Kind/timeout`` (default: no limit, as in
-    /// libpq; a PostgreSQL URL's `connect_timeout` applies too). The checkout timeout covers only the wait
-    /// for a free connection.
+    /// How long opening a connection may take before ``SQLError/Kind/timeout`` (default: no limit of the
+    /// pool's own; PostgreSQL connects, name resolution included, within the URL's `connect_timeout`, or 10 s
+    /// when it has none — libpq itself would wait forever). The checkout timeout covers only the wait for a
+    /// free connection.
     public var connectTimeout: Duration?
+    /// How long a call may keep waiting beyond its caller's deadline (a timeout, ``statementTimeout``, any
+    /// enclosing cancel scope's deadline) for the server to answer the cancel request, before the connection
+    /// is given up, out of the caller's way (default 1 s). A statement the server had received whole is
+    /// then reported as ``SQLError/Kind/statementInDoubt`` (a COMMIT as ``SQLError/Kind/commitInDoubt``). A
+    /// healthy server answers in milliseconds, so this bounds what a server that stopped answering costs the
+    /// caller. A cancellation with no deadline near (`cancel()`), and the clean-up after a stream left early,
+    /// wait up to 5 s.
+    public var cancellationGrace: Duration = .seconds(1)
     /// How long one call (`execute`, `executeMany`, `executeScript`, opening a stream) may run before it is
     /// cancelled — on the server too — and fails with ``SQLError/Kind/timeout`` (default: no limit). A call
     /// the server finished anyway returns its result, as with any cancellation.
@@ -59,7 +68,7 @@ final class ConnectionPool: Sendable {
 
     private let state: Mutex<State>
     private let nextWaiter = Atomic<UInt64>(0)
-    private let configuration: PoolConfiguration
+    let configuration: PoolConfiguration
     private let openConnection: @Sendable () async throws -> any DatabaseDriver
     let runtime: Runtime
 

@@ -159,6 +159,13 @@ final class PGHandle: @unchecked Sendable {
         connection.flatMap { PQgetCancel($0) }.map(PGCancelRequest.init)
     }
 
+    /// The key for sending cancel requests without libpq (nil when libpq's cancel object cannot be read).
+    func cancelKey() -> PostgresCancelKey? {
+        guard let connection, let cancel = PQgetCancel(connection) else { return nil }
+        defer { PQfreeCancel(cancel) }
+        return PostgresCancelKey.read(cancel, backendPID: PQbackendPID(connection))
+    }
+
     /// Forgets the connection without closing it (see `PostgresConnection.deinit`).
     func abandon() { connection = nil }
 
@@ -225,7 +232,8 @@ final class PGHandle: @unchecked Sendable {
 }
 
 /// A `PGcancel*`: sends a cancel request for the query running on its connection. Blocking (it opens a new
-/// connection), so it runs on a worker thread.
+/// connection and waits, without a time limit, for the server to close it), so it runs on a worker thread of
+/// ``PostgresConnection/cancelLimiter``'s — only when ``PostgresCancelKey`` cannot be read.
 final class PGCancelRequest: @unchecked Sendable {
     // @unchecked Sendable: libpq documents PGcancel as safe to use from any thread; it is freed once, in deinit.
     private let cancel: OpaquePointer

@@ -11,11 +11,14 @@ extension PostgresConnection {
     /// A cancellation that lands here is handed to the state machine. A batch not fully sent stops, and the
     /// connection is closed, which rolls it back; a stream is cleaned up and cut short. A statement on its way
     /// is not abandoned, since it may be running, or done, on the server: the first cancellation asks the
-    /// server to cancel it (once it is fully sent: the server reads a cancel only between messages), and the
-    /// call keeps waiting, shielded, within the clean-up deadline, for the server's answer. A statement that
-    /// finished anyway then reports its result (the caller's next checkpoint throws), and one the server
-    /// cancelled reports the cancellation (``statementFailedAfterCancellation(_:)``). "Cancelled" always means
-    /// it did not happen.
+    /// server to cancel it (once it is fully sent: the server reads a cancel only between messages; the request
+    /// goes out on a system task, out of the caller's way), and the call keeps waiting, shielded, for the
+    /// server's answer — at most ``grace`` beyond the caller's deadline (``cancellationWait(now:)``). A
+    /// statement that finished anyway then reports its result (the caller's next checkpoint throws), and one
+    /// the server cancelled reports the cancellation (``statementFailedAfterCancellation(_:)``). No answer in
+    /// that time: the connection is
+    /// given up, and the call throws ``SQLError/Kind/statementInDoubt`` (or `CancellationError` when the
+    /// statement never left whole). "Cancelled" always means it did not happen.
     @discardableResult
     func waitOnSocket(for events: IOEvents, sql: String) async throws -> IOEvents {
         let fd = try await liveSocket(sql: sql)
@@ -23,9 +26,9 @@ extension PostgresConnection {
             return try await runtime.wait(fd: fd, for: events)
         } catch is CancellationError {
             let now = runtime.now
-            let action = machine.withLock { $0.cancellationArrived(now: now, cleanUpDeadline: Self.cleanUpDeadline) }
+            let wait = cancellationWait(now: now)
+            let action = machine.withLock { $0.cancellationArrived(now: now, grace: wait) }
             let deadline: RuntimeInstant
-            let requestCancel: Bool
             switch action {
             case .stop(let closeConnection):
                 if closeConnection {
@@ -37,24 +40,25 @@ extension PostgresConnection {
             case .cleanUpAndStop:
                 throw CancellationError()  // the call's cleaningUp { } cleans up
             case .requestCancelAndWait(let until):
-                (deadline, requestCancel) = (until, true)
+                requestCancel()
+                deadline = until
             case .wait(let until):
-                (deadline, requestCancel) = (until, false)
+                deadline = until
             }
-            let handle = self.handle
             let ready: IOEvents? = try await withCancelScope(deadline: deadline, shield: true) { _ in
-                if requestCancel {
-                    let cancel = handle.cancelObject()
-                    // Abandoned at the deadline: PQcancel blocks while it connects.
-                    _ = try await runtime.runBlocking(onCancel: .abandon) { cancel?.send() ?? false }
-                }
-                return try await runtime.wait(fd: fd, for: events)
+                try await runtime.wait(fd: fd, for: events)
             }
             guard let ready else {
-                // No answer in time: the statement's fate is unknown, and the connection is given up.
-                machine.withLock { $0.cancelDeadlinePassed(Self.cleanUpDeadline) }
+                // No answer in time: the connection is given up (the pool closes it), and the statement's fate
+                // is unknown once it was sent whole.
+                let outcome = machine.withLock { $0.cancelDeadlinePassed(wait) }
                 await forgetSocket()
-                throw CancellationError()
+                logger?.warning("discarding a PostgreSQL connection: no answer within \(wait) of a cancellation")
+                if outcome == .cancelled { throw CancellationError() }
+                throw SQLError(
+                    .statementInDoubt,
+                    "the statement was sent, then cancelled, and the server did not answer within \(wait): it may or "
+                        + "may not have taken effect; the connection was closed", sql: sql)
             }
             return ready
         }
@@ -82,14 +86,15 @@ extension PostgresConnection {
 
     /// Leaves the connection idle after a call that was cancelled, failed part-way or was left early (a
     /// stream): pushes out what is queued, asks the server to cancel what still runs, and reads and drops
-    /// the rest of the results — in pipeline mode up to the last sync, then leaves it. Shielded, within the
-    /// clean-up deadline; the connection is given up when that fails. A late cancel can then never hit the
-    /// next query.
+    /// the rest of the results — in pipeline mode up to the last sync, then leaves it. Shielded, within
+    /// ``cancellationWait(now:)``; the connection is given up when that fails. A late cancel can then never hit
+    /// the next query.
     func cleanUp() async {
         let now = runtime.now
+        let wait = cancellationWait(now: now)
         // nil: given up already (its socket registration is gone, and waiting on the fd again would register
         // it anew under a connection about to be closed).
-        guard let deadline = machine.withLock({ $0.cleanUpStarted(now: now, cleanUpDeadline: Self.cleanUpDeadline) })
+        guard let deadline = machine.withLock({ $0.cleanUpStarted(now: now, grace: wait) })
         else { return }
         let handle = self.handle
         let pipeline = handle.isInPipelineMode
@@ -117,13 +122,10 @@ extension PostgresConnection {
                 // reaches a session after its query ended is ignored by the server (it is idle by then: this
                 // drain waits for the query's end before the connection is used again).
                 if handle.isBusy || handle.hasPendingResults, machine.withLock({ $0.shouldRequestCancel() }) {
-                    let cancel = handle.cancelObject()
-                    // Abandoned at the deadline: PQcancel blocks while it connects, and an unreachable server
-                    // must not hold the clean-up past it.
-                    _ = try await runtime.runBlocking(onCancel: .abandon) { cancel?.send() ?? false }
+                    requestCancel()
                 }
                 return try await drain(pipeline: pipeline, fd: watched)
-            } ?? "no answer within \(Self.cleanUpDeadline)"
+            } ?? "no answer within \(wait)"
         } catch {
             failure = "\(error)"
         }

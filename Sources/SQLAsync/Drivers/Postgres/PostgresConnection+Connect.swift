@@ -10,32 +10,43 @@ import Glibc
 // runtime.
 
 extension PostgresConnection {
-    /// Connects to `url` on the current runtime.
-    static func connect(_ url: DatabaseURL, logger: Logger? = nil) async throws -> PostgresConnection {
+    /// How long connecting (name resolution included) may take when neither the URL's `connect_timeout` nor
+    /// the pool's ``PoolConfiguration/connectTimeout`` says: libpq's own default is to wait forever.
+    static let defaultConnectTimeout: Duration = .seconds(10)
+
+    /// Connects to `url` on the current runtime, within the URL's `connect_timeout` (10 s when it has none).
+    ///
+    /// - Parameter grace: how long a call waits, beyond a cancellation, for the server's answer.
+    static func connect(
+        _ url: DatabaseURL, logger: Logger? = nil, grace: Duration = PostgresConnection.defaultGrace
+    ) async throws -> PostgresConnection {
         let runtime = try Runtime.current
-        // Name resolution would block inside PQconnectStart: every host is resolved on a worker thread, and
-        // libpq is given the addresses.
-        let parameters = try await runtime.runBlocking { () throws -> [(key: String, value: String)] in
-            try resolvingHosts(url.libpqParameters(), resolve: resolve)
-        }
-        let handle = try PGHandle.start(parameters)
-        let connection = PostgresConnection(runtime: runtime, handle: handle, logger: logger)
-        // libpq applies connect_timeout only to its blocking connect: enforce it here.
-        let timeout = url.parameters.last { $0.key == "connect_timeout" }.flatMap { Int($0.value) }.flatMap { $0 > 0 ? $0 : nil }
+        let seconds = url.parameters.last { $0.key == "connect_timeout" }.flatMap { Int($0.value) }.flatMap { $0 > 0 ? $0 : nil }
+        let timeout = seconds.map { Duration.seconds($0) } ?? defaultConnectTimeout
+        var started: PostgresConnection?
         do {
-            if let timeout {
-                try await fail(at: runtime.now.advanced(by: .seconds(timeout))) { try await connection.finishConnecting() }
-            } else {
+            return try await fail(at: runtime.now.advanced(by: timeout)) {
+                // Name resolution would block inside PQconnectStart: host names are resolved on a worker
+                // thread (abandoned at the timeout: getaddrinfo cannot be interrupted), and libpq is given
+                // the addresses. Literal addresses and socket directories need no lookup.
+                let libpq = url.libpqParameters()
+                let parameters = needsLookup(libpq)
+                    ? try await runtime.runBlocking(onCancel: .abandon) { () throws -> [(key: String, value: String)] in
+                        try resolvingHosts(libpq, resolve: resolve)
+                    }
+                    : try resolvingHosts(libpq, resolve: resolve)
+                let connection = PostgresConnection(runtime: runtime, handle: try PGHandle.start(parameters), logger: logger, grace: grace)
+                started = connection
                 try await connection.finishConnecting()
+                return connection
             }
         } catch is TimeoutError {
-            await connection.close()
-            throw SQLError(.timeout, "connecting took longer than connect_timeout (\(timeout ?? 0) s)")
+            await started?.close()
+            throw SQLError(.timeout, "connecting took longer than \(seconds.map { "connect_timeout (\($0) s)" } ?? "\(timeout) (the default connect timeout)")")
         } catch {
-            await connection.close()
+            await started?.close()
             throw error
         }
-        return connection
     }
 
     private func finishConnecting() async throws {
@@ -46,6 +57,11 @@ extension PostgresConnection {
             case PGRES_POLLING_OK:
                 guard handle.setNonBlocking() else { throw handle.connectionError("cannot enter non-blocking mode") }
                 handle.silenceNotices()
+                let key = handle.cancelKey()
+                cancelKey.withLock { $0 = key }
+                if key == nil {
+                    logger?.info("libpq's cancel key cannot be read: cancel requests use PQcancel, on worker threads of their own")
+                }
                 watchedSocket.store(handle.socket, ordering: .releasing)
                 machine.withLock { $0.connected() }
                 return
@@ -106,8 +122,27 @@ func resolvingHosts(
     return result
 }
 
-/// Resolves `host` to a numeric address (blocking: call on a worker thread).
+/// Whether `parameters` name a host that must be looked up (not a literal address, not a socket directory,
+/// and no `hostaddr` given).
+func needsLookup(_ parameters: [(key: String, value: String)]) -> Bool {
+    guard !parameters.contains(where: { $0.key == "hostaddr" }),
+        let hosts = parameters.last(where: { $0.key == "host" })?.value
+    else { return false }
+    return hosts.split(separator: ",").contains { host in
+        !(host.hasPrefix("/") || host.hasPrefix("@") || isLiteralAddress(String(host)))
+    }
+}
+
+/// Whether `host` is a numeric IPv4 or IPv6 address (which needs no lookup).
+func isLiteralAddress(_ host: String) -> Bool {
+    var v4 = in_addr()
+    var v6 = in6_addr()
+    return inet_pton(AF_INET, host, &v4) == 1 || inet_pton(AF_INET6, host, &v6) == 1
+}
+
+/// Resolves `host` to a numeric address (blocking: call on a worker thread); a literal address is itself.
 func resolve(_ host: String) throws -> [String] {
+    if isLiteralAddress(host) { return [host] }
     var hints = addrinfo()
     hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
     var list: UnsafeMutablePointer<addrinfo>?

@@ -2,6 +2,7 @@
 
 extension PostgresConnection: DatabaseDriver {
     var dialect: SQLDialect { .postgresql }
+    var isRemote: Bool { true }
 
     func openCursor(_ sql: String, _ binds: [SQLValue]) async throws -> any DriverCursor {
         try await openStream(sql, binds)

@@ -16,10 +16,11 @@ import Glibc
 /// ``PostgresStateMachine``; this type does the IO it asks for.
 ///
 /// Cancellation: nothing is sent from cancelled code. Once a statement is on its way, a cancellation sends a
-/// cancel request (`PQcancel`, on a worker thread, since libpq 15 has no non-blocking cancel) and the call
-/// keeps reading, shielded, within a short deadline of its own: it throws `CancellationError` when the server
-/// cancelled the statement and returns the result when it finished anyway, so the connection is clean when
-/// the call returns; if that fails the connection is marked broken and must be discarded.
+/// cancel request (without blocking, on a system task of the run: ``PostgresCancelKey``) and the call keeps
+/// reading, shielded, at most ``grace`` longer: it throws `CancellationError` when the server cancelled the
+/// statement and returns the result when it finished anyway, so the connection is clean when the call
+/// returns; with no answer in time the connection is given up and the call throws
+/// ``SQLError/Kind/statementInDoubt``.
 final class PostgresConnection: Sendable {
     let runtime: Runtime
     let handle: PGHandle
@@ -35,15 +36,37 @@ final class PostgresConnection: Sendable {
     /// Statements this connection prepared, by SQL text and parameter types.
     let statements = Mutex(StatementCache())
 
-    /// How long the clean-up after a cancellation may take before the connection is given up.
-    /// (The same as a rollback's: on a loaded machine a cancel request, which forks a server process, and the
-    /// drain behind it can take more than a second or two.)
-    static let cleanUpDeadline: Duration = .seconds(5)
+    /// How long a call waits, beyond its caller's deadline, for the server to answer a cancellation: past it,
+    /// the connection is given up and closed, out of the caller's way.
+    let grace: Duration
+    /// The key for cancel requests, read once connected; nil when libpq's cancel object could not be read
+    /// (then `PQcancel` is used).
+    let cancelKey = Mutex<PostgresCancelKey?>(nil)
+    /// The cancel request on its way for the running call, set when it has been handled.
+    let cancelRequest = Mutex<Event?>(nil)
 
-    init(runtime: Runtime, handle: PGHandle, logger: Logger?) {
+    /// The default of ``grace``.
+    static let defaultGrace: Duration = .seconds(1)
+
+    /// The most a clean-up may take (a drain after a stream left early, or after a cancellation by
+    /// `cancel()` with no deadline near) before the connection is given up.
+    static let cleanUpLimit: Duration = .seconds(5)
+
+    /// How long, from `now`, a call may keep reading after a cancellation, or for a clean-up: up to the
+    /// caller's deadline plus ``grace`` (just the grace when the cancellation came from that deadline), and
+    /// never more than ``cleanUpLimit``.
+    func cancellationWait(now: RuntimeInstant) -> Duration {
+        let limit = now.advanced(by: Self.cleanUpLimit)
+        let caller = Runtime.currentDeadline()
+        let bound = caller.isNever ? limit : min(limit, max(caller, now).advanced(by: grace))
+        return now.duration(to: bound)
+    }
+
+    init(runtime: Runtime, handle: PGHandle, logger: Logger?, grace: Duration = PostgresConnection.defaultGrace) {
         self.runtime = runtime
         self.handle = handle
         self.logger = logger
+        self.grace = grace
     }
 
     /// Whether an error aborted the session's transaction: a COMMIT now would roll back, silently.
@@ -114,6 +137,11 @@ final class PostgresConnection: Sendable {
     /// Gives the connection back after a call, recording the server's transaction state; closes it when a
     /// close came meanwhile.
     func release() async {
+        // A cancel request still on its way could hit the next statement: waited for within the grace, or the
+        // connection is given up.
+        let now = runtime.now
+        let deadline = machine.withLock { $0.cancelDeadline } ?? now.advanced(by: cancellationWait(now: now))
+        await settleCancelRequest(until: deadline)
         let transaction: PostgresStateMachine.TransactionState =
             switch handle.transactionStatus {
             case PQTRANS_IDLE: .idle

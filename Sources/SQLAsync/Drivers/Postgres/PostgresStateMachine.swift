@@ -141,11 +141,11 @@ struct PostgresStateMachine: Sendable, Equatable {
         case wait(deadline: RuntimeInstant)
     }
 
-    /// A cancellation reached a wait of the running call at `now`; `cleanUpDeadline` bounds what follows.
-    mutating func cancellationArrived(now: RuntimeInstant, cleanUpDeadline: Duration) -> CancelAction {
+    /// A cancellation reached a wait of the running call at `now`; the caller waits at most `grace` more.
+    mutating func cancellationArrived(now: RuntimeInstant, grace: Duration) -> CancelAction {
         guard case .busy(var call) = state else { return .stop(closeConnection: false) }
         defer { state = .busy(call) }
-        let deadline = call.cancelDeadline ?? now.advanced(by: cleanUpDeadline)
+        let deadline = call.cancelDeadline ?? now.advanced(by: grace)
         switch (call.kind, call.phase) {
         case (.pipeline, .sending) where !call.synced:
             // A sync now would commit the part already run; closing makes the server roll it back.
@@ -172,10 +172,22 @@ struct PostgresStateMachine: Sendable, Equatable {
         }
     }
 
-    /// The shielded reading after a cancellation found no answer by its deadline: the statement's fate is
-    /// unknown, and the connection is given up.
-    mutating func cancelDeadlinePassed(_ cleanUpDeadline: Duration) {
-        connectionFailed("no answer within \(cleanUpDeadline) after a cancelled statement")
+    enum GiveUpOutcome: Sendable, Equatable {
+        /// Throw `CancellationError`: the statement never reached the server whole (its last message, the
+        /// sync that ends it, was not sent), and closing the connection rolls back whatever part ran.
+        case cancelled
+        /// The statement was sent whole and may have run, and committed, or not: throw
+        /// ``SQLError/Kind/statementInDoubt``.
+        case inDoubt
+    }
+
+    /// The shielded reading after a cancellation found no answer within `grace`: the connection is given up
+    /// (closed, out of the caller's way), and what the call reports depends on whether the statement was sent.
+    mutating func cancelDeadlinePassed(_ grace: Duration) -> GiveUpOutcome {
+        let sentWhole: Bool
+        if case .busy(let call) = state { sentWhole = call.phase != .sending } else { sentWhole = true }
+        connectionFailed("no answer within \(grace) of a cancellation")
+        return sentWhole ? .inDoubt : .cancelled
     }
 
     enum OutcomeAction: Sendable, Equatable {
@@ -200,9 +212,9 @@ struct PostgresStateMachine: Sendable, Equatable {
 
     /// A clean-up starts: it reads what is left of the results, shielded, before the connection is used
     /// again. Returns its deadline, or nil when there is nothing to clean (the connection was given up).
-    mutating func cleanUpStarted(now: RuntimeInstant, cleanUpDeadline: Duration) -> RuntimeInstant? {
+    mutating func cleanUpStarted(now: RuntimeInstant, grace: Duration) -> RuntimeInstant? {
         guard case .busy(var call) = state, call.brokenReason == nil else { return nil }
-        let deadline = call.cancelDeadline.map { min($0, now.advanced(by: cleanUpDeadline)) } ?? now.advanced(by: cleanUpDeadline)
+        let deadline = call.cancelDeadline.map { min($0, now.advanced(by: grace)) } ?? now.advanced(by: grace)
         call.phase = .draining
         state = .busy(call)
         return deadline

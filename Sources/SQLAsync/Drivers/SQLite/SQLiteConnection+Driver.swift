@@ -2,6 +2,7 @@
 
 extension SQLiteConnection: DatabaseDriver {
     var dialect: SQLDialect { .sqlite }
+    var isRemote: Bool { false }
 
     func openCursor(_ sql: String, _ binds: [SQLValue]) async throws -> any DriverCursor {
         SQLiteStreamCursor(connection: self, cursor: try await openStream(sql, binds))

@@ -1,0 +1,148 @@
+import CLibPQ
+import Logging
+import Runtime
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// What a cancel request for one connection needs — the server's address, the backend's process ID and its
+/// secret key — and the request itself, sent without blocking through the runtime's readiness wait.
+///
+/// libpq 15's `PQcancel` blocks while it connects and then waits, with no time limit, for the server to close
+/// the request's connection: against a server that accepts connections and never answers, a thread is held for
+/// good. libpq 15 has no non-blocking cancel (`PQcancelStart` arrives in libpq 17) and does not export the
+/// secret key, so the key is read from libpq's cancel object (see the C shim: the fields every release from 9.x
+/// through 17 begins it with), checked against what libpq reports about the connection, and the 16-byte
+/// request is sent here. When the check fails (a libpq laid out differently), `PQcancel` runs instead, on
+/// worker threads of its own (``PostgresConnection/cancelLimiter``), so it can never starve the runtime's
+/// shared blocking pool.
+struct PostgresCancelKey: Sendable, Equatable {
+    /// The server's socket address, as libpq connected to it.
+    let address: [UInt8]
+    let family: Int32
+    let processID: Int32
+    let secret: Int32
+
+    /// Reads the key from libpq's cancel object; nil unless it is consistent with the connection.
+    static func read(_ cancel: OpaquePointer, backendPID: Int32) -> PostgresCancelKey? {
+        var storage = sockaddr_storage()
+        var length = socklen_t(0)
+        var processID: Int32 = 0
+        var secret: Int32 = 0
+        anyruntime_pq_cancel_fields(cancel, &storage, &length, &processID, &secret)
+        let family = Int32(storage.ss_family)
+        guard family == AF_INET || family == AF_INET6 || family == AF_UNIX,
+            length > 0, Int(length) <= MemoryLayout<sockaddr_storage>.size,
+            processID == backendPID, backendPID != 0
+        else { return nil }
+        let address = withUnsafeBytes(of: &storage) { Array($0.prefix(Int(length))) }
+        return PostgresCancelKey(address: address, family: family, processID: processID, secret: secret)
+    }
+
+    /// The request: length 16, the cancel request code 80877102, the process ID and the key, big-endian.
+    var packet: [UInt8] {
+        [Int32(16), 80_877_102, processID, secret].flatMap { value in
+            withUnsafeBytes(of: value.bigEndian) { Array($0) }
+        }
+    }
+
+    /// Sends the request on a new connection to the server and waits until the server closes it, as libpq
+    /// does: the server has then handled the request, so a late cancel cannot hit a later statement. Every
+    /// wait is the runtime's, so the caller's cancel scope bounds it. Returns whether the server took it.
+    func send(on runtime: Runtime) async throws -> Bool {
+        let fd = socket(family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { return false }
+        do {
+            let sent = try await exchange(fd, runtime)
+            await runtime.forget(fd: fd)
+            _ = close(fd)
+            return sent
+        } catch {
+            await runtime.forget(fd: fd)
+            _ = close(fd)
+            throw error
+        }
+    }
+
+    private func exchange(_ fd: Int32, _ runtime: Runtime) async throws -> Bool {
+        let connected = address.withUnsafeBytes { bytes -> Int32 in
+            guard let base = bytes.baseAddress else { return -1 }
+            return connect(fd, base.assumingMemoryBound(to: sockaddr.self), socklen_t(bytes.count))
+        }
+        if connected != 0 {
+            guard errno == EINPROGRESS || errno == EAGAIN else { return false }
+            _ = try await runtime.wait(fd: fd, for: .write)
+            var error: Int32 = 0
+            var length = socklen_t(MemoryLayout<Int32>.size)
+            guard getsockopt(fd, SOL_SOCKET, SO_ERROR, &error, &length) == 0, error == 0 else { return false }
+        }
+        let packet = self.packet
+        var offset = 0
+        while offset < packet.count {
+            let written = packet.withUnsafeBytes { bytes -> Int in
+                guard let base = bytes.baseAddress else { return -1 }
+                return Glibc.send(fd, base + offset, packet.count - offset, Int32(MSG_NOSIGNAL))
+            }
+            if written > 0 {
+                offset += written
+                continue
+            }
+            guard written < 0, errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR else { return false }
+            _ = try await runtime.wait(fd: fd, for: .write)
+        }
+        // The server answers nothing: it closes the connection once it has handled the request.
+        while true {
+            var byte: UInt8 = 0
+            let read = recv(fd, &byte, 1, 0)
+            if read >= 0 || (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) { return true }
+            _ = try await runtime.wait(fd: fd, for: .read)
+        }
+    }
+}
+
+extension PostgresConnection {
+    /// How long a cancel request may take, on its own, out of the caller's way.
+    static let cancelRequestDeadline: Duration = .seconds(10)
+
+    /// The worker threads for `PQcancel` when the key cannot be read (see ``PostgresCancelKey``): apart from
+    /// the runtime's shared pool, so that cancel requests stuck on silent servers can never hold its tokens.
+    static let cancelLimiter: CapacityLimiter? = try? CapacityLimiter(totalTokens: 4)
+
+    /// Asks the server to cancel the running statement. The request is sent by a system task of the run,
+    /// within ``cancelRequestDeadline``, so the caller never waits for it beyond its own deadline; the call
+    /// waits for it only before giving the connection back (``settleCancelRequest(until:)``).
+    func requestCancel() {
+        let key = cancelKey.withLock { $0 }
+        // Taken now, while this call holds the connection (libpq's connection is not touched afterwards).
+        let fallback = key == nil ? handle.cancelObject() : nil
+        let done = Event()
+        cancelRequest.withLock { $0 = done }
+        let runtime = self.runtime
+        let logger = self.logger
+        let started = runtime.startSystemTask {
+            let sent: Bool? = try? await withCancelScope(deadline: runtime.now.advanced(by: Self.cancelRequestDeadline)) { _ in
+                if let key { return try await key.send(on: runtime) }
+                guard let fallback, let limiter = Self.cancelLimiter else { return false }
+                return try await runtime.runBlocking(limiter: limiter, onCancel: .abandon) { fallback.send() }
+            }
+            if sent != true {
+                logger?.info("a PostgreSQL cancel request got no answer within \(Self.cancelRequestDeadline)")
+            }
+            done.set()
+        }
+        if !started { done.set() }
+    }
+
+    /// Before the connection is given back after a cancel request: waits, shielded, until `deadline` for the
+    /// request to be handled. One still on its way could cancel the next statement on this connection, so
+    /// then the connection is given up instead.
+    func settleCancelRequest(until deadline: RuntimeInstant) async {
+        guard let done = cancelRequest.withLock({ request -> Event? in defer { request = nil }; return request }),
+            !done.isSet
+        else { return }
+        let settled: Void?? = try? await withCancelScope(deadline: deadline, shield: true) { _ in try await done.wait() }
+        if case .some(.some) = settled { return }
+        markBroken("a cancel request was still on its way (it could cancel the next statement)")
+    }
+}
