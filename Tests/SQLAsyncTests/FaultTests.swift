@@ -137,7 +137,7 @@ struct FaultTests {
             #expect(try await engine.withConnection { try await $0.execute("SELECT 3").scalar(Int.self) } == 3)
             await #expect {
                 try await engine.withConnection { connection in
-                    try await failAfter(.milliseconds(300)) { try await connection.execute("SELECT pg_sleep(5)") }
+                    try await failAfter(.milliseconds(300)) { try await connection.execute("SELECT pg_sleep(30)") }
                 }
             } throws: { $0 is TimeoutError }
             #expect(try await engine.withConnection { try await $0.execute("SELECT 4").scalar(Int.self) } == 4)

@@ -177,12 +177,12 @@ struct StreamCutShortTests {
         let engine = try database.engine(pool: .patient)
         try await backend.run {
             try await engine.withConnection { connection in
-                // PostgreSQL: ten quick rows, then one every 5 s (longer than virtual time's quiet period), so
+                // PostgreSQL: ten quick rows, then one every 7 s (longer than virtual time's quiet period), so
                 // that the second batch's read is waiting for
                 // the server when the deadline passes (each row is larger than the server's 8 KB output buffer,
                 // so it is sent at once). SQLite: the read runs in an already cancelled scope.
                 let sql: SQL = database == .postgresql
-                    ? "SELECT g AS n, repeat('x', 9000) || pg_sleep(CASE WHEN g > 10 THEN 5 ELSE 0 END)::text AS pad FROM generate_series(1, 1000) g"
+                    ? "SELECT g AS n, repeat('x', 9000) || pg_sleep(CASE WHEN g > 10 THEN 7 ELSE 0 END)::text AS pad FROM generate_series(1, 1000) g"
                     : StreamTests.series(database, 10_000)
                 let outcome = try await connection.stream(sql, batchSize: 10) { rows in
                     var iterator = rows.makeAsyncIterator()

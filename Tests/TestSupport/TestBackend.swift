@@ -29,13 +29,13 @@ public enum TestBackend: String, CaseIterable, Sendable, CustomStringConvertible
         }
     }
 
-    /// Virtual time as the tests run it: the clock jumps past a deadline only after 3 s of real silence on the
+    /// Virtual time as the tests run it: the clock jumps past a deadline only after 5 s of real silence on the
     /// watched fds (not the default 250 ms), so that a database server slowed down by the parallel suite is
     /// not mistaken for one that stopped answering — the library's own deadlines (a connect's 10 s, a
     /// COMMIT's 10 s, a clean-up's 5 s) would otherwise pass in virtual time while the server is merely busy.
     static var virtualConfiguration: VirtualTimeRuntime.Configuration {
         var configuration = VirtualTimeRuntime.Configuration()
-        configuration.ioQuietPeriod = .seconds(3)
+        configuration.ioQuietPeriod = .seconds(5)
         return configuration
     }
 

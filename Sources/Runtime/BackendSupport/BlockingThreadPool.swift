@@ -68,7 +68,7 @@ public final class BlockingThreadPool: @unchecked Sendable {
     /// Threads alive.
     public var threadCount: Int { locked { threads.count } }
 
-    /// Runs `work` on a pool thread. Nothing submitted is lost: while ``shutdown()`` runs, the job runs
+    /// Runs `work` on a pool thread. Nothing submitted is lost: while ``shutdown(waitingAtMost:)`` runs, the job runs
     /// before it returns; after it returned, the job gets a detached thread of its own.
     public func submit(_ work: @escaping @Sendable () -> Void) {
         enum Spawn { case none, pooled, detached }

@@ -12,7 +12,16 @@ extension Date: SQLColumnValue {
     public typealias NonOptional = Date
     public static var columnType: ColumnType { .timestamp }
 
-    public var sqlValue: SQLValue { .text(Timestamp.format(microseconds: Timestamp.microseconds(self))) }
+    /// Refused with ``SQLError/Kind/invalidParameter`` before anything is sent when no timestamp can hold it
+    /// exactly: NaN, infinite, or beyond about ±292,000 years (microseconds since 1970 in 64 bits).
+    public var sqlValue: SQLValue {
+        guard let microseconds = Timestamp.microseconds(self) else {
+            return .unrepresentable(
+                "the Date \(timeIntervalSince1970) s since 1970 has no timestamp: NaN, infinite and dates beyond about "
+                    + "±292,000 years cannot be stored")
+        }
+        return .text(Timestamp.format(microseconds: microseconds))
+    }
 
     /// Decodes PostgreSQL `timestamptz`, `timestamp` (read as UTC) and `date` text, SQLite text in ISO 8601
     /// (`CURRENT_TIMESTAMP`'s form included, read as UTC), and SQLite integers as Unix seconds.
@@ -26,6 +35,12 @@ extension Date: SQLColumnValue {
                 throw SQLError(.decoding, "column '\(column)' holds the timestamp \(text), which no Date represents")
             }
             guard let microseconds = Timestamp.parse(text) else {
+                if Timestamp.isTimestampShaped(text) {
+                    throw SQLError(
+                        .decoding,
+                        "column '\(column)' holds the timestamp \(text), out of the range a Date holds exactly (about ±292,000 "
+                            + "years around 1970; PostgreSQL's reach to year 294,276)")
+                }
                 throw SQLError(.decoding, "column '\(column)' holds text that is not a timestamp")
             }
             self = Date(timeIntervalSince1970: Double(microseconds) / 1_000_000)
@@ -39,10 +54,12 @@ extension Date: SQLColumnValue {
 
 /// Timestamp text, written and read without a calendar object (proleptic Gregorian, UTC).
 enum Timestamp {
-    static func microseconds(_ date: Date) -> Int64 {
+    /// Microseconds since 1970, rounded; nil for NaN, infinities and dates beyond 64 bits of them (about
+    /// ±292,000 years), which no timestamp holds (never clamped: that would store another date).
+    static func microseconds(_ date: Date) -> Int64? {
         let value = (date.timeIntervalSince1970 * 1_000_000).rounded()
-        // Far outside any database's range: clamp, and let the database reject the year.
-        return Int64(exactly: value) ?? (value < 0 ? Int64.min / 2 : Int64.max / 2)
+        guard value.isFinite, value > -9.2e18, value < 9.2e18 else { return nil }
+        return Int64(exactly: value)
     }
 
     static func format(microseconds: Int64) -> String {
@@ -111,6 +128,16 @@ enum Timestamp {
         let (total, sumOverflow) = dayMicros.addingReportingOverflow(micros)
         guard !overflow, !sumOverflow else { return nil }
         return total
+    }
+
+    /// Whether `text` has the shape of a timestamp with a year of five digits or more (digits, a dash, two
+    /// digits, a dash) although it did not parse: then it is beyond what 64 bits of microseconds hold, not
+    /// malformed.
+    static func isTimestampShaped(_ text: String) -> Bool {
+        let bytes = Array(text.utf8)
+        let digits = bytes.prefix { $0 >= 0x30 && $0 <= 0x39 }.count
+        return digits > 4 && bytes.count >= digits + 6 && bytes[digits] == UInt8(ascii: "-")
+            && bytes[digits + 3] == UInt8(ascii: "-")
     }
 
     // Howard Hinnant's days-from-civil algorithms (proleptic Gregorian calendar).

@@ -153,13 +153,18 @@ public struct Metadata: Sendable {
                 guard !text.utf8.contains(0) else {
                     throw SQLError(.misuse, "the default of column '\(column)' contains a NUL byte")
                 }
-                return "'" + text.replacingAll("'", with: "''") + "'"
+                // PostgreSQL: an escape string (E'…'), whose backslashes mean the same whatever the server's
+                // standard_conforming_strings says (with it off, a plain '…' would take them as escapes).
+                guard dialect == .postgresql else { return "'" + text.replacingAll("'", with: "''") + "'" }
+                return "E'" + text.replacingAll("\\", with: "\\\\").replacingAll("'", with: "''") + "'"
             case .bytes(let bytes):
                 let hex = bytes.map { byte in
                     let digits = Array("0123456789abcdef")
                     return String([digits[Int(byte >> 4)], digits[Int(byte & 15)]])
                 }.joined()
-                return dialect == .postgresql ? "'\\x\(hex)'::bytea" : "X'\(hex)'"
+                return dialect == .postgresql ? "E'\\\\x\(hex)'::bytea" : "X'\(hex)'"
+            case .unrepresentable(let reason):
+                throw SQLError(.invalidParameter, "the default of column '\(column)': \(reason)")
             }
         }
     }

@@ -8,6 +8,10 @@ public enum SQLValue: Sendable, Hashable {
     case text(String)
     case bytes([UInt8])
     case bool(Bool)
+    /// A value no database can store exactly — a `Date` that is NaN, infinite or beyond about ±292,000 years
+    /// — with the reason. Binding it fails with ``SQLError/Kind/invalidParameter`` before anything is sent
+    /// (naming the column where one is known); it is never read from a database.
+    case unrepresentable(String)
 
     // Written out (the synthesized one means the same) to be inlinable: the ORM's change check compares
     // values inside each model's `encode(to:)`.
@@ -20,6 +24,7 @@ public enum SQLValue: Sendable, Hashable {
         case (.text(let left), .text(let right)): left == right
         case (.bytes(let left), .bytes(let right)): left == right
         case (.bool(let left), .bool(let right)): left == right
+        case (.unrepresentable(let left), .unrepresentable(let right)): left == right
         default: false
         }
     }

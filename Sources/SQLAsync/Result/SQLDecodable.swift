@@ -16,8 +16,9 @@ extension SQLError {
         case .integer: found = "an integer"
         case .double: found = "a floating-point number"
         case .text: found = "text"
-        case .bytes: found = "bytes"
+        case .bytes: found = "bytes (text that is not valid UTF-8 arrives as its bytes)"
         case .bool: found = "a boolean"
+        case .unrepresentable: found = "a value no database can store"
         }
         return SQLError(.decoding, "column '\(column)' holds \(found), which does not decode to \(type)")
     }

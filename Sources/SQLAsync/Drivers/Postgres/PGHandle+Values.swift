@@ -12,6 +12,7 @@ extension PGHandle {
         case .double: 701
         case .bool: 16
         case .bytes: 17
+        case .unrepresentable: 0
         }
     }
 
@@ -93,6 +94,8 @@ extension PGHandle {
                     buffers.append(Array(text.utf8)); formats.append(0)
                 case .bytes(let bytes):
                     buffers.append(bytes); formats.append(1)
+                case .unrepresentable(let reason):
+                    throw SQLError(.invalidParameter, "parameter $\(index + 1): \(reason)", sql: sql)
                 }
                 guard let length = Int32(exactly: buffers.last??.count ?? 0) else {
                     throw SQLError(.misuse, "parameter $\(index + 1) is larger than PostgreSQL accepts (2 GiB)", sql: sql)
@@ -232,12 +235,15 @@ extension PGHandle {
             return integer(4).map { .double(Double(Float(bitPattern: UInt32(truncatingIfNeeded: $0)))) } ?? .bytes(Array(bytes))
         case 16: return bytes.count == 1 ? .bool(bytes[0] != 0) : .bytes(Array(bytes))
         case 17: return .bytes(Array(bytes))
-        default: return .text(String(decoding: bytes, as: UTF8.self))  // text, varchar, bpchar, name
+        default:  // text, varchar, bpchar, name; not valid UTF-8 (a SQL_ASCII database): its bytes, never altered
+            return String(validating: bytes, as: UTF8.self).map(SQLValue.text) ?? .bytes(Array(bytes))
         }
     }
 
     private static func value(_ bytes: UnsafeRawBufferPointer, type: Oid) -> SQLValue {
-        let text = String(decoding: bytes, as: UTF8.self)
+        // Text that is not valid UTF-8 (possible in a SQL_ASCII database) arrives as its bytes: decoding it as a
+        // String is then a typed error naming the column, never a U+FFFD in place of what was stored.
+        guard let text = String(validating: bytes, as: UTF8.self) else { return .bytes(Array(bytes)) }
         switch type {
         case 20, 21, 23, 26:  // int8, int2, int4, oid
             return Int64(text).map(SQLValue.integer) ?? .text(text)

@@ -12,6 +12,7 @@ extension PostgresConnection {
     /// Returns the rows every execution returned (for `RETURNING`), and the rows affected by all.
     func executeMany(_ sql: String, _ sets: [[SQLValue]]) async throws -> RawRows {
         guard let first = sets.first else { return RawRows() }
+        try PostgresIdentifiers.check(sql)
         return try await exclusively(.pipeline, sql) { try await executeMany(sql, sets, first: first) }
     }
 

@@ -25,8 +25,10 @@ extension PostgresConnection {
     /// the server first infers their types (PREPARE and DESCRIBE), and the statement runs once the values are
     /// checked against them: one more round trip, on the first run only.
     func prepareAndRun(_ key: String, _ sql: String, _ binds: [SQLValue]) async throws -> RawRows {
-        // Checked before anything is sent, like every bind.
+        // Checked before anything is sent, like every bind; and the identifiers, which the server would
+        // truncate (once per statement text: a cached statement was checked when it was prepared).
         _ = try PGHandle.Parameters(binds, sql: sql)
+        try PostgresIdentifiers.check(sql)
         // libpq 15 refuses a parameter description longer than 30,000 bytes (4 per parameter) as a lost
         // synchronization, so a statement with more parameters is not described: its integers go as int8 and
         // its results as text. (The protocol's own limit, 65,535, is checked with every bind.)

@@ -95,6 +95,7 @@ final class PostgresConnection: Sendable {
           try await cleaningUp {
             // COPY cannot run in pipeline mode (where statements are prepared): sent as it is, and refused.
             if Self.isCopy(sql) {
+                try PostgresIdentifiers.check(sql)
                 guard try handle.sendQuery(sql, binds) else { throw await failure(sql: sql) }
                 try await flush(sql: sql)
                 return try await collect(sql: sql)
@@ -120,6 +121,7 @@ final class PostgresConnection: Sendable {
     /// Runs a script of several statements through the simple query protocol (no parameters); stops at the
     /// first error, which the server reports after rolling back the script's implicit transaction.
     func executeScript(_ script: String) async throws {
+        try PostgresIdentifiers.check(script)
         try await exclusively(.script, script) {
             try await cleaningUp {
                 guard handle.sendSimpleQuery(script) else { throw await failure(sql: script) }
