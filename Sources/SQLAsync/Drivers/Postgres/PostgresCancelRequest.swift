@@ -134,13 +134,15 @@ extension PostgresConnection {
         if !started { done.set() }
     }
 
-    /// Before the connection is given back after a cancel request: waits, shielded, until `deadline` for the
-    /// request to be handled. One still on its way could cancel the next statement on this connection, so
-    /// then the connection is given up instead.
-    func settleCancelRequest(until deadline: RuntimeInstant) async {
+    /// Before the connection is given back after a cancel request: waits, shielded, for the request to be
+    /// handled — until the call's cancellation deadline, or ``cancellationWait(now:)``. One still on its way
+    /// could cancel the next statement on this connection, so then the connection is given up instead.
+    func settleCancelRequest() async {
         guard let done = cancelRequest.withLock({ request -> Event? in defer { request = nil }; return request }),
             !done.isSet
         else { return }
+        let now = runtime.now
+        let deadline = machine.withLock { $0.cancelDeadline } ?? now.advanced(by: cancellationWait(now: now))
         let settled: Void?? = try? await withCancelScope(deadline: deadline, shield: true) { _ in try await done.wait() }
         if case .some(.some) = settled { return }
         markBroken("a cancel request was still on its way (it could cancel the next statement)")

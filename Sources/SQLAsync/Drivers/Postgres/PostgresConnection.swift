@@ -140,10 +140,8 @@ final class PostgresConnection: Sendable {
     /// close came meanwhile.
     func release() async {
         // A cancel request still on its way could hit the next statement: waited for within the grace, or the
-        // connection is given up.
-        let now = runtime.now
-        let deadline = machine.withLock { $0.cancelDeadline } ?? now.advanced(by: cancellationWait(now: now))
-        await settleCancelRequest(until: deadline)
+        // connection is given up. (Nothing to do, and no clock read, after a call that sent none.)
+        await settleCancelRequest()
         let transaction: PostgresStateMachine.TransactionState =
             switch handle.transactionStatus {
             case PQTRANS_IDLE: .idle
