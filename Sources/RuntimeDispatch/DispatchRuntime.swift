@@ -58,7 +58,6 @@ public enum DispatchRuntime {
 final class DispatchBackend: RuntimeBackend {
     let loop: DispatchLoop
     private let polls: DispatchPollRegistry
-    private let blockingInFlight = Atomic<Int>(0)
     /// Threads owned by the run: libdispatch's global pool grows slowly on Linux, and 40 blocking closures
     /// that wait on one another must not queue behind each other.
     private let pool = BlockingThreadPool(maximumThreads: 64)
@@ -103,19 +102,13 @@ final class DispatchBackend: RuntimeBackend {
 
     func forget(fd: Int32) async { await polls.forget(fd: fd) }
 
-    func runBlocking(_ work: @escaping @Sendable () -> Void) {
-        blockingInFlight.add(1, ordering: .relaxed)
-        pool.submit { [self] in
-            work()
-            blockingInFlight.subtract(1, ordering: .relaxed)
-        }
-    }
+    func runBlocking(_ work: @escaping @Sendable () -> Void) { pool.submit(work) }
 
     func diagnostics() -> RuntimeDiagnostics {
         RuntimeDiagnostics(
             pendingTimers: loop.pendingTimers,
             watchedDescriptors: polls.watchedDescriptors,
-            blockingJobsInFlight: blockingInFlight.load(ordering: .relaxed),
+            blockingJobsInFlight: pool.jobsInFlight,
             // libdispatch's own worker threads belong to libdispatch; the blocking pool's are ours.
             ownedThreads: pool.threadCount,
             isClosed: closedFlag.load(ordering: .acquiring))

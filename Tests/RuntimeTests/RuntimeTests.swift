@@ -12,6 +12,31 @@ import Glibc
 
 @Suite("Runtime", .timeLimit(.minutes(1)))
 struct RuntimeTests {
+    /// Starts a system task that waits for an hour and returns at once; says whether the run's end cancelled it.
+    @Sendable static func startSystemTaskAndReturn(_ cancelled: Flag) async throws {
+        try Runtime.current.startSystemTask {
+            do {
+                try await Runtime.sleep(for: .seconds(3600))
+            } catch {
+                cancelled.set()
+            }
+        }
+    }
+
+    @Test("the synchronous run entry points also cancel and await their system tasks before returning")
+    func synchronousRunsEndSystemTasks() throws {
+        for backend in ["uv", "dispatch", "virtual"] {
+            let cancelled = Flag()
+            let body: @Sendable () async throws -> Void = { try await Self.startSystemTaskAndReturn(cancelled) }
+            switch backend {
+            case "uv": try Backend.uv.run(body)
+            case "dispatch": try Backend.dispatch.run(body)
+            default: try VirtualTimeRuntime.run(body)
+            }
+            #expect(cancelled.isSet, "\(backend): the system task was not cancelled and awaited")
+        }
+    }
+
     @Test("runtime APIs outside a runtime throw noRuntime, naming the fix")
     func noRuntime() async throws {
         #expect(Runtime.currentIfAny == nil)

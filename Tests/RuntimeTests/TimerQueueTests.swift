@@ -64,6 +64,35 @@ struct TimerQueueTests {
         #expect(secondRan.isSet && firstDone.isSet)
     }
 
+    @Test("shutdown waits at most its bound for a job that does not end; what is queued still runs, on a thread of its own")
+    func shutdownBound() {
+        let pool = BlockingThreadPool(maximumThreads: 1)
+        let release = Flag()
+        let queuedRan = Flag()
+        pool.submit { while !release.isSet { usleep(1_000) } }  // a job whose caller abandoned it, blocked
+        pool.submit { queuedRan.set() }
+        let start = RuntimeInstant.monotonicNow()
+        let stuck = pool.shutdown(waitingAtMost: .milliseconds(200))
+        let waited = start.duration(to: .monotonicNow())
+        #expect(stuck == 1)
+        #expect(waited >= .milliseconds(200) && waited < .seconds(2), "shutdown took \(waited)")
+        #expect(!queuedRan.isSet, "the queued job ran on the caller, or beside the blocked one in a one-thread pool")
+        release.set()
+        for _ in 0..<2_000 where !queuedRan.isSet { usleep(1_000) }
+        #expect(queuedRan.isSet, "the queued job was lost")
+        // A negative bound returns at once (idle threads not gone yet are detached and leave by themselves).
+        let idle = BlockingThreadPool(maximumThreads: 2)
+        idle.submit {}
+        let negativeStart = RuntimeInstant.monotonicNow()
+        _ = idle.shutdown(waitingAtMost: .seconds(-1))
+        #expect(negativeStart.duration(to: .monotonicNow()) < .seconds(1))
+        // A bound too large to add to the clock saturates: the idle threads are joined.
+        let large = BlockingThreadPool(maximumThreads: 2)
+        large.submit {}
+        while large.jobsInFlight > 0 { usleep(100) }
+        #expect(large.shutdown(waitingAtMost: .seconds(Int64.max)) == 0)
+    }
+
     @Test("the pool bounds its threads, runs every job and joins its threads on shutdown")
     func pool() {
         let pool = BlockingThreadPool(maximumThreads: 3)

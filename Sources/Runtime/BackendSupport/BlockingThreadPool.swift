@@ -41,11 +41,15 @@ public final class BlockingThreadPool: @unchecked Sendable {
         self.maximumThreads = max(1, maximumThreads)
         pthread_mutex_init(mutex, nil)
         pthread_cond_init(wakeWorkers, nil)
+        #if canImport(Glibc)
         var attributes = pthread_condattr_t()
         pthread_condattr_init(&attributes)
         pthread_condattr_setclock(&attributes, CLOCK_MONOTONIC)
         pthread_cond_init(threadLeft, &attributes)
         pthread_condattr_destroy(&attributes)
+        #else
+        pthread_cond_init(threadLeft, nil)  // timed waits on the realtime clock (Darwin has no setclock)
+        #endif
     }
 
     deinit {
@@ -104,9 +108,14 @@ public final class BlockingThreadPool: @unchecked Sendable {
         }, context)
 
         guard rc == 0 else {
-            // No new thread: the job waits for a running thread, or for shutdown(), which runs leftovers.
+            // No new thread: the job waits for a running thread, or for the shutdown, which hands leftovers to a thread.
             Unmanaged<BlockingThreadPool>.fromOpaque(context).release()
-            if !detached { locked { starting -= 1 } }
+            if !detached {
+                locked {
+                    starting -= 1
+                    pthread_cond_broadcast(threadLeft)  // a shutdown may be waiting for it
+                }
+            }
             return
         }
         if detached {
@@ -115,6 +124,7 @@ public final class BlockingThreadPool: @unchecked Sendable {
             locked {
                 starting -= 1
                 threads.append(thread)
+                pthread_cond_broadcast(threadLeft)  // a shutdown waits until every started thread is listed
             }
         }
     }
@@ -166,26 +176,24 @@ public final class BlockingThreadPool: @unchecked Sendable {
     /// Blocks the caller.
     ///
     /// A closure still running at the bound (blocked on a peer that stopped answering, say: one whose caller
-    /// abandoned it) keeps its thread, which is detached and ends with the closure; closures still queued then
-    /// run on a detached thread of their own. Nothing submitted is lost, and the caller is not held.
+    /// abandoned it) keeps its thread, which is detached and ends with the closure, and then runs what is
+    /// still queued. Nothing submitted is lost, and the caller is not held past the bound (a queued closure
+    /// runs on it only while the bound lasts).
     ///
     /// - Returns: how many threads were left running at the bound.
     @discardableResult
     public func shutdown(waitingAtMost bound: Duration = .seconds(1)) -> Int {
         let current = pthread_self()
-        var deadline = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &deadline)
-        let nanoseconds = Int64(deadline.tv_nsec) + bound.saturatingNanoseconds
-        deadline.tv_sec += Int(nanoseconds / 1_000_000_000)
-        deadline.tv_nsec = Int(nanoseconds % 1_000_000_000)
+        var deadline = Self.deadline(after: max(bound, .zero))
         let (running, left) = locked { () -> ([pthread_t], [pthread_t]) in
             shuttingDown = true
             pthread_cond_broadcast(wakeWorkers)
             // Called from one of the pool's own jobs (an object shutting its pool down in its deinit, released
-            // on the pool's thread): that thread does not leave while this runs.
+            // on the pool's thread): that thread does not leave while this runs. A thread still starting is
+            // waited for until it is listed, so that it is joined (or detached) with the others.
             let own = threads.contains { pthread_equal($0, current) != 0 } ? 1 : 0
-            while leftThreads.count < threads.count + starting - own {
-                if pthread_cond_timedwait(threadLeft, mutex, &deadline) == ETIMEDOUT { break }
+            while starting > 0 || leftThreads.count < threads.count - own {
+                if pthread_cond_timedwait(threadLeft, mutex, &deadline) != 0 { break }  // the bound (or an error)
             }
             return (threads, leftThreads)
         }
@@ -200,15 +208,15 @@ public final class BlockingThreadPool: @unchecked Sendable {
                 if pthread_equal(thread, current) == 0 { stuck += 1 }
             }
         }
-        // Jobs submitted after the threads left run here; the queue is found empty and the pool marked shut
-        // down in one critical section, so a job submitted meanwhile is either run here or gets its own thread.
-        // Past the bound, what is left goes to a detached thread.
+        // Jobs submitted after the threads left run here, while the bound lasts (a one-thread pool stays
+        // serial: nothing else runs them meanwhile); the queue is found empty and the pool marked shut down in
+        // one critical section, so a job submitted meanwhile is either run here or gets its own thread. Past the
+        // bound, threads left running take the queue when their closures end; with none, one detached thread
+        // does.
         while true {
             let job = locked { () -> (@Sendable () -> Void)? in
-                var now = timespec()
-                clock_gettime(CLOCK_MONOTONIC, &now)
-                let late = (now.tv_sec, now.tv_nsec) >= (deadline.tv_sec, deadline.tv_nsec)
-                if !late, let job = queue.popFirst() {
+                let now = Self.now()
+                if (now.tv_sec, now.tv_nsec) < (deadline.tv_sec, deadline.tv_nsec), let job = queue.popFirst() {
                     queued.store(queue.count, ordering: .relaxed)
                     return job
                 }
@@ -221,7 +229,24 @@ public final class BlockingThreadPool: @unchecked Sendable {
             job()
             locked { inFlight -= 1 }
         }
-        if locked({ !queue.isEmpty }) { startThread(detached: true) }
+        if stuck == 0, locked({ !queue.isEmpty }) { startThread(detached: true) }
         return stuck
+    }
+
+    /// Now on the clock of ``deadline(after:)``.
+    private static func now() -> timespec { deadline(after: .zero) }
+
+    /// `duration` from now, as `pthread_cond_timedwait` reads it for `threadLeft` (CLOCK_MONOTONIC; the
+    /// realtime clock on Darwin), saturating.
+    private static func deadline(after duration: Duration) -> timespec {
+        var now = timespec()
+        #if canImport(Glibc)
+        clock_gettime(CLOCK_MONOTONIC, &now)
+        #else
+        clock_gettime(CLOCK_REALTIME, &now)
+        #endif
+        let start = RuntimeInstant(nanoseconds: Int64(now.tv_sec) &* 1_000_000_000 &+ Int64(now.tv_nsec))
+        let end = start.advanced(by: duration).nanoseconds
+        return timespec(tv_sec: Int(end / 1_000_000_000), tv_nsec: Int(end % 1_000_000_000))
     }
 }

@@ -41,6 +41,8 @@ public final class RootTask<Value: Sendable>: Sendable {
             } catch {
                 result = .failure(error)
             }
+            // The run's system tasks end with its body, before the loop stops.
+            await runtime.stopSystemTasks()
             outcome.withLock { $0 = result }
             finished()
         }

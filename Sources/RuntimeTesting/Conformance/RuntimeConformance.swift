@@ -74,7 +74,7 @@ public enum RuntimeConformance {
     /// Every test, in order.
     public static var tests: [ConformanceTest] {
         taskGroupTests + cancelScopeTests + ioTests + blockingTests + primitiveTests + lifecycleTests + trioTests
-            + scopeObjectTests + descriptorTests
+            + scopeObjectTests + descriptorTests + systemTaskTests
     }
 
     /// The test with identifier `id`.
