@@ -9,9 +9,10 @@
  * sends cancel requests only blockingly (PQcancel connects and then waits, without a time limit, for the server
  * to close the connection) and does not export the secret key; its non-blocking cancel API arrives in libpq 17.
  * A PGcancel (private to libpq) begins, in every release from 9.x through 17, with these fields: the server's
- * socket address with its length, the backend's process ID and the secret key. This reads them so the driver
- * can send the 16-byte request itself, without blocking. The caller checks the result: the address family is
- * one libpq connects with, the length fits, the process ID equals PQbackendPID — otherwise it does not use it.
+ * socket address with its length, the backend's process ID and the secret key (libpq 18 changed what follows
+ * the process ID). This reads them so the driver can send the 16-byte request itself, without blocking. The
+ * caller checks PQlibVersion first, and the result: the address family is one libpq connects with, the length
+ * fits, the process ID equals PQbackendPID — otherwise it does not use it.
  */
 typedef struct {
     struct sockaddr_storage addr;

@@ -42,7 +42,7 @@ struct Ledger {
         case cancelled
         /// It threw another error: none of its rows may be there.
         case failed
-        /// ``SQLError/Kind/commitInDoubt``: all of its rows or none.
+        /// ``SQLError/Kind/commitInDoubt`` or ``SQLError/Kind/statementInDoubt``: all of its rows or none.
         case inDoubt
     }
 
@@ -63,7 +63,6 @@ struct Ledger {
     /// What a run found.
     struct Report: Sendable, CustomStringConvertible {
         var counts: [Outcome: Int] = [:]
-        var byKind: [Kind: [Outcome: Int]] = [:]
         var violations: [String] = []
         var failures: [String: Int] = [:]
 
@@ -130,7 +129,7 @@ struct Ledger {
                     box.set(.done, nil)
                 } catch is CancellationError {
                     box.set(.cancelled, nil)
-                } catch let error as SQLError where error.kind == .commitInDoubt {
+                } catch let error as SQLError where error.kind == .commitInDoubt || error.kind == .statementInDoubt {
                     box.set(.inDoubt, "\(error)")
                 } catch {
                     box.set(.failed, "\(error)")
@@ -196,7 +195,6 @@ struct Ledger {
         for record in records {
             let operation = record.operation
             report.counts[record.outcome, default: 0] += 1
-            report.byKind[operation.kind, default: [:]][record.outcome, default: 0] += 1
             if let error = record.error, record.outcome == .failed { report.failures[Self.shape(error), default: 0] += 1 }
             let present = operation.ids.filter { notes[$0] != nil }
             claimed.formUnion(operation.ids)

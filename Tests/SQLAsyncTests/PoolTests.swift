@@ -284,29 +284,42 @@ struct SQLiteLockTests {
 
 @Suite("Connect timeouts", .timeLimit(.minutes(1)))
 struct ConnectTimeoutTests {
-    /// A TCP port that accepts connections (the kernel completes the handshake) and never answers.
-    static func silentServer() throws -> (fd: Int32, port: Int) {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        address.sin_port = 0
-        let bound = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+    @Test("without any timeout set, connecting to a server that never answers stops after 10 s (virtual time)")
+    func defaultConnectTimeout() async throws {
+        let silent = try FaultProxy.silent()
+        defer { silent.stop() }
+        let engine = try Engine("postgresql://nobody@127.0.0.1:\(silent.port)/none", logger: quietLogger)
+        #expect(PoolConfiguration().connectTimeout == nil && PoolConfiguration().cancellationGrace == .seconds(1))
+        try await TestBackend.virtual.run {
+            let start = try Runtime.current.now
+            await #expect { _ = try await engine.connect() } throws: {
+                ($0 as? SQLError)?.kind == .timeout && "\($0)".contains("default connect timeout")
+            }
+            #expect(try start.duration(to: Runtime.current.now) == .seconds(10))
+            await engine.dispose()
         }
-        guard fd >= 0, bound == 0, listen(fd, 16) == 0 else { throw SQLError(.connection, "cannot listen") }
-        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        _ = withUnsafeMutablePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) }
+    }
+
+    @Test("literal addresses and socket directories need no name lookup; host names do")
+    func lookups() {
+        func needs(_ host: String, _ extra: [(key: String, value: String)] = []) -> Bool {
+            needsLookup([("host", host)] + extra)
         }
-        return (fd, Int(UInt16(bigEndian: address.sin_port)))
+        for host in ["127.0.0.1", "::1", "/tmp", "@abstract", "127.0.0.1,/tmp", "10.0.0.1,::1"] {
+            #expect(!needs(host), "\(host)")
+        }
+        #expect(!needs("db.internal", [("hostaddr", "10.0.0.2")]), "hostaddr given")
+        #expect(needs("localhost") && needs("127.0.0.1,db"))
+        let resolved = try? resolvingHosts([("host", "127.0.0.1,::1")], resolve: resolve)
+        #expect(resolved?.last?.value == "127.0.0.1,::1")
     }
 
     @Test("a server that never answers: the pool's connectTimeout and the URL's connect_timeout are typed timeouts",
           arguments: TestBackend.selected)
     func silentServerTimesOut(_ backend: TestBackend) async throws {
-        let (fd, port) = try Self.silentServer()
-        defer { close(fd) }
+        let silent = try FaultProxy.silent()
+        defer { silent.stop() }
+        let port = silent.port
         var configuration = PoolConfiguration.patient
         configuration.connectTimeout = .milliseconds(200)
         let engine = Engine(url: try DatabaseURL("postgresql://nobody@127.0.0.1:\(port)/none"), pool: configuration, logger: quietLogger)

@@ -12,11 +12,23 @@ import Glibc
 /// The server the tests use: ANYRUNTIME_PG_URL, or a throw-away cluster started once per test process
 /// (`TestPostgres`). Without either the PostgreSQL tests fail and say why — they never skip.
 func postgresURL() throws -> DatabaseURL {
+    try DatabaseURL(try postgresURLString())
+}
+
+/// The test server's URL as text (its password, if any, kept), naming `database` instead of the test
+/// database and with `query` (`key=value&…`) added to its parameters.
+func postgresURLString(database: String? = nil, query: String? = nil) throws -> String {
+    let base: String
     do {
-        return try DatabaseURL(try TestPostgres.url())
-    } catch let unavailable as TestPostgres.Unavailable {
+        base = try TestPostgres.url()
+    } catch let unavailable {
         throw SQLError(.connection, unavailable.description)
     }
+    guard let slash = base.lastIndex(of: "/") else { throw SQLError(.invalidURL, "unexpected test URL") }
+    let existing = base[slash...].firstIndex(of: "?").map { String(base[base.index(after: $0)...]) }
+    let path = database ?? String(base[base.index(after: slash)...].prefix { $0 != "?" })
+    let parameters = [existing, query].compactMap { $0 }.filter { !$0.isEmpty }.joined(separator: "&")
+    return String(base[..<slash]) + "/" + path + (parameters.isEmpty ? "" : "?" + parameters)
 }
 
 @Suite("PostgreSQL driver", .timeLimit(.minutes(1)))
@@ -99,6 +111,11 @@ struct PostgresDriverTests {
         try await backend.run {
             let connection = try await PostgresConnection.connect(url, grace: .seconds(5))
             let observer = try await PostgresConnection.connect(url, grace: .seconds(5))
+            // Cancel requests go out without blocking: libpq's key was read (PQcancel is only the fallback).
+            let key = try #require(connection.cancelKey.withLock { $0 }, "the cancel key could not be read")
+            let pid = try await connection.execute("SELECT pg_backend_pid()", []).values.first
+            #expect(pid == .integer(Int64(key.processID)) && key.family == AF_INET)
+            #expect(key.packet.count == 16 && Array(key.packet[0..<8]) == [0, 0, 0, 16, 0x04, 0xD2, 0x16, 0x2E])
             // A marker unique to this run: other backends run the same test against the same server.
             let marker = "cancel-me-\(backend)-\(UInt32.random(in: 0...UInt32.max))"
             let result: RawRows? = try await moveOnAfter(.milliseconds(100)) { _ in
@@ -285,12 +302,8 @@ struct PostgresSessionSettingsTests {
     @Test("a database whose defaults are LATIN1 text and SQL-style dates cannot alter values: UTF-8 and ISO are forced",
           arguments: TestBackend.selected)
     func hostileDatabaseDefaults(_ backend: TestBackend) async throws {
-        let base = try TestPostgres.url()
         let name = "anyrt_settings_\(UInt32.random(in: 0...UInt32.max))"
-        // The same server, another database: the URL's path is the database name.
-        guard let slash = base.lastIndex(of: "/") else { throw SQLError(.invalidURL, "unexpected test URL") }
-        let query = base[slash...].firstIndex(of: "?").map { String(base[$0...]) } ?? ""
-        let other = try DatabaseURL(String(base[..<slash]) + "/" + name + query)
+        let other = try DatabaseURL(try postgresURLString(database: name))
         let admin = Engine(url: try postgresURL(), pool: .patient, logger: quietLogger)
         try await backend.run {
             try await admin.withConnection { connection in

@@ -107,9 +107,18 @@ public final class FaultProxy: Sendable {
 
     /// A PostgreSQL URL to this proxy, made from `url` (which points at the target): its host and port
     /// replaced.
-    public func url(from url: String) -> String {
-        guard let at = url.firstIndex(of: "@"), let slash = url[at...].firstIndex(of: "/") else { return url }
+    public func url(from url: String) throws(Failure) -> String {
+        guard let at = url.firstIndex(of: "@"), let slash = url[at...].firstIndex(of: "/") else {
+            throw Failure(description: "the URL \(url) has no user@host:port/ part to point at the proxy")
+        }
         return String(url[..<at]) + "@127.0.0.1:\(port)" + String(url[slash...])
+    }
+
+    /// A proxy that accepts connections and never answers: a server that stopped (its target is never used).
+    public static func silent() throws(Failure) -> FaultProxy {
+        let proxy = try FaultProxy(targetPort: 1)
+        proxy.set(.stall)
+        return proxy
     }
 
     /// Connections accepted so far.

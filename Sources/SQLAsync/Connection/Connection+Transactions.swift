@@ -29,10 +29,14 @@ extension Connection {
     }
 
     /// What a failed transaction body reports: a statement in doubt inside a transaction that can now never
-    /// commit (its connection was closed) had no effect, so it is reported as the cancellation it was.
+    /// commit (its connection was closed) had no effect, so when the caller itself is cancelled (its deadline
+    /// passed) it is reported as the cancellation it was. A doubt from a scope inside the transaction (a
+    /// statement timeout, a timeout around one statement) reaches a caller that was not cancelled as it is.
     func undone(_ error: any Error) -> any Error {
-        if let error = error as? SQLError, error.kind == .statementInDoubt, isBroken { return CancellationError() }
-        return error
+        guard let error = error as? SQLError, error.kind == .statementInDoubt, isBroken,
+            Runtime.currentEffectiveDeadline() == .distantPast
+        else { return error }
+        return CancellationError()
     }
 
     /// Runs `body` in a transaction: commits when it returns, rolls back when it throws or is cancelled.

@@ -34,13 +34,15 @@ extension Date: SQLColumnValue {
             if text == "infinity" || text == "-infinity" {
                 throw SQLError(.decoding, "column '\(column)' holds the timestamp \(text), which no Date represents")
             }
-            guard let microseconds = Timestamp.parse(text) else {
-                if Timestamp.isTimestampShaped(text) {
-                    throw SQLError(
-                        .decoding,
-                        "column '\(column)' holds the timestamp \(text), out of the range a Date holds exactly (about ±292,000 "
-                            + "years around 1970; PostgreSQL's reach to year 294,276)")
-                }
+            let microseconds: Int64
+            switch Timestamp.parse(text) {
+            case .instant(let parsed): microseconds = parsed
+            case .outOfRange:
+                throw SQLError(
+                    .decoding,
+                    "column '\(column)' holds the timestamp \(text), out of the range a Date holds exactly (about ±292,000 "
+                        + "years around 1970; PostgreSQL's reach to year 294,276)")
+            case .malformed:
                 throw SQLError(.decoding, "column '\(column)' holds text that is not a timestamp")
             }
             self = Date(timeIntervalSince1970: Double(microseconds) / 1_000_000)
@@ -57,9 +59,7 @@ enum Timestamp {
     /// Microseconds since 1970, rounded; nil for NaN, infinities and dates beyond 64 bits of them (about
     /// ±292,000 years), which no timestamp holds (never clamped: that would store another date).
     static func microseconds(_ date: Date) -> Int64? {
-        let value = (date.timeIntervalSince1970 * 1_000_000).rounded()
-        guard value.isFinite, value > -9.2e18, value < 9.2e18 else { return nil }
-        return Int64(exactly: value)
+        Int64(exactly: (date.timeIntervalSince1970 * 1_000_000).rounded())
     }
 
     static func format(microseconds: Int64) -> String {
@@ -73,32 +73,40 @@ enum Timestamp {
             + "\(pad(seconds / 60 % 60, 2)):\(pad(seconds % 60, 2)).\(pad(fraction, 6))+00:00" + era
     }
 
+    /// What ``parse(_:)`` makes of a text.
+    enum Parsed: Equatable {
+        case instant(microseconds: Int64)
+        /// Well formed, but beyond 64 bits of microseconds since 1970 (about ±292,000 years).
+        case outOfRange
+        case malformed
+    }
+
     /// Parses `YYYY-MM-DD[( |T)HH:MM[:SS[.f…]]][Z|±HH[:MM[:SS]]][ BC]` into microseconds since 1970 (UTC).
-    static func parse(_ text: String) -> Int64? {
+    static func parse(_ text: String) -> Parsed {
         var scanner = Scanner(Array(text.utf8))
         guard let year = scanner.number(minDigits: 4), scanner.take(UInt8(ascii: "-")),
             let month = scanner.number(digits: 2), (1...12).contains(month), scanner.take(UInt8(ascii: "-")),
             let day = scanner.number(digits: 2), (1...31).contains(day)
-        else { return nil }
+        else { return .malformed }
         var micros: Int64 = 0
         if scanner.take(UInt8(ascii: " ")) || scanner.take(UInt8(ascii: "T")) {
             guard let hour = scanner.number(digits: 2), hour < 24, scanner.take(UInt8(ascii: ":")),
                 let minute = scanner.number(digits: 2), minute < 60
-            else { return nil }
+            else { return .malformed }
             var second: Int64 = 0
             var fraction: Int64 = 0
             if scanner.take(UInt8(ascii: ":")) {
-                guard let parsed = scanner.number(digits: 2), parsed < 61 else { return nil }
+                guard let parsed = scanner.number(digits: 2), parsed < 61 else { return .malformed }
                 second = parsed
                 if scanner.take(UInt8(ascii: ".")) {
                     var digits = 0
                     while let digit = scanner.digit() {
                         // Beyond microseconds: PostgreSQL never sends them; refuse rather than round silently.
-                        guard digits < 6 else { return nil }
+                        guard digits < 6 else { return .malformed }
                         fraction = fraction * 10 + digit
                         digits += 1
                     }
-                    guard digits > 0 else { return nil }
+                    guard digits > 0 else { return .malformed }
                     for _ in digits..<6 { fraction *= 10 }
                 }
             }
@@ -107,13 +115,13 @@ enum Timestamp {
                 // UTC
             } else if let sign = scanner.peek(), sign == UInt8(ascii: "+") || sign == UInt8(ascii: "-") {
                 scanner.advance()
-                guard let offsetHours = scanner.number(digits: 2) else { return nil }
+                guard let offsetHours = scanner.number(digits: 2) else { return .malformed }
                 var offset = offsetHours * 3600
                 if scanner.take(UInt8(ascii: ":")) {
-                    guard let offsetMinutes = scanner.number(digits: 2) else { return nil }
+                    guard let offsetMinutes = scanner.number(digits: 2) else { return .malformed }
                     offset += offsetMinutes * 60
                     if scanner.take(UInt8(ascii: ":")) {
-                        guard let offsetSeconds = scanner.number(digits: 2) else { return nil }
+                        guard let offsetSeconds = scanner.number(digits: 2) else { return .malformed }
                         offset += offsetSeconds
                     }
                 }
@@ -122,22 +130,12 @@ enum Timestamp {
         }
         var civilYear = year
         if scanner.take(Array(" BC".utf8)) { civilYear = 1 - year }  // 1 BC is year 0
-        guard scanner.atEnd else { return nil }
+        guard scanner.atEnd else { return .malformed }
         let days = days(fromCivil: civilYear, month, day)
         let (dayMicros, overflow) = days.multipliedReportingOverflow(by: 86_400_000_000)
         let (total, sumOverflow) = dayMicros.addingReportingOverflow(micros)
-        guard !overflow, !sumOverflow else { return nil }
-        return total
-    }
-
-    /// Whether `text` has the shape of a timestamp with a year of five digits or more (digits, a dash, two
-    /// digits, a dash) although it did not parse: then it is beyond what 64 bits of microseconds hold, not
-    /// malformed.
-    static func isTimestampShaped(_ text: String) -> Bool {
-        let bytes = Array(text.utf8)
-        let digits = bytes.prefix { $0 >= 0x30 && $0 <= 0x39 }.count
-        return digits > 4 && bytes.count >= digits + 6 && bytes[digits] == UInt8(ascii: "-")
-            && bytes[digits + 3] == UInt8(ascii: "-")
+        guard !overflow, !sumOverflow else { return .outOfRange }
+        return .instant(microseconds: total)
     }
 
     // Howard Hinnant's days-from-civil algorithms (proleptic Gregorian calendar).

@@ -125,7 +125,8 @@ public final class Engine: Sendable {
                 logger.info("opening a connection", metadata: ["runtime": "\(runtime.name)"])
                 switch url.database {
                 case .postgresql:
-                    return try await PostgresConnection.connect(url, logger: logger, grace: configuration.cancellationGrace)
+                    return try await PostgresConnection.connect(
+                        url, logger: logger, timeout: configuration.connectTimeout, grace: configuration.cancellationGrace)
                 case .sqlite: return try await SQLiteConnection.open(path: url.sqlitePath, mode: url.sqliteMode)
                 }
             }

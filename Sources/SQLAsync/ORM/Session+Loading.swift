@@ -19,7 +19,7 @@ extension Session {
     ///
     /// - Throws: ``SQLError/Kind/misuse`` when `key` has not as many values as the primary key has columns.
     public func get<M: Model>(_ type: M.Type, key: [SQLValue], isolation: isolated (any Actor)? = #isolation) async throws -> M? {
-        let table = M.Schema.table
+        let table = info(M.self).table  // built once per session, not per call
         let names = try Self.checkKey(M.self, table, key)
         let known = byKey[IdentityKey(M.self, key)]
         if let index = known, !entries[index].deleted, let object = entries[index].object as? M { return object }

@@ -13,10 +13,10 @@ public struct PoolConfiguration: Sendable {
     public var prePing = false
     /// Close connections older than this instead of reusing them (default: never).
     public var recycle: Duration?
-    /// How long opening a connection may take before ``SQLError/Kind/timeout`` (default: no limit of the
-    /// pool's own; PostgreSQL connects, name resolution included, within the URL's `connect_timeout`, or 10 s
-    /// when it has none — libpq itself would wait forever). The checkout timeout covers only the wait for a
-    /// free connection.
+    /// How long opening a connection may take before ``SQLError/Kind/timeout``. A PostgreSQL connect — name
+    /// resolution and every host included — takes at most the URL's `connect_timeout`, else this, else 10 s
+    /// (libpq itself would wait forever); it also bounds the check of an idle connection (``prePing``). The
+    /// checkout timeout covers only the wait for a free connection.
     public var connectTimeout: Duration?
     /// How long a call may keep waiting beyond its caller's deadline (a timeout, ``statementTimeout``, any
     /// enclosing cancel scope's deadline) for the server to answer the cancel request, before the connection
@@ -199,9 +199,15 @@ final class ConnectionPool: Sendable {
 
     private struct CheckoutTimedOut: Error {}
 
+    /// Whether the connection answers a trivial query — within the connect timeout (10 s without one), so
+    /// that a server that stopped answering fails the check instead of holding the checkout.
     private func ping(_ pooled: Pooled) async -> Bool {
         let connection = Connection(borrowing: pooled.driver)
-        return (try? await connection.execute("SELECT 1")) != nil && !connection.isBroken
+        let answered: QueryResult?? = try? await moveOnAfter(configuration.connectTimeout ?? .seconds(10)) { _ in
+            try await connection.execute("SELECT 1")
+        }
+        guard case .some(.some) = answered else { return false }
+        return !connection.isBroken
     }
 
     // MARK: Release

@@ -58,6 +58,19 @@ extension PGHandle {
         }
     }
 
+    /// Why PostgreSQL cannot take `value` as parameter `$number`, or nil: text with a NUL byte, a value no
+    /// database can store. Checked before anything is sent.
+    static func refusal(_ value: SQLValue, number: Int, sql: String) -> SQLError? {
+        switch value {
+        case .text(let text) where text.utf8.contains(0):
+            SQLError(.misuse, "parameter $\(number) is text with a NUL byte, which PostgreSQL cannot store; bind it as bytes", sql: sql)
+        case .unrepresentable(let reason):
+            SQLError(.invalidParameter, "parameter $\(number): \(reason)", sql: sql)
+        default:
+            nil
+        }
+    }
+
     /// Bound values marshalled for libpq: types, lengths, formats and NUL-terminated copies.
     struct Parameters {
         var types: [Oid] = []
@@ -75,6 +88,7 @@ extension PGHandle {
             formats.reserveCapacity(binds.count)
             buffers.reserveCapacity(binds.count)
             for (index, value) in binds.enumerated() {
+                if let refusal = PGHandle.refusal(value, number: index + 1, sql: sql) { throw refusal }
                 types.append(PGHandle.typeOID(value))
                 switch value {
                 case .null:
@@ -86,16 +100,11 @@ extension PGHandle {
                 case .bool(let bool):
                     buffers.append(Array((bool ? "true" : "false").utf8)); formats.append(0)
                 case .text(let text):
-                    if text.utf8.contains(0) {
-                        throw SQLError(
-                            .misuse, "parameter $\(index + 1) is text with a NUL byte, which PostgreSQL cannot store; bind it as bytes",
-                            sql: sql)
-                    }
                     buffers.append(Array(text.utf8)); formats.append(0)
                 case .bytes(let bytes):
                     buffers.append(bytes); formats.append(1)
-                case .unrepresentable(let reason):
-                    throw SQLError(.invalidParameter, "parameter $\(index + 1): \(reason)", sql: sql)
+                case .unrepresentable:
+                    buffers.append(nil); formats.append(0)  // refused above
                 }
                 guard let length = Int32(exactly: buffers.last??.count ?? 0) else {
                     throw SQLError(.misuse, "parameter $\(index + 1) is larger than PostgreSQL accepts (2 GiB)", sql: sql)

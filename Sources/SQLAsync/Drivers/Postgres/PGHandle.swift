@@ -159,9 +159,18 @@ final class PGHandle: @unchecked Sendable {
         connection.flatMap { PQgetCancel($0) }.map(PGCancelRequest.init)
     }
 
+    /// Whether plain string literals take backslash escapes: the server's `standard_conforming_strings` is off
+    /// (libpq keeps the setting as the server reports it, also after a `SET`).
+    var backslashEscapesInStrings: Bool {
+        guard let connection, let value = PQparameterStatus(connection, "standard_conforming_strings") else { return false }
+        return String(cString: value) == "off"
+    }
+
     /// The key for sending cancel requests without libpq (nil when libpq's cancel object cannot be read).
     func cancelKey() -> PostgresCancelKey? {
-        guard let connection, let cancel = PQgetCancel(connection) else { return nil }
+        // The layout read is libpq's from 9.x through 17; libpq 18 changed what follows the process ID
+        // (variable-length keys), and there the process ID check alone would pass with a wrong key.
+        guard (90_000..<180_000).contains(PQlibVersion()), let connection, let cancel = PQgetCancel(connection) else { return nil }
         defer { PQfreeCancel(cancel) }
         return PostgresCancelKey.read(cancel, backendPID: PQbackendPID(connection))
     }

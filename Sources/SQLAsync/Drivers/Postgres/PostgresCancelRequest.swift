@@ -13,8 +13,8 @@ import Glibc
 /// the request's connection: against a server that accepts connections and never answers, a thread is held for
 /// good. libpq 15 has no non-blocking cancel (`PQcancelStart` arrives in libpq 17) and does not export the
 /// secret key, so the key is read from libpq's cancel object (see the C shim: the fields every release from 9.x
-/// through 17 begins it with), checked against what libpq reports about the connection, and the 16-byte
-/// request is sent here. When the check fails (a libpq laid out differently), `PQcancel` runs instead, on
+/// through 17 begins it with; only those versions are read), checked against what libpq reports about the
+/// connection, and the 16-byte request is sent here. Otherwise (another libpq), `PQcancel` runs instead, on
 /// worker threads of its own (``PostgresConnection/cancelLimiter``), so it can never starve the runtime's
 /// shared blocking pool.
 struct PostgresCancelKey: Sendable, Equatable {
@@ -141,8 +141,11 @@ extension PostgresConnection {
         guard let done = cancelRequest.withLock({ request -> Event? in defer { request = nil }; return request }),
             !done.isSet
         else { return }
+        // Given up already: it is never reused, so nothing can be hit.
+        let (broken, known) = machine.withLock { ($0.isBroken, $0.settleDeadline) }
+        if broken { return }
         let now = runtime.now
-        let deadline = machine.withLock { $0.cancelDeadline } ?? now.advanced(by: cancellationWait(now: now))
+        let deadline = known ?? now.advanced(by: cancellationWait(now: now))
         let settled: Void?? = try? await withCancelScope(deadline: deadline, shield: true) { _ in try await done.wait() }
         if case .some(.some) = settled { return }
         markBroken("a cancel request was still on its way (it could cancel the next statement)")

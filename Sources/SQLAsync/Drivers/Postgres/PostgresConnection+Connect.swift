@@ -14,15 +14,19 @@ extension PostgresConnection {
     /// the pool's ``PoolConfiguration/connectTimeout`` says: libpq's own default is to wait forever.
     static let defaultConnectTimeout: Duration = .seconds(10)
 
-    /// Connects to `url` on the current runtime, within the URL's `connect_timeout` (10 s when it has none).
+    /// Connects to `url` on the current runtime, within the URL's `connect_timeout`, else `timeout` (the
+    /// pool's), else 10 s — for all of it: name resolution and every host tried.
     ///
-    /// - Parameter grace: how long a call waits, beyond a cancellation, for the server's answer.
+    /// - Parameters:
+    ///   - timeout: the pool's connect timeout, when it has one.
+    ///   - grace: how long a call waits, beyond its caller's deadline, for the server's answer.
     static func connect(
-        _ url: DatabaseURL, logger: Logger? = nil, grace: Duration = PostgresConnection.defaultGrace
+        _ url: DatabaseURL, logger: Logger? = nil, timeout poolTimeout: Duration? = nil,
+        grace: Duration = PostgresConnection.defaultGrace
     ) async throws -> PostgresConnection {
         let runtime = try Runtime.current
         let seconds = url.parameters.last { $0.key == "connect_timeout" }.flatMap { Int($0.value) }.flatMap { $0 > 0 ? $0 : nil }
-        let timeout = seconds.map { Duration.seconds($0) } ?? defaultConnectTimeout
+        let timeout = seconds.map { Duration.seconds($0) } ?? poolTimeout ?? defaultConnectTimeout
         var started: PostgresConnection?
         do {
             return try await fail(at: runtime.now.advanced(by: timeout)) {
@@ -42,7 +46,9 @@ extension PostgresConnection {
             }
         } catch is TimeoutError {
             await started?.close()
-            throw SQLError(.timeout, "connecting took longer than \(seconds.map { "connect_timeout (\($0) s)" } ?? "\(timeout) (the default connect timeout)")")
+            let which = seconds.map { "connect_timeout (\($0) s)" }
+                ?? poolTimeout.map { "the connect timeout (\($0))" } ?? "\(timeout) (the default connect timeout)"
+            throw SQLError(.timeout, "connecting took longer than \(which)")
         } catch {
             await started?.close()
             throw error

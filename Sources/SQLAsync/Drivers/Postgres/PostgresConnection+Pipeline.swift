@@ -12,7 +12,6 @@ extension PostgresConnection {
     /// Returns the rows every execution returned (for `RETURNING`), and the rows affected by all.
     func executeMany(_ sql: String, _ sets: [[SQLValue]]) async throws -> RawRows {
         guard let first = sets.first else { return RawRows() }
-        try PostgresIdentifiers.check(sql)
         return try await exclusively(.pipeline, sql) { try await executeMany(sql, sets, first: first) }
     }
 
@@ -31,13 +30,10 @@ extension PostgresConnection {
             }
         }
         // Refused before anything is sent, so that a batch never runs in part.
+        try checkIdentifiers(sql)
         for set in sets {
             for (index, value) in set.enumerated() {
-                if case .text(let text) = value, text.utf8.contains(0) {
-                    throw SQLError(
-                        .misuse, "parameter $\(index + 1) is text with a NUL byte, which PostgreSQL cannot store; bind it as bytes",
-                        sql: sql)
-                }
+                if let refusal = PGHandle.refusal(value, number: index + 1, sql: sql) { throw refusal }
             }
         }
         guard handle.enterPipelineMode() else { throw await failure(sql: sql) }

@@ -28,7 +28,7 @@ extension PostgresConnection {
         // Checked before anything is sent, like every bind; and the identifiers, which the server would
         // truncate (once per statement text: a cached statement was checked when it was prepared).
         _ = try PGHandle.Parameters(binds, sql: sql)
-        try PostgresIdentifiers.check(sql)
+        try checkIdentifiers(sql)
         // libpq 15 refuses a parameter description longer than 30,000 bytes (4 per parameter) as a lost
         // synchronization, so a statement with more parameters is not described: its integers go as int8 and
         // its results as text. (The protocol's own limit, 65,535, is checked with every bind.)

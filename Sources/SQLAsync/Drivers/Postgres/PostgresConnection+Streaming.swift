@@ -8,9 +8,9 @@ extension PostgresConnection {
     /// Sends `sql` in single-row mode and keeps the connection for the stream until ``closeStream()``.
     func openStream(_ sql: String, _ binds: [SQLValue]) async throws {
         try Runtime.checkCancellation()  // nothing is sent from cancelled code
-        try PostgresIdentifiers.check(sql)
         try acquire(.stream, sql)
         do {
+            try checkIdentifiers(sql)
             guard try handle.sendQuery(sql, binds) else { throw await failure(sql: sql) }
             guard handle.setSingleRowMode() else { throw await failure(sql: sql) }
             try await flush(sql: sql)

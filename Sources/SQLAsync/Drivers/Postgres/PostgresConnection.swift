@@ -95,7 +95,7 @@ final class PostgresConnection: Sendable {
           try await cleaningUp {
             // COPY cannot run in pipeline mode (where statements are prepared): sent as it is, and refused.
             if Self.isCopy(sql) {
-                try PostgresIdentifiers.check(sql)
+                try checkIdentifiers(sql)
                 guard try handle.sendQuery(sql, binds) else { throw await failure(sql: sql) }
                 try await flush(sql: sql)
                 return try await collect(sql: sql)
@@ -121,9 +121,9 @@ final class PostgresConnection: Sendable {
     /// Runs a script of several statements through the simple query protocol (no parameters); stops at the
     /// first error, which the server reports after rolling back the script's implicit transaction.
     func executeScript(_ script: String) async throws {
-        try PostgresIdentifiers.check(script)
         try await exclusively(.script, script) {
-            try await cleaningUp {
+            try checkIdentifiers(script)
+            return try await cleaningUp {
                 guard handle.sendSimpleQuery(script) else { throw await failure(sql: script) }
                 try await flush(sql: script)
                 _ = try await collect(sql: script)
@@ -234,6 +234,12 @@ final class PostgresConnection: Sendable {
             throw await failure(sql: sql)
         }
         return fd
+    }
+
+    /// Refuses `sql` when it names an identifier the server would truncate (reading the server's string
+    /// syntax: call it while holding the connection).
+    func checkIdentifiers(_ sql: String) throws(SQLError) {
+        try PostgresIdentifiers.check(sql, backslashEscapes: handle.backslashEscapesInStrings)
     }
 
     /// Marks the connection broken, keeping the first reason for later errors.

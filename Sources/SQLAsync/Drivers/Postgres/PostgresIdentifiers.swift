@@ -8,9 +8,13 @@ enum PostgresIdentifiers {
     static let maximumLength = 63
 
     /// The first identifier in `sql` longer than ``maximumLength`` bytes, as written (quotes removed), or nil.
-    static func firstTooLong(in sql: String) -> String? {
+    /// `backslashEscapes`: plain string literals take backslash escapes (the server's
+    /// `standard_conforming_strings` is off).
+    static func firstTooLong(in sql: String, backslashEscapes: Bool = false) -> String? {
         let bytes = Array(sql.utf8)
         var index = 0
+        // Where a word that is just `E` (or `e`) ended: a quote right there opens an escape string.
+        var escapePrefixEnd = -1
         let count = bytes.count
         func at(_ offset: Int) -> UInt8? { index + offset < count ? bytes[index + offset] : nil }
         func isIdentifierStart(_ byte: UInt8) -> Bool {
@@ -21,9 +25,9 @@ enum PostgresIdentifiers {
             let byte = bytes[index]
             switch byte {
             case UInt8(ascii: "'"):
-                // A string literal; E'…' (the E was read as an identifier start just before) escapes with
-                // backslashes, and '' is a quote in both.
-                let escapes = index > 0 && (bytes[index - 1] == UInt8(ascii: "E") || bytes[index - 1] == UInt8(ascii: "e"))
+                // A string literal; E'…' (the E was read as a one-letter word just before) escapes with
+                // backslashes, as every literal does with standard_conforming_strings off; '' is a quote in all.
+                let escapes = backslashEscapes || escapePrefixEnd == index
                 index += 1
                 while index < count {
                     if escapes, bytes[index] == UInt8(ascii: "\\") {
@@ -97,6 +101,7 @@ enum PostgresIdentifiers {
                 if isIdentifierStart(byte) {
                     let start = index
                     while index < count, isIdentifierByte(bytes[index]) { index += 1 }
+                    if index - start == 1, bytes[start] | 0x20 == UInt8(ascii: "e") { escapePrefixEnd = index }
                     // E'…', U&'…', B'…', X'…': a prefix, not an identifier; the quote is read next.
                     if index - start > maximumLength { return String(decoding: bytes[start..<index], as: UTF8.self) }
                 } else {
@@ -108,8 +113,8 @@ enum PostgresIdentifiers {
     }
 
     /// Throws when `sql` holds an identifier PostgreSQL would truncate.
-    static func check(_ sql: String) throws(SQLError) {
-        guard let name = firstTooLong(in: sql) else { return }
+    static func check(_ sql: String, backslashEscapes: Bool) throws(SQLError) {
+        guard let name = firstTooLong(in: sql, backslashEscapes: backslashEscapes) else { return }
         throw SQLError(
             .invalidParameter,
             "the identifier '\(name.prefix(70))…' is \(name.utf8.count) bytes long; PostgreSQL keeps only \(maximumLength) "

@@ -61,6 +61,9 @@ struct PostgresStateMachine: Sendable, Equatable {
         var cancelDeadline: RuntimeInstant?
         /// Whether the server was asked to cancel the statement.
         var cancelRequested = false
+        /// The deadline of a clean-up without a cancellation (a stream left early), kept for the wait for its
+        /// cancel request.
+        var cleanUpDeadline: RuntimeInstant?
         /// Why the connection was given up during this call: it is closed, not reused, when the call ends.
         var brokenReason: String?
         /// A close came while the call ran: the call closes the connection when it ends.
@@ -210,12 +213,20 @@ struct PostgresStateMachine: Sendable, Equatable {
         return nil
     }
 
+    /// Until when the running call may wait for its cancel request to be handled: the deadline its
+    /// cancellation or clean-up already had (one budget for both); nil when it had neither.
+    var settleDeadline: RuntimeInstant? {
+        if case .busy(let call) = state { return call.cancelDeadline ?? call.cleanUpDeadline }
+        return nil
+    }
+
     /// A clean-up starts: it reads what is left of the results, shielded, before the connection is used
     /// again. Returns its deadline, or nil when there is nothing to clean (the connection was given up).
     mutating func cleanUpStarted(now: RuntimeInstant, grace: Duration) -> RuntimeInstant? {
         guard case .busy(var call) = state, call.brokenReason == nil else { return nil }
         let deadline = call.cancelDeadline.map { min($0, now.advanced(by: grace)) } ?? now.advanced(by: grace)
         call.phase = .draining
+        call.cleanUpDeadline = deadline
         state = .busy(call)
         return deadline
     }
