@@ -268,13 +268,18 @@ public final class FaultProxy: Sendable {
             var alive: [Pair] = []
             for (index, var pair) in pairs.enumerated() {
                 var open = true
-                if !stalled, pair.server < 0 {
+                // Pairs accepted in this round were not polled yet.
+                let polled = 3 + index * 2 < fds.count
+                let clientEvents = polled ? fds[2 + index * 2].revents : 0
+                let serverEvents = polled ? fds[3 + index * 2].revents : 0
+                if stalledNow {
+                    // Nothing is read while stalled, but a side that hung up is closed (else poll reports the
+                    // hang-up at once, forever).
+                    let hangUp = Int16(POLLHUP) | Int16(POLLERR)
+                    open = (clientEvents | serverEvents) & hangUp == 0
+                } else if pair.server < 0 {
                     open = false  // accepted during a stall: cut now that traffic flows again
-                } else if !stalled {
-                    // Pairs accepted in this round were not polled yet.
-                    let polled = 3 + index * 2 < fds.count
-                    let clientEvents = polled ? fds[2 + index * 2].revents : 0
-                    let serverEvents = polled ? fds[3 + index * 2].revents : 0
+                } else {
                     if clientEvents != 0 { open = Self.receive(pair.client, into: &pair.toServer, due: now + delay) && open }
                     if serverEvents != 0 { open = Self.receive(pair.server, into: &pair.toClient, due: now + delay) && open }
                     let current = Self.now()

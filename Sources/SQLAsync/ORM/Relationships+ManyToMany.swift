@@ -60,14 +60,7 @@ public struct ManyToMany<Owner: Model, Target: Model, OwnerKey: SQLColumnValue, 
                     links[row[0] ?? .null, default: []].append(row[1] ?? .null)
                 }
             }
-            var missing: [SQLValue] = []
-            let byPrimaryKey = Target.Schema.table.primaryKey == [targetKey.name]
-            for key in Set(links.values.joined()) {
-                if byPrimaryKey, let target = session.tracked(Target.self, key: [key]) { targetsByKey[key] = target } else { missing.append(key) }
-            }
-            for target in try await session.fetch(Target.self, where: targetKey.node, in: missing) {
-                targetsByKey[target.encoded()[targetKey.name] ?? .null] = target
-            }
+            targetsByKey = try await session.objects(Target.self, column: targetKey.name, targetKey.node, in: links.values.joined())
         }
         for (owner, key) in zip(owners, keys) where session.mayReplace(owner[keyPath: property]) {
             let targets = (links[key] ?? []).compactMap { targetsByKey[$0] }
@@ -169,6 +162,23 @@ extension Session {
             objects += try await fetch(query, as: M.self)
         }
         return objects
+    }
+
+    /// The `M` objects whose column `name` (`node` in SQL) holds one of `keys`, by that value. Those the
+    /// identity map holds cost no query — when the column is M's primary key, which the map is keyed by —
+    /// and the rest are fetched, ``inListLimit`` keys per query. NULL keys are skipped.
+    func objects<M: Model>(
+        _ type: M.Type, column name: String, _ node: SQLNode, in keys: some Sequence<SQLValue>,
+        isolation: isolated (any Actor)? = #isolation
+    ) async throws -> [SQLValue: M] {
+        var byKey: [SQLValue: M] = [:]
+        var missing: [SQLValue] = []
+        let byPrimaryKey = info(M.self).table.primaryKey == [name]
+        for key in Set(keys) where key != .null {
+            if byPrimaryKey, let object = tracked(M.self, key: [key]) { byKey[key] = object } else { missing.append(key) }
+        }
+        for object in try await fetch(M.self, where: node, in: missing) { byKey[object.encoded()[name] ?? .null] = object }
+        return byKey
     }
 
     /// Whether a load may replace the value of a relationship: not when it is loaded and ``autoflush`` is off,

@@ -159,18 +159,7 @@ public struct ToOne<Child: Model, Parent: Model, Key: SQLColumnValue>: Relations
 
     public func load(_ owners: [Child], in session: Session, isolation: isolated (any Actor)? = #isolation) async throws {
         let keys = owners.map { $0.encoded()[childKey.name] ?? .null }
-        let wanted = Array(Set(keys.filter { $0 != .null }))
-        var byKey: [SQLValue: Parent] = [:]
-        // Parents already in the identity map cost no query.
-        var missing: [SQLValue] = []
-        // (Only when the column referenced is the parent's primary key: the identity map is by primary key.)
-        let byPrimaryKey = Parent.Schema.table.primaryKey == [parentKey.name]
-        for key in wanted {
-            if byPrimaryKey, let parent = session.tracked(Parent.self, key: [key]) { byKey[key] = parent } else { missing.append(key) }
-        }
-        for parent in try await session.fetch(Parent.self, where: parentKey.node, in: missing) {
-            byKey[parent.encoded()[parentKey.name] ?? .null] = parent
-        }
+        let byKey = try await session.objects(Parent.self, column: parentKey.name, parentKey.node, in: keys)
         for (owner, key) in zip(owners, keys) { set(byKey[key], on: owner, in: session) }
     }
 
