@@ -7,7 +7,7 @@ import Testing
 /// Values that cannot round-trip are typed errors, never altered: Dates no timestamp holds, text that is not
 /// UTF-8, identifiers PostgreSQL would truncate, defaults under `standard_conforming_strings=off`.
 extension SQLValue {
-    var isUnrepresentable: Bool { if case .unrepresentable = self { true } else { false } }
+    var isUnrepresentable: Bool { unstorableReason != nil }
 }
 
 @Suite("Values never silently altered", .timeLimit(.minutes(1)))

@@ -16,9 +16,7 @@ extension Date: SQLColumnValue {
     /// exactly: NaN, infinite, or beyond about ±292,000 years (microseconds since 1970 in 64 bits).
     public var sqlValue: SQLValue {
         guard let microseconds = Timestamp.microseconds(self) else {
-            return .unrepresentable(
-                "the Date \(timeIntervalSince1970) s since 1970 has no timestamp: NaN, infinite and dates beyond about "
-                    + "±292,000 years cannot be stored")
+            return .unstorableDate(secondsSince1970: timeIntervalSince1970)
         }
         return .text(Timestamp.format(microseconds: microseconds))
     }

@@ -163,8 +163,8 @@ public struct Metadata: Sendable {
                     return String([digits[Int(byte >> 4)], digits[Int(byte & 15)]])
                 }.joined()
                 return dialect == .postgresql ? "E'\\\\x\(hex)'::bytea" : "X'\(hex)'"
-            case .unrepresentable(let reason):
-                throw SQLError(.invalidParameter, "the default of column '\(column)': \(reason)")
+            case .unstorableDate:
+                throw SQLError(.invalidParameter, "the default of column '\(column)': \(value.unstorableReason ?? "")")
             }
         }
     }

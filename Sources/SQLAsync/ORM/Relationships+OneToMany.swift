@@ -75,8 +75,11 @@ public struct ToMany<Parent: Model, Child: Model, Key: SQLColumnValue>: Relation
     }
 
     func handleRemoved(_ owner: Parent, in session: Session) throws {
+        // Every flush asks (autoflush: before every query): the owner is encoded only when something went.
+        let gone = removed(owner, in: session)
+        guard !gone.isEmpty else { return }
         let ownerKey = owner.encoded()[parentKey.name] ?? .null
-        for object in removed(owner, in: session) {
+        for object in gone {
             guard let child = object as? Child, session.isLive(child),
                 !session.held.contains(ObjectIdentifier(child))  // moved to another parent, not orphaned
             else { continue }

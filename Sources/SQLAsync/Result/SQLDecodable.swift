@@ -18,7 +18,7 @@ extension SQLError {
         case .text: found = "text"
         case .bytes: found = "bytes (text that is not valid UTF-8 arrives as its bytes)"
         case .bool: found = "a boolean"
-        case .unrepresentable: found = "a value no database can store"
+        case .unstorableDate: found = "a Date no database can store"
         }
         return SQLError(.decoding, "column '\(column)' holds \(found), which does not decode to \(type)")
     }

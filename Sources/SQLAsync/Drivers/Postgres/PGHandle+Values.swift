@@ -12,7 +12,7 @@ extension PGHandle {
         case .double: 701
         case .bool: 16
         case .bytes: 17
-        case .unrepresentable: 0
+        case .unstorableDate: 0
         }
     }
 
@@ -60,15 +60,21 @@ extension PGHandle {
 
     /// Why PostgreSQL cannot take `value` as parameter `$number`, or nil: text with a NUL byte, a value no
     /// database can store. Checked before anything is sent.
+    @inline(__always)
     static func refusal(_ value: SQLValue, number: Int, sql: String) -> SQLError? {
         switch value {
-        case .text(let text) where text.utf8.contains(0):
-            SQLError(.misuse, "parameter $\(number) is text with a NUL byte, which PostgreSQL cannot store; bind it as bytes", sql: sql)
-        case .unrepresentable(let reason):
-            SQLError(.invalidParameter, "parameter $\(number): \(reason)", sql: sql)
-        default:
-            nil
+        case .text(let text) where text.utf8.contains(0): nulText(number: number, sql: sql)
+        case .unstorableDate: unstorable(value, number: number, sql: sql)
+        default: nil
         }
+    }
+
+    static func nulText(number: Int, sql: String) -> SQLError {
+        SQLError(.misuse, "parameter $\(number) is text with a NUL byte, which PostgreSQL cannot store; bind it as bytes", sql: sql)
+    }
+
+    static func unstorable(_ value: SQLValue, number: Int, sql: String) -> SQLError {
+        SQLError(.invalidParameter, "parameter $\(number): \(value.unstorableReason ?? "")", sql: sql)
     }
 
     /// Bound values marshalled for libpq: types, lengths, formats and NUL-terminated copies.
@@ -88,7 +94,7 @@ extension PGHandle {
             formats.reserveCapacity(binds.count)
             buffers.reserveCapacity(binds.count)
             for (index, value) in binds.enumerated() {
-                if let refusal = PGHandle.refusal(value, number: index + 1, sql: sql) { throw refusal }
+                // The checks of ``refusal(_:number:sql:)``, inline: this runs for every bound value.
                 types.append(PGHandle.typeOID(value))
                 switch value {
                 case .null:
@@ -100,11 +106,12 @@ extension PGHandle {
                 case .bool(let bool):
                     buffers.append(Array((bool ? "true" : "false").utf8)); formats.append(0)
                 case .text(let text):
+                    if text.utf8.contains(0) { throw PGHandle.nulText(number: index + 1, sql: sql) }
                     buffers.append(Array(text.utf8)); formats.append(0)
                 case .bytes(let bytes):
                     buffers.append(bytes); formats.append(1)
-                case .unrepresentable:
-                    buffers.append(nil); formats.append(0)  // refused above
+                case .unstorableDate:
+                    throw PGHandle.unstorable(value, number: index + 1, sql: sql)
                 }
                 guard let length = Int32(exactly: buffers.last??.count ?? 0) else {
                     throw SQLError(.misuse, "parameter $\(index + 1) is larger than PostgreSQL accepts (2 GiB)", sql: sql)
@@ -245,14 +252,14 @@ extension PGHandle {
         case 16: return bytes.count == 1 ? .bool(bytes[0] != 0) : .bytes(Array(bytes))
         case 17: return .bytes(Array(bytes))
         default:  // text, varchar, bpchar, name; not valid UTF-8 (a SQL_ASCII database): its bytes, never altered
-            return String(validating: bytes, as: UTF8.self).map(SQLValue.text) ?? .bytes(Array(bytes))
+            return .text(exactly: bytes)
         }
     }
 
     private static func value(_ bytes: UnsafeRawBufferPointer, type: Oid) -> SQLValue {
         // Text that is not valid UTF-8 (possible in a SQL_ASCII database) arrives as its bytes: decoding it as a
         // String is then a typed error naming the column, never a U+FFFD in place of what was stored.
-        guard let text = String(validating: bytes, as: UTF8.self) else { return .bytes(Array(bytes)) }
+        guard case .text(let text) = SQLValue.text(exactly: bytes) else { return .bytes(Array(bytes)) }
         switch type {
         case 20, 21, 23, 26:  // int8, int2, int4, oid
             return Int64(text).map(SQLValue.integer) ?? .text(text)

@@ -11,7 +11,12 @@ enum PostgresIdentifiers {
     /// `backslashEscapes`: plain string literals take backslash escapes (the server's
     /// `standard_conforming_strings` is off).
     static func firstTooLong(in sql: String, backslashEscapes: Bool = false) -> String? {
-        let bytes = Array(sql.utf8)
+        // Read in place (no copy): it runs before every stream, batch and script.
+        var sql = sql
+        return sql.withUTF8 { firstTooLong(in: $0, backslashEscapes: backslashEscapes) }
+    }
+
+    private static func firstTooLong(in bytes: UnsafeBufferPointer<UInt8>, backslashEscapes: Bool) -> String? {
         var index = 0
         // Where a word that is just `E` (or `e`) ended: a quote right there opens an escape string.
         var escapePrefixEnd = -1
@@ -91,7 +96,7 @@ enum PostgresIdentifiers {
                 let tag = Array(bytes[index...end])
                 index = end + 1
                 while index < count {
-                    if bytes[index] == UInt8(ascii: "$"), index + tag.count <= count, Array(bytes[index..<(index + tag.count)]) == tag {
+                    if bytes[index] == UInt8(ascii: "$"), index + tag.count <= count, bytes[index..<(index + tag.count)].elementsEqual(tag) {
                         index += tag.count
                         break
                     }

@@ -7,10 +7,13 @@ extension SQLiteHandle {
     /// The error for a value SQLite would silently alter, refused rather than stored: NaN (SQLite stores it
     /// as NULL) and −0.0 (a REAL column stores it as the integer 0, read back as +0.0).
     static func unstorable(_ value: SQLValue, parameter: Int, sql: String) -> SQLError? {
-        if case .unrepresentable(let reason) = value {
-            return SQLError(.invalidParameter, "parameter \(parameter): \(reason)", sql: sql)
+        let double: Double
+        switch value {
+        case .double(let value): double = value
+        case .unstorableDate:
+            return SQLError(.invalidParameter, "parameter \(parameter): \(value.unstorableReason ?? "")", sql: sql)
+        default: return nil
         }
-        guard case .double(let double) = value else { return nil }
         if double.isNaN {
             return SQLError(.misuse, "parameter \(parameter) is NaN, which SQLite cannot store (it would become NULL)", sql: sql)
         }
@@ -32,7 +35,7 @@ extension SQLiteHandle {
         case .integer(let integer): return sqlite3_bind_int64(statement, index, integer)
         case .double(let double): return sqlite3_bind_double(statement, index, double)
         case .bool(let bool): return sqlite3_bind_int64(statement, index, bool ? 1 : 0)
-        case .unrepresentable: return SQLITE_MISMATCH  // refused before binding (unstorable)
+        case .unstorableDate: return SQLITE_MISMATCH  // refused before binding (unstorable)
         case .text(let text):
             // Explicit length: text with NUL bytes binds whole. SQLite copies it (SQLITE_TRANSIENT).
             var text = text
@@ -62,8 +65,7 @@ extension SQLiteHandle {
             let count = Int(sqlite3_column_bytes(statement, column))
             guard let pointer = sqlite3_column_text(statement, column) else { return .text("") }
             // Text that is not valid UTF-8 (SQLite stores whatever it is given): its bytes, never altered.
-            let bytes = UnsafeBufferPointer(start: pointer, count: count)
-            return String(validating: bytes, as: UTF8.self).map(SQLValue.text) ?? .bytes(Array(bytes))
+            return .text(exactly: UnsafeRawBufferPointer(start: pointer, count: count))
         case SQLITE_BLOB:
             let count = Int(sqlite3_column_bytes(statement, column))
             guard count > 0, let pointer = sqlite3_column_blob(statement, column) else { return .bytes([]) }
