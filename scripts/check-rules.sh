@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The product's rules, checked on the sources:
 # - library code never leaves the runtime's executor: no bare Task {} / Task.detached / Task.sleep;
-# - SQLAsync waits only through the Runtime protocol: it imports no backend and no event loop.
+# - SQLAsync waits only through the Runtime protocol: it imports no backend and no event loop;
+# - every lock is the package's `Locked` (a pthread mutex in sanitizer builds, which ThreadSanitizer can see),
+#   never `Synchronization.Mutex` directly. The demo shows user code (users have `Mutex`, not `Locked`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 status=0
@@ -21,6 +23,14 @@ if [ -d Sources/SQLAsync ]; then
         echo "$imports"
         status=1
     fi
+fi
+
+mutexes=$(grep -rnE --include='*.swift' '(^|[^A-Za-z_.])Mutex[[:space:]]*[<(]' Sources Tests \
+    | grep -vE '^\S+:[0-9]+:\s*(//|///)' | grep -vE '^Sources/(Runtime/Sync/Locked\.swift|RuntimeDemo/)' || true)
+if [ -n "$mutexes" ]; then
+    echo "check-rules: a lock that sanitizer builds cannot see (use Locked, the package's lock):"
+    echo "$mutexes"
+    status=1
 fi
 
 [ $status -eq 0 ] && echo "check-rules: ok"

@@ -80,7 +80,7 @@ public final class CancelScope: Sendable {
         var timerGeneration = 0
         var exited = false
     }
-    private let state = Mutex(State())
+    private let state = Locked(State())
 
     /// Makes a scope to enter later with ``enter(isolation:_:)``; cancelling it or changing it before then
     /// takes effect when it is entered.

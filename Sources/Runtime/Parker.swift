@@ -21,7 +21,7 @@ final class Parker<Value: Sendable>: Sendable, CancellationWaker {
         case done
     }
 
-    @usableFromInline let state: Mutex<State>
+    @usableFromInline let state: Locked<State>
     /// Set when Swift task cancellation reached this wait while a shield hid it: a shield turned off later
     /// must still wake the wait.
     @usableFromInline let taskCancellationSeen = Atomic<Bool>(false)
@@ -29,7 +29,7 @@ final class Parker<Value: Sendable>: Sendable, CancellationWaker {
     @usableFromInline
     enum Outcome { case resumeNow(UnsafeContinuation<Value, any Error>), stored, alreadyFinished }
 
-    @inlinable init() { state = Mutex(.idle) }
+    @inlinable init() { state = Locked(.idle) }
 
     /// Whether a result has been delivered (or is waiting to be collected).
     @inlinable var isResolved: Bool {

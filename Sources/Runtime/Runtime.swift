@@ -41,7 +41,7 @@ public final class Runtime: Sendable {
     @usableFromInline let accounting = TaskAccounting()
 
     /// The run's system tasks (``startSystemTask(_:)``).
-    let systemTasks = Mutex(SystemTasks())
+    let systemTasks = Locked(SystemTasks())
 
     /// Wraps `backend`. Backends call this from their entry point, once per run.
     ///
@@ -164,9 +164,9 @@ extension Runtime {
 /// A waker that runs a closure once.
 @usableFromInline
 final class CallbackWaker: CancellationWaker {
-    private let action: Mutex<(@Sendable () -> Void)?>
+    private let action: Locked<(@Sendable () -> Void)?>
     private let taskCancellationSeen = Atomic<Bool>(false)
-    @usableFromInline init(_ action: @escaping @Sendable () -> Void) { self.action = Mutex(action) }
+    @usableFromInline init(_ action: @escaping @Sendable () -> Void) { self.action = Locked(action) }
     @usableFromInline func noteTaskCancellation() { taskCancellationSeen.store(true, ordering: .sequentiallyConsistent) }
     @usableFromInline var hasSeenTaskCancellation: Bool { taskCancellationSeen.load(ordering: .sequentiallyConsistent) }
     @usableFromInline func wakeForCancellation() {

@@ -22,7 +22,7 @@ final class TaskAccounting: Sendable {
     /// How many waits were resumed so far: a change tells an idle waiter that something ran.
     @usableFromInline let wakeups = Atomic<Int>(0)
     @usableFromInline let idleWaiterCount = Atomic<Int>(0)
-    private let idleWaiters = Mutex<[ObjectIdentifier: Parker<Void>]>([:])
+    private let idleWaiters = Locked<[ObjectIdentifier: Parker<Void>]>([:])
 
     init() {}
 

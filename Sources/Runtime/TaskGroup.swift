@@ -76,7 +76,7 @@ extension Runtime {
             var joiner: Parker<Void>?
             var closed = false
         }
-        private let state = Mutex(State())
+        private let state = Locked(State())
 
         init(runtime: Runtime, scope: CancelScope) {
             self.runtime = runtime
@@ -328,7 +328,7 @@ extension Runtime {
         isolation: isolated (any Actor)? = #isolation,
         _ body: @escaping @Sendable () async throws -> T
     ) async throws -> T {
-        let result = Mutex<T?>(nil)
+        let result = Locked<T?>(nil)
         try await withTaskGroup(isolation: isolation) { group in
             try group.startSoon {
                 let value = try await body()

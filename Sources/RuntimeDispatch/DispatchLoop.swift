@@ -19,7 +19,7 @@ final class DispatchLoop: Sendable {
     let executor: DispatchExecutor
     private static let key = DispatchSpecificKey<ObjectIdentifier>()
 
-    private let timers = Mutex(TimerQueue())
+    private let timers = Locked(TimerQueue())
     private let pendingTimerCount = Atomic<Int>(0)
     private let timerSource: DispatchTimerSourceBox
 
@@ -124,7 +124,7 @@ final class DispatchExecutor: TaskExecutor, Sendable {
         /// The thread firing due timers, if one is: what it enqueues is urgent.
         var firingThread: pthread_t?
     }
-    private let pending = Mutex(Pending())
+    private let pending = Locked(Pending())
     /// Jobs per batch: a batch is one block on the queue, and other blocks wait for it.
     private static let batchSize = 128
 

@@ -27,7 +27,7 @@ struct DispatchFD: Sendable {
 
 /// The fd registry of a dispatch runtime.
 final class DispatchPollRegistry: Sendable {
-    private let table = Mutex<[Int32: DispatchFD]>([:])
+    private let table = Locked<[Int32: DispatchFD]>([:])
     private let ioQueue: DispatchQueue
 
     init(ioQueue: DispatchQueue) { self.ioQueue = ioQueue }

@@ -7,7 +7,7 @@ import Synchronization
 /// preferred executor). It refers to the backend weakly, so that the two do not keep each other alive; jobs
 /// of a task that outlived the backend go to Swift's global executor instead of being lost.
 final class VirtualExecutor: TaskExecutor, Sendable {
-    private let backendReference = Mutex<WeakBackend>(WeakBackend())
+    private let backendReference = Locked<WeakBackend>(WeakBackend())
     private struct WeakBackend: Sendable {
         weak var backend: VirtualTimeBackend?
     }

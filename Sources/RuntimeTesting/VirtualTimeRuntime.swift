@@ -109,7 +109,7 @@ public enum VirtualTimeRuntime {
 /// The virtual-time `RuntimeBackend`.
 final class VirtualTimeBackend: RuntimeBackend, OutsideWorkTracking, @unchecked Sendable {
     // @unchecked Sendable: `local`, `spare` and `stopRequested` are confined to the loop thread (the one
-    // that called adoptCurrentThread / runs drive and close); everything else is a Mutex, an atomic, or
+    // that called adoptCurrentThread / runs drive and close); everything else is a lock (`Locked`), an atomic, or
     // immutable.
 
     enum Work: Sendable {
@@ -124,8 +124,8 @@ final class VirtualTimeBackend: RuntimeBackend, OutsideWorkTracking, @unchecked 
         var closed = false
     }
 
-    private let shared = Mutex(Shared())
-    private let timers = Mutex(TimerQueue())
+    private let shared = Locked(Shared())
+    private let timers = Locked(TimerQueue())
     private let virtualNow: Atomic<Int64>
     private let pool = BlockingThreadPool(maximumThreads: 64)
     private let blockingInFlight = Atomic<Int>(0)
@@ -134,7 +134,7 @@ final class VirtualTimeBackend: RuntimeBackend, OutsideWorkTracking, @unchecked 
     private let threadID = Atomic<UInt>(0)
     private let hasThread = Atomic<Bool>(false)
     private let closedFlag = Atomic<Bool>(false)
-    private let thread = Mutex<LoopThread?>(nil)
+    private let thread = Locked<LoopThread?>(nil)
     private let quietMilliseconds: Int32
     private let autojumpMilliseconds: Atomic<Int32>
     private let executorObject: VirtualExecutor

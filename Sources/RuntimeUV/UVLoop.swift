@@ -14,7 +14,7 @@ import Glibc
 /// ``submit(_:)``, which takes the `remote` mutex and wakes the loop with `uv_async_send`.
 final class UVLoop: @unchecked Sendable {
     // @unchecked Sendable: the unsynchronized fields are confined to the loop thread (see above); the
-    // remaining ones are a Mutex, atomics, immutable lets, or C handles used only on the loop thread
+    // remaining ones are a lock (`Locked`), atomics, immutable lets, or C handles used only on the loop thread
     // (uv_async_send, the one exception, is documented by libuv as thread-safe).
 
     enum Work: @unchecked Sendable {
@@ -33,7 +33,7 @@ final class UVLoop: @unchecked Sendable {
     private let timerFD: Int32
     private let timerPoll: UnsafeMutablePointer<uv_poll_t>
 
-    private let remote = Mutex<[Work]>([])
+    private let remote = Locked<[Work]>([])
     private let threadID = Atomic<UInt>(0)
     private let hasThread = Atomic<Bool>(false)
     private let closedFlag = Atomic<Bool>(false)

@@ -78,7 +78,7 @@ final class UVBackend: RuntimeBackend, OutsideWorkTracking {
     private let executorObject: UVExecutor
     var loop: UVLoop { executorObject.loop }
     private let pool: BlockingThreadPool
-    private let thread = Mutex<LoopThread?>(nil)
+    private let thread = Locked<LoopThread?>(nil)
     private let closedFlag = Atomic<Bool>(false)
     private let closeResult = Atomic<Int32>(0)
 
@@ -197,7 +197,7 @@ final class UVBackend: RuntimeBackend, OutsideWorkTracking {
         self.thread.withLock { $0 = thread }
     }
 
-    private let closeOutcome = Mutex<Result<Void, RuntimeError>?>(nil)
+    private let closeOutcome = Locked<Result<Void, RuntimeError>?>(nil)
 
     /// Stops the loop thread, waits for it to close the loop, and joins it. Not interruptible.
     func stopThread() async throws(RuntimeError) {

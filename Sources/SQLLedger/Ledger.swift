@@ -245,14 +245,14 @@ struct SplitMix {
 
 /// The records of a run, appended by its workers.
 final class RecordBox: Sendable {
-    private let records = Mutex<[Ledger.Record]>([])
+    private let records = Locked<[Ledger.Record]>([])
     func append(_ record: Ledger.Record) { records.withLock { $0.append(record) } }
     func all() -> [Ledger.Record] { records.withLock { $0 } }
 }
 
 /// How one operation ended, set inside its scope and read after it.
 final class OutcomeBox: Sendable {
-    private let value = Mutex<(Ledger.Outcome, String?)>((.cancelled, nil))
+    private let value = Locked<(Ledger.Outcome, String?)>((.cancelled, nil))
     func set(_ outcome: Ledger.Outcome, _ error: String?) { value.withLock { $0 = (outcome, error) } }
     func get() -> (Ledger.Outcome, String?) { value.withLock { $0 } }
 }

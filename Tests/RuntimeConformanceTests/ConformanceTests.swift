@@ -22,7 +22,7 @@ let selectedConformanceTests: [ConformanceTest] = {
 
 @Suite("Runtime conformance")
 struct ConformanceTests {
-    @Test("conformance", .timeLimit(.minutes(1)), arguments: selectedConformanceTests, allBackends)
+    @Test("conformance", .limit(minutes: 1), arguments: selectedConformanceTests, allBackends)
     func conformance(_ test: ConformanceTest, on backend: ConformanceBackend) async throws {
         try await test.run(on: backend)
     }

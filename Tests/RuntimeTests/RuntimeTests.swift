@@ -10,7 +10,7 @@ import Testing
 import Glibc
 #endif
 
-@Suite("Runtime", .timeLimit(.minutes(1)))
+@Suite("Runtime", .limit(minutes: 1))
 struct RuntimeTests {
     /// Starts a system task that waits for an hour and returns at once; says whether the run's end cancelled it.
     @Sendable static func startSystemTaskAndReturn(_ cancelled: Flag) async throws {
@@ -178,14 +178,14 @@ struct RuntimeTests {
 
 /// A thread-safe counter for tests.
 final class Counter: Sendable {
-    private let storage = Mutex(0)
+    private let storage = Locked(0)
     func increment() { storage.withLock { $0 += 1 } }
     var value: Int { storage.withLock { $0 } }
 }
 
 /// A thread-safe flag for tests.
 final class Flag: Sendable {
-    private let storage = Mutex(false)
+    private let storage = Locked(false)
     func set() { storage.withLock { $0 = true } }
     var isSet: Bool { storage.withLock { $0 } }
 }

@@ -8,7 +8,7 @@ import Glibc
 #endif
 
 /// The virtual clock's own controls (trio's `MockClock`): they exist on the virtual-time backend only.
-@Suite("Virtual clock", .timeLimit(.minutes(1)))
+@Suite("Virtual clock", .limit(minutes: 1))
 struct VirtualClockTests {
     private static func realNow() -> Duration {
         var ts = timespec()
@@ -23,7 +23,7 @@ struct VirtualClockTests {
         try await VirtualTimeRuntime.run(configuration: configuration) {
             let runtime = try Runtime.current
             let start = runtime.now
-            let woke = Mutex(false)
+            let woke = Locked(false)
             try await Runtime.withTaskGroup { group in
                 try group.startSoon {
                     try await Runtime.sleep(for: .seconds(10))

@@ -4,7 +4,7 @@ import Synchronization
 import TestSupport
 import Testing
 
-@Suite("Cancellation safety", .timeLimit(.minutes(2)))
+@Suite("Cancellation safety", .limit(minutes: 2))
 struct CancellationTortureTests {
     // Virtual time is left out: its clock does not move while outside work runs, so random deadlines
     // measure nothing there.
@@ -29,7 +29,7 @@ struct CancellationTortureTests {
                 // A PostgreSQL round trip costs more (and a cancelled one a cancel request), so its deadlines
                 // range wider for a comparable mix of completed and cancelled operations.
                 let maxDeadline: Int64 = database == .postgresql ? 25_000 : 8_000
-                let outcomes = Mutex<(completed: Int, cancelled: Int, failed: [String])>((0, 0, []))
+                let outcomes = Locked<(completed: Int, cancelled: Int, failed: [String])>((0, 0, []))
                 // 8 workers, 1,000 operations in all, each under its own random deadline: some finish, some are
                 // cancelled waiting for a connection, most are cancelled somewhere inside a query or transaction.
                 try await Runtime.withTaskGroup { group in

@@ -5,7 +5,7 @@ import Testing
 
 /// "Cancelled means it did not happen", at its simplest: a statement is never sent from code that is
 /// cancelled already.
-@Suite("Cancelled before anything is sent", .timeLimit(.minutes(1)))
+@Suite("Cancelled before anything is sent", .limit(minutes: 1))
 struct CancelledBeforeSendTests {
     @Test("an autocommit write, a stream and a transaction in a cancelled scope throw CancellationError and change nothing",
           arguments: TestBackend.selected, TestDatabase.allCases)

@@ -10,7 +10,7 @@ import Glibc
 
 /// COMMIT is a point of no return: once sent, its answer is awaited (shielded, within its own deadline), and
 /// a connection lost before the answer is reported as "in doubt", never as a rollback or a cancellation.
-@Suite("COMMIT", .timeLimit(.minutes(1)))
+@Suite("COMMIT", .limit(minutes: 1))
 struct CommitTests {
     /// A table whose inserts make COMMIT take `seconds` (a deferred constraint trigger that sleeps).
     static func slowCommitTable(_ connection: Connection, seconds: Double) async throws -> String {
@@ -124,14 +124,14 @@ struct CommitTests {
 
 /// A thread-safe list, for values a test's tasks report.
 final class Recorder<Value: Sendable>: Sendable {
-    private let storage = Mutex<[Value]>([])
+    private let storage = Locked<[Value]>([])
     func append(_ value: Value) { storage.withLock { $0.append(value) } }
     var values: [Value] { storage.withLock { $0 } }
 }
 
 /// A statement that finished on the server although the caller was cancelled while waiting for its answer
 /// reports its result: "cancelled" only ever means it did not happen.
-@Suite("A cancel that comes too late", .timeLimit(.minutes(1)))
+@Suite("A cancel that comes too late", .limit(minutes: 1), .realTimeBounds)
 struct LateCancelTests {
     @Test("an autocommit INSERT the server completes despite the cancel request returns its result, and the row is there",
           arguments: TestBackend.selected)

@@ -6,7 +6,7 @@ import Glibc
 
 /// Checks what the compiler accepts: an unloaded relationship cannot be read as its value without handling
 /// the "not loaded" case — the type-level reason a query can never hide behind an attribute access.
-@Suite("Compile-time guarantees", .timeLimit(.minutes(1)))
+@Suite("Compile-time guarantees", .limit(minutes: 1))
 struct CompileTimeTests {
     static let model = """
         import SQLAsync

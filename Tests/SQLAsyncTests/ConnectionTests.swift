@@ -65,7 +65,7 @@ enum TestDatabase: String, CaseIterable, Sendable, CustomStringConvertible {
     }
 }
 
-@Suite("Connection and results", .timeLimit(.minutes(1)))
+@Suite("Connection and results", .limit(minutes: 1))
 struct ConnectionTests {
     @Test("CRUD with bound values, and every result method", arguments: TestBackend.selected, TestDatabase.allCases)
     func crudAndResults(_ backend: TestBackend, _ database: TestDatabase) async throws {
@@ -182,7 +182,7 @@ struct ConnectionTests {
 import Glibc
 #endif
 
-@Suite("Scripts", .timeLimit(.minutes(1)))
+@Suite("Scripts", .limit(minutes: 1))
 struct ScriptTests {
     @Test("executeScript runs several statements; a failing one stops the script (PostgreSQL: nothing of it stays)",
           arguments: TestBackend.selected, TestDatabase.allCases)

@@ -134,7 +134,7 @@ struct CoreCompileTests {
     }
 }
 
-@Suite("Core: queries executed", .timeLimit(.minutes(1)))
+@Suite("Core: queries executed", .limit(minutes: 1))
 struct CoreExecutionTests {
     /// Runs `body` on a private connection (`TestDatabase.withPrivateConnection`) with the league's tables.
     static func withLeague(_ backend: TestBackend, _ database: TestDatabase, _ body: @escaping (Connection) async throws -> Void) async throws {

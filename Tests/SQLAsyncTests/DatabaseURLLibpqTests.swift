@@ -3,7 +3,7 @@ import Runtime
 import TestSupport
 import Testing
 
-@Suite("DatabaseURL read by libpq", .timeLimit(.minutes(1)))
+@Suite("DatabaseURL read by libpq", .limit(minutes: 1))
 struct DatabaseURLLibpqTests {
     @Test("several hosts, a socket directory, a host given as a parameter, libpq's own keywords")
     func parsing() throws {

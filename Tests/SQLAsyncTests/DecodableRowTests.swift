@@ -16,7 +16,7 @@ struct Account: Decodable, Equatable {
     let token: UUID
 }
 
-@Suite("Decodable rows", .timeLimit(.minutes(1)))
+@Suite("Decodable rows", .limit(minutes: 1))
 struct DecodableRowTests {
     @Test("rows decode into Decodable types by column name", arguments: TestBackend.selected, TestDatabase.allCases)
     func decodeStructs(_ backend: TestBackend, _ database: TestDatabase) async throws {

@@ -3,7 +3,7 @@ import SQLAsync
 import TestSupport
 import Testing
 
-@Suite("executeMany", .timeLimit(.minutes(1)))
+@Suite("executeMany", .limit(minutes: 1))
 struct ExecuteManyTests {
     @Test("10,000 parameter sets in one batch; RETURNING rows; atomic on a failing set; NULLs and types mixed",
           arguments: TestBackend.selected, TestDatabase.allCases)

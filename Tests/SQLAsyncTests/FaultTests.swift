@@ -11,7 +11,7 @@ import Glibc
 /// answering, one that answers slowly, connections cut or reset. Each on every backend: the caller gets a typed
 /// error within its deadline plus a bounded margin, the pool recovers, and nothing is left behind (blocking
 /// tokens, system tasks, watched fds, timers).
-@Suite("Faults through a proxy", .serialized, .timeLimit(.minutes(2)))
+@Suite("Faults through a proxy", .serialized, .limit(minutes: 2), .realTimeBounds)
 struct FaultTests {
     /// A proxy in front of the test server, and the URL through it.
     static func proxied() throws -> (FaultProxy, String) {

@@ -7,7 +7,7 @@ import Testing
 
 /// Keeps every log line (message and metadata) in memory.
 final class CapturedLogs: Sendable {
-    private let lines = Mutex<[String]>([])
+    private let lines = Locked<[String]>([])
     func append(_ line: String) { lines.withLock { $0.append(line) } }
     var all: [String] { lines.withLock { $0 } }
 }
@@ -26,7 +26,7 @@ struct CapturingHandler: LogHandler {
     }
 }
 
-@Suite("Logging", .timeLimit(.minutes(1)))
+@Suite("Logging", .limit(minutes: 1))
 struct LoggingTests {
     @Test("SQL is logged at debug level with placeholders: no bound value, no password",
           arguments: TestBackend.selected, TestDatabase.allCases)

@@ -4,7 +4,7 @@ import SQLAsync
 import TestSupport
 import Testing
 
-@Suite("Parameter types and column metadata", .timeLimit(.minutes(1)))
+@Suite("Parameter types and column metadata", .limit(minutes: 1))
 struct ParameterTypeTests {
     @Test("integers bind with the parameter's own type: int4 functions, int2 columns, range checked before sending",
           arguments: TestBackend.selected, TestDatabase.allCases)
@@ -85,7 +85,7 @@ struct ParameterTypeTests {
     }
 }
 
-@Suite("Parameter limits", .timeLimit(.minutes(1)))
+@Suite("Parameter limits", .limit(minutes: 1))
 struct ParameterLimitTests {
     @Test("a statement with 10,000 parameters runs (PostgreSQL: the description libpq cannot read is skipped), twice",
           arguments: TestBackend.selected, TestDatabase.allCases)
@@ -106,7 +106,7 @@ struct ParameterLimitTests {
     }
 }
 
-@Suite("Dates before the common era", .timeLimit(.minutes(1)))
+@Suite("Dates before the common era", .limit(minutes: 1))
 struct DatesBCTests {
     @Test("a date BC is written as PostgreSQL writes it and reads back the same, from a table too",
           arguments: TestBackend.selected, TestDatabase.allCases)

@@ -56,7 +56,7 @@ extension PoolStateMachine.ReleaseAction: Equatable where Connection: Equatable 
     }
 }
 
-@Suite("Pool lifecycle", .timeLimit(.minutes(1)))
+@Suite("Pool lifecycle", .limit(minutes: 1))
 struct PoolLifecycleTests {
     @Test("a Connection dropped without close() frees its slot and ends its session, open transaction and all",
           arguments: TestBackend.selected, PoolDatabase.allCases)

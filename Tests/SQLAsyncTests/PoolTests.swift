@@ -99,7 +99,7 @@ enum PoolDatabase: String, CaseIterable, Sendable, CustomStringConvertible {
     }
 }
 
-@Suite("Pool", .timeLimit(.minutes(1)))
+@Suite("Pool", .limit(minutes: 1))
 struct PoolTests {
     @Test("connections are reused; size + overflow bound them; the checkout timeout is a typed error",
           arguments: TestBackend.selected, PoolDatabase.allCases)
@@ -179,7 +179,7 @@ struct PoolTests {
     }
 }
 
-@Suite("Server going away", .timeLimit(.minutes(1)))
+@Suite("Server going away", .limit(minutes: 1))
 struct ServerGoesAwayTests {
     @Test("a backend killed in the middle of a query: a typed connection error, and the pool recovers",
           arguments: TestBackend.selected)
@@ -248,7 +248,7 @@ struct ServerGoesAwayTests {
     }
 }
 
-@Suite("SQLite locks", .timeLimit(.minutes(1)))
+@Suite("SQLite locks", .limit(minutes: 1))
 struct SQLiteLockTests {
     @Test("a write waiting for another connection's lock is cancelled promptly, not after the busy timeout",
           arguments: TestBackend.selected.filter { $0 != .virtual })
@@ -282,7 +282,7 @@ struct SQLiteLockTests {
     }
 }
 
-@Suite("Connect timeouts", .timeLimit(.minutes(1)))
+@Suite("Connect timeouts", .limit(minutes: 1))
 struct ConnectTimeoutTests {
     @Test("without any timeout set, connecting to a server that never answers stops after 10 s (virtual time)")
     func defaultConnectTimeout() async throws {

@@ -31,7 +31,7 @@ func postgresURLString(database: String? = nil, query: String? = nil) throws -> 
     return String(base[..<slash]) + "/" + path + (parameters.isEmpty ? "" : "?" + parameters)
 }
 
-@Suite("PostgreSQL driver", .timeLimit(.minutes(1)))
+@Suite("PostgreSQL driver", .limit(minutes: 1))
 struct PostgresDriverTests {
     @Test("connects through the runtime's readiness waits and round-trips values exactly",
           arguments: TestBackend.selected)
@@ -297,7 +297,7 @@ struct PostgresDriverTests {
     }
 }
 
-@Suite("PostgreSQL session settings", .timeLimit(.minutes(1)))
+@Suite("PostgreSQL session settings", .limit(minutes: 1))
 struct PostgresSessionSettingsTests {
     @Test("a database whose defaults are LATIN1 text and SQL-style dates cannot alter values: UTF-8 and ISO are forced",
           arguments: TestBackend.selected)

@@ -65,7 +65,7 @@ extension Readme {
     }
 }
 
-@Suite("README examples", .timeLimit(.minutes(1)))
+@Suite("README examples", .limit(minutes: 1))
 struct ReadmeExampleTests {
     @Test("the Core examples run as written", arguments: TestBackend.selected, TestDatabase.allCases)
     func coreExamples(_ backend: TestBackend, _ database: TestDatabase) async throws {

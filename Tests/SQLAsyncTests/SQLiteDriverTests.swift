@@ -8,7 +8,7 @@ import Testing
 import Glibc
 #endif
 
-@Suite("SQLite driver", .timeLimit(.minutes(1)))
+@Suite("SQLite driver", .limit(minutes: 1))
 struct SQLiteDriverTests {
     @Test("values round-trip exactly: NULL, integer extremes, doubles, non-ASCII and NUL text, bytes",
           arguments: TestBackend.selected)
@@ -155,7 +155,7 @@ func monotonicSeconds() -> Double {
     return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
 }
 
-@Suite("SQLite URL modes", .timeLimit(.minutes(1)))
+@Suite("SQLite URL modes", .limit(minutes: 1))
 struct SQLiteURLModeTests {
     @Test("?mode= is parsed, not taken as part of the file name; unknown parameters are refused")
     func parsing() throws {

@@ -139,7 +139,7 @@ final class TaggedPost: Model {
     }
 }
 
-@Suite("ORM cascades, model queries, refresh and merge", .timeLimit(.minutes(1)))
+@Suite("ORM cascades, model queries, refresh and merge", .limit(minutes: 1))
 struct SessionCascadeTests {
     static let library = Metadata(Shelves.self, Volumes.self, Notes.self)
 

@@ -189,7 +189,7 @@ final class Tag: Model {
     func encode(to values: inout ColumnValues) { values[Tags.id] = id; values[Tags.label] = label; values[Tags.featured] = featured }
 }
 
-@Suite("ORM session", .timeLimit(.minutes(1)))
+@Suite("ORM session", .limit(minutes: 1))
 struct SessionTests {
     static let library = Metadata(Authors.self, Books.self)
 

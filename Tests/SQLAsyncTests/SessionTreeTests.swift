@@ -104,7 +104,7 @@ actor SharedSession {
     func rollback() async { await session.rollback() }
 }
 
-@Suite("ORM trees, long key lists and loads that keep unflushed changes", .timeLimit(.minutes(1)))
+@Suite("ORM trees, long key lists and loads that keep unflushed changes", .limit(minutes: 1))
 struct SessionTreeTests {
     static let schema = Metadata(Categories.self)
 

@@ -3,7 +3,7 @@ import SQLAsync
 import TestSupport
 import Testing
 
-@Suite("Streaming", .timeLimit(.minutes(1)))
+@Suite("Streaming", .limit(minutes: 1))
 struct StreamTests {
     /// `count` rows; `marker` (digits) tags the query text, to find it in pg_stat_activity.
     static func series(_ database: TestDatabase, _ count: Int, marker: UInt32 = 0) -> SQL {
@@ -66,7 +66,7 @@ struct StreamTests {
     }
 
     @Test("leaving early, a cancellation and an error mid-stream all leave the connection clean",
-          arguments: endingEarlyCases)
+          .realTimeBounds, arguments: endingEarlyCases)
     func endingEarly(_ backend: TestBackend, _ database: TestDatabase) async throws {
         let engine = try database.engine()
         try await backend.run {
@@ -167,7 +167,7 @@ struct StreamTests {
     }
 }
 
-@Suite("Streaming, cut short", .timeLimit(.minutes(1)))
+@Suite("Streaming, cut short", .limit(minutes: 1))
 struct StreamCutShortTests {
     @Test("a stream whose read was cancelled (a timeout) never looks finished: the next read throws",
           arguments: TestBackend.selected, TestDatabase.allCases)

@@ -7,7 +7,7 @@ import Testing
 import Glibc
 #endif
 
-@Suite("Transactions", .timeLimit(.minutes(1)))
+@Suite("Transactions", .limit(minutes: 1))
 struct TransactionTests {
     /// Creates a table, runs `body`, drops the table.
     func withTable(
@@ -248,7 +248,7 @@ struct TransactionTests {
     }
 }
 
-@Suite("Transactions, the database's word", .timeLimit(.minutes(1)))
+@Suite("Transactions, the database's word", .limit(minutes: 1))
 struct RawTransactionTests {
     @Test("isInTransaction follows raw BEGIN / COMMIT; a managed transaction inside a raw one is a typed error",
           arguments: TestBackend.selected, TestDatabase.allCases)

@@ -37,7 +37,7 @@ struct Sample: Equatable {
     var date: Date, uuid: UUID, decimal: Decimal, json: JSON<Payload>, optional: String?
 }
 
-@Suite("Types round-trip", .timeLimit(.minutes(1)))
+@Suite("Types round-trip", .limit(minutes: 1))
 struct TypeRoundTripTests {
     static func samples() throws -> [Sample] {
         let payload = try JSON(Payload(name: "ü \"quoted\" ✓", tags: ["a", ""], nested: ["x": -1]))

@@ -4,7 +4,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
-import Synchronization
+import Runtime
 
 public final class FaultProxy: Sendable {
     /// What the proxy does with traffic from now on.
@@ -27,9 +27,9 @@ public final class FaultProxy: Sendable {
     public let port: Int
     private let listener: Int32
     private let wake: (read: Int32, write: Int32)
-    private let state: Mutex<State>
+    private let state: Locked<State>
     private let target: Int
-    private let thread = Mutex<pthread_t?>(nil)
+    private let thread = Locked<pthread_t?>(nil)
 
     private struct Pending {
         var bytes: [UInt8]
@@ -90,7 +90,7 @@ public final class FaultProxy: Sendable {
         wake = (pipeFDs[0], pipeFDs[1])
         port = Int(UInt16(bigEndian: address.sin_port))
         target = targetPort
-        state = Mutex(State())
+        state = Locked(State())
         let context = Unmanaged.passRetained(self).toOpaque()
         var handle = pthread_t()
         let rc = pthread_create(&handle, nil, { context in

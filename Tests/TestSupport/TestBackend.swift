@@ -52,3 +52,21 @@ func selectedNames() -> Set<String>? {
     else { return nil }
     return Set(raw.lowercased().split(separator: ",").map { $0 == "libuv" ? "uv" : String($0) })
 }
+
+/// How this test process was built.
+public enum TestBuild {
+    /// Whether this is a sanitizer build (scripts/sanitizers.sh builds with `-DANYRUNTIME_PTHREAD_LOCKS`).
+    /// ThreadSanitizer makes the code 5 to 15 times slower, so time limits stretch, and the few tests that
+    /// assert real-time bounds against a real server (a clean-up's 5 s, a trigger's sleep outlasting a
+    /// cancel request) do not run there: they run in every ordinary build.
+    public static var isSanitized: Bool {
+        #if ANYRUNTIME_PTHREAD_LOCKS
+        true
+        #else
+        false
+        #endif
+    }
+
+    /// `minutes`, stretched tenfold in a sanitizer build.
+    public static func minutes(_ minutes: Int) -> Int { isSanitized ? minutes * 10 : minutes }
+}

@@ -25,7 +25,7 @@ extension RuntimeInstant {
 /// return try root.result()
 /// ```
 public final class RootTask<Value: Sendable>: Sendable {
-    private let outcome = Mutex<Result<Value, any Error>?>(nil)
+    private let outcome = Locked<Result<Value, any Error>?>(nil)
 
     /// Starts `body` as a task that prefers `runtime`'s executor and sees `runtime` as
     /// ``Runtime/current``; calls `finished` once the body has returned or thrown.
@@ -84,9 +84,9 @@ extension Runtime {
 
 /// A thread that runs one loop for a backend's async `run`: started and joined without blocking a task.
 public final class LoopThread: Sendable {
-    private let handle = Mutex<pthread_t?>(nil)
+    private let handle = Locked<pthread_t?>(nil)
     private let started = Atomic<Bool>(false)
-    private let exit = Mutex<(done: Bool, waiter: UnsafeContinuation<Void, Never>?)>((false, nil))
+    private let exit = Locked<(done: Bool, waiter: UnsafeContinuation<Void, Never>?)>((false, nil))
     private let prepare: @Sendable () -> Void
     private let body: @Sendable () -> Void
 

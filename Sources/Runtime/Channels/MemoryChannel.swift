@@ -67,11 +67,11 @@ final class MemoryChannelCore<Element: Sendable>: Sendable {
         @inlinable init() {}
     }
     @usableFromInline let bufferSize: Int
-    @usableFromInline let state: Mutex<State>
+    @usableFromInline let state: Locked<State>
 
     @inlinable init(bufferSize: Int) {
         self.bufferSize = bufferSize
-        state = Mutex(State())
+        state = Locked(State())
     }
 
     func statistics() -> MemoryChannelStatistics {

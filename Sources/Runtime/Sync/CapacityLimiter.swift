@@ -67,14 +67,14 @@ public final class CapacityLimiter: Sendable {
             }
         }
     }
-    private let state: Mutex<State>
+    private let state: Locked<State>
 
     /// - Parameter totalTokens: how many borrowers at once (≥ 0; 0 lends nothing until it is raised;
     ///   `Int.max` for no bound).
     /// - Throws: ``RuntimeError/Code/invalidArgument`` when `totalTokens` is negative.
     public init(totalTokens: Int) throws(RuntimeError) {
         try Self.validate(totalTokens)
-        state = Mutex(State(total: totalTokens))
+        state = Locked(State(total: totalTokens))
     }
 
     private static func validate(_ totalTokens: Int) throws(RuntimeError) {

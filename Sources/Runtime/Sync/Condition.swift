@@ -7,7 +7,7 @@ import Synchronization
 public final class Condition: Sendable {
     /// The lock that ``wait()`` releases and retakes.
     public let lock: Lock
-    private let waiters = Mutex(WaitQueue<Void>())
+    private let waiters = Locked(WaitQueue<Void>())
 
     /// - Parameter lock: the lock to use; a new one by default.
     public init(lock: Lock = Lock()) { self.lock = lock }

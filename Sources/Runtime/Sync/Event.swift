@@ -8,7 +8,7 @@ public final class Event: Sendable {
         var isSet = false
         var waiters: [ObjectIdentifier: Parker<Void>] = [:]
     }
-    private let state = Mutex(State())
+    private let state = Locked(State())
 
     public init() {}
 

@@ -20,7 +20,7 @@ public final class Lock: Sendable {
         var isLocked = false
         var waiters = Deque<Waiter>()
     }
-    private let state = Mutex(State())
+    private let state = Locked(State())
 
     public init() {}
 

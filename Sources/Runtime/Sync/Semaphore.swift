@@ -2,7 +2,7 @@ import Synchronization
 
 /// A counting semaphore for tasks (anyio's `Semaphore`). Waiters are served in order.
 public final class Semaphore: Sendable {
-    private let pool: Mutex<PermitPool>
+    private let pool: Locked<PermitPool>
     /// The most the value may reach; `nil` for no bound.
     public let maxValue: Int?
 
@@ -20,7 +20,7 @@ public final class Semaphore: Sendable {
         if let maxValue, initialValue > maxValue {
             throw RuntimeError(.invalidArgument, "Semaphore initialValue \(initialValue) exceeds maxValue \(maxValue)")
         }
-        self.pool = Mutex(PermitPool(available: initialValue))
+        self.pool = Locked(PermitPool(available: initialValue))
         self.maxValue = maxValue
     }
 

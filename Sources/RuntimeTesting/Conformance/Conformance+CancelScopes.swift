@@ -230,7 +230,7 @@ extension RuntimeConformance {
 
                 // cancel() from another task.
                 start = runtime.now
-                let scopeBox = Mutex<CancelScope?>(nil)
+                let scopeBox = Locked<CancelScope?>(nil)
                 let event = Event()
                 try await Runtime.withTaskGroup { group in
                     try group.startSoon {

@@ -11,7 +11,7 @@ extension RuntimeConformance {
             "k.no-leaks",
             "after run returns, no task, timer, fd registration, blocking job or thread of the runtime remains"
         ) { backend in
-            let captured = Mutex<Runtime?>(nil)
+            let captured = Locked<Runtime?>(nil)
             try await backend.run {
                 let runtime = try Runtime.current
                 captured.withLock { $0 = runtime }
@@ -51,7 +51,7 @@ extension RuntimeConformance {
             "k2.after-the-run",
             "a task that outlives its run is not stranded: sleeps end at once, waits fail with closed, forget returns"
         ) { backend in
-            let captured = Mutex<Runtime?>(nil)
+            let captured = Locked<Runtime?>(nil)
             try await backend.run { captured.withLock { $0 = try? Runtime.current } }
             guard let runtime = captured.withLock({ $0 }) else { throw fail("the body did not run") }
             try await runtime.sleep(for: .seconds(3600))  // returns: the run has ended
@@ -178,7 +178,7 @@ extension RuntimeConformance {
 
 /// A one-shot signal from inside a runtime to a task outside it.
 final class OneShot: Sendable {
-    private let state = Mutex<(fired: Bool, waiter: CheckedContinuation<Void, Never>?)>((false, nil))
+    private let state = Locked<(fired: Bool, waiter: CheckedContinuation<Void, Never>?)>((false, nil))
     init() {}
 
     func fire() {

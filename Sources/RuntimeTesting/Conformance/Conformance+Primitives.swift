@@ -7,7 +7,7 @@ extension RuntimeConformance {
             try await backend.run {
                 let lock = Lock()
                 let gauge = Gauge()
-                let counter = Mutex(0)
+                let counter = Locked(0)
                 try await Runtime.withTaskGroup { group in
                     for _ in 0..<1_000 {
                         try group.startSoon {

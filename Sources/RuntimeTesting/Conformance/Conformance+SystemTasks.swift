@@ -7,7 +7,7 @@ extension RuntimeConformance {
             "l.system-tasks",
             "a system task outlives its caller's cancellation; the run's end cancels and awaits it, even one not yet started; later ones do not start"
         ) { backend in
-            let outcome = Mutex<(started: Bool, longEnded: Bool, lateRan: Bool, runtime: Runtime?)>((false, false, false, nil))
+            let outcome = Locked<(started: Bool, longEnded: Bool, lateRan: Bool, runtime: Runtime?)>((false, false, false, nil))
             let begun = RuntimeInstant.monotonicNow()
             try await backend.run {
                 let runtime = try Runtime.current

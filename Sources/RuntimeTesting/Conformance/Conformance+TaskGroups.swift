@@ -168,7 +168,7 @@ extension RuntimeConformance {
         ) { backend in
             try await backend.run {
                 let cancelled = Recorder<Int>()
-                let escaped = Mutex<Runtime.TaskGroup?>(nil)
+                let escaped = Locked<Runtime.TaskGroup?>(nil)
                 try await Runtime.withTaskGroup { group in
                     escaped.withLock { $0 = group }
                     for id in 0..<3 {

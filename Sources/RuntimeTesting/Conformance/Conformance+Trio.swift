@@ -105,7 +105,7 @@ extension RuntimeConformance {
                 // Hand-off: the waiter owns the lock as soon as it is released, before it runs.
                 try await lock.acquire()
                 try await Runtime.withTaskGroup { group in
-                    let waiter = Mutex<TaskIdentity?>(nil)
+                    let waiter = Locked<TaskIdentity?>(nil)
                     try group.startSoon {
                         waiter.withLock { $0 = TaskIdentity.current }
                         try await lock.acquire()

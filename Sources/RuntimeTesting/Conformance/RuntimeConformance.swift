@@ -100,7 +100,7 @@ func fail(_ message: String, file: String = #fileID, line: Int = #line) -> Confo
 
 /// A thread-safe list of values, appended to from tasks and threads.
 final class Recorder<Value: Sendable>: Sendable {
-    private let storage = Mutex<[Value]>([])
+    private let storage = Locked<[Value]>([])
     init() {}
     func append(_ value: Value) { storage.withLock { $0.append(value) } }
     var values: [Value] { storage.withLock { $0 } }
@@ -109,7 +109,7 @@ final class Recorder<Value: Sendable>: Sendable {
 
 /// A thread-safe counter that also remembers its highest value.
 final class Gauge: Sendable {
-    private let state = Mutex<(value: Int, peak: Int)>((0, 0))
+    private let state = Locked<(value: Int, peak: Int)>((0, 0))
     init() {}
     @discardableResult func increment() -> Int {
         state.withLock { state in

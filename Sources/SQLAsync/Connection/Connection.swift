@@ -19,8 +19,8 @@ public final class Connection: Sendable {
     /// How long clean-up may keep a cancelled caller waiting (``PoolConfiguration/cancellationGrace``).
     let grace: Duration
     /// 0 outside a transaction, 1 in one, more inside savepoints.
-    let transactionDepth = Mutex(0)
-    let readOnlyTransaction = Mutex(false)
+    let transactionDepth = Locked(0)
+    let readOnlyTransaction = Locked(false)
     private let broken = Atomic<Bool>(false)
 
     /// A connection over a driver the pool lends it for a moment (a ping): the pool, not this, closes it.

@@ -22,7 +22,7 @@ public final class Engine: Sendable {
     public let logger: Logger
 
     /// One pool per runtime: a PostgreSQL socket is registered with the loop that opened it.
-    private let pools = Mutex<(byRuntime: [ObjectIdentifier: ConnectionPool], disposed: Bool)>(([:], false))
+    private let pools = Locked<(byRuntime: [ObjectIdentifier: ConnectionPool], disposed: Bool)>(([:], false))
 
     /// - Parameters:
     ///   - url: the database URL.

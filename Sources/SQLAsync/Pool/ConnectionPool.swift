@@ -66,7 +66,7 @@ final class ConnectionPool: Sendable {
         }
     }
 
-    private let state: Mutex<State>
+    private let state: Locked<State>
     private let nextWaiter = Atomic<UInt64>(0)
     let configuration: PoolConfiguration
     private let openConnection: @Sendable () async throws -> any DatabaseDriver
@@ -79,7 +79,7 @@ final class ConnectionPool: Sendable {
         self.runtime = runtime
         self.configuration = configuration
         self.openConnection = open
-        state = Mutex(State(machine: PoolStateMachine(
+        state = Locked(State(machine: PoolStateMachine(
             size: configuration.size, overflow: configuration.overflow,
             maxAge: configuration.recycle.map(\.saturatingNanoseconds))))
     }
@@ -145,7 +145,7 @@ final class ConnectionPool: Sendable {
         let deadline = runtime.now.advanced(by: timeout)
         // The checkout timeout is one backend timer that fails this waiter, armed once it waits: cheaper than
         // a cancel scope around the wait, and the same to the caller.
-        let timer = Mutex<(any BackendRegistration)?>(nil)
+        let timer = Locked<(any BackendRegistration)?>(nil)
         defer { timer.withLock { $0 }?.cancel() }
         do {
             // Resumed by another task giving a connection back (or the timer), not by an outside thread.

@@ -1,4 +1,4 @@
-import Synchronization
+import Runtime
 
 /// The rows of a statement, read from the database in batches as they are iterated: memory holds one batch,
 /// whatever the result's size, and the database is held back while the consumer is busy (PostgreSQL: the
@@ -116,7 +116,7 @@ final class StreamSource: Sendable {
     private let sql: String
     private let batchSize: Int
     /// A stream kept past its `stream { }` call, or read by two tasks at once, gets a misuse error.
-    private let lifecycle = Mutex(StreamLifecycle())
+    private let lifecycle = Locked(StreamLifecycle())
 
     private init(cursor: any DriverCursor, sql: String, batchSize: Int) {
         self.cursor = cursor

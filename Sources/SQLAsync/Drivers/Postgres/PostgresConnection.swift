@@ -28,22 +28,22 @@ final class PostgresConnection: Sendable {
     let logger: Logger?
     /// Who uses the connection and how far its call got. libpq's connection is touched only by the call
     /// holding it, or by a close when none does.
-    let machine = Mutex(PostgresStateMachine())
+    let machine = Locked(PostgresStateMachine())
     /// The socket the runtime watches. libpq closes its socket by itself when the connection is lost, so
     /// this is kept to `forget` it on every failure (a stale registration would hang the next user of the
     /// fd number).
     let watchedSocket = Atomic<Int32>(-1)
     /// Statements this connection prepared, by SQL text and parameter types.
-    let statements = Mutex(StatementCache())
+    let statements = Locked(StatementCache())
 
     /// How long a call waits, beyond its caller's deadline, for the server to answer a cancellation: past it,
     /// the connection is given up and closed, out of the caller's way.
     let grace: Duration
     /// The key for cancel requests, read once connected; nil when libpq's cancel object could not be read
     /// (then `PQcancel` is used).
-    let cancelKey = Mutex<PostgresCancelKey?>(nil)
+    let cancelKey = Locked<PostgresCancelKey?>(nil)
     /// The cancel request on its way for the running call, set when it has been handled.
-    let cancelRequest = Mutex<Event?>(nil)
+    let cancelRequest = Locked<Event?>(nil)
 
     /// The default of ``grace``.
     static let defaultGrace: Duration = .seconds(1)

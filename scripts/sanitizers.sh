@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# The Runtime and SQLAsync test suites under ThreadSanitizer and AddressSanitizer (both by default, or the
+# ones named: thread, address). Each sanitizer gets a build of its own (.build-tsan, .build-asan) with every
+# lock a pthread mutex (-DANYRUNTIME_PTHREAD_LOCKS: ThreadSanitizer cannot see Synchronization.Mutex), and
+# one run of the suites on every backend × database against a throw-away PostgreSQL.
+#
+# Fails when a test fails or when the sanitizer reports anything not suppressed in scripts/sanitizers/
+# (every suppression there says why it is not a bug). The reports are printed, and kept in
+# .build-tsan/reports or .build-asan/reports.
+#
+#   scripts/sanitizers.sh            # both
+#   scripts/sanitizers.sh thread     # ThreadSanitizer only
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+
+sanitizers=("$@")
+[ ${#sanitizers[@]} -eq 0 ] && sanitizers=(thread address)
+suites="RuntimeTests|RuntimeConformanceTests|SQLAsyncTests"
+
+for sanitizer in "${sanitizers[@]}"; do
+    case "$sanitizer" in
+        thread) scratch=.build-tsan ;;
+        address) scratch=.build-asan ;;
+        *) echo "sanitizers.sh: unknown sanitizer '$sanitizer' (thread or address)" >&2; exit 2 ;;
+    esac
+    echo "== $sanitizer sanitizer: build ($scratch)"
+    log=$(mktemp)
+    if ! swift build --build-tests --scratch-path "$scratch" --sanitize="$sanitizer" -Xswiftc -DANYRUNTIME_PTHREAD_LOCKS >"$log" 2>&1; then
+        grep -E "error:" "$log" | head -40 >&2 || tail -40 "$log" >&2
+        echo "sanitizers.sh: the $sanitizer build failed" >&2
+        exit 1
+    fi
+    reports="$root/$scratch/reports"
+    rm -rf "$reports"
+    mkdir -p "$reports"
+    echo "== $sanitizer sanitizer: the Runtime and SQLAsync suites"
+    set +e
+    TSAN_OPTIONS="suppressions=$root/scripts/sanitizers/tsan.supp log_path=$reports/report halt_on_error=0 second_deadlock_stack=1" \
+    ASAN_OPTIONS="log_path=$reports/report detect_leaks=1 detect_stack_use_after_return=0" \
+    LSAN_OPTIONS="suppressions=$root/scripts/sanitizers/asan.supp" \
+        scripts/with-postgres.sh swift test --skip-build --scratch-path "$scratch" --sanitize="$sanitizer" --filter "$suites" \
+        >"$log" 2>&1
+    status=$?
+    set -e
+    grep -E "^(✘|✔ Test run|✘ Test run)|Test run with|skipped" "$log" | grep -v "^◇" | tail -30 || true
+    found=$(cat "$reports"/report* 2>/dev/null | grep -cE "^(WARNING: ThreadSanitizer|==[0-9]+==ERROR: )" || true)
+    if [ "$found" -gt 0 ]; then
+        cat "$reports"/report*
+        echo "sanitizers.sh: $sanitizer sanitizer: $found report(s) (kept in $reports)" >&2
+        exit 1
+    fi
+    if [ "$status" -ne 0 ]; then
+        tail -60 "$log" >&2
+        echo "sanitizers.sh: the suites failed under the $sanitizer sanitizer" >&2
+        exit 1
+    fi
+    rm -f "$log"
+    echo "$sanitizer sanitizer: no reports"
+done
