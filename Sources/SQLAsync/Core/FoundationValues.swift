@@ -43,7 +43,7 @@ extension Date: SQLColumnValue {
             case .malformed:
                 throw SQLError(.decoding, "column '\(column)' holds text that is not a timestamp")
             }
-            self = Date(timeIntervalSince1970: Double(microseconds) / 1_000_000)
+            self = Timestamp.date(microseconds: microseconds)
         case .integer(let seconds):
             self = Date(timeIntervalSince1970: Double(seconds))
         default:
@@ -56,8 +56,33 @@ extension Date: SQLColumnValue {
 enum Timestamp {
     /// Microseconds since 1970, rounded; nil for NaN, infinities and dates beyond 64 bits of them (about
     /// ±292,000 years), which no timestamp holds (never clamped: that would store another date).
+    /// Seconds from 1970 to 2001, the reference date a `Date` counts from.
+    static let referenceDate: Int64 = 978_307_200
+
+    /// The microsecond since 1970 nearest to `date`, or nil beyond 64 bits of them.
+    ///
+    /// Exact: it reads the Double the `Date` holds (seconds since 2001; `timeIntervalSince1970` would round
+    /// once more), and scales whole seconds and the fraction apart (`t * 1_000_000` rounds beyond 2^53 µs,
+    /// some 285 years away, which could store an instant a microsecond off the nearest).
     static func microseconds(_ date: Date) -> Int64? {
-        Int64(exactly: (date.timeIntervalSince1970 * 1_000_000).rounded())
+        let seconds = date.timeIntervalSinceReferenceDate
+        guard seconds.isFinite else { return nil }
+        let whole = seconds.rounded(.down)
+        // Exact: `whole` is `seconds` with its fraction bits cleared.
+        let fraction = seconds - whole
+        guard let wholeSeconds = Int64(exactly: whole) else { return nil }
+        let (since1970, shifted) = wholeSeconds.addingReportingOverflow(referenceDate)
+        let (scaled, overflow) = since1970.multipliedReportingOverflow(by: 1_000_000)
+        let (total, carry) = scaled.addingReportingOverflow(Int64((fraction * 1_000_000).rounded()))
+        return shifted || overflow || carry ? nil : total
+    }
+
+    /// The Date nearest to `microseconds` since 1970: whole seconds since 2001 are exact in a Double, so only
+    /// the sum rounds (`Double(microseconds)` alone rounds beyond 2^53 µs, the division again, and going
+    /// through `timeIntervalSince1970` once more).
+    static func date(microseconds: Int64) -> Date {
+        let (wholeSeconds, micros) = floorDivide(microseconds, 1_000_000)
+        return Date(timeIntervalSinceReferenceDate: Double(wholeSeconds - referenceDate) + Double(micros) / 1_000_000)
     }
 
     static func format(microseconds: Int64) -> String {

@@ -89,9 +89,18 @@ public struct DatabaseURL: Sendable, Hashable, CustomStringConvertible {
         } else if string.hasPrefix("postgres://") {
             rest = string.dropFirst("postgres://".count)
         } else {
-            let scheme = string.split(separator: ":", maxSplits: 1).first.map(String.init) ?? ""
+            // The scheme is named only when it is one (letters first, then letters, digits, '+', '-', '.',
+            // followed by "://"): otherwise what comes before the first ':' may be a user name and password
+            // written without any scheme, or the password itself.
+            let scheme = string.prefix { $0 != ":" }
+            let isScheme = string.dropFirst(scheme.count).hasPrefix("://") && scheme.count <= 32
+                && scheme.first.map { $0.isASCII && $0.isLetter } == true
+                && scheme.allSatisfy { $0.isASCII && ($0.isLetter || $0.isNumber || "+-.".contains($0)) }
             throw SQLError(
-                .invalidURL, "unsupported database URL scheme '\(scheme)'; use postgresql:// or sqlite://")
+                .invalidURL,
+                isScheme
+                    ? "unsupported database URL scheme '\(scheme)'; use postgresql:// or sqlite://"
+                    : "the URL does not start with a scheme; use postgresql:// or sqlite://")
         }
         try self.init(postgres: string, rest: rest)
     }
@@ -142,6 +151,11 @@ public struct DatabaseURL: Sendable, Hashable, CustomStringConvertible {
         if let at = remainder.lastIndex(of: "@") {
             let userInfo = remainder[..<at]
             hostPort = remainder[remainder.index(after: at)...]
+            // libpq ends the user-info part at the *first* '@': with another one left unencoded, libpq would
+            // read the rest of the password as the host name, look it up and show it.
+            guard !userInfo.contains("@") else {
+                throw SQLError(.invalidURL, "the user name or password in the URL contains an unencoded '@' (%-encode it as %40)")
+            }
             if let colon = userInfo.firstIndex(of: ":") {
                 rawPassword = userInfo[userInfo.index(after: colon)...]
                 _ = try Self.percentDecode(userInfo[..<colon], what: "user name")
@@ -205,6 +219,11 @@ public struct DatabaseURL: Sendable, Hashable, CustomStringConvertible {
         }
         guard ports.count <= 1 || ports.count == max(hosts.count, 1) else {
             throw SQLError(.invalidURL, "the URL gives \(ports.count) ports for \(hosts.count) hosts (one port for all, or one per host)")
+        }
+        // Our reading and libpq's must agree on the credentials, or libpq would take part of them for
+        // something else (the checks above are meant to make this unreachable).
+        guard option("password") == password else {
+            throw SQLError(.invalidURL, "libpq reads the URL's user-info part differently (%-encode the password's reserved characters)")
         }
         self.options = options
         self.hosts = hosts
