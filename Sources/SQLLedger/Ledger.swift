@@ -78,12 +78,14 @@ struct Ledger {
     /// Whether cancellations wait a random real-time moment (uv, Dispatch) or only a random number of
     /// scheduling turns (virtual time, whose clock stands still while a statement runs).
     let realTime: Bool
+    /// The table's name (processes sharing a server, like the soak's, each use one of their own).
+    var table = "ledger"
 
     /// Creates the ledger table (dropping an old one).
     func prepare() async throws {
         try await engine.withConnection { connection in
-            try await connection.execute("DROP TABLE IF EXISTS ledger")
-            try await connection.execute("CREATE TABLE ledger (id BIGINT PRIMARY KEY, note TEXT NOT NULL)")
+            try await connection.execute("DROP TABLE IF EXISTS \(unsafeRaw: table)")
+            try await connection.execute("CREATE TABLE \(unsafeRaw: table) (id BIGINT PRIMARY KEY, note TEXT NOT NULL)")
         }
     }
 
@@ -146,23 +148,23 @@ struct Ledger {
         switch operation.kind {
         case .insert:
             try await engine.withConnection { connection in
-                try await connection.execute("INSERT INTO ledger (id, note) VALUES (\(first), \("insert"))")
+                try await connection.execute("INSERT INTO \(unsafeRaw: table) (id, note) VALUES (\(first), \("insert"))")
             }
         case .transaction:
             try await engine.begin { connection in
-                try await connection.execute("INSERT INTO ledger (id, note) VALUES (\(first), \("transaction"))")
-                try await connection.execute("INSERT INTO ledger (id, note) VALUES (\(first + 1), \("transaction"))")
-                try await connection.execute("UPDATE ledger SET note = \("updated") WHERE id = \(first)")
+                try await connection.execute("INSERT INTO \(unsafeRaw: table) (id, note) VALUES (\(first), \("transaction"))")
+                try await connection.execute("INSERT INTO \(unsafeRaw: table) (id, note) VALUES (\(first + 1), \("transaction"))")
+                try await connection.execute("UPDATE \(unsafeRaw: table) SET note = \("updated") WHERE id = \(first)")
             }
         case .savepoint:
             try await engine.begin { connection in
-                try await connection.execute("INSERT INTO ledger (id, note) VALUES (\(first), \("outer"))")
+                try await connection.execute("INSERT INTO \(unsafeRaw: table) (id, note) VALUES (\(first), \("outer"))")
                 try await connection.withTransaction { connection in
-                    try await connection.execute("INSERT INTO ledger (id, note) VALUES (\(first + 1), \("inner"))")
+                    try await connection.execute("INSERT INTO \(unsafeRaw: table) (id, note) VALUES (\(first + 1), \("inner"))")
                 }
             }
         case .batch:
-            let statement: SQL = "INSERT INTO ledger (id, note) VALUES (\(parameter: "id"), \(parameter: "note"))"
+            let statement: SQL = "INSERT INTO \(unsafeRaw: table) (id, note) VALUES (\(parameter: "id"), \(parameter: "note"))"
             try await engine.withConnection { connection in
                 try await connection.executeMany(
                     statement, parameterSets: (0..<3).map { ["id": first + $0, "note": "batch"] })
@@ -170,12 +172,12 @@ struct Ledger {
         case .manual:
             try await engine.withConnection { connection in
                 let transaction = try await connection.begin()
-                try await connection.execute("INSERT INTO ledger (id, note) VALUES (\(first), \("manual"))")
+                try await connection.execute("INSERT INTO \(unsafeRaw: table) (id, note) VALUES (\(first), \("manual"))")
                 try await transaction.commit()
             }
         case .stream:
             try await engine.withConnection { connection in
-                try await connection.stream("SELECT id, note FROM ledger", batchSize: 7) { rows in
+                try await connection.stream("SELECT id, note FROM \(unsafeRaw: table)", batchSize: 7) { rows in
                     for try await _ in rows {}
                 }
             }
@@ -186,7 +188,7 @@ struct Ledger {
     /// it was cancelled or failed, all or none when in doubt; a transaction's update is there with it.
     func check(_ records: [Record]) async throws -> Report {
         let rows = try await engine.withConnection { connection in
-            try await connection.execute("SELECT id, note FROM ledger")
+            try await connection.execute("SELECT id, note FROM \(unsafeRaw: table)")
         }
         var notes: [Int: String] = [:]
         for row in rows { notes[try row.decode("id", as: Int.self)] = try row.decode("note", as: String.self) }

@@ -3,6 +3,7 @@
 //
 //   swift run -c release anyruntime-ledger                    # 10,000 operations per backend x database
 //   swift run anyruntime-ledger --operations 300 --seed 7     # what CI runs
+//   swift run -c release anyruntime-ledger --soak 30          # the soak: 30 minutes per backend (see Soak)
 //
 // PostgreSQL: the server named by ANYRUNTIME_PG_URL, or a throw-away one (scripts/with-postgres.sh).
 // ANYRUNTIME_BACKEND narrows the backends, as in the tests.
@@ -15,11 +16,12 @@ import TestSupport
 import Glibc
 #endif
 
-let usage = "usage: anyruntime-ledger [--operations N] [--workers N] [--seed N] [--database sqlite|postgresql]"
+let usage = "usage: anyruntime-ledger [--operations N] [--workers N] [--seed N] [--database sqlite|postgresql] [--soak MINUTES]"
 var operations = 10_000
 var workers = 4
 var seed: UInt64 = 2026
 var databases = ["sqlite", "postgresql"]
+var soakMinutes: Int?
 var arguments = CommandLine.arguments.dropFirst().makeIterator()
 while let argument = arguments.next() {
     let value = arguments.next()
@@ -28,6 +30,7 @@ while let argument = arguments.next() {
     case ("--workers", let value?) where Int(value).map({ $0 > 0 }) == true: workers = Int(value) ?? workers
     case ("--seed", let value?) where UInt64(value) != nil: seed = UInt64(value) ?? seed
     case ("--database", let value?) where ["sqlite", "postgresql"].contains(value): databases = [value]
+    case ("--soak", let value?) where Int(value).map({ $0 > 0 }) == true: soakMinutes = Int(value)
     default:
         print(usage)
         exit(2)
@@ -94,6 +97,26 @@ func serverSessions(_ name: String) async throws -> [String: Int] {
     }
     await observer.dispose()
     return states.reduce(into: [:]) { $0[$1, default: 0] += 1 }
+}
+
+if let soakMinutes {
+    var failed = false
+    for backend in TestBackend.selected {
+        let problems: [String]
+        do {
+            problems = try await Soak(backend: backend, minutes: soakMinutes, workers: workers, seed: seed).run()
+        } catch {
+            problems = ["the soak stopped: \(error)"]
+        }
+        if !problems.isEmpty {
+            failed = true
+            print()
+            print("Soak on \(backend) failed:")
+            for problem in problems { print("  \(problem)") }
+        }
+        print()
+    }
+    exit(failed ? 1 : 0)
 }
 
 print("Ledger: \(operations) operations per backend x database, \(workers) at once, seed \(seed).")
