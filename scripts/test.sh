@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine: installs what is missing, builds with a warning check,
 # checks the architecture rules and the docs, starts a throw-away PostgreSQL, runs every test on every
-# backend, and stops the server.
+# backend (the fault suite and the fuzzers included), and stops the server; then the ledger, the suites under
+# ThreadSanitizer and AddressSanitizer, and the quick benchmarks.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -35,6 +36,10 @@ status=${PIPESTATUS[0]}
 # The ledger, shortened: random cancellations on every backend x database, checked against the database.
 echo "== ledger (scripts/ledger.sh runs the full 10,000 operations)"
 scripts/with-postgres.sh "$(swift build --show-bin-path)/anyruntime-ledger" --operations 500 | grep -v '^with-postgres:'
+
+# The Runtime and SQLAsync suites again under ThreadSanitizer and AddressSanitizer (builds of their own).
+echo "== sanitizers"
+scripts/sanitizers.sh
 
 # The benchmarks must build and run (a twentieth of the work, one repetition); their figures are not checked.
 echo "== benchmarks (quick)"

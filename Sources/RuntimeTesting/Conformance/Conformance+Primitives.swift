@@ -39,19 +39,22 @@ extension RuntimeConformance {
                 let limiter = try CapacityLimiter(totalTokens: 2)
                 let semaphoreGauge = Gauge()
                 let limiterGauge = Gauge()
+                let semaphoreDone = Gauge()
+                let limiterDone = Gauge()
+                // Each holder keeps its permit until as many tasks hold one as the bound allows (or as are
+                // left): a peak below the bound is then the primitive's fault, never a slow machine's, on
+                // which a holder sleeping a fixed moment could leave before the next one came in.
+                @Sendable func hold(_ gauge: Gauge, bound: Int, done: Gauge) async throws {
+                    gauge.increment()
+                    while gauge.value < min(bound, 20 - done.value) { try await Runtime.sleep(for: .milliseconds(1)) }
+                    gauge.decrement()
+                    done.increment()
+                }
                 try await Runtime.withTaskGroup { group in
                     for _ in 0..<20 {
                         try group.startSoon {
-                            try await semaphore.withPermit {
-                                semaphoreGauge.increment()
-                                try await Runtime.sleep(for: .milliseconds(1))
-                                semaphoreGauge.decrement()
-                            }
-                            try await limiter.withToken {
-                                limiterGauge.increment()
-                                try await Runtime.sleep(for: .milliseconds(1))
-                                limiterGauge.decrement()
-                            }
+                            try await semaphore.withPermit { try await hold(semaphoreGauge, bound: 3, done: semaphoreDone) }
+                            try await limiter.withToken { try await hold(limiterGauge, bound: 2, done: limiterDone) }
                         }
                     }
                 }

@@ -51,6 +51,10 @@ final class SQLiteHandle: @unchecked Sendable {
         guard rc == SQLITE_OK, let connection else {
             let message = connection.map { String(cString: sqlite3_errmsg($0)) } ?? "out of memory"
             sqlite3_close_v2(connection)
+            // Not initialized whole, so `deinit` will not run: free the lock here (AddressSanitizer found it
+            // leaked by every failed open).
+            pthread_mutex_destroy(lock)
+            lock.deallocate()
             throw SQLError(.connection, "cannot open SQLite database: \(message)", resultCode: rc)
         }
         db = connection
