@@ -25,7 +25,7 @@ if [ -d Sources/SQLAsync ]; then
     fi
 fi
 
-mutexes=$(grep -rnE --include='*.swift' '(^|[^A-Za-z_.])Mutex[[:space:]]*[<(]' Sources Tests \
+mutexes=$(grep -rnE --include='*.swift' '(^|[^A-Za-z_])Mutex[[:space:]]*[<(]' Sources Tests \
     | grep -vE '^\S+:[0-9]+:\s*(//|///)' | grep -vE '^Sources/(Runtime/Sync/Locked\.swift|RuntimeDemo/)' || true)
 if [ -n "$mutexes" ]; then
     echo "check-rules: a lock that sanitizer builds cannot see (use Locked, the package's lock):"

@@ -5,13 +5,20 @@
 #
 #   scripts/soak.sh                 # 30 minutes on each backend, one backend after another (90 minutes)
 #   scripts/soak.sh 30 --parallel   # the three backends at once, as three processes (30 minutes)
-#   scripts/soak.sh 2               # a short one
+#   scripts/soak.sh 3               # a short one (2 minutes at least)
 #
 # PostgreSQL: the server named by ANYRUNTIME_PG_URL, or a throw-away one (scripts/with-postgres.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-minutes=${1:-30}
-parallel=${2:-}
+minutes=30
+parallel=
+for argument in "$@"; do
+    case "$argument" in
+        --parallel) parallel=--parallel ;;
+        *[!0-9]*|'') echo "usage: scripts/soak.sh [MINUTES] [--parallel]" >&2; exit 2 ;;
+        *) minutes=$argument ;;
+    esac
+done
 scripts/bootstrap.sh
 swift build -c release --product anyruntime-ledger >/dev/null
 binary="$(swift build -c release --show-bin-path)/anyruntime-ledger"

@@ -61,7 +61,19 @@ struct Soak {
         var nextSample = started + .seconds(60)
         var totals = Sample(minute: 0, operations: 0, cancelled: 0, inDoubt: 0, failed: 0, residentKiB: 0, descriptors: 0, threads: 0)
         var round: UInt64 = 0
+        var failureShapes: [String: Int] = [:]
+        defer {
+            for suffix in ["", "-wal", "-shm"] { unlink("/tmp/\(names[0]).db\(suffix)") }
+        }
         try await backend.run {
+            do {
+                try await soakRounds()
+            } catch {
+                for engine in engines { await engine.dispose() }
+                throw error
+            }
+        }
+        func soakRounds() async throws {
             for (engine, name) in zip(engines, names) {
                 try await Ledger(engine: engine, operations: 0, workers: workers, realTime: realTime, table: name).prepare()
             }
@@ -87,6 +99,7 @@ struct Soak {
                     totals.inDoubt += report.counts[.inDoubt, default: 0]
                     totals.failed += report.counts[.failed, default: 0]
                     problems += report.violations.prefix(3).map { "round \(round): \($0)" }
+                    for (shape, count) in report.failures { failureShapes[shape, default: 0] += count }
                 }
                 for engine in engines {
                     let statistics = try engine.poolStatistics()
@@ -94,10 +107,12 @@ struct Soak {
                         problems.append("round \(round): the pool is not whole: \(statistics)")
                     }
                 }
-                if ContinuousClock.now >= nextSample {
-                    nextSample += .seconds(60)
+                let now = ContinuousClock.now
+                if now >= nextSample {
+                    // (A round longer than a minute skips the minutes it spanned rather than sample twice.)
+                    while nextSample <= now { nextSample += .seconds(60) }
                     var sample = totals
-                    sample.minute = samples.count + 1
+                    sample.minute = Int((now - started).components.seconds / 60)
                     sample.residentKiB = Self.residentKiB()
                     sample.descriptors = openDescriptors()
                     sample.threads = threads()
@@ -110,10 +125,12 @@ struct Soak {
             try await engines[1].withConnection { try await $0.execute("DROP TABLE \(unsafeRaw: names[1])") }
             for engine in engines { await engine.dispose() }
         }
-        unlink("/tmp/\(names[0]).db")
-        unlink("/tmp/\(names[0]).db-wal")
-        unlink("/tmp/\(names[0]).db-shm")
-        guard samples.count >= 4 else { return problems + ["the soak is too short to judge (4 minutes at least)"] }
+        if !failureShapes.isEmpty {
+            print()
+            print("Failures (other than cancellations), by kind:")
+            for (shape, count) in failureShapes.sorted(by: { $0.value > $1.value }) { print("  \(count) × \(shape)") }
+        }
+        guard samples.count >= 2 else { return problems + ["the soak is too short to judge (2 minutes at least)"] }
         // Flat after warm-up: the last quarter's highest reading against the highest between the end of the
         // warm-up (the first fifth) and the middle. Descriptors and threads come and go with the load (a
         // connection given up and replaced, libdispatch's worker threads), hence a margin; a leak of one per

@@ -47,11 +47,10 @@ struct FaultTests {
     }
 
     @Test("a 200 ms timeout against a server that stops answering returns at the deadline plus the grace, typed; the pool recovers",
-          arguments: TestBackend.selected)
-    func silentServer(_ backend: TestBackend) async throws {
+          arguments: TestBackend.selected, [Duration.milliseconds(100), PoolConfiguration().cancellationGrace])
+    func silentServer(_ backend: TestBackend, grace: Duration) async throws {
         let (proxy, url) = try Self.proxied()
         defer { proxy.stop() }
-        let grace = Duration.milliseconds(100)
         let engine = try Engine(url, pool: Self.configuration(grace: grace), logger: quietLogger)
         try await backend.run {
             let runtime = try Runtime.current
@@ -70,7 +69,7 @@ struct FaultTests {
                 }
             } throws: { ($0 as? SQLError)?.kind == .statementInDoubt }
             let elapsed = start.duration(to: runtime.now)
-            print("[faults] \(backend): a 200 ms timeout against a silent server returned after \(elapsed)")
+            print("[faults] \(backend), grace \(grace): a 200 ms timeout against a silent server returned after \(elapsed)")
             // The deadline plus the configured grace (not the default 1 s, nor nothing), and a margin.
             #expect(elapsed >= .milliseconds(200) + grace && elapsed < .milliseconds(200) + grace + .milliseconds(600),
                     "the caller waited \(elapsed)")

@@ -79,11 +79,17 @@ struct FuzzValueTests {
         return random.chance(0.1) ? random.pick([0, Decimal(string: "99999999999999999999999999999999999999") ?? 0, Decimal(string: "-0.000000000000000000000000000000000000000001") ?? 0]) : value
     }
 
+    /// A UUID from the seed (not `UUID()`), so that a seed replays a run exactly.
+    static func uuid(_ random: inout some RandomNumberGenerator) -> UUID {
+        let b = (0..<16).map { _ in UInt8.random(in: 0...255, using: &random) }
+        return UUID(uuid: (b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12], b[13], b[14], b[15]))
+    }
+
     static func values(_ random: inout some RandomNumberGenerator) -> Values {
         Values(
             small: integer(&random), medium: integer(&random), large: integer(&random), single: single(&random), double: double(&random),
             flag: random.chance(0.5), text: text(&random), bytes: (0..<Int.random(in: 0...40, using: &random)).map { _ in UInt8.random(in: 0...255, using: &random) },
-            moment: moment(&random), uuid: UUID(), decimal: decimal(&random))
+            moment: moment(&random), uuid: uuid(&random), decimal: decimal(&random))
     }
 
     /// The columns whose value this database may refuse (a typed error before sending), by parameter number

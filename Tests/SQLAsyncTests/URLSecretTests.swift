@@ -32,4 +32,21 @@ struct URLSecretTests {
             }
         }
     }
+
+    @Test("libpq's reading and ours agree: an empty password is none, a '?' before the user-info '@' is refused unquoted")
+    func agreement() throws {
+        let empty = try DatabaseURL("postgresql://alice:@localhost/app")
+        #expect(!empty.hasPassword || empty.description == "postgresql://alice:***@localhost/app")
+        #expect(try DatabaseURL("postgresql://:@localhost/app").hosts == ["localhost"])
+        // libpq would read "h?application_name=me" as the user and connect to x; a password "1234?qzwv=1"
+        // would have had 'qzwv' quoted as an unknown parameter.
+        for text in ["postgresql://h?application_name=me@x/app", "postgresql://u:1234?qzwv=1@h/db", "postgresql://u:pw?client_encoding=QX7@h"] {
+            #expect { try DatabaseURL(text) } throws: {
+                let message = "\($0)"
+                return message.contains("'?'") && !message.contains("qzwv") && !message.contains("QX7") && !message.contains("me@x")
+            }
+        }
+        // A '?' after the first '/' is the parameters', as before.
+        #expect(try DatabaseURL("postgresql://alice@localhost/app?application_name=a@b").parameters.first?.value == "a@b")
+    }
 }

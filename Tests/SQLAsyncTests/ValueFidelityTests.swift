@@ -45,6 +45,10 @@ struct ValueFidelityTests {
             #expect(last.sqlValue == .text("294247-01-10 04:00:54.775391+00:00"))
             #expect(Date(timeIntervalSinceReferenceDate: last.timeIntervalSinceReferenceDate.nextUp).sqlValue.isUnrepresentable)
             #expect(!Date(timeIntervalSince1970: 9_223_372_035_854).sqlValue.isUnrepresentable)
+            // And at the other end, within the range's last second, where whole seconds alone would overflow.
+            let first = Date(timeIntervalSinceReferenceDate: -9_224_350_344_054.775)
+            #expect(!first.sqlValue.isUnrepresentable, "\(first.timeIntervalSince1970)")
+            #expect(Date(timeIntervalSinceReferenceDate: -9_224_350_344_054.777).sqlValue.isUnrepresentable)
         }
     }
 

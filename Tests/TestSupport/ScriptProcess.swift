@@ -27,32 +27,56 @@ final class ScriptProcess: Sendable {
     init(script name: String, _ arguments: [String] = []) throws(Failure) {
         let script = Self.root + "/scripts/" + name
         guard access(script, R_OK) == 0 else { throw Failure(description: "\(script) is missing") }
-        var stdout: [Int32] = [-1, -1]
-        var stdin: [Int32] = [-1, -1]
-        guard pipe(&stdout) == 0, pipe(&stdin) == 0 else { throw Failure(description: "pipe() failed") }
-        // The ends this process keeps stay out of every other child it starts.
-        _ = fcntl(stdin[1], F_SETFD, FD_CLOEXEC)
-        _ = fcntl(stdout[0], F_SETFD, FD_CLOEXEC)
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_adddup2(&actions, stdout[1], 1)
-        posix_spawn_file_actions_adddup2(&actions, stdin[0], 0)
-        let argv0 = ["bash", script] + arguments
-        var argv: [UnsafeMutablePointer<CChar>?] = argv0.map { strdup($0) } + [nil]
-        defer { for pointer in argv { free(pointer) } }
-        var child = pid_t()
-        let rc = posix_spawnp(&child, "bash", &actions, nil, &argv, environ)
-        close(stdout[1])
-        close(stdin[0])
-        guard rc == 0 else {
-            close(stdout[0])
-            close(stdin[1])
-            throw Failure(description: "could not run \(script): \(String(cString: strerror(rc)))")
+        // A script that died must not take the test process with it when written to: EPIPE, not SIGPIPE.
+        _ = Self.ignoreBrokenPipes
+        // Pipes made and spawned under one lock, every end close-on-exec at once: another script started at the
+        // same moment must not get a copy (a script whose stdin stays open elsewhere never sees its end). The
+        // child's own ends lose the flag when dup2 puts them on 0 and 1. (Glibc's `pipe2` is not visible to
+        // Swift here.)
+        let (stdin, stdout) = try Self.spawning.withLock { _ throws(Failure) -> ([Int32], [Int32]) in
+            var stdout: [Int32] = [-1, -1]
+            var stdin: [Int32] = [-1, -1]
+            guard pipe(&stdout) == 0 else { throw Failure(description: "pipe() failed") }
+            guard pipe(&stdin) == 0 else {
+                close(stdout[0])
+                close(stdout[1])
+                throw Failure(description: "pipe() failed")
+            }
+            for fd in stdout + stdin { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }
+            var actions = posix_spawn_file_actions_t()
+            posix_spawn_file_actions_init(&actions)
+            defer { posix_spawn_file_actions_destroy(&actions) }
+            posix_spawn_file_actions_adddup2(&actions, stdout[1], 1)
+            posix_spawn_file_actions_adddup2(&actions, stdin[0], 0)
+            let argv0 = ["bash", script] + arguments
+            var argv: [UnsafeMutablePointer<CChar>?] = argv0.map { strdup($0) } + [nil]
+            defer { for pointer in argv { free(pointer) } }
+            // An ignored signal stays ignored across exec: the script gets SIGPIPE's default back.
+            var attributes = posix_spawnattr_t()
+            posix_spawnattr_init(&attributes)
+            defer { posix_spawnattr_destroy(&attributes) }
+            var defaults = sigset_t()
+            sigemptyset(&defaults)
+            sigaddset(&defaults, SIGPIPE)
+            posix_spawnattr_setsigdefault(&attributes, &defaults)
+            posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGDEF))
+            var child = pid_t()
+            let rc = posix_spawnp(&child, "bash", &actions, &attributes, &argv, environ)
+            close(stdout[1])
+            close(stdin[0])
+            guard rc == 0 else {
+                close(stdout[0])
+                close(stdin[1])
+                throw Failure(description: "could not run \(script): \(String(cString: strerror(rc)))")
+            }
+            return (stdin, stdout)
         }
         input = stdin[1]
         output = stdout[0]
     }
+
+    private static let spawning = Locked<Void>(())
+    private static let ignoreBrokenPipes: Void = { _ = signal(SIGPIPE, SIG_IGN) }()
 
     /// The next line the script prints (blocking), or nil when it closed its output.
     func readLine() -> String? {
@@ -66,6 +90,7 @@ final class ScriptProcess: Sendable {
                 return String(decoding: line, as: UTF8.self)
             }
             let count = read(output, &buffer, buffer.count)
+            if count < 0 && errno == EINTR { continue }
             if count <= 0 { return nil }
             pending.withLock { $0 += buffer[0..<count] }
         }

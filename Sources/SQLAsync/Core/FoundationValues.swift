@@ -68,13 +68,18 @@ enum Timestamp {
         let seconds = date.timeIntervalSinceReferenceDate
         guard seconds.isFinite else { return nil }
         let whole = seconds.rounded(.down)
-        // Exact: `whole` is `seconds` with its fraction bits cleared.
+        // Exact when |seconds| >= 1 (the two are within a factor of two: Sterbenz); off by 1e-16 s at most below.
         let fraction = seconds - whole
         guard let wholeSeconds = Int64(exactly: whole) else { return nil }
         let (since1970, shifted) = wholeSeconds.addingReportingOverflow(referenceDate)
-        let (scaled, overflow) = since1970.multipliedReportingOverflow(by: 1_000_000)
-        let (total, carry) = scaled.addingReportingOverflow(Int64((fraction * 1_000_000).rounded()))
-        return shifted || overflow || carry ? nil : total
+        let micros = Int64((fraction * 1_000_000).rounded())  // 0...1_000_000
+        guard !shifted else { return nil }
+        // Below zero, from the second above: `since1970 * 1_000_000` alone can pass Int64.min when the sum
+        // does not (within the last second of the range).
+        let (base, step) = since1970 < 0 ? (since1970 + 1, micros - 1_000_000) : (since1970, micros)
+        let (scaled, overflow) = base.multipliedReportingOverflow(by: 1_000_000)
+        let (total, carry) = scaled.addingReportingOverflow(step)
+        return overflow || carry ? nil : total
     }
 
     /// The Date nearest to `microseconds` since 1970: whole seconds since 2001 are exact in a Double, so only

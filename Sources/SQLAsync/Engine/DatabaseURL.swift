@@ -134,6 +134,13 @@ public struct DatabaseURL: Sendable, Hashable, CustomStringConvertible {
         sqlitePath = nil
         // First, checks of its own, whose errors never quote the URL: a password with a reserved character
         // left unencoded could otherwise be read by libpq as part of the host or database name, and shown.
+        // libpq ends the user-info part at the first '@' before the first '/', and reads a '?' before it as
+        // part of the user name or password; this reading would take the '?' for the start of the
+        // parameters. Refused, without quoting: what lies on either side may be the password.
+        let authority = rest.prefix { $0 != "/" }
+        if let at = authority.firstIndex(of: "@"), authority[..<at].contains("?") {
+            throw SQLError(.invalidURL, "the user name or password in the URL contains an unencoded '?' (%-encode it as %3F)")
+        }
         var remainder = rest
         var query: Substring = ""
         if let mark = remainder.firstIndex(of: "?") {
@@ -222,7 +229,8 @@ public struct DatabaseURL: Sendable, Hashable, CustomStringConvertible {
         }
         // Our reading and libpq's must agree on the credentials, or libpq would take part of them for
         // something else (the checks above are meant to make this unreachable).
-        guard option("password") == password else {
+        // (libpq keeps no empty password: `user:@host` has none, for it and for us.)
+        guard (option("password") ?? "") == (password ?? "") else {
             throw SQLError(.invalidURL, "libpq reads the URL's user-info part differently (%-encode the password's reserved characters)")
         }
         self.options = options
