@@ -8,7 +8,7 @@ import Testing
 /// and the calls made while the server is down get typed connection errors at once, the pool recovers when
 /// the server is back, and nothing is left behind.
 @Suite("A server killed and restarted", .serialized, .limit(minutes: 3))
-struct ServerRestartTests {
+struct ClusterRestartTests {
     @Test("an immediate stop mid-query: typed errors at once; after the restart the pool recovers; nothing leaks",
           arguments: TestBackend.selected)
     func immediateStopAndRestart(_ backend: TestBackend) async throws {

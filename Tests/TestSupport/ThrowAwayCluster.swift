@@ -9,27 +9,49 @@ public final class ThrowAwayCluster: Sendable {
         public let description: String
     }
 
-    /// `postgresql://postgres@127.0.0.1:PORT/postgres`; the port stays the same across restarts.
+    /// `postgresql://postgres@127.0.0.1:PORT/postgres` (TLS: `postgresql://alice@localhost:PORT/postgres`,
+    /// without the password); the port stays the same across restarts.
     public let url: String
+    /// TLS clusters: the folder with `ca.crt`, `other-ca.crt` (a CA that signed nothing), `client.crt` and
+    /// `client.key` (for the role `certuser`).
+    public let tlsDirectory: String?
+    /// TLS clusters: alice's password (random, made with the cluster).
+    public let password: String?
     private let process: ScriptProcess
 
     /// The process's cluster, started on first use.
     public static func shared() throws(Failure) -> ThrowAwayCluster { try cluster.get() }
 
-    private static let cluster: Result<ThrowAwayCluster, Failure> = {
+    /// The process's TLS-only, SCRAM-only cluster (scripts/pg-cluster.sh --tls), started on first use.
+    public static func sharedTLS() throws(Failure) -> ThrowAwayCluster { try tlsCluster.get() }
+
+    private static let cluster = start([])
+    private static let tlsCluster = start(["--tls"])
+
+    private static func start(_ arguments: [String]) -> Result<ThrowAwayCluster, Failure> {
         do {
-            let process = try ScriptProcess(script: "pg-cluster.sh")
-            guard let line = process.readLine(), line.hasPrefix("url ") else {
-                return .failure(Failure(description: "scripts/pg-cluster.sh could not start a cluster"))
+            let process = try ScriptProcess(script: "pg-cluster.sh", arguments)
+            var fields: [String: String] = [:]
+            while let line = process.readLine() {
+                let parts = line.split(separator: " ", maxSplits: 1).map(String.init)
+                guard parts.count == 2 else { continue }
+                if parts[0] == "error" { return .failure(Failure(description: "scripts/pg-cluster.sh: \(parts[1])")) }
+                fields[parts[0]] = parts[1]
+                if parts[0] == "url" { break }
             }
-            return .success(ThrowAwayCluster(url: String(line.dropFirst(4)), process: process))
+            guard let url = fields["url"] else {
+                return .failure(Failure(description: "scripts/pg-cluster.sh \(arguments.joined(separator: " ")) could not start a cluster"))
+            }
+            return .success(ThrowAwayCluster(url: url, tlsDirectory: fields["tls"], password: fields["password"], process: process))
         } catch {
             return .failure(Failure(description: "scripts/pg-cluster.sh: \(error)"))
         }
-    }()
+    }
 
-    private init(url: String, process: ScriptProcess) {
+    private init(url: String, tlsDirectory: String?, password: String?, process: ScriptProcess) {
         self.url = url
+        self.tlsDirectory = tlsDirectory
+        self.password = password
         self.process = process
     }
 

@@ -29,21 +29,40 @@ public final class Engine: Sendable {
     ///   - pool: pool settings. An in-memory SQLite database lives inside one connection, so its pool holds
     ///     exactly one.
     ///   - logger: where the engine logs (by default a logger labelled `anyruntime.sqlasync`).
+    ///   - password: for PostgreSQL, where each new connection's password comes from when the URL has none
+    ///     (see ``PasswordProvider``).
     /// - Throws: ``SQLError/Kind/invalidURL`` naming the problem (never the password).
     public convenience init(
         _ url: String, pool: PoolConfiguration = PoolConfiguration(),
-        logger: Logger = Logger(label: "anyruntime.sqlasync")
+        logger: Logger = Logger(label: "anyruntime.sqlasync"), password: PasswordProvider? = nil
     ) throws(SQLError) {
         let parsed = try DatabaseURL(url)
-        self.init(url: parsed, pool: pool, logger: logger)
+        self.init(url: parsed, pool: pool, logger: logger, password: password)
     }
 
+    /// Where a PostgreSQL connection's password comes from when the URL has none: called for every new
+    /// connection, so that a rotating credential (a token from a secrets store, a cloud provider's IAM
+    /// token) is fresh each time. What it returns is never logged or shown in an error.
+    public typealias PasswordProvider = @Sendable () async throws -> String
+
+    /// Asked for a password for each new PostgreSQL connection (see ``PasswordProvider``).
+    let passwordProvider: PasswordProvider?
+
     /// An engine for `url`.
+    ///
+    /// - Parameters:
+    ///   - url: the database URL.
+    ///   - pool: pool settings.
+    ///   - logger: where the engine logs.
+    ///   - password: for PostgreSQL, where each new connection's password comes from when the URL has none.
+    ///     Without it (and without one in the URL) libpq looks in the URL's `passfile`, the file `PGPASSFILE`
+    ///     names, or `~/.pgpass`.
     public init(
         url: DatabaseURL, pool: PoolConfiguration = PoolConfiguration(),
-        logger: Logger = Logger(label: "anyruntime.sqlasync")
+        logger: Logger = Logger(label: "anyruntime.sqlasync"), password: PasswordProvider? = nil
     ) {
         self.url = url
+        self.passwordProvider = password
         self.poolConfiguration = Self.adjusted(pool, for: url)
         var logger = logger
         logger[metadataKey: "database"] = "\(url)"  // the description hides the password
@@ -114,6 +133,7 @@ public final class Engine: Sendable {
         let runtime = try Runtime.current
         let url = self.url
         let logger = self.logger
+        let passwordProvider = self.passwordProvider
         let found = pools.withLock { pools -> (ConnectionPool, [ConnectionPool])? in
             guard !pools.disposed else { return nil }
             // Pools of runtimes that have ended can serve nobody again.
@@ -126,7 +146,8 @@ public final class Engine: Sendable {
                 switch url.database {
                 case .postgresql:
                     return try await PostgresConnection.connect(
-                        url, logger: logger, timeout: configuration.connectTimeout, grace: configuration.cancellationGrace)
+                        url, logger: logger, timeout: configuration.connectTimeout, grace: configuration.cancellationGrace,
+                        password: url.hasPassword ? nil : passwordProvider)
                 case .sqlite: return try await SQLiteConnection.open(path: url.sqlitePath, mode: url.sqliteMode)
                 }
             }

@@ -22,7 +22,7 @@ extension PostgresConnection {
     ///   - grace: how long a call waits, beyond its caller's deadline, for the server's answer.
     static func connect(
         _ url: DatabaseURL, logger: Logger? = nil, timeout poolTimeout: Duration? = nil,
-        grace: Duration = PostgresConnection.defaultGrace
+        grace: Duration = PostgresConnection.defaultGrace, password passwordProvider: Engine.PasswordProvider? = nil
     ) async throws -> PostgresConnection {
         let runtime = try Runtime.current
         let seconds = url.parameters.last { $0.key == "connect_timeout" }.flatMap { Int($0.value) }.flatMap { $0 > 0 ? $0 : nil }
@@ -33,15 +33,33 @@ extension PostgresConnection {
                 // Name resolution would block inside PQconnectStart: host names are resolved on a worker
                 // thread (abandoned at the timeout: getaddrinfo cannot be interrupted), and libpq is given
                 // the addresses. Literal addresses and socket directories need no lookup.
-                let libpq = url.libpqParameters()
-                let parameters = needsLookup(libpq)
-                    ? try await runtime.runBlocking(onCancel: .abandon) { () throws -> [(key: String, value: String)] in
-                        try resolvingHosts(libpq, resolve: resolve)
+                var libpq = url.libpqParameters()
+                var password: String?
+                if let passwordProvider {
+                    do {
+                        password = try await passwordProvider()
+                    } catch is CancellationError {
+                        throw CancellationError()
+                    } catch {
+                        // Its error is the application's: it may quote what it was fetching. Named, not quoted.
+                        throw SQLError(.connection, "the password provider failed (\(type(of: error)))")
                     }
-                    : try resolvingHosts(libpq, resolve: resolve)
+                    libpq.append(("password", password ?? ""))
+                }
+                let unresolved = libpq
+                let parameters = needsLookup(unresolved)
+                    ? try await runtime.runBlocking(onCancel: .abandon) { () throws -> [(key: String, value: String)] in
+                        try resolvingHosts(unresolved, resolve: resolve)
+                    }
+                    : try resolvingHosts(unresolved, resolve: resolve)
                 let connection = PostgresConnection(runtime: runtime, handle: try PGHandle.start(parameters), logger: logger, grace: grace)
                 started = connection
-                try await connection.finishConnecting()
+                do {
+                    try await connection.finishConnecting()
+                } catch let error as SQLError where DatabaseURL.quotesPart(of: password, in: error.message) {
+                    // libpq does not quote passwords; should one ever appear, it goes no further.
+                    throw SQLError(error.kind, "cannot connect (libpq's message is withheld: it quotes the password)")
+                }
                 return connection
             }
         } catch is TimeoutError {
