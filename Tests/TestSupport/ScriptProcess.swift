@@ -96,6 +96,13 @@ final class ScriptProcess: Sendable {
         }
     }
 
+    /// Ends the script's input and waits until it has closed its output (it cleans up, then exits). Blocks.
+    func finish() {
+        close(input)
+        while readLine() != nil {}
+        close(output)
+    }
+
     /// Sends `line` to the script's stdin.
     func writeLine(_ line: String) throws(Failure) {
         let bytes = Array((line + "\n").utf8)
