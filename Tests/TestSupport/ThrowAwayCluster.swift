@@ -25,6 +25,13 @@ public final class ThrowAwayCluster: Sendable {
     /// The process's TLS-only, SCRAM-only cluster (scripts/pg-cluster.sh --tls), started on first use.
     public static func sharedTLS() throws(Failure) -> ThrowAwayCluster { try tlsCluster.get() }
 
+    /// A cluster of the caller's own (not shared), for a test that must stop and start it while other
+    /// suites use theirs; ``finish()`` deletes it. Blocks for a few seconds (initdb).
+    public static func make() throws(Failure) -> ThrowAwayCluster { try start([]).get() }
+
+    /// Stops and deletes the cluster (only for one from ``make()``). Blocks.
+    public func finish() { process.finish() }
+
     private static let cluster = start([])
     private static let tlsCluster = start(["--tls"])
 

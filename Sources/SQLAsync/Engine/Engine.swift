@@ -159,6 +159,13 @@ public final class Engine: Sendable {
         return pool
     }
 
+    /// Tells the current runtime's pool that the server went away (a listener lost its connection): the
+    /// connections idle since are checked before they are handed out.
+    func serverWentAway() throws {
+        let runtime = try Runtime.current
+        pools.withLock { $0.byRuntime[ObjectIdentifier(runtime)] }?.invalidate()
+    }
+
     /// The pool of the current runtime: open, idle and waiting counts (for tests and diagnostics).
     public func poolStatistics() throws -> (open: Int, idle: Int, waiting: Int) {
         let runtime = try Runtime.current

@@ -175,6 +175,19 @@ final class PGHandle: @unchecked Sendable {
         return PostgresCancelKey.read(cancel, backendPID: PQbackendPID(connection))
     }
 
+    /// The notifications libpq has read and not handed out yet.
+    func notifications() -> [PostgresNotification] {
+        guard let connection else { return [] }
+        var found: [PostgresNotification] = []
+        while let notify = PQnotifies(connection) {
+            found.append(PostgresNotification(
+                channel: String(cString: notify.pointee.relname), payload: String(cString: notify.pointee.extra),
+                processID: notify.pointee.be_pid))
+            PQfreemem(notify)
+        }
+        return found
+    }
+
     /// Forgets the connection without closing it (see `PostgresConnection.deinit`).
     func abandon() { connection = nil }
 
