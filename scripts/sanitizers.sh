@@ -35,13 +35,16 @@ for sanitizer in "${sanitizers[@]}"; do
     mkdir -p "$reports"
     # The Runtime suites, then the SQLAsync suite: apart, so that the conformance suite's real-time waits do
     # not compete with the database suites for the machine on top of the sanitizer's slowdown.
-    for suites in "RuntimeTests|RuntimeConformanceTests" "SQLAsyncTests"; do
+    # (The suites that start clusters of their own run last, alone, as in scripts/test.sh.)
+    for suites in "RuntimeTests|RuntimeConformanceTests" "SQLAsyncTests" "Cluster"; do
+        skip=()
+        [ "$suites" = "SQLAsyncTests" ] && skip=(--skip Cluster)
         echo "== $sanitizer sanitizer: $suites"
         set +e
         TSAN_OPTIONS="suppressions=$root/scripts/sanitizers/tsan.supp log_path=$reports/report halt_on_error=0 second_deadlock_stack=1" \
         ASAN_OPTIONS="log_path=$reports/report detect_leaks=1" \
         LSAN_OPTIONS="suppressions=$root/scripts/sanitizers/asan.supp" \
-            scripts/with-postgres.sh swift test --skip-build --scratch-path "$scratch" --sanitize="$sanitizer" --filter "$suites" \
+            scripts/with-postgres.sh swift test --skip-build --scratch-path "$scratch" --sanitize="$sanitizer" --filter "$suites" "${skip[@]}" \
             >"$log" 2>&1
         status=$?
         set -e

@@ -29,7 +29,7 @@ struct CancellationTortureTests {
                 // A PostgreSQL round trip costs more (and a cancelled one a cancel request), so its deadlines
                 // range wider for a comparable mix of completed and cancelled operations.
                 let maxDeadline: Int64 = database == .postgresql ? 25_000 : 8_000
-                let outcomes = Locked<(completed: Int, cancelled: Int, failed: [String])>((0, 0, []))
+                let outcomes = Locked<(completed: Int, cancelled: Int, inDoubt: Int, failed: [String])>((0, 0, 0, []))
                 // 8 workers, 1,000 operations in all, each under its own random deadline: some finish, some are
                 // cancelled waiting for a connection, most are cancelled somewhere inside a query or transaction.
                 try await Runtime.withTaskGroup { group in
@@ -65,6 +65,10 @@ struct CancellationTortureTests {
                                     outcomes.withLock { done == nil ? ($0.cancelled += 1) : ($0.completed += 1) }
                                 } catch let error as SQLError where error.kind == .timeout {
                                     outcomes.withLock { $0.cancelled += 1 }  // SQLite busy while another writer held the lock
+                                } catch let error as SQLError where error.kind == .commitInDoubt || error.kind == .statementInDoubt {
+                                    // The honest answer when a loaded server stays silent past the deadline and the
+                                    // grace (seen once, under the whole suite and its throw-away clusters).
+                                    outcomes.withLock { $0.inDoubt += 1 }
                                 } catch {
                                     outcomes.withLock { $0.failed.append("\(error)") }
                                 }
@@ -74,7 +78,7 @@ struct CancellationTortureTests {
                 }
                 let result = outcomes.withLock { $0 }
                 #expect(result.failed.isEmpty, "unexpected failures: \(result.failed.prefix(5))")
-                #expect(result.completed + result.cancelled + result.failed.count == 1_000)
+                #expect(result.completed + result.cancelled + result.inDoubt + result.failed.count == 1_000)
                 // How many complete depends on the machine's speed; that some are cancelled does not.
                 #expect(result.cancelled > 0, "nothing was cancelled: \(result.completed) completed")
                 // Every lease came back; every pooled connection works and is outside any transaction.
@@ -106,7 +110,7 @@ struct CancellationTortureTests {
                     #expect(clean == 0, "sessions left in a transaction or still running a cancelled query")
                 }
                 try await engine.withConnection { connection in try await connection.execute("DROP TABLE \(table)") }
-                print("torture \(backend) \(database): completed \(result.completed), cancelled \(result.cancelled)")
+                print("torture \(backend) \(database): completed \(result.completed), cancelled \(result.cancelled), in doubt \(result.inDoubt)")
                 await engine.dispose()
             }
         }
