@@ -18,26 +18,19 @@ set -uo pipefail
 tls=false
 [ "${1:-}" = "--tls" ] && tls=true
 
-bindir=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1 || true)
-if [ -z "$bindir" ] || [ ! -x "$bindir/initdb" ]; then
+source "$(dirname "$0")/lib/postgres.sh"
+if [ -z "$bindir" ]; then
     echo "error no PostgreSQL server binaries (install the postgresql package)"
     exit 1
 fi
-as_owner=()
-if [ "$(id -u)" -eq 0 ]; then
-    as_owner=(runuser -u postgres --)  # PostgreSQL refuses to run as root
-fi
-
-dir=$(mktemp -d /tmp/anyruntime-pgc.XXXXXX)
-chmod 755 "$dir"
-[ "$(id -u)" -eq 0 ] && chown postgres: "$dir"
+dir=$(pg_temp_dir anyruntime-pgc)
 cleanup() {
     "${as_owner[@]}" "$bindir/pg_ctl" -D "$dir/data" -m immediate -w stop >/dev/null 2>&1 || true
     rm -rf "$dir"
 }
 trap cleanup EXIT INT TERM
 
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()')
+port=$(free_port)
 if ! "${as_owner[@]}" "$bindir/initdb" -D "$dir/data" -U postgres --auth=trust --no-sync -E UTF8 >"$dir/initdb.log" 2>&1; then
     echo "error initdb failed: $(tail -1 "$dir/initdb.log")"
     exit 1

@@ -11,19 +11,12 @@
 # are stopped and deleted.
 set -uo pipefail
 
-bindir=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1 || true)
-if [ -z "$bindir" ] || [ ! -x "$bindir/initdb" ]; then
+source "$(dirname "$0")/lib/postgres.sh"
+if [ -z "$bindir" ]; then
     echo "error no PostgreSQL server binaries (install the postgresql package)"
     exit 1
 fi
-as_owner=()
-if [ "$(id -u)" -eq 0 ]; then
-    as_owner=(runuser -u postgres --)  # PostgreSQL refuses to run as root
-fi
-
-dir=$(mktemp -d /tmp/anyruntime-pgr.XXXXXX)
-chmod 755 "$dir"
-[ "$(id -u)" -eq 0 ] && chown postgres: "$dir"
+dir=$(pg_temp_dir anyruntime-pgr)
 cleanup() {
     for node in primary standby; do
         "${as_owner[@]}" "$bindir/pg_ctl" -D "$dir/$node" -m immediate -w stop >/dev/null 2>&1 || true
@@ -32,7 +25,6 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
 primary=$(free_port)
 standby=$(free_port)
 options="-k $dir -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=on -c max_connections=200"

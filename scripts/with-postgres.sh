@@ -12,20 +12,13 @@ if [ -n "${ANYRUNTIME_PG_URL:-}" ]; then
     exec "$@"
 fi
 
-bindir=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1 || true)
-if [ -z "$bindir" ] || [ ! -x "$bindir/initdb" ]; then
+source "$(dirname "$0")/lib/postgres.sh"
+if [ -z "$bindir" ]; then
     echo "with-postgres: no PostgreSQL server binaries (install the postgresql package, or set ANYRUNTIME_PG_URL)" >&2
     exit 1
 fi
 
-as_owner=()
-if [ "$(id -u)" -eq 0 ]; then
-    as_owner=(runuser -u postgres --)  # PostgreSQL refuses to run as root
-fi
-
-dir=$(mktemp -d /tmp/anyruntime-pg.XXXXXX)
-chmod 755 "$dir"
-[ "$(id -u)" -eq 0 ] && chown postgres: "$dir"
+dir=$(pg_temp_dir anyruntime-pg)
 
 cleanup() {
     "${as_owner[@]}" "$bindir/pg_ctl" -D "$dir/data" -m immediate -w stop >/dev/null 2>&1 || true
@@ -34,7 +27,7 @@ cleanup() {
 trap cleanup EXIT INT TERM
 
 # A free port: ask the kernel for one.
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()')
+port=$(free_port)
 
 "${as_owner[@]}" "$bindir/initdb" -D "$dir/data" -U postgres --auth=trust --no-sync -E UTF8 >"$dir/initdb.log" 2>&1 || {
     cat "$dir/initdb.log" >&2

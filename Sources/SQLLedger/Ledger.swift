@@ -1,6 +1,7 @@
 import Runtime
 import Synchronization
 import SQLAsync
+import TestSupport
 
 /// The ledger: operations with effects a database can check (inserts, updates in transactions, commits,
 /// savepoints, batches, streams), each cancelled at a random point or not at all, and afterwards a check that
@@ -229,19 +230,6 @@ struct Ledger {
     /// An error message without the numbers that differ between occurrences, for counting kinds of failure.
     static func shape(_ error: String) -> String {
         String(error.prefix(160).map { $0.isNumber ? "#" : $0 })
-    }
-}
-
-/// A small, fast, seedable generator (SplitMix64): a run is reproduced from its seed.
-struct SplitMix {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
     }
 }
 

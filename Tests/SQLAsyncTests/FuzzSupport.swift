@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import TestSupport
 
 /// The fuzzers' random source and budget.
 ///
@@ -8,18 +9,6 @@ import Glibc
 /// `ANYRUNTIME_FUZZ_SEED=<seed>` replays that run exactly. `ANYRUNTIME_FUZZ_SCALE=<n>` multiplies every
 /// fuzzer's budget (CI runs the default, 1).
 struct Fuzz {
-    /// SplitMix64: small, fast, and the same sequence on every machine for a seed.
-    struct Generator: RandomNumberGenerator {
-        var state: UInt64
-        mutating func next() -> UInt64 {
-            state &+= 0x9E37_79B9_7F4A_7C15
-            var z = state
-            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-            return z ^ (z >> 31)
-        }
-    }
-
     static let seed: UInt64 = {
         if let text = getenv("ANYRUNTIME_FUZZ_SEED").map({ String(cString: $0) }), let seed = UInt64(text) { return seed }
         return UInt64.random(in: 0...UInt64.max)
@@ -31,10 +20,10 @@ struct Fuzz {
     }()
 
     /// A generator for one fuzzer (`salt` keeps fuzzers sharing a seed from drawing the same values).
-    static func generator(_ salt: String) -> Generator {
+    static func generator(_ salt: String) -> SplitMix {
         var hash: UInt64 = 0xCBF2_9CE4_8422_2325
         for byte in salt.utf8 { hash = (hash ^ UInt64(byte)) &* 0x100_0000_01B3 }
-        return Generator(state: seed ^ hash)
+        return SplitMix(seed: seed ^ hash)
     }
 
     /// Says how to replay a failure.
