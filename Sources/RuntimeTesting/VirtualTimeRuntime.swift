@@ -25,9 +25,14 @@ import Glibc
 /// **When the clock jumps.** The loop is idle when no job is runnable. Then:
 /// - while blocking work is in flight, or outside work awaited through `Runtime.withCompletion`, it waits for
 ///   that work (the clock stands still);
-/// - it waits ``Configuration/autojumpThreshold`` of real time (trio's `MockClock.autojump_threshold`) —
-///   while file descriptors are watched, at least ``Configuration/ioQuietPeriod`` — and jumps to the
+/// - it waits the autojump threshold of real time (trio's `MockClock.autojump_threshold`) and jumps to the
 ///   earliest timer only if nothing happened meanwhile;
+/// - while file descriptors are watched (a real peer, such as a database server, may still answer), it
+///   waits at least as long as the jump would move the clock, up to ``Configuration/ioQuietPeriod``: a
+///   deadline 200 ms away passes after 200 ms of real silence, one 10 s away after 10 s (or the quiet
+///   period, when shorter). Virtual time never outruns a silent peer by more than that period, so a busy
+///   server is not mistaken for one that stopped answering, and a test waiting for a short deadline on a
+///   silent server still takes only that deadline's real time;
 /// - with ``Autojump/never`` it never jumps by itself: only ``jump(by:)`` moves the clock.
 ///
 /// A task in `Runtime.waitAllTasksBlocked(cushion:)` is woken before the clock jumps, as in trio.
@@ -39,10 +44,11 @@ public enum VirtualTimeRuntime {
         /// When the idle loop jumps the clock (default ``Autojump/immediately``). Change it during a run with
         /// ``VirtualTimeRuntime/setAutojump(_:)``.
         public var autojump = Autojump.immediately
-        /// Real time the loop waits for IO before it lets the virtual clock jump while fds are watched
-        /// (default 250 ms). It bounds how long a real peer — a database server — may take to answer before
-        /// virtual deadlines pass: raise it for slow peers or loaded machines, lower it for tests that only
-        /// talk to themselves.
+        /// The most real time the loop waits for IO before it lets the virtual clock jump while fds are
+        /// watched (default 250 ms); a jump shorter than this waits as long as the jump. It bounds how long a
+        /// real peer — a database server — may stay silent before virtual deadlines pass: raise it for slow
+        /// peers or loaded machines (up to the longest deadline, virtual time then keeps pace with real time
+        /// whenever a peer is silent), lower it for tests that only talk to themselves.
         public var ioQuietPeriod: Duration = .milliseconds(250)
         /// The virtual clock's reading at the start (default 1,000 s: arithmetic below zero stays valid).
         public var start = RuntimeInstant(nanoseconds: 1_000_000_000_000)
@@ -371,7 +377,12 @@ final class VirtualTimeBackend: RuntimeBackend, OutsideWorkTracking, @unchecked 
             if blockingInFlight.load(ordering: .acquiring) > 0 || nextTimer == nil || threshold < 0 {
                 timeout = -1  // the work's completion, a jump, new work or readiness wakes us
             } else {
-                timeout = watching ? max(threshold, quietMilliseconds) : threshold
+                // While a real peer may answer, the jump waits as long as it would move the clock (up to the
+                // quiet period): a busy server gets the real time its deadline gives it.
+                let (difference, overflow) = (nextTimer?.nanoseconds ?? Int64.max).subtractingReportingOverflow(virtualNow.load(ordering: .acquiring))
+                let distance = overflow ? Int64.max : difference
+                let jumpMilliseconds = Int32(clamping: max(0, distance / 1_000_000 + (distance % 1_000_000 == 0 ? 0 : 1)))
+                timeout = watching ? max(threshold, min(quietMilliseconds, jumpMilliseconds)) : threshold
             }
             if pollIO(timeout: timeout) { continue }
             if blockingInFlight.load(ordering: .acquiring) == 0, let nextTimer, threshold >= 0,

@@ -29,6 +29,9 @@ struct DatabaseURLTests {
         arguments: [
             "postgresql://alice:pw7x/ss987@localhost/app", "postgresql://alice:pw7x?ss987@localhost/app",
             "postgresql://alice:pw7x&ss987=x@localhost/app", "postgresql://alice:12/ss987@localhost/app",
+            // Found by the URL fuzzer: no authority at all, so the password's tail after its '?' reads as a
+            // parameter name (or a client_encoding value), which the error named.
+            "postgresql:///alice:pw7x?ss987=@localhost", "postgresql:///alice:pw7x?client_encoding=ss987@localhost",
         ])
     func unencodedPassword(_ text: String) throws {
         do {

@@ -185,6 +185,9 @@ public struct DatabaseURL: Sendable, Hashable, CustomStringConvertible {
             }
             _ = try Self.percentDecode(entry, what: "host")
         }
+        // A '@' after the '?' may mean a password cut short by an unencoded '/' or '?' (the authority then
+        // ended early, and the password's tail became parameters): nothing of the parameters is quoted then.
+        let mayQuote = !query.contains("@")
         var parameters: [(key: String, value: String)] = []
         for pair in query.split(separator: "&") where !pair.isEmpty {
             guard let equals = pair.firstIndex(of: "=") else {
@@ -195,7 +198,7 @@ public struct DatabaseURL: Sendable, Hashable, CustomStringConvertible {
             let value = try Self.percentDecode(pair[pair.index(after: equals)...], what: "value of a parameter")
             guard Self.isLibpqKeyword(key) else {
                 // Named only when it looks like a keyword: otherwise it may be a piece of a password.
-                let name = key.allSatisfy { $0.isASCII && ($0.isLetter || $0 == "_") } && key.count <= 40 ? "'\(key)' " : ""
+                let name = mayQuote && key.allSatisfy { $0.isASCII && ($0.isLetter || $0 == "_") } && key.count <= 40 ? "'\(key)' " : ""
                 throw SQLError(.invalidURL, "the URL parameter \(name)is not a connection keyword of this libpq")
             }
             guard key != "password" else {
@@ -205,7 +208,7 @@ public struct DatabaseURL: Sendable, Hashable, CustomStringConvertible {
                 // The driver decodes every text value as UTF-8: another encoding would alter text silently.
                 throw SQLError(
                     .invalidURL,
-                    "client_encoding must be UTF8 (the driver reads and writes all text as UTF-8), not '\(value)'")
+                    "client_encoding must be UTF8 (the driver reads and writes all text as UTF-8)\(mayQuote ? ", not '\(value)'" : "")")
             }
             parameters.append((key, value))
         }
