@@ -220,4 +220,51 @@ struct StreamLifecycleTests {
         let closesCut = cut.close()
         #expect(closesCut)
     }
+
+}
+
+extension PostgresStateMachineTests {
+    @Test("COPY FROM STDIN: cancelled before the end of its data, it is aborted (nothing copied); after, it is a statement on its way")
+    func copyIn() {
+        var machine = idleMachine()
+        #expect(proceeds(machine.startCall(.copyIn, sql: "COPY t FROM STDIN")))
+        machine.sent()
+        machine.copyStarted()
+        let abort = machine.cancellationArrived(now: now, grace: grace)
+        #expect(abort == .abortCopy(deadline: deadline))
+        // Given up during the abort: closing the connection undoes the COPY, so it was cancelled, not in doubt.
+        let givenUp = machine.cancelDeadlinePassed(grace)
+        #expect(givenUp == .cancelled)
+
+        machine = idleMachine()
+        #expect(proceeds(machine.startCall(.copyIn, sql: "COPY t FROM STDIN")))
+        machine.sent()
+        machine.copyStarted()
+        machine.copyDataEnded()
+        let whileSending = machine.cancellationArrived(now: now, grace: grace)
+        #expect(whileSending == .wait(deadline: deadline), "the end is still being pushed out")
+        machine.sent()
+        let afterSending = machine.cancellationArrived(now: now, grace: grace)
+        #expect(afterSending == .requestCancelAndWait(deadline: deadline))
+        #expect(machine.resultsRead(failed: true) == .reportCancellation)
+        let givenUpAfter = machine.cancelDeadlinePassed(grace)
+        #expect(givenUpAfter == .inDoubt, "the whole COPY was sent: it may have committed")
+    }
+
+    @Test("COPY TO STDOUT: a cancellation during the data asks the server to cancel, once")
+    func copyOut() {
+        var machine = idleMachine()
+        #expect(proceeds(machine.startCall(.copyOut, sql: "COPY t TO STDOUT")))
+        machine.sent()
+        machine.copyStarted()
+        let first = machine.cancellationArrived(now: now, grace: grace)
+        #expect(first == .requestCancelAndWait(deadline: deadline))
+        let second = machine.cancellationArrived(now: now, grace: grace)
+        #expect(second == .wait(deadline: deadline))
+        let again = machine.shouldRequestCancel()
+        #expect(!again)
+        machine.cleanedUp()
+        #expect(machine.endCall(transaction: .idle) == .none)
+        #expect(machine.isReusable)
+    }
 }

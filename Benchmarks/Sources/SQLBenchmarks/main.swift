@@ -193,6 +193,17 @@ func insertBulk(_ engine: Engine, _ count: Int) async throws -> String {
     return "executeMany in a transaction"
 }
 
+/// PG-COPY: the bulk load through `copy(_:into:columns:)` (COPY FROM STDIN), the rows made as they are sent.
+func copyBulk(_ engine: Engine, _ count: Int) async throws -> String {
+    try await engine.withConnection { connection in
+        try await connection.execute("TRUNCATE accounts_ins")
+        let rows = (1...count).lazy.map { index -> [SQLValue] in [.integer(Int64(index)), .text("user-\(index)"), .integer(Int64(index) * 10)] }
+        let copied = try await connection.copy(rows, into: "accounts_ins", columns: ["id", "name", "balance"])
+        guard copied == count else { throw SQLError(.database, "PG-COPY copied \(copied) rows, not \(count)") }
+    }
+    return "copy(_:into:columns:)"
+}
+
 func fetchAllRows(_ engine: Engine) async throws -> String {
     var checksum = 0
     try await engine.withConnection { connection in
@@ -283,6 +294,10 @@ for database in databases where options.wants(database.prefix) || options.only?.
                 let n = options.count(50_000)
                 out.append(try await measure("\(database.prefix)-INSERT-BULK", system, operations: n, repetitions: reps) { try await insertBulk(engine, n) })
             }
+            if wanted("COPY"), database.prefix == "PG" {
+                let n = options.count(1_000_000)
+                out.append(try await measure("PG-COPY", system, operations: n, repetitions: reps) { try await copyBulk(engine, n) })
+            }
             if wanted("FETCH-ALL") {
                 out.append(try await measure("\(database.prefix)-FETCH-ALL", system, operations: 100_000, repetitions: reps) { try await fetchAllRows(engine) })
             }
@@ -333,6 +348,12 @@ for database in databases where options.wants(database.prefix) || options.only?.
                 database.prefix == "PG"
                     ? cf_pg_insert_pipeline(database.conninfo, n, error, size) : cf_sq_insert_bulk(database.conninfo, n, error, size)
             }
+        })
+    }
+    if wanted("COPY"), floors, database.prefix == "PG" {
+        let n = Int32(options.count(1_000_000))
+        rows.append(try measureSync("PG-COPY", "C (libpq COPY, synchronous)", operations: Int(n), repetitions: reps) {
+            try floor("COPY") { error, size in cf_pg_copy(database.conninfo, n, error, size) }
         })
     }
     if wanted("FETCH-ALL"), floors {

@@ -11,6 +11,7 @@ int cf_pg_point_seq(const char *conninfo, int count, long long *checksum, char *
 int cf_pg_point_threads(const char *conninfo, int count, int threads, long long *checksum, char *error, size_t error_size);
 int cf_pg_fetch_all(const char *conninfo, long long *checksum, char *error, size_t error_size);
 int cf_pg_insert_pipeline(const char *conninfo, int count, char *error, size_t error_size);
+int cf_pg_copy(const char *conninfo, int count, char *error, size_t error_size);
 
 // SQLite (sqlite3, on the calling thread). `path` is a database file.
 int cf_sq_point_seq(const char *path, int count, long long *checksum, char *error, size_t error_size);

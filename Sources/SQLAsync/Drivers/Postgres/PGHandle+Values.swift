@@ -39,23 +39,27 @@ extension PGHandle {
     /// to 2^53).
     static func checkIntegers(_ binds: [SQLValue], against types: [Oid], sql: String) throws(SQLError) {
         for (index, value) in binds.enumerated() where index < types.count {
-            guard case .integer(let integer) = value else { continue }
-            let (name, fits): (String, Bool) =
-                switch types[index] {
-                case 21: ("smallint (int2)", Int16(exactly: integer) != nil)
-                case 23: ("integer (int4)", Int32(exactly: integer) != nil)
-                case 26: ("oid", UInt32(exactly: integer) != nil)
-                case 700: ("real (float4)", integer.magnitude <= 1 << 24)
-                case 701: ("double precision (float8)", integer.magnitude <= 1 << 53)
-                default: ("", true)
-                }
-            guard fits else {
-                throw SQLError(
-                    .invalidParameter,
-                    "parameter $\(index + 1) is \(integer), which the parameter's type \(name) cannot hold exactly",
-                    sql: sql)
-            }
+            guard case .integer(let integer) = value, let name = integerMisfit(integer, type: types[index]) else { continue }
+            throw SQLError(
+                .invalidParameter,
+                "parameter $\(index + 1) is \(integer), which the parameter's type \(name) cannot hold exactly",
+                sql: sql)
         }
+    }
+
+    /// The name of `type` when it cannot hold `integer` exactly (sent as text, it would be refused or
+    /// rounded), or nil.
+    static func integerMisfit(_ integer: Int64, type: Oid) -> String? {
+        let (name, fits): (String, Bool) =
+            switch type {
+            case 21: ("smallint (int2)", Int16(exactly: integer) != nil)
+            case 23: ("integer (int4)", Int32(exactly: integer) != nil)
+            case 26: ("oid", UInt32(exactly: integer) != nil)
+            case 700: ("real (float4)", integer.magnitude <= 1 << 24)
+            case 701: ("double precision (float8)", integer.magnitude <= 1 << 53)
+            default: ("", true)
+            }
+        return fits ? nil : name
     }
 
     /// Why PostgreSQL cannot take `value` as parameter `$number`, or nil: text with a NUL byte, a value no

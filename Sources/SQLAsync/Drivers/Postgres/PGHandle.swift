@@ -130,7 +130,38 @@ final class PGHandle: @unchecked Sendable {
     /// Ends a COPY FROM STDIN with an error message.
     func putCopyEnd(failing message: String) -> Bool { connection.map { PQputCopyEnd($0, message) == 1 } ?? false }
 
+    /// Queues COPY data: 1 queued, 0 libpq's buffer is full (wait until the socket is writable), -1 failed.
+    func putCopyData(_ bytes: UnsafeRawBufferPointer) -> Int32 {
+        guard let connection else { return -1 }
+        guard let base = bytes.baseAddress, !bytes.isEmpty else { return 1 }
+        return PQputCopyData(connection, base.assumingMemoryBound(to: CChar.self), Int32(clamping: bytes.count))
+    }
+
+    /// Queues the end of COPY FROM STDIN data, or its failure with `message` (the server then undoes the
+    /// COPY): 1 queued, 0 libpq's buffer is full (wait until the socket is writable), -1 failed.
+    func putCopyEnd(_ message: String?) -> Int32 {
+        guard let connection else { return -1 }
+        return PQputCopyEnd(connection, message)
+    }
+
     enum CopyRead { case more, wouldBlock, done, failed }
+
+    /// Reads one message of COPY TO STDOUT data, without blocking, onto `data`.
+    func readCopyData(appendingTo data: inout [UInt8]) -> CopyRead {
+        guard let connection else { return .failed }
+        var buffer: UnsafeMutablePointer<CChar>?
+        let count = PQgetCopyData(connection, &buffer, 1)
+        if let buffer {
+            defer { PQfreemem(buffer) }
+            if count > 0 { data.append(contentsOf: UnsafeRawBufferPointer(start: buffer, count: Int(count))) }
+        }
+        switch count {
+        case let n where n > 0: return .more
+        case 0: return .wouldBlock
+        case -1: return .done
+        default: return .failed
+        }
+    }
 
     /// Reads one row of COPY TO STDOUT data, without blocking, and drops it.
     func dropCopyData() -> CopyRead {

@@ -44,6 +44,8 @@ extension PostgresConnection {
                 deadline = until
             case .wait(let until):
                 deadline = until
+            case .abortCopy:
+                throw CancellationError()  // the COPY's own code ends it (its data phase does not wait here)
             }
             let ready: IOEvents? = try await withCancelScope(deadline: deadline, shield: true) { _ in
                 try await runtime.wait(fd: fd, for: events)

@@ -24,6 +24,10 @@ struct PostgresStateMachine: Sendable, Equatable {
         case stream
         /// A batch in pipeline mode: every execution sent, then one sync.
         case pipeline
+        /// COPY FROM STDIN: the statement, then data to the server, then the end of the data.
+        case copyIn
+        /// COPY TO STDOUT: the statement, then data from the server.
+        case copyOut
     }
 
     /// Where a call is.
@@ -39,6 +43,8 @@ struct PostgresStateMachine: Sendable, Equatable {
         case cancelling
         /// A clean-up reads what is left of the results before the connection may be used again.
         case draining
+        /// A COPY's data flows (to the server for COPY FROM STDIN, from it for COPY TO STDOUT).
+        case copyingData
     }
 
     /// The server's transaction state after a call (libpq's `PQtransactionStatus`).
@@ -68,6 +74,9 @@ struct PostgresStateMachine: Sendable, Equatable {
         var brokenReason: String?
         /// A close came while the call ran: the call closes the connection when it ends.
         var closeWhenDone = false
+        /// COPY FROM STDIN: the end of the data is queued, so the COPY may complete (and commit); until
+        /// then, failing or closing undoes all of it.
+        var copyEnded = false
 
         init(kind: Kind) { self.kind = kind }
     }
@@ -122,6 +131,23 @@ struct PostgresStateMachine: Sendable, Equatable {
         }
     }
 
+    /// The server answered a COPY statement: its data flows now.
+    mutating func copyStarted() {
+        modifyCall { call in
+            guard call.kind == .copyIn || call.kind == .copyOut, call.phase == .awaitingResults else { return }
+            call.phase = .copyingData
+        }
+    }
+
+    /// COPY FROM STDIN: all the data is queued, and its end; what is left is pushed out (``sent()`` follows).
+    mutating func copyDataEnded() {
+        modifyCall { call in
+            guard call.kind == .copyIn, call.phase == .copyingData else { return }
+            call.copyEnded = true
+            call.phase = .sending
+        }
+    }
+
     /// The call's messages are all sent (a batch: up to its sync); its answers are read now.
     mutating func sent() {
         modifyCall { call in
@@ -142,6 +168,9 @@ struct PostgresStateMachine: Sendable, Equatable {
         case requestCancelAndWait(deadline: RuntimeInstant)
         /// Keep reading, shielded, until `deadline`.
         case wait(deadline: RuntimeInstant)
+        /// COPY FROM STDIN before the end of its data: end it with a failure (the server then undoes all of
+        /// it), read the server's answer, shielded, until `deadline`, and throw `CancellationError`.
+        case abortCopy(deadline: RuntimeInstant)
     }
 
     /// A cancellation reached a wait of the running call at `now`; the caller waits at most `grace` more.
@@ -154,6 +183,10 @@ struct PostgresStateMachine: Sendable, Equatable {
             // A sync now would commit the part already run; closing makes the server roll it back.
             call.brokenReason = call.brokenReason ?? "a batch was cancelled before it was fully sent"
             return .stop(closeConnection: true)
+        case (.copyIn, .copyingData):
+            call.cancelDeadline = deadline
+            call.phase = .cancelling
+            return .abortCopy(deadline: deadline)
         case (.stream, _):
             call.cancelDeadline = deadline
             call.phase = .cancelling
@@ -163,7 +196,7 @@ struct PostgresStateMachine: Sendable, Equatable {
             // only between messages, so it is asked once the statement is out.
             call.cancelDeadline = deadline
             return .wait(deadline: deadline)
-        case (_, .awaitingResults), (_, .streaming), (_, .cancelling):
+        case (_, .awaitingResults), (_, .streaming), (_, .cancelling), (_, .copyingData):
             call.cancelDeadline = deadline
             call.phase = .cancelling
             if call.cancelRequested { return .wait(deadline: deadline) }
@@ -188,7 +221,12 @@ struct PostgresStateMachine: Sendable, Equatable {
     /// (closed, out of the caller's way), and what the call reports depends on whether the statement was sent.
     mutating func cancelDeadlinePassed(_ grace: Duration) -> GiveUpOutcome {
         let sentWhole: Bool
-        if case .busy(let call) = state { sentWhole = call.phase != .sending } else { sentWhole = true }
+        if case .busy(let call) = state {
+            // A COPY FROM STDIN is complete only with the end of its data: before, closing undoes it.
+            sentWhole = call.phase != .sending && (call.kind != .copyIn || call.copyEnded)
+        } else {
+            sentWhole = true
+        }
         connectionFailed("no answer within \(grace) of a cancellation")
         return sentWhole ? .inDoubt : .cancelled
     }
