@@ -31,13 +31,19 @@ public final class Engine: Sendable {
     ///   - logger: where the engine logs (by default a logger labelled `anyruntime.sqlasync`).
     ///   - password: for PostgreSQL, where each new connection's password comes from when the URL has none
     ///     (see ``PasswordProvider``).
-    /// - Throws: ``SQLError/Kind/invalidURL`` naming the problem (never the password).
+    ///   - readRouting: for PostgreSQL, the standbys that serve read-only work (see ``ReadRouting``).
+    /// - Throws: ``SQLError/Kind/invalidURL`` naming the problem (never the password), also for read routing
+    ///   on a database that is not PostgreSQL.
     public convenience init(
         _ url: String, pool: PoolConfiguration = PoolConfiguration(),
-        logger: Logger = Logger(label: "anyruntime.sqlasync"), password: PasswordProvider? = nil
+        logger: Logger = Logger(label: "anyruntime.sqlasync"), password: PasswordProvider? = nil,
+        readRouting: ReadRouting? = nil
     ) throws(SQLError) {
         let parsed = try DatabaseURL(url)
-        self.init(url: parsed, pool: pool, logger: logger, password: password)
+        if readRouting != nil, parsed.database != .postgresql {
+            throw SQLError(.invalidURL, "read routing needs a PostgreSQL primary, not \(parsed.database)")
+        }
+        self.init(url: parsed, pool: pool, logger: logger, password: password, readRouting: readRouting)
     }
 
     /// Where a PostgreSQL connection's password comes from when the URL has none: called for every new
@@ -57,9 +63,12 @@ public final class Engine: Sendable {
     ///   - password: for PostgreSQL, where each new connection's password comes from when the URL has none.
     ///     Without it (and without one in the URL) libpq looks in the URL's `passfile`, the file `PGPASSFILE`
     ///     names, or `~/.pgpass`.
+    ///   - readRouting: for PostgreSQL, the standbys that serve read-only work (see ``ReadRouting``); ignored
+    ///     for SQLite.
     public init(
         url: DatabaseURL, pool: PoolConfiguration = PoolConfiguration(),
-        logger: Logger = Logger(label: "anyruntime.sqlasync"), password: PasswordProvider? = nil
+        logger: Logger = Logger(label: "anyruntime.sqlasync"), password: PasswordProvider? = nil,
+        readRouting: ReadRouting? = nil
     ) {
         self.url = url
         self.passwordProvider = password
@@ -67,7 +76,11 @@ public final class Engine: Sendable {
         var logger = logger
         logger[metadataKey: "database"] = "\(url)"  // the description hides the password
         self.logger = logger
+        self.standbys = url.database == .postgresql ? readRouting.map { Standbys($0, logger: logger, password: password) } : nil
     }
+
+    /// The standbys that serve read-only work, when the engine routes reads.
+    let standbys: Standbys?
 
     private static func adjusted(_ configuration: PoolConfiguration, for url: DatabaseURL) -> PoolConfiguration {
         guard url.database == .sqlite, url.sqlitePath == nil else { return configuration }
@@ -103,6 +116,7 @@ public final class Engine: Sendable {
             return Array(pools.byRuntime.values)
         }
         for pool in all { await pool.dispose() }
+        for standby in standbys?.engines ?? [] { await standby.dispose() }
     }
 
     /// Closes the engine gracefully: later `connect()` calls fail at once and idle connections close, then
@@ -119,10 +133,14 @@ public final class Engine: Sendable {
             return Array(pools.byRuntime.values)
         }
         for pool in all { await pool.dispose() }
-        guard let runtime = try? Runtime.current else { return all.isEmpty }
+        guard let runtime = try? Runtime.current else {
+            for standby in standbys?.engines ?? [] { await standby.dispose() }
+            return all.isEmpty
+        }
         let deadline = runtime.now.advanced(by: max(timeout, .zero))
         var drained = true
         for pool in all where !(await pool.waitUntilDrained(deadline: deadline)) { drained = false }
+        for standby in standbys?.engines ?? [] where !(await standby.close(timeout: runtime.now.duration(to: deadline))) { drained = false }
         if !drained {
             logger.warning("engine closed with connections still in use after \(timeout); they close as they are given back")
         }
@@ -196,7 +214,8 @@ public final class Engine: Sendable {
     }
 
     /// A connection from the pool with a transaction around `body`: committed when `body` returns, rolled back
-    /// when it throws or is cancelled (SQLAlchemy's `engine.begin()`).
+    /// when it throws or is cancelled (SQLAlchemy's `engine.begin()`). With ``ReadRouting``, a `readOnly`
+    /// transaction runs on a standby (``read(isolationLevel:isolation:_:)``).
     ///
     /// ```swift
     /// try await engine.begin { connection in
@@ -209,7 +228,8 @@ public final class Engine: Sendable {
         isolation: isolated (any Actor)? = #isolation,
         _ body: (Connection) async throws -> T
     ) async throws -> T {
-        try await withConnection { connection in
+        if readOnly, standbys != nil { return try await read(isolationLevel: isolationLevel, body) }
+        return try await withConnection { connection in
             try await connection.withTransaction(isolationLevel: isolationLevel, readOnly: readOnly, body)
         }
     }

@@ -128,18 +128,30 @@ extension Model {
 extension Engine {
     /// A session on a pooled connection: committed when `body` returns, rolled back when it throws or is
     /// cancelled; the connection goes back to the pool either way.
+    ///
+    /// A `readOnly` session runs its queries in a read-only transaction, on a standby when the engine routes
+    /// reads (``ReadRouting``); a flush that would write fails with the database's error.
     @discardableResult
-    public func withSession<T>(isolation: isolated (any Actor)? = #isolation, _ body: (Session) async throws -> T) async throws -> T {
-        try await withConnection { connection in
-            let session = Session(connection: connection)
-            do {
-                let result = try await body(session)
-                try await session.commit()
-                return result
-            } catch {
-                await session.rollback()
-                throw error
-            }
+    public func withSession<T>(
+        readOnly: Bool = false, isolation: isolated (any Actor)? = #isolation, _ body: (Session) async throws -> T
+    ) async throws -> T {
+        if readOnly {
+            return try await withReadConnection(after: nil) { connection in try await Self.runSession(connection, readOnly: true, body) }
+        }
+        return try await withConnection { connection in try await Self.runSession(connection, readOnly: false, body) }
+    }
+
+    private static func runSession<T>(
+        _ connection: Connection, readOnly: Bool, isolation: isolated (any Actor)? = #isolation, _ body: (Session) async throws -> T
+    ) async throws -> T {
+        let session = Session(connection: connection, readOnly: readOnly)
+        do {
+            let result = try await body(session)
+            try await session.commit()
+            return result
+        } catch {
+            await session.rollback()
+            throw error
         }
     }
 }

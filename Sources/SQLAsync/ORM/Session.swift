@@ -53,7 +53,14 @@ public final class Session {
     /// PostgreSQL 65,535; more keys take more queries.
     var inListLimit = 10_000
 
-    public init(connection: Connection) { self.connection = connection }
+    /// Whether the session's transaction is read-only (``Engine/withSession(readOnly:isolation:_:)`` with
+    /// `readOnly`: a flush that writes then fails with the database's error).
+    public let readOnly: Bool
+
+    public init(connection: Connection, readOnly: Bool = false) {
+        self.connection = connection
+        self.readOnly = readOnly
+    }
 
     // MARK: Tracking
 
@@ -206,7 +213,7 @@ public final class Session {
     // MARK: Transaction
 
     func beginIfNeeded(isolation: isolated (any Actor)? = #isolation) async throws {
-        if transaction == nil { transaction = try await connection.begin() }
+        if transaction == nil { transaction = try await connection.begin(readOnly: readOnly) }
     }
 
     /// Runs `body` in a savepoint of the session's transaction: when it throws, the database is rolled back

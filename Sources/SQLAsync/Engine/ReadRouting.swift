@@ -1,0 +1,73 @@
+import Logging
+import Runtime
+
+/// Where an engine's read-only work goes: PostgreSQL standbys, each skipped while it lags too far behind
+/// the primary or cannot be reached.
+///
+/// ```swift
+/// var routing = try ReadRouting(standbys: ["postgresql://app@replica1/app", "postgresql://app@replica2/app"])
+/// routing.maxLag = .seconds(2)
+/// let engine = try Engine("postgresql://app@primary/app", readRouting: routing)
+/// let names = try await engine.read { try await $0.execute("SELECT name FROM users").scalars(String.self) }
+/// ```
+///
+/// With routing, ``Engine/read(isolationLevel:isolation:_:)``, ``Engine/begin(isolationLevel:readOnly:isolation:_:)``
+/// with `readOnly`, and ``Engine/withSession(readOnly:isolation:_:)`` with `readOnly` run on a standby, in a
+/// read-only transaction; everything else runs on the primary. A standby serves a read when it answers and
+/// lags at most ``maxLag`` behind; its lag is read on a connection to it at most once per
+/// ``checkInterval``. A read that must see its own earlier writes goes through ``Engine/readYourWrites()``.
+public struct ReadRouting: Sendable {
+    /// The standbys, tried in turn. Each gets a pool of its own (``pool``).
+    public var standbys: [DatabaseURL]
+    /// How far a standby may lag behind the primary and still serve reads (default 10 s): the time since the
+    /// last transaction it replayed (`pg_last_xact_replay_timestamp()`) while it has received more than it
+    /// replayed or is not streaming; zero when it has replayed everything it received while streaming (an idle
+    /// primary sends nothing to replay).
+    public var maxLag: Duration = .seconds(10)
+    /// How often a standby's lag is read (default 1 s); a standby that could not be reached is skipped this
+    /// long (at least 1 s).
+    public var checkInterval: Duration = .seconds(1)
+    /// Each standby's pool.
+    public var pool = PoolConfiguration()
+    /// When no standby fits: run the read on the primary (the default), or fail with
+    /// ``SQLError/Kind/connection``.
+    public var fallbackToPrimary = true
+
+    /// - Throws: ``SQLError/Kind/invalidURL`` for a URL that is not a PostgreSQL one.
+    public init(standbys: [DatabaseURL]) throws(SQLError) {
+        for standby in standbys where standby.database != .postgresql {
+            throw SQLError(.invalidURL, "a standby must be a PostgreSQL URL, not \(standby)")
+        }
+        self.standbys = standbys
+    }
+
+    /// - Throws: ``SQLError/Kind/invalidURL`` naming the problem (never a password).
+    public init(standbys: [String]) throws(SQLError) {
+        var parsed: [DatabaseURL] = []
+        for standby in standbys { parsed.append(try DatabaseURL(standby)) }
+        try self.init(standbys: parsed)
+    }
+}
+
+/// An engine's standbys and the router choosing among them.
+final class Standbys: Sendable {
+    let engines: [Engine]
+    let router: Locked<ReadRouter>
+    let fallbackToPrimary: Bool
+
+    init(_ routing: ReadRouting, logger: Logger, password: Engine.PasswordProvider?) {
+        engines = routing.standbys.map { Engine(url: $0, pool: routing.pool, logger: logger, password: password) }
+        router = Locked(ReadRouter(standbys: routing.standbys.count, maxLag: routing.maxLag, checkInterval: routing.checkInterval))
+        fallbackToPrimary = routing.fallbackToPrimary
+    }
+
+    /// What a standby says of itself: in recovery, how far it replayed, and its lag in seconds (see
+    /// ``ReadRouting/maxLag``; 1e9 when it never replayed a transaction and is not caught up).
+    static let stateQuery = """
+        SELECT pg_is_in_recovery(), COALESCE(pg_last_wal_replay_lsn()::text, ''), CASE \
+        WHEN NOT pg_is_in_recovery() THEN 0 \
+        WHEN pg_last_wal_replay_lsn() >= pg_last_wal_receive_lsn() \
+        AND EXISTS (SELECT 1 FROM pg_stat_wal_receiver WHERE status = 'streaming') THEN 0 \
+        ELSE COALESCE(EXTRACT(EPOCH FROM now() - pg_last_xact_replay_timestamp()), 1e9) END::float8
+        """
+}
