@@ -53,7 +53,7 @@ extension Connection {
     /// ends it with a failure, the server keeps none of it, and the call throws that cause
     /// (`CancellationError`: nothing was copied). A bad row fails the COPY with the server's error. The
     /// statement is sent as written (COPY takes no parameters): build it from trusted text, never from values
-    /// — values go in the data. For rows of ``SQLValue``s, ``copy(_:into:schema:columns:)`` writes the data
+    /// — values go in the data. For rows of ``SQLValue``s, ``copy(_:into:schema:columns:)-3z705`` writes the data
     /// itself and checks every value against its column.
     ///
     /// - Throws: ``SQLError`` (``SQLError/Kind/misuse`` on SQLite, or for a statement that is not a
@@ -121,7 +121,7 @@ extension Connection {
         return try await copy(into: table, schema: schema, columns: columns) { iterator.next() }
     }
 
-    /// ``copy(_:into:schema:columns:)`` with rows from an asynchronous sequence (a file being read, another
+    /// ``copy(_:into:schema:columns:)-3z705`` with rows from an asynchronous sequence (a file being read, another
     /// database's stream): each row is copied as it arrives.
     @discardableResult
     public func copy<Rows: AsyncSequence>(
@@ -131,7 +131,7 @@ extension Connection {
         return try await copy(into: table, schema: schema, columns: columns) { try await iterator.next(isolation: #isolation) }
     }
 
-    /// ``copy(_:into:schema:columns:)`` into a Core table: every column of `table` in its declared order
+    /// ``copy(_:into:schema:columns:)-3z705`` into a Core table: every column of `table` in its declared order
     /// unless `columns` names some.
     @discardableResult
     public func copy<Rows: Sequence, Table: TableSchema>(

@@ -3,7 +3,7 @@
 /// changed columns only, deletes children first, each kind batched — inside the session's transaction, which
 /// ``commit(isolation:)`` ends.
 ///
-/// One session per task (it is not `Sendable`); ``Engine/withSession(isolation:_:)`` scopes one.
+/// One session per task (it is not `Sendable`); ``Engine/withSession(readOnly:isolation:_:)`` scopes one.
 ///
 /// ```swift
 /// try await engine.withSession { session in
