@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine: installs what is missing, builds with a warning check,
 # checks the architecture rules and the docs, starts a throw-away PostgreSQL, runs every test on every
-# backend (the fault suite and the fuzzers included), and stops the server; then the ledger, the suites under
+# backend (the fault suite and the fuzzers included), runs the SQL suite again through pgbouncer, and stops
+# the servers; then the suites that start clusters of their own, the ledger, the suites under
 # ThreadSanitizer and AddressSanitizer, and the quick benchmarks.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -35,7 +36,11 @@ echo "== tests (with a throw-away PostgreSQL unless ANYRUNTIME_PG_URL names one)
 scripts/with-postgres.sh swift test --skip-build --skip Cluster 2>&1 | tee "$log" | grep -vE "$quiet"
 status=${PIPESTATUS[0]}
 [ "$status" -eq 0 ] || exit "$status"
-echo "== tests on clusters of their own (primary and standby, TLS, restarts)"
+echo "== the SQL suite again, through pgbouncer in transaction-pooling mode (scripts/with-pgbouncer.sh)"
+scripts/with-pgbouncer.sh swift test --skip-build --filter SQLAsyncTests --skip Cluster 2>&1 | tee "$log" | grep -vE "$quiet"
+status=${PIPESTATUS[0]}
+[ "$status" -eq 0 ] || exit "$status"
+echo "== tests on clusters of their own (primary and standby, TLS, restarts, pgbouncer)"
 scripts/with-postgres.sh swift test --skip-build --filter Cluster 2>&1 | tee "$log" | grep -vE "$quiet"
 status=${PIPESTATUS[0]}
 [ "$status" -eq 0 ] || exit "$status"

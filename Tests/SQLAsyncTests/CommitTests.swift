@@ -29,8 +29,8 @@ struct CommitTests {
     @Test("a cancellation that lands while COMMIT runs does not report a commit that happened as cancelled",
           arguments: TestBackend.selected)
     func cancelledDuringCommit(_ backend: TestBackend) async throws {
-        let engine = Engine(url: try postgresURL(), pool: .patient, logger: quietLogger)
-        let observer = Engine(url: try postgresURL(), pool: .patient, logger: quietLogger)
+        let engine = Engine(url: try postgresURL(direct: true), pool: .patient, logger: quietLogger)
+        let observer = Engine(url: try postgresURL(direct: true), pool: .patient, logger: quietLogger)
         try await backend.run {
             let table = try await observer.withConnection { try await Self.slowCommitTable($0, seconds: 0.5) }
             let pid = Recorder<Int>()
@@ -93,8 +93,8 @@ struct CommitTests {
 
     @Test("a connection lost after COMMIT was sent is reported as commitInDoubt", arguments: TestBackend.selected)
     func lostDuringCommit(_ backend: TestBackend) async throws {
-        let engine = Engine(url: try postgresURL(), pool: .patient, logger: quietLogger)
-        let observer = Engine(url: try postgresURL(), pool: .patient, logger: quietLogger)
+        let engine = Engine(url: try postgresURL(direct: true), pool: .patient, logger: quietLogger)
+        let observer = Engine(url: try postgresURL(direct: true), pool: .patient, logger: quietLogger)
         try await backend.run {
             let table = try await observer.withConnection { try await Self.slowCommitTable($0, seconds: 30) }
             let pid = Recorder<Int>()
@@ -136,8 +136,8 @@ struct LateCancelTests {
     @Test("an autocommit INSERT the server completes despite the cancel request returns its result, and the row is there",
           arguments: TestBackend.selected)
     func insertCompletesDespiteCancel(_ backend: TestBackend) async throws {
-        let engine = Engine(url: try postgresURL(), pool: .patient, logger: quietLogger)
-        let observer = Engine(url: try postgresURL(), pool: .patient, logger: quietLogger)
+        let engine = Engine(url: try postgresURL(direct: true), pool: .patient, logger: quietLogger)
+        let observer = Engine(url: try postgresURL(direct: true), pool: .patient, logger: quietLogger)
         try await backend.run {
             let table = "late_cancel_\(UInt32.random(in: 0...UInt32.max))"
             // A trigger that sleeps and swallows the cancel request: the INSERT completes whatever happens.

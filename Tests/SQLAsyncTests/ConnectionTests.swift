@@ -41,10 +41,13 @@ enum TestDatabase: String, CaseIterable, Sendable, CustomStringConvertible {
 
     /// Runs `body` on `backend` with one connection in a namespace of its own: a fresh PostgreSQL schema
     /// (parallel runs share the server), dropped afterwards whatever happens, or a private in-memory SQLite
-    /// database.
+    /// database. Through a pooler in transaction mode a schema on the search path would not follow the
+    /// connection from one transaction to the next (a `SET` holds for one server session only): there the
+    /// namespace is a fresh database instead, made and dropped on the server directly.
     func withPrivateConnection(
         _ backend: TestBackend, logger: Logger = quietLogger, _ body: @escaping (Connection) async throws -> Void
     ) async throws {
+        if self == .postgresql, TestPostgres.isPooled { return try await withPrivateDatabase(backend, logger: logger, body) }
         let engine = try engine(logger: logger)
         try await backend.run {
             try await engine.withConnection { connection in
@@ -61,6 +64,35 @@ enum TestDatabase: String, CaseIterable, Sendable, CustomStringConvertible {
                 try await connection.execute("DROP SCHEMA \(schema) CASCADE")
             }
             await engine.dispose()
+        }
+    }
+}
+
+extension TestDatabase {
+    /// `withPrivateConnection` through a pooler: a database of the test's own, reached through the pooler
+    /// (which opens a pool for it), dropped afterwards — `WITH (FORCE)`, since the pooler keeps its server
+    /// connections open.
+    private func withPrivateDatabase(
+        _ backend: TestBackend, logger: Logger, _ body: @escaping (Connection) async throws -> Void
+    ) async throws {
+        let name = table("private")
+        let admin = Engine(url: try postgresURL(direct: true), pool: .patient, logger: logger)
+        let engine = Engine(url: try DatabaseURL(try postgresURLString(database: name)), pool: .patient, logger: logger)
+        try await backend.run {
+            try await admin.withConnection { try await $0.execute("CREATE DATABASE \(SQL.identifier(name))") }
+            do {
+                try await engine.withConnection { try await body($0) }
+            } catch {
+                await engine.dispose()
+                _ = try? await withCancelScope(shield: true) { _ in
+                    try await admin.withConnection { try await $0.execute("DROP DATABASE \(SQL.identifier(name)) WITH (FORCE)") }
+                }
+                await admin.dispose()
+                throw error
+            }
+            await engine.dispose()
+            try await admin.withConnection { try await $0.execute("DROP DATABASE \(SQL.identifier(name)) WITH (FORCE)") }
+            await admin.dispose()
         }
     }
 }

@@ -325,24 +325,9 @@ extension TestDatabase {
     /// (dropped afterwards, whatever happens).
     static func withBothDatabases(_ backend: TestBackend, _ body: @escaping (Connection, Connection) async throws -> Void) async throws {
         let sqlite = try TestDatabase.sqlite.engine()
-        let postgres = try TestDatabase.postgresql.engine()
-        try await backend.run {
-            try await sqlite.withConnection { sqliteConnection in
-                try await postgres.withConnection { connection in
-                    let schema = SQL.identifier(TestDatabase.postgresql.table("fuzz"))
-                    try await connection.execute("CREATE SCHEMA \(schema)")
-                    try await connection.execute("SET search_path TO \(schema)")
-                    do {
-                        try await body(sqliteConnection, connection)
-                    } catch {
-                        _ = try? await withCancelScope(shield: true) { _ in try await connection.execute("DROP SCHEMA \(schema) CASCADE") }
-                        throw error
-                    }
-                    try await connection.execute("DROP SCHEMA \(schema) CASCADE")
-                }
-            }
+        try await TestDatabase.postgresql.withPrivateConnection(backend) { connection in
+            try await sqlite.withConnection { sqliteConnection in try await body(sqliteConnection, connection) }
             await sqlite.dispose()
-            await postgres.dispose()
         }
     }
 }

@@ -179,7 +179,7 @@ struct PoolLifecycleTests {
         configuration.size = 3
         configuration.overflow = 0
         let name = "invalidation_\(UInt32.random(in: 0...UInt32.max))"
-        try await PoolDatabase.postgresql.withEngine(configuration, applicationName: name) { engine in
+        try await PoolDatabase.postgresql.withEngine(configuration, applicationName: name, direct: true) { engine in
             try await backend.run {
                 // Three connections, all idle in the pool.
                 var held: [Connection] = []
@@ -188,7 +188,7 @@ struct PoolLifecycleTests {
                 held = []
                 #expect(try engine.poolStatistics().idle == 3)
                 // The server restarts, as far as these sessions can tell.
-                let observer = Engine(url: try postgresURL(), pool: .patient, logger: quietLogger)
+                let observer = Engine(url: try postgresURL(direct: true), pool: .patient, logger: quietLogger)
                 try await observer.withConnection { admin in
                     try await admin.execute(
                         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = \(name)")

@@ -75,10 +75,14 @@ enum PoolDatabase: String, CaseIterable, Sendable, CustomStringConvertible {
 
     /// - Parameter applicationName: PostgreSQL: the `application_name` of the engine's sessions, to tell them
     ///   apart in `pg_stat_activity` from those of tests running at the same time.
-    func withEngine(_ pool: PoolConfiguration, applicationName: String? = nil, _ body: (Engine) async throws -> Void) async throws {
+    /// `direct`: the server itself even through a pooler (a test that terminates a backend would otherwise
+    /// kill a server connection the pooler shares with other tests).
+    func withEngine(
+        _ pool: PoolConfiguration, applicationName: String? = nil, direct: Bool = false, _ body: (Engine) async throws -> Void
+    ) async throws {
         switch self {
         case .postgresql:
-            let url = try postgresURL()
+            let url = try postgresURL(direct: direct)
             guard let applicationName else { return try await body(Engine(url: url, pool: pool, logger: quietLogger)) }
             let named = "postgresql://\(url.user ?? "postgres")@\(url.host ?? "127.0.0.1"):\(url.port ?? 5432)/"
                 + "\(url.databaseName ?? "postgres")?application_name=\(applicationName)"
@@ -155,7 +159,7 @@ struct PoolTests {
     func serverGoesAway(_ backend: TestBackend) async throws {
         var configuration = PoolConfiguration.patient
         configuration.size = 2
-        let engine = Engine(url: try postgresURL(), pool: configuration, logger: quietLogger)
+        let engine = Engine(url: try postgresURL(direct: true), pool: configuration, logger: quietLogger)
         try await backend.run {
             let victim = try await engine.connect()
             let pid = try await victim.execute("SELECT pg_backend_pid()").scalar(Int32.self)
@@ -184,7 +188,7 @@ struct ServerGoesAwayTests {
     @Test("a backend killed in the middle of a query: a typed connection error, and the pool recovers",
           arguments: TestBackend.selected)
     func killedMidQuery(_ backend: TestBackend) async throws {
-        let engine = Engine(url: try postgresURL(), pool: .patient, logger: quietLogger)
+        let engine = Engine(url: try postgresURL(direct: true), pool: .patient, logger: quietLogger)
         try await backend.run {
             let victim = try await engine.connect()
             let pid = try await victim.execute("SELECT pg_backend_pid()").scalar(Int32.self) ?? 0
@@ -223,11 +227,11 @@ struct ServerGoesAwayTests {
         configuration.size = 1
         configuration.overflow = 1
         configuration.prePing = true
-        let engine = Engine(url: try postgresURL(), pool: configuration, logger: quietLogger)
+        let engine = Engine(url: try postgresURL(direct: true), pool: configuration, logger: quietLogger)
         try await backend.run {
             let pid = try await engine.withConnection { try await $0.execute("SELECT pg_backend_pid()").scalar(Int32.self) } ?? 0
             // Another engine ends the idle connection's session.
-            let admin = Engine(url: try postgresURL(), pool: .patient, logger: quietLogger)
+            let admin = Engine(url: try postgresURL(direct: true), pool: .patient, logger: quietLogger)
             try await admin.withConnection { connection in
                 try await connection.execute("SELECT pg_terminate_backend(\(pid)::int)")
                 // Gone for sure before the pool hands the dead connection out.

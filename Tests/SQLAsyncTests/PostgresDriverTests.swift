@@ -11,16 +11,19 @@ import Glibc
 
 /// The server the tests use: ANYRUNTIME_PG_URL, or a throw-away cluster started once per test process
 /// (`TestPostgres`). Without either the PostgreSQL tests fail and say why — they never skip.
-func postgresURL() throws -> DatabaseURL {
-    try DatabaseURL(try postgresURLString())
+func postgresURL(direct: Bool = false) throws -> DatabaseURL {
+    try DatabaseURL(try postgresURLString(direct: direct))
 }
 
 /// The test server's URL as text (its password, if any, kept), naming `database` instead of the test
 /// database and with `query` (`key=value&…`) added to its parameters.
-func postgresURLString(database: String? = nil, query: String? = nil) throws -> String {
+///
+/// `direct`: the server itself even when the suite runs through a pooler — for tests whose subject is one
+/// server session (see `TestPostgres.directURL()`).
+func postgresURLString(database: String? = nil, query: String? = nil, direct: Bool = false) throws -> String {
     let base: String
     do {
-        base = try TestPostgres.url()
+        base = direct ? try TestPostgres.directURL() : try TestPostgres.url()
     } catch let unavailable {
         throw SQLError(.connection, unavailable.description)
     }
@@ -36,7 +39,7 @@ struct PostgresDriverTests {
     @Test("connects through the runtime's readiness waits and round-trips values exactly",
           arguments: TestBackend.selected)
     func roundTrip(_ backend: TestBackend) async throws {
-        let url = try postgresURL()
+        let url = try postgresURL(direct: true)
         try await backend.run {
             let connection = try await PostgresConnection.connect(url, grace: .seconds(5))
             let rows = try await connection.execute(
@@ -62,7 +65,7 @@ struct PostgresDriverTests {
 
     @Test("errors are typed with SQLSTATE and the SQL, never the values", arguments: TestBackend.selected)
     func errors(_ backend: TestBackend) async throws {
-        let url = try postgresURL()
+        let url = try postgresURL(direct: true)
         try await backend.run {
             let connection = try await PostgresConnection.connect(url, grace: .seconds(5))
             _ = try await connection.execute("CREATE TEMP TABLE u (name text UNIQUE)", [])
@@ -90,7 +93,7 @@ struct PostgresDriverTests {
 
     @Test("a bad password or an unreachable server is a typed connection error without the password")
     func connectionErrors() async throws {
-        let url = try postgresURL()
+        let url = try postgresURL(direct: true)
         try await TestBackend.uv.run {
             let bad = try DatabaseURL("postgresql://nobody:hunter2@127.0.0.1:1/none")
             do {
@@ -107,7 +110,7 @@ struct PostgresDriverTests {
     @Test("a cancelled pg_sleep is gone from the server within 0.5 s and the connection stays clean",
           arguments: TestBackend.selected)
     func cancellation(_ backend: TestBackend) async throws {
-        let url = try postgresURL()
+        let url = try postgresURL(direct: true)
         try await backend.run {
             let connection = try await PostgresConnection.connect(url, grace: .seconds(5))
             let observer = try await PostgresConnection.connect(url, grace: .seconds(5))
@@ -146,7 +149,7 @@ struct PostgresDriverTests {
     @Test("connects cancelled at every stage leave no readiness registration behind",
           arguments: TestBackend.selected.filter { $0 != .virtual })
     func cancelledConnects(_ backend: TestBackend) async throws {
-        let url = try postgresURL()
+        let url = try postgresURL(direct: true)
         try await backend.run {
             let runtime = try Runtime.current
             let before = runtime.backend.diagnostics().watchedDescriptors
@@ -180,7 +183,7 @@ struct PostgresDriverTests {
     @Test("statements are prepared once per connection, survive DISCARD ALL and table changes, and stay bounded",
           arguments: TestBackend.selected)
     func preparedStatements(_ backend: TestBackend) async throws {
-        let url = try postgresURL()
+        let url = try postgresURL(direct: true)
         try await backend.run {
             let connection = try await PostgresConnection.connect(url, grace: .seconds(5))
             func preparedCount(_ text: String) async throws -> RawRows {
@@ -245,7 +248,7 @@ struct PostgresDriverTests {
     @Test("RETURNING counts affected rows; COPY is refused with a typed error and the connection goes on",
           arguments: TestBackend.selected)
     func returningAndCopy(_ backend: TestBackend) async throws {
-        let url = try postgresURL()
+        let url = try postgresURL(direct: true)
         try await backend.run {
             let connection = try await PostgresConnection.connect(url, grace: .seconds(5))
             _ = try await connection.execute("CREATE TEMP TABLE r (id serial PRIMARY KEY, name text)", [])
@@ -264,7 +267,7 @@ struct PostgresDriverTests {
     @Test("a host name is resolved off the loop and every address it has is given to libpq to try in turn",
           arguments: TestBackend.selected)
     func everyAddressTried(_ backend: TestBackend) async throws {
-        let url = try postgresURL()
+        let url = try postgresURL(direct: true)
         guard url.host == "127.0.0.1", let port = url.port else { return }  // a server of the environment's own
         let byName = try DatabaseURL("postgresql://\(url.user ?? "postgres")@localhost:\(port)/\(url.databaseName ?? "postgres")")
         try await backend.run {
@@ -277,7 +280,7 @@ struct PostgresDriverTests {
     @Test("closing a connection while another task's query runs on it: the query ends, then the connection closes",
           arguments: TestBackend.selected)
     func closeDuringQuery(_ backend: TestBackend) async throws {
-        let engine = Engine(url: try postgresURL(), pool: .patient, logger: quietLogger)
+        let engine = Engine(url: try postgresURL(direct: true), pool: .patient, logger: quietLogger)
         try await backend.run {
             let connection = try await engine.connect()
             try await Runtime.withTaskGroup { group in
@@ -304,7 +307,7 @@ struct PostgresSessionSettingsTests {
     func hostileDatabaseDefaults(_ backend: TestBackend) async throws {
         let name = "anyrt_settings_\(UInt32.random(in: 0...UInt32.max))"
         let other = try DatabaseURL(try postgresURLString(database: name))
-        let admin = Engine(url: try postgresURL(), pool: .patient, logger: quietLogger)
+        let admin = Engine(url: try postgresURL(direct: true), pool: .patient, logger: quietLogger)
         try await backend.run {
             try await admin.withConnection { connection in
                 try await connection.execute(.unsafeRaw("CREATE DATABASE \(name)"))
@@ -327,7 +330,7 @@ struct PostgresSessionSettingsTests {
             }
             await engine.dispose()
             try await admin.withConnection { connection in
-                try await connection.execute(.unsafeRaw("DROP DATABASE \(name)"))
+                try await connection.execute(.unsafeRaw("DROP DATABASE \(name) WITH (FORCE)"))  // a pooler keeps its server connections
             }
             await admin.dispose()
         }

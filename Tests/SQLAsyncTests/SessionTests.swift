@@ -261,12 +261,13 @@ struct SessionTests {
 
     @Test("engine.withSession commits, or rolls back on an error", arguments: TestBackend.selected, PoolDatabase.allCases)
     func scopedSessions(_ backend: TestBackend, _ database: PoolDatabase) async throws {
-        // PostgreSQL: a schema of its own for every connection of the engine, through libpq's `options`.
+        // PostgreSQL: a schema of its own for every connection of the engine, through libpq's `options` —
+        // which a pooler drops, so this one talks to the server directly.
         let schema = "orm_\(UInt32.random(in: 0...UInt32.max))"
-        try await database.withEngine(.patient) { plain in
+        try await database.withEngine(.patient, direct: true) { plain in
             let engine: Engine
             if database == .postgresql {
-                let url = try postgresURL()
+                let url = try postgresURL(direct: true)
                 try await backend.run {
                     try await plain.withConnection { try await $0.execute("CREATE SCHEMA \(SQL.identifier(schema))") }
                     await plain.dispose()

@@ -96,7 +96,7 @@ struct ValueFidelityTests {
           arguments: TestBackend.selected)
     func invalidUTF8Postgres(_ backend: TestBackend) async throws {
         let name = "ascii_\(backend)_\(UInt32.random(in: 0...UInt32.max))"
-        let admin = Engine(url: try postgresURL(), pool: .patient, logger: quietLogger)
+        let admin = Engine(url: try postgresURL(direct: true), pool: .patient, logger: quietLogger)
         let url = try postgresURLString(database: name)
         try await backend.run {
             try await admin.withConnection { connection in
@@ -112,7 +112,7 @@ struct ValueFidelityTests {
                 #expect(accent == "é")
             }
             await engine.dispose()
-            try await admin.withConnection { try await $0.execute(.unsafeRaw("DROP DATABASE \(name)")) }
+            try await admin.withConnection { try await $0.execute(.unsafeRaw("DROP DATABASE \(name) WITH (FORCE)")) }  // a pooler keeps its server connections
             await admin.dispose()
         }
     }
@@ -165,7 +165,7 @@ struct ValueFidelityTests {
     @Test("column defaults keep their backslashes when the server has standard_conforming_strings off",
           arguments: TestBackend.selected)
     func defaultsWithoutStandardStrings(_ backend: TestBackend) async throws {
-        let url = try postgresURLString(query: "options=-c%20standard_conforming_strings%3Doff")
+        let url = try postgresURLString(query: "options=-c%20standard_conforming_strings%3Doff", direct: true)  // startup options: a pooler drops them
         let engine = try Engine(url, pool: .patient, logger: quietLogger)
         let name = "defaults_\(backend)_\(UInt32.random(in: 0...UInt32.max))"
         let text = #"C:\temp\new 'quoted' \\ end\"#

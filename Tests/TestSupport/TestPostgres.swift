@@ -18,6 +18,19 @@ public enum TestPostgres {
     ///   they never skip.
     public static func url() throws(Unavailable) -> String { try server.get() }
 
+    /// The server itself when the tests run through a connection pooler (`scripts/with-pgbouncer.sh` sets
+    /// `ANYRUNTIME_PG_DIRECT_URL`), for the tests whose subject is a server session (a backend terminated, a
+    /// session setting, the statements a session prepared); else ``url()``.
+    public static func directURL() throws(Unavailable) -> String {
+        if let direct = getenv("ANYRUNTIME_PG_DIRECT_URL").map({ String(cString: $0) }), !direct.isEmpty { return direct }
+        return try url()
+    }
+
+    /// Whether the tests run through a connection pooler in transaction mode (`scripts/with-pgbouncer.sh`).
+    public static var isPooled: Bool {
+        getenv("ANYRUNTIME_PG_DIRECT_URL").map { String(cString: $0) }.map { !$0.isEmpty } ?? false
+    }
+
     private static let server: Result<String, Unavailable> = {
         if let url = getenv("ANYRUNTIME_PG_URL").map({ String(cString: $0) }), !url.isEmpty { return .success(url) }
         return startThrowAwayServer()

@@ -65,7 +65,7 @@ extension Engine {
     private func listeningConnection(_ channels: [String]) async throws -> PostgresConnection {
         let connection = try await PostgresConnection.connect(
             url, logger: logger, timeout: poolConfiguration.connectTimeout, grace: poolConfiguration.cancellationGrace,
-            password: url.hasPassword ? nil : passwordProvider)
+            password: url.hasPassword ? nil : passwordProvider, preparedStatements: poolConfiguration.preparedStatements)
         do {
             for channel in channels { _ = try await connection.execute("LISTEN " + SQL.identifier(channel).text(placeholders: .dollarNumbered), []) }
         } catch {

@@ -165,7 +165,7 @@ public final class Engine: Sendable {
                 case .postgresql:
                     return try await PostgresConnection.connect(
                         url, logger: logger, timeout: configuration.connectTimeout, grace: configuration.cancellationGrace,
-                        password: url.hasPassword ? nil : passwordProvider)
+                        password: url.hasPassword ? nil : passwordProvider, preparedStatements: configuration.preparedStatements)
                 case .sqlite: return try await SQLiteConnection.open(path: url.sqlitePath, mode: url.sqliteMode)
                 }
             }

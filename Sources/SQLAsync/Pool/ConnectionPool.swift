@@ -30,6 +30,9 @@ public struct PoolConfiguration: Sendable {
     /// cancelled — on the server too — and fails with ``SQLError/Kind/timeout`` (default: no limit). A call
     /// the server finished anyway returns its result, as with any cancellation.
     public var statementTimeout: Duration?
+    /// How PostgreSQL statements are prepared (default ``PreparedStatements/automatic``): by name, once per
+    /// connection, unless a connection pooler sits between the driver and the server.
+    public var preparedStatements = PreparedStatements.automatic
 
     public init() {}
 }

@@ -80,6 +80,36 @@ final class PGHandle: @unchecked Sendable {
         }
     }
 
+    /// Sends `sql` with its text, as the unnamed statement, for one execution (Parse, Bind, Describe,
+    /// Execute, Sync): what a connection behind a pooler in transaction mode does instead of running a named
+    /// statement. Integers go with `parameterTypes` (the server's description, checked first) when known.
+    func sendQueryParams(
+        _ sql: String, _ binds: [SQLValue], parameterTypes: [Oid]?, binaryResults: Bool
+    ) throws(SQLError) -> Bool {
+        guard let connection else { return false }
+        if let parameterTypes { try Self.checkIntegers(binds, against: parameterTypes, sql: sql) }
+        var parameters = try Parameters(binds, sql: sql)
+        if let parameterTypes {
+            for (index, value) in binds.enumerated() where index < parameterTypes.count {
+                if case .integer = value { parameters.types[index] = parameterTypes[index] }
+            }
+        }
+        return parameters.withPointers { values in
+            PQsendQueryParams(
+                connection, sql, Int32(binds.count), parameters.types, values, parameters.lengths, parameters.formats,
+                binaryResults ? 1 : 0) == 1
+        }
+    }
+
+    /// The backend process ID the startup handshake gave (a pooler's own number behind a pooler).
+    var backendPID: Int32 { connection.map { PQbackendPID($0) } ?? 0 }
+
+    /// A setting the server reported (`DateStyle`, `IntervalStyle`, `server_version`…), or nil.
+    func parameterStatus(_ name: String) -> String? {
+        guard let connection, let value = PQparameterStatus(connection, name) else { return nil }
+        return String(cString: value)
+    }
+
     /// Sends `script` through the simple query protocol, which runs several statements separated by `;`
     /// (in one implicit transaction unless the script has its own BEGIN / COMMIT).
     func sendSimpleQuery(_ script: String) -> Bool {

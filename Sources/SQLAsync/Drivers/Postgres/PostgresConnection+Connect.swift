@@ -22,7 +22,8 @@ extension PostgresConnection {
     ///   - grace: how long a call waits, beyond its caller's deadline, for the server's answer.
     static func connect(
         _ url: DatabaseURL, logger: Logger? = nil, timeout poolTimeout: Duration? = nil,
-        grace: Duration = PostgresConnection.defaultGrace, password passwordProvider: Engine.PasswordProvider? = nil
+        grace: Duration = PostgresConnection.defaultGrace, password passwordProvider: Engine.PasswordProvider? = nil,
+        preparedStatements: PreparedStatements = .automatic
     ) async throws -> PostgresConnection {
         let runtime = try Runtime.current
         let seconds = url.parameters.last { $0.key == "connect_timeout" }.flatMap { Int($0.value) }.flatMap { $0 > 0 ? $0 : nil }
@@ -60,6 +61,7 @@ extension PostgresConnection {
                     // libpq does not quote passwords; should one ever appear, it goes no further.
                     throw SQLError(error.kind, "cannot connect (libpq's message is withheld: it quotes the password)")
                 }
+                try await connection.settleSession(preparedStatements)
                 return connection
             }
         } catch is TimeoutError {
@@ -71,6 +73,31 @@ extension PostgresConnection {
             await started?.close()
             throw error
         }
+    }
+
+    /// After the handshake: the settings the driver relies on, checked against what the server reported (a
+    /// pooler may have dropped the startup options that set them), and how statements are prepared. At most
+    /// one round trip, through the simple query protocol.
+    private func settleSession(_ preparedStatements: PreparedStatements) async throws {
+        var commands: [String] = []
+        if !(handle.parameterStatus("DateStyle") ?? "ISO").hasPrefix("ISO") { commands.append("SET DateStyle = 'ISO, MDY'") }
+        if (handle.parameterStatus("IntervalStyle") ?? "postgres") != "postgres" { commands.append("SET IntervalStyle = 'postgres'") }
+        let detect = preparedStatements.mode == .automatic
+        if detect { commands.append("SELECT pg_backend_pid()") }
+        if preparedStatements.mode == .unnamed { statements.withLock { $0.unnamed = true } }
+        guard !commands.isEmpty else { return }
+        let script = commands.joined(separator: "; ")
+        let rows = try await exclusively(.script, script) {
+            try await cleaningUp {
+                guard handle.sendSimpleQuery(script) else { throw await failure(sql: script) }
+                try await flush(sql: script)
+                return try await collect(sql: script)
+            }
+        }
+        // Poolers answer the startup handshake themselves, with a process ID of their own.
+        guard detect, rows.rowCount == 1, case .integer(let pid)? = rows.row(0)[0], pid != Int64(handle.backendPID) else { return }
+        statements.withLock { $0.unnamed = true }
+        logger?.info("the connection goes through a pooler (its process ID is not the server's): statements are sent unnamed")
     }
 
     private func finishConnecting() async throws {

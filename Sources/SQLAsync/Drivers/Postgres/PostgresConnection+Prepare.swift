@@ -20,7 +20,16 @@ extension PostgresConnection {
         return try await collect(sql: sql)
     }
 
-    /// Prepares `sql` under a new name and runs it. Without integer parameters, in one pipelined round trip
+    /// Runs a statement whose description this connection keeps, sending its text again (unnamed mode,
+    /// behind a pooler): one round trip, and integers checked against the described types first.
+    func runUnnamed(_ entry: StatementCache.Entry, _ sql: String, _ binds: [SQLValue]) async throws -> RawRows {
+        guard try handle.sendQueryParams(sql, binds, parameterTypes: entry.parameterTypes, binaryResults: entry.binaryResults)
+        else { throw await failure(sql: sql) }
+        try await flush(sql: sql)
+        return try await collect(sql: sql)
+    }
+
+    /// Prepares `sql` under a new name (the unnamed statement in unnamed mode) and runs it. Without integer parameters, in one pipelined round trip
     /// (PREPARE, DESCRIBE, EXECUTE; deallocating the statement the cache evicts in the same trip). With them,
     /// the server first infers their types (PREPARE and DESCRIBE), and the statement runs once the values are
     /// checked against them: one more round trip, on the first run only.
@@ -37,7 +46,9 @@ extension PostgresConnection {
         // DEALLOCATEs wait for a moment outside any transaction: in a failed one they would be refused, and
         // would take the statement they travel with (a ROLLBACK, say) down with them.
         let status = handle.transactionStatus
-        let (name, deallocations) = statements.withLock { $0.insert(key, deallocating: status == PQTRANS_IDLE) }
+        let unnamed = statements.withLock { $0.unnamed }
+        var (name, deallocations) = statements.withLock { $0.insert(key, deallocating: status == PQTRANS_IDLE) }
+        if unnamed { name = "" }
         let deallocate = deallocations.map { "DEALLOCATE \($0)" }
         // Until the server confirms the PREPARE, the name stays out of the cache.
         var prepared = false
@@ -86,7 +97,7 @@ extension PostgresConnection {
             for index in retyped { types[index] = 20 }
             let undo = outcome.failed(outcome.prepareIndex)
                 ? (savepoint ? ["ROLLBACK TO SAVEPOINT anyruntime_prepare", "RELEASE SAVEPOINT anyruntime_prepare"] : [])
-                : ["DEALLOCATE \(name)"]
+                : (unnamed ? [] : ["DEALLOCATE \(name)"])  // a new unnamed statement replaces the old
             answered = false
             outcome = try await sendPrepare(name: name, sql, types: types, execute: nil, before: undo)
             answered = true
@@ -103,7 +114,9 @@ extension PostgresConnection {
         guard let entry = statements.withLock({ $0.lookUp(key) }) else {
             throw SQLError(.misuse, "the prepared statement left the cache while it ran", sql: sql)
         }
-        return try await runPrepared(entry, sql, binds)
+        // Unnamed: the statement goes again with its text — behind a pooler the next round trip may reach
+        // another server connection, where the unnamed statement just described does not exist.
+        return unnamed ? try await runUnnamed(entry, sql, binds) : try await runPrepared(entry, sql, binds)
     }
 
     /// Results in binary format from the second run on, when every column's type reads the same that way.

@@ -102,6 +102,7 @@ final class PostgresConnection: Sendable {
             }
             if let entry = statements.withLock({ $0.lookUp(key) }) {
                 do {
+                    if statements.withLock({ $0.unnamed }) { return try await runUnnamed(entry, sql, binds) }
                     return try await runPrepared(entry, sql, binds)
                 } catch let error as SQLError where StatementCache.isStale(error) {
                     // The server lost every statement (DISCARD ALL) or invalidated this one (a changed table):

@@ -20,6 +20,9 @@ struct StatementCache {
     /// Names dropped from the cache whose statements still exist on the server.
     private var orphans: [String] = []
     private var counter = 0
+    /// Unnamed mode (behind a pooler in transaction mode): entries keep what the server described, and no
+    /// statement exists on the server by name, so nothing is ever deallocated.
+    var unnamed = false
 
     /// The cache key: the text and the parameter types (a statement is prepared for its types).
     static func key(_ sql: String, _ binds: [SQLValue]) -> String {
@@ -50,7 +53,7 @@ struct StatementCache {
     mutating func insert(_ key: String, deallocating: Bool = true) -> (name: String, deallocate: [String]) {
         counter += 1
         let name = "anyruntime_\(counter)"
-        if names.count >= Self.capacity, !recency.isEmpty, let evicted = names.removeValue(forKey: recency.removeFirst()) {
+        if names.count >= Self.capacity, !recency.isEmpty, let evicted = names.removeValue(forKey: recency.removeFirst()), !unnamed {
             orphans.append(evicted.name)
         }
         names[key] = Entry(name: name)
@@ -64,7 +67,7 @@ struct StatementCache {
     mutating func remove(_ key: String, deallocate: Bool = false) {
         guard let entry = names.removeValue(forKey: key) else { return }
         recency.removeAll { $0 == key }
-        if deallocate { orphans.append(entry.name) }
+        if deallocate, !unnamed { orphans.append(entry.name) }
     }
 
     /// Keeps the entries and pending deallocations whose statements the server still has (`existing`);
