@@ -60,8 +60,15 @@ printf '"%s" ""\n' "$user" >"$dir/users.txt"
 [ "$(id -u)" -eq 0 ] && chown -R postgres: "$dir"
 
 cleanup() {
+    # SIGTERM is pgbouncer's immediate shutdown; whatever still runs with this configuration after 2 s is
+    # killed (found by its configuration file, in case the pid file is missing).
     if [ -f "$dir/pgbouncer.pid" ]; then kill "$(cat "$dir/pgbouncer.pid")" 2>/dev/null || true; fi
-    sleep 0.2
+    pkill -TERM -f "pgbouncer -d $dir/pgbouncer.ini" 2>/dev/null || true
+    for _ in $(seq 1 20); do
+        pgrep -f "pgbouncer -d $dir/pgbouncer.ini" >/dev/null 2>&1 || break
+        sleep 0.1
+    done
+    pkill -KILL -f "pgbouncer -d $dir/pgbouncer.ini" 2>/dev/null || true
     rm -rf "$dir"
 }
 trap cleanup EXIT INT TERM
