@@ -161,11 +161,18 @@ extension Connection {
         }
     }
 
-    /// PostgreSQL: the types of `columns` of `table` (0 for a column not found: the COPY then fails with the
-    /// server's own error).
+    /// PostgreSQL: the types of `columns` of `table` — a domain's base type, through domains over domains (0
+    /// for a column not found: the COPY then fails with the server's own error).
     private func columnTypes(of table: String, columns: [String]) async throws -> [UInt32] {
         let result = try await execute(
-            text: "SELECT attname::text, atttypid::int8 FROM pg_attribute WHERE attrelid = $1::regclass AND attnum > 0 AND NOT attisdropped",
+            text: """
+                SELECT a.attname::text, (WITH RECURSIVE d(t, domain) AS (\
+                SELECT a.atttypid, (SELECT typtype = 'd' FROM pg_type WHERE oid = a.atttypid) \
+                UNION ALL SELECT p.typbasetype, (SELECT typtype = 'd' FROM pg_type WHERE oid = p.typbasetype) \
+                FROM d JOIN pg_type p ON p.oid = d.t WHERE d.domain) \
+                SELECT t FROM d WHERE NOT d.domain LIMIT 1)::int8 \
+                FROM pg_attribute a WHERE a.attrelid = $1::regclass AND a.attnum > 0 AND NOT a.attisdropped
+                """,
             binds: [.text(table)])
         var types: [String: UInt32] = [:]
         for row in result {

@@ -56,7 +56,9 @@ extension Engine {
                 logger.warning("a standby is skipped: it cannot be reached", metadata: ["standby": "\(standbys.engines[index].url)", "error": "\(error.kind)"])
                 continue
             }
-            if check {
+            // A read that must see earlier writes checks the connection it got, whatever the last reading
+            // said: a standby URL may reach more than one server (a reader endpoint, DNS round robin).
+            if check || after != nil {
                 let fits: Bool
                 do {
                     fits = try await checkStandby(index, connection, after: after, runtime: runtime)

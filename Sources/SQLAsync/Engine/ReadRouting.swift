@@ -19,10 +19,11 @@ import Runtime
 public struct ReadRouting: Sendable {
     /// The standbys, tried in turn. Each gets a pool of its own (``pool``).
     public var standbys: [DatabaseURL]
-    /// How far a standby may lag behind the primary and still serve reads (default 10 s): the time since the
-    /// last transaction it replayed (`pg_last_xact_replay_timestamp()`) while it has received more than it
-    /// replayed or is not streaming; zero when it has replayed everything it received while streaming (an idle
-    /// primary sends nothing to replay).
+    /// How far a standby may lag behind the primary and still serve reads (default 10 s): zero when it has
+    /// replayed the log up to the end the primary last told it of, while streaming and heard from the primary
+    /// within the last minute (an idle primary sends nothing to replay, only keepalives); otherwise the time
+    /// since the last transaction it replayed (`pg_last_xact_replay_timestamp()`) — a standby catching up, or
+    /// cut off from its primary, is judged by the age of what it has.
     public var maxLag: Duration = .seconds(10)
     /// How often a standby's lag is read (default 1 s); a standby that could not be reached is skipped this
     /// long (at least 1 s).
@@ -62,12 +63,14 @@ final class Standbys: Sendable {
     }
 
     /// What a standby says of itself: in recovery, how far it replayed, and its lag in seconds (see
-    /// ``ReadRouting/maxLag``; 1e9 when it never replayed a transaction and is not caught up).
+    /// ``ReadRouting/maxLag``; 1e9 when it never replayed a transaction and is not caught up). The primary's
+    /// end of the log is the one its last message carried (`latest_end_lsn`): what the standby merely
+    /// received may itself be far behind, while it catches up.
     static let stateQuery = """
         SELECT pg_is_in_recovery(), COALESCE(pg_last_wal_replay_lsn()::text, ''), CASE \
         WHEN NOT pg_is_in_recovery() THEN 0 \
-        WHEN pg_last_wal_replay_lsn() >= pg_last_wal_receive_lsn() \
-        AND EXISTS (SELECT 1 FROM pg_stat_wal_receiver WHERE status = 'streaming') THEN 0 \
+        WHEN EXISTS (SELECT 1 FROM pg_stat_wal_receiver WHERE status = 'streaming' \
+        AND pg_last_wal_replay_lsn() >= latest_end_lsn AND last_msg_receipt_time > now() - interval '60 seconds') THEN 0 \
         ELSE COALESCE(EXTRACT(EPOCH FROM now() - pg_last_xact_replay_timestamp()), 1e9) END::float8
         """
 }

@@ -2,8 +2,9 @@ import CLibPQ
 
 /// Rows in PostgreSQL's COPY text format (tab between values, a newline after each row, `\N` for NULL,
 /// backslash escapes), each value checked first against its column's type so that nothing is altered on the
-/// way: an integer the column cannot hold exactly, bytes into a text column (they would be stored as their
-/// hex spelling), text with a NUL byte and an unstorable date are refused, naming the row and the column.
+/// way: an integer the column cannot hold exactly, bytes into a column that is not bytea (a text column would
+/// store their hex spelling), text with a NUL byte and an unstorable date are refused, naming the row and the
+/// column. A domain's column is checked against the domain's base type.
 ///
 /// Values are written as a bound parameter of the same value would be sent (integers in decimal, doubles in
 /// their shortest exact form, booleans as `true` / `false`, bytes as bytea hex), so that `copy(_:into:)`
@@ -70,10 +71,10 @@ struct CopyTextEncoder {
                 }
             }
         case .bytes(let bytes):
-            switch types[column] {
-            case 25, 1043, 1042, 19, 114, 3802:
-                throw refusal(column, row, "is bytes, which a \(PGHandle.typeName(types[column])) column would store as their hex spelling")
-            default: break
+            // Only a bytea column reads bytea's hex form as bytes: any other type would store the spelling (a
+            // bound parameter of bytes is refused there by the server).
+            guard types[column] == 17 || types[column] == 0 else {
+                throw refusal(column, row, "is bytes, which a \(PGHandle.typeName(types[column])) column cannot take (only bytea can)")
             }
             // bytea's hex form, its backslash escaped for COPY: \\x0aff…
             buffer.append(UInt8(ascii: "\\"))

@@ -68,26 +68,47 @@ extension PostgresConnection {
             _ = try await refuseCopy(status, sql: sql)
             problem = SQLError(.misuse, "this call runs \(what) only; the statement was ended before any data moved", sql: sql)
         case PGRES_COMMAND_OK, PGRES_TUPLES_OK, PGRES_EMPTY_QUERY:
-            // It ran (a COPY to or from a server file, or not a COPY at all): said so, with its count.
+            // It ran (a COPY to or from a server file, or not a COPY at all): said so, with its count — never
+            // as a cancellation, since it took effect.
             let count = PGHandle.rowsAffected(result)
             PQclear(result)
-            problem = SQLError(.misuse, "the statement is not \(what); it ran (\(count) rows) and no data moved", sql: sql)
+            _ = try await collect(sql: sql)
+            throw SQLError(.misuse, "the statement is not \(what); it ran (\(count) rows) and no data moved", sql: sql)
         default:
             problem = PGHandle.error(from: result, sql: sql)
             PQclear(result)
         }
-        // Read to the end of the statement's results: the connection is idle again.
-        _ = try? await collect(sql: sql)
+        // Read to the end of the statement's results: the connection is idle again. (The statement's own
+        // error is the one reported; a later one of the same statement adds nothing.)
+        do {
+            _ = try await collect(sql: sql)
+        } catch let error as SQLError where error.kind == .connection || error.kind == .statementInDoubt {
+            throw error
+        } catch is SQLError {
+        }
         if statementFailedAfterCancellation(true) { throw CancellationError() }
         throw problem
     }
 
-    /// Hands `bytes` to libpq; waits while its buffer is full, reading meanwhile (the server may answer
-    /// early with an error).
+    /// Hands `bytes` to libpq in pieces of at most ``copyChunk``, and pushes each out before the next: libpq
+    /// would otherwise grow its buffer without end (in non-blocking mode `PQputCopyData` enlarges it rather
+    /// than wait), so memory, and the reach of a deadline or a cancellation, stay bounded by the socket. Reads
+    /// meanwhile: a server that refused a row says so early.
     private func putCopyData(_ bytes: [UInt8], sql: String) async throws {
-        while true {
-            switch bytes.withUnsafeBytes({ handle.putCopyData($0) }) {
-            case 1: return
+        var start = 0
+        while start < bytes.count {
+            try Runtime.checkCancellation()
+            let end = min(bytes.count, start + Self.copyChunk)
+            let queued = bytes.withUnsafeBytes { handle.putCopyData(UnsafeRawBufferPointer(rebasing: $0[start..<end])) }
+            switch queued {
+            case 1:
+                start = end
+                while true {
+                    let flushed = handle.flush()
+                    if flushed == 0 { break }
+                    guard flushed == 1 else { throw await failure(sql: sql) }
+                    try await waitDuringCopy(for: [.read, .write], sql: sql)
+                }
             case 0: try await waitDuringCopy(for: [.read, .write], sql: sql)
             default: try await throwEndOfCopy(sql: sql)
             }
@@ -197,8 +218,9 @@ extension PostgresConnection {
     ///
     /// When `consume` throws or the call is cancelled, the server is asked to stop and what it still sends is
     /// dropped, within the cancellation's deadline (the connection is given up past it); the call then throws
-    /// the cause. A COPY of a data-modifying query that completed anyway reports its count instead of
-    /// `CancellationError`, as a statement that finished does.
+    /// the cause. A cancelled COPY that completed on the server anyway returns its count when the caller had
+    /// all its data, and throws ``SQLError/Kind/cancelled`` saying so when part of it was dropped (a
+    /// data-modifying one took effect).
     func copyOut(_ sql: String, _ consume: ([UInt8]) async throws -> Void) async throws -> Int {
         try await exclusively(.copyOut, sql) {
             try checkIdentifiers(sql)
@@ -244,7 +266,7 @@ extension PostgresConnection {
 
     /// Stops a COPY TO STDOUT its caller no longer reads: asks the server to cancel it and drops what it
     /// still sends, shielded, within the cancellation's deadline (the connection is given up past it).
-    /// Throws `error`, or returns the count when a cancelled COPY had completed anyway.
+    /// Throws `error` — or, when a cancelled COPY had completed anyway, an error saying so.
     private func stopCopyOut(because error: any Error, sql: String) async throws -> Int {
         let now = runtime.now
         let wait = cancellationWait(now: now)
@@ -259,11 +281,13 @@ extension PostgresConnection {
         // nil: no answer in time; otherwise the COPY's count when it completed, nil when it failed (the server
         // cancelled it).
         let completed: Int??
+        // Whether data the caller never saw was dropped.
+        var dropped = false
         do {
             completed = try await withCancelScope(deadline: deadline, shield: true) { _ -> Int?? in
                 dropping: while true {
                     switch handle.dropCopyData() {
-                    case .more: continue
+                    case .more: dropped = true
                     case .wouldBlock:
                         try await runtime.wait(fd: watched, for: .read)
                         guard handle.consumeInput() else { return nil }
@@ -293,9 +317,18 @@ extension PostgresConnection {
             throw error
         }
         machine.withLock { $0.cleanedUp() }
-        // Completed: a COPY of a data-modifying query took effect, and says so (the caller's next checkpoint
-        // throws). The consumer's own error is what its caller needs, whatever the server did.
-        if let count = outcome, error is CancellationError { return count }
+        // Completed on the server although the caller stopped reading. With all its data handed over, that is
+        // a result like any statement's that finished anyway (the caller's next checkpoint throws). With part
+        // of it dropped, it is said so — not reported as a cancellation (a data-modifying COPY, `COPY (DELETE …
+        // RETURNING …) TO STDOUT`, took effect) nor as a success (the caller lacks data). The consumer's own
+        // error is what its caller needs, whatever the server did.
+        if let count = outcome, error is CancellationError {
+            guard dropped else { return count }
+            throw SQLError(
+                .cancelled,
+                "the COPY completed on the server (\(count) rows) but was cancelled before all its output was read; a "
+                    + "data-modifying COPY took effect", sql: sql)
+        }
         throw error
     }
 

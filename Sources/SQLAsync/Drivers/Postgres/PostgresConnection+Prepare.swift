@@ -21,9 +21,12 @@ extension PostgresConnection {
     }
 
     /// Runs a statement whose description this connection keeps, sending its text again (unnamed mode,
-    /// behind a pooler): one round trip, and integers checked against the described types first.
+    /// behind a pooler): one round trip, and integers checked against the described types first. Results come
+    /// as text: the text is parsed anew each time, so a changed table (or another server connection's
+    /// `search_path`) can change a column's type, which binary results would misread — and the server, unlike
+    /// with a named statement, has no cached plan to refuse the change with.
     func runUnnamed(_ entry: StatementCache.Entry, _ sql: String, _ binds: [SQLValue]) async throws -> RawRows {
-        guard try handle.sendQueryParams(sql, binds, parameterTypes: entry.parameterTypes, binaryResults: entry.binaryResults)
+        guard try handle.sendQueryParams(sql, binds, parameterTypes: entry.parameterTypes, binaryResults: false)
         else { throw await failure(sql: sql) }
         try await flush(sql: sql)
         return try await collect(sql: sql)
