@@ -34,7 +34,8 @@ extension Readme {
         static let accounts = ToMany(\Owner.accounts, key: Owners.id, children: Accounts.ownerID, cascade: .all)
         static var relationships: [any Relationship<Owner>] { [accounts] }
 
-        init(name: String, accounts: [Account] = []) { self.name = name; self.accounts = .loaded(accounts) }
+        // Only accounts given are loaded: an owner read from a row keeps .notLoaded (not "loaded, none").
+        init(name: String, accounts: [Account]? = nil) { self.name = name; if let accounts { self.accounts = .loaded(accounts) } }
         convenience init(row: Row) throws { self.init(name: ""); try update(from: row) }
         func update(from row: Row) throws { id = try row.decode(Owners.id.name); name = try row.decode(Owners.name.name) }
         func encode(to values: inout ColumnValues) { values[Owners.id] = id; values[Owners.name] = name }
