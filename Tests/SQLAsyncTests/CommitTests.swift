@@ -32,7 +32,8 @@ struct CommitTests {
         let engine = Engine(url: try postgresURL(direct: true), pool: .patient, logger: quietLogger)
         let observer = Engine(url: try postgresURL(direct: true), pool: .patient, logger: quietLogger)
         try await backend.run {
-            let table = try await observer.withConnection { try await Self.slowCommitTable($0, seconds: 0.5) }
+            // The COMMIT must still run when the poll below looks: a sanitizer build's polls are slow.
+            let table = try await observer.withConnection { try await Self.slowCommitTable($0, seconds: TestBuild.isSanitized ? 5 : 0.5) }
             let pid = Recorder<Int>()
             let outcome = Recorder<Int?>()
             let scope = CancelScope()
@@ -72,7 +73,8 @@ struct CommitTests {
     static func waitUntilRunning(
         _ pid: Recorder<Int>, queryLike pattern: String, waitEvent: String? = nil, observer: Engine
     ) async throws {
-        try await failAfter(.seconds(20)) {
+        // (Stretched in a sanitizer build, where the loaded suite makes every poll slow.)
+        try await failAfter(.seconds(TestBuild.isSanitized ? 120 : 20)) {
             while true {
                 if let backendPid = pid.values.first {
                     let running = try await observer.withConnection { observer in
@@ -140,13 +142,16 @@ struct LateCancelTests {
         let observer = Engine(url: try postgresURL(direct: true), pool: .patient, logger: quietLogger)
         try await backend.run {
             let table = "late_cancel_\(UInt32.random(in: 0...UInt32.max))"
-            // A trigger that sleeps and swallows the cancel request: the INSERT completes whatever happens.
+            // A trigger that sleeps and swallows the cancel request: the INSERT completes whatever happens. (Two
+            // seconds: with half a second, a cancel request that reached the server just after the sleep — the
+            // poll below saw it late — cancelled the INSERT itself, which was then reported, rightly, as
+            // cancelled and absent; this test is about the other outcome.)
             try await observer.withConnection { connection in
                 try await connection.executeScript("""
                     CREATE TABLE \(table) (id INTEGER PRIMARY KEY);
                     CREATE FUNCTION \(table)_stubborn() RETURNS trigger LANGUAGE plpgsql AS $$
                         BEGIN
-                            BEGIN PERFORM pg_sleep(0.5); EXCEPTION WHEN query_canceled THEN NULL; END;
+                            BEGIN PERFORM pg_sleep(2); EXCEPTION WHEN query_canceled THEN NULL; END;
                             RETURN NEW;
                         END $$;
                     CREATE TRIGGER \(table)_slow BEFORE INSERT ON \(table) FOR EACH ROW EXECUTE FUNCTION \(table)_stubborn();

@@ -172,17 +172,16 @@ struct CopyTests {
     func copyInCut(_ backend: TestBackend) async throws {
         try await TestDatabase.postgresql.withPrivateConnection(backend) { connection in
             try await Self.createTable(connection, .postgresql)
-            let rows = Self.rows(200_000, .postgresql)
-            // Cancelled once a good part is on its way.
+            // Cancelled once a good part is on its way (a tenth of the rows in a sanitizer build).
+            let total = TestBuild.isSanitized ? 20_000 : 200_000
             var sent = 0
             let outcome = try await withCancelScope { scope -> String in
                 do {
                     try await connection.copyIn("COPY copied (id, name, flag) FROM STDIN") { writer in
-                        for row in rows {
-                            guard case .integer(let id) = row[0] else { continue }
+                        for id in 0..<total {
                             try await writer.write("\(id)\tn\ttrue\n")
                             sent += 1
-                            if sent == 100_000 { scope.cancel() }
+                            if sent == total / 2 { scope.cancel() }
                         }
                     }
                     return "copied"
@@ -193,10 +192,11 @@ struct CopyTests {
                 }
             }
             // Cancelled promptly: the data goes out as it is written (libpq would otherwise buffer all of it),
-            // so the producer stops within a piece of 64 KiB.
-            #expect(outcome == "cancelled" && sent >= 100_000 && sent < 110_000, "\(outcome), \(sent) rows written")
+            // so the producer stops within a piece of 64 KiB (under 10,000 of these rows).
+            #expect(outcome == "cancelled" && sent >= total / 2 && sent < total / 2 + 10_000, "\(outcome), \(sent) rows written")
             #expect(try await Self.count(connection) == 0)
             #expect(!connection.isBroken && !connection.isInTransaction)
+            let rows = Self.rows(10, .postgresql)
             // A deadline passing while the data source waits (after one row): nothing copied.
             let timedOut = try await withCancelScope(deadline: try Runtime.current.now.advanced(by: .milliseconds(200))) { _ in
                 try await connection.copy(OneRowThenWait(row: rows[0]), into: "copied", columns: Self.columns)
