@@ -205,28 +205,27 @@ public struct Migrator: Sendable {
     /// Applies `migration` unless it is recorded already (by another process meanwhile); returns whether it
     /// ran.
     private func apply(_ migration: Migration, _ connection: Connection) async throws -> Bool {
-        let position = migrations.firstIndex { $0.identifier == migration.identifier } ?? 0
-        guard migration.inTransaction else {
-            let recorded = try await applied(connection)
-            try checkHistory(recorded)
-            guard !recorded.contains(migration.identifier) else { return false }
-            try await migration.run(connection)
-            try await record(migration, position: position, connection)
-            return true
-        }
+        guard migration.inTransaction else { return try await runUnlessRecorded(migration, connection) }
         return try await connection.withTransaction { connection in
             // Serialized with other migrators: PostgreSQL locks the record table (a lock that conflicts with
             // itself, held to the end of the transaction); SQLite's BEGIN IMMEDIATE already holds the write lock.
             if connection.dialect == .postgresql {
                 try await connection.execute("LOCK TABLE \(table) IN SHARE ROW EXCLUSIVE MODE")
             }
-            let recorded = try await applied(connection)
-            try checkHistory(recorded)
-            guard !recorded.contains(migration.identifier) else { return false }
-            try await migration.run(connection)
-            try await record(migration, position: position, connection)
-            return true
+            return try await runUnlessRecorded(migration, connection)
         }
+    }
+
+    /// Reads the record again (another migrator may have gone first), then runs and records `migration`
+    /// unless it is there.
+    private func runUnlessRecorded(_ migration: Migration, _ connection: Connection) async throws -> Bool {
+        let recorded = try await applied(connection)
+        try checkHistory(recorded)
+        guard !recorded.contains(migration.identifier) else { return false }
+        try await migration.run(connection)
+        let position = migrations.firstIndex { $0.identifier == migration.identifier } ?? 0
+        try await record(migration, position: position, connection)
+        return true
     }
 
     private func record(_ migration: Migration, position: Int, _ connection: Connection) async throws {
