@@ -149,6 +149,35 @@ struct FaultTests {
         }
     }
 
+    @Test("a cancel request that reaches the server before its statement is dropped there; the one sent again cancels it, and the connection goes on",
+          arguments: TestBackend.selected)
+    func cancelBeforeStatement(_ backend: TestBackend) async throws {
+        let (proxy, url) = try Self.proxied()
+        defer { proxy.stop() }
+        let grace = Duration.seconds(8)
+        let engine = try Engine(url, pool: Self.configuration(grace: grace), logger: quietLogger)
+        try await backend.run {
+            let runtime = try Runtime.current
+            try await engine.withConnection { (connection: Connection) async throws in
+                #expect(try await connection.execute("SELECT 1").scalar(Int.self) == 1)
+                // The statement reaches the server 1.2 s late; the first cancel request, a connection of its own,
+                // arrives at once, finds the session idle and is dropped by the server.
+                proxy.delayOpenConnections(by: .milliseconds(1200))
+                let start = runtime.now
+                await #expect {
+                    try await failAfter(.milliseconds(300)) { try await connection.execute("SELECT pg_sleep(30)") }
+                } throws: { $0 is TimeoutError }
+                let elapsed = start.duration(to: runtime.now)
+                #expect(elapsed < grace, "answered by a later cancel request, not given up after the grace: \(elapsed)")
+                proxy.set(.pass)
+                #expect(!connection.isBroken)
+                #expect(try await connection.execute("SELECT 2").scalar(Int.self) == 2)
+            }
+            await engine.dispose()
+            try await Self.expectNothingLeft("after a cancel sent again")
+        }
+    }
+
     @Test("connections cut or reset mid-query: a typed connection error at once, and the pool recovers",
           arguments: TestBackend.selected, [false, true])
     func cutAndReset(_ backend: TestBackend, _ reset: Bool) async throws {

@@ -13,6 +13,9 @@ public final class FaultProxy: Sendable {
         case pass
         /// Forward every byte after this delay.
         case delay(Duration)
+        /// Forward the bytes of the connections accepted before the `firstNew`-th after this delay, and those of
+        /// later ones at once (see ``delayOpenConnections(by:)``).
+        case delayOpen(Duration, firstNew: Int)
         /// Accept new connections and read nothing, forward nothing, in either direction: a server that
         /// stopped answering (existing connections stall too).
         case stall
@@ -39,6 +42,8 @@ public final class FaultProxy: Sendable {
     private struct Pair {
         var client: Int32
         var server: Int32
+        /// Its place among the accepted connections (0 for the first).
+        var serial: Int
         /// Bytes read and not yet written, per direction, in arrival order.
         var toServer: [Pending] = []
         var toClient: [Pending] = []
@@ -133,6 +138,14 @@ public final class FaultProxy: Sendable {
     /// Changes what the proxy does with traffic from now on.
     public func set(_ mode: Mode) {
         state.withLock { $0.mode = mode }
+        poke()
+    }
+
+    /// Delays the traffic of the connections open now by `delay`, in both directions, and passes that of new
+    /// ones at once: a statement that reaches its server late while a cancel request (a connection of its own)
+    /// arrives at once.
+    public func delayOpenConnections(by delay: Duration) {
+        state.withLock { $0.mode = .delayOpen(delay, firstNew: $0.accepted) }
         poke()
     }
 
@@ -256,17 +269,22 @@ public final class FaultProxy: Sendable {
                         state.withLock { $0.closures.append(reason) }
                         close(client)
                     } else {
-                        pairs.append(Pair(client: client, server: server))
+                        pairs.append(Pair(client: client, server: server, serial: state.withLock { $0.accepted }))
                     }
                     state.withLock { $0.accepted += 1 }
                 }
             }
-            var delay: Int64 = 0
-            if case .delay(let duration) = mode {
-                delay = duration.components.seconds * 1_000_000_000 + duration.components.attoseconds / 1_000_000_000
+            func nanoseconds(_ duration: Duration) -> Int64 {
+                duration.components.seconds * 1_000_000_000 + duration.components.attoseconds / 1_000_000_000
             }
             var alive: [Pair] = []
             for (index, var pair) in pairs.enumerated() {
+                let delay: Int64 =
+                    switch mode {
+                    case .delay(let duration): nanoseconds(duration)
+                    case .delayOpen(let duration, let firstNew): pair.serial < firstNew ? nanoseconds(duration) : 0
+                    case .pass, .stall: 0
+                    }
                 var open = true
                 // Pairs accepted in this round were not polled yet.
                 let polled = 3 + index * 2 < fds.count

@@ -101,52 +101,87 @@ struct PostgresCancelKey: Sendable, Equatable {
     }
 }
 
+/// The cancel requests of one call: sent again and again until the call stops them, and done once the last
+/// one has been handled by the server (or given up).
+struct CancelRequests: Sendable {
+    /// Set by the call once it needs no more requests: before it reuses or gives back the connection.
+    let stop = Event()
+    /// Set when no request is on its way any more.
+    let done = Event()
+}
+
 extension PostgresConnection {
-    /// How long a cancel request may take, on its own, out of the caller's way.
+    /// How long cancel requests may take, on their own, out of the caller's way.
     static let cancelRequestDeadline: Duration = .seconds(10)
+    /// How long after a handled cancel request, while the statement still has not answered, another is sent.
+    ///
+    /// The server drops a cancel that reaches a backend between reading messages — one that has not yet read
+    /// the statement (a loaded server, a statement still on its way) — so one request can be lost. Sending
+    /// again is harmless: a request that finds the statement finished finds the backend idle, and is dropped.
+    static let cancelResendInterval: Duration = .seconds(1)
 
     /// The worker threads for `PQcancel` when the key cannot be read (see ``PostgresCancelKey``): apart from
     /// the runtime's shared pool, so that cancel requests stuck on silent servers can never hold its tokens.
     static let cancelLimiter: CapacityLimiter? = try? CapacityLimiter(totalTokens: 4)
 
-    /// Asks the server to cancel the running statement. The request is sent by a system task of the run,
-    /// within ``cancelRequestDeadline``, so the caller never waits for it beyond its own deadline; the call
-    /// waits for it only before giving the connection back (``settleCancelRequest(until:)``).
+    /// Asks the server to cancel the running statement. The requests are sent by a system task of the run,
+    /// within ``cancelRequestDeadline``, so the caller never waits for them beyond its own deadline: one at
+    /// once, then another every ``cancelResendInterval`` until the call settles (the call waits for the last
+    /// one only before it uses or gives back the connection again: ``settleCancelRequest()``).
     func requestCancel() {
+        let requests = CancelRequests()
+        // One series per call: a second ask while requests are still being sent has nothing to add.
+        let fresh = cancelRequest.withLock { current -> Bool in
+            if let current, !current.stop.isSet { return false }
+            current = requests
+            return true
+        }
+        guard fresh else { return }
         let key = cancelKey.withLock { $0 }
         // Taken now, while this call holds the connection (libpq's connection is not touched afterwards).
         let fallback = key == nil ? handle.cancelObject() : nil
-        let done = Event()
-        cancelRequest.withLock { $0 = done }
         let runtime = self.runtime
         let logger = self.logger
         let started = runtime.startSystemTask {
-            let sent: Bool? = try? await withCancelScope(deadline: runtime.now.advanced(by: Self.cancelRequestDeadline)) { _ in
-                if let key { return try await key.send(on: runtime) }
-                guard let fallback, let limiter = Self.cancelLimiter else { return false }
-                return try await runtime.runBlocking(limiter: limiter, onCancel: .abandon) { fallback.send() }
+            let deadline = runtime.now.advanced(by: Self.cancelRequestDeadline)
+            var taken = false
+            while !requests.stop.isSet, runtime.now < deadline {
+                let sent: Bool? = try? await withCancelScope(deadline: deadline) { _ in
+                    if let key { return try await key.send(on: runtime) }
+                    guard let fallback, let limiter = Self.cancelLimiter else { return false }
+                    return try await runtime.runBlocking(limiter: limiter, onCancel: .abandon) { fallback.send() }
+                }
+                taken = taken || sent == true
+                let pause = min(deadline, runtime.now.advanced(by: Self.cancelResendInterval))
+                do {
+                    _ = try await withCancelScope(deadline: pause) { _ in try await requests.stop.wait() }
+                } catch {
+                    break  // the run is ending: it cancels its system tasks
+                }
             }
-            if sent != true {
+            if !taken {
                 logger?.info("a PostgreSQL cancel request got no answer within \(Self.cancelRequestDeadline)")
             }
-            done.set()
+            requests.done.set()
         }
-        if !started { done.set() }
+        if !started { requests.done.set() }
     }
 
-    /// Before the connection is given back after a cancel request: waits, shielded, for the request to be
-    /// handled — until the call's cancellation deadline, or ``cancellationWait(now:)``. One still on its way
-    /// could cancel the next statement on this connection, so then the connection is given up instead.
+    /// Before the connection is used again or given back after a cancel request: stops further requests and
+    /// waits, shielded, for the last one to be handled — until the call's cancellation deadline, or
+    /// ``cancellationWait(now:)``. One still on its way could cancel the next statement on this connection, so
+    /// then the connection is given up instead.
     func settleCancelRequest() async {
-        guard let done = cancelRequest.withLock({ request -> Event? in defer { request = nil }; return request }),
-            !done.isSet
+        guard let requests = cancelRequest.withLock({ request -> CancelRequests? in defer { request = nil }; return request })
         else { return }
+        requests.stop.set()
+        if requests.done.isSet { return }
         // Given up already: it is never reused, so nothing can be hit.
         let (broken, known) = machine.withLock { ($0.isBroken, $0.settleDeadline) }
         if broken { return }
         let now = runtime.now
         let deadline = known ?? now.advanced(by: cancellationWait(now: now))
-        let settled: Void?? = try? await withCancelScope(deadline: deadline, shield: true) { _ in try await done.wait() }
+        let settled: Void?? = try? await withCancelScope(deadline: deadline, shield: true) { _ in try await requests.done.wait() }
         if case .some(.some) = settled { return }
         markBroken("a cancel request was still on its way (it could cancel the next statement)")
     }

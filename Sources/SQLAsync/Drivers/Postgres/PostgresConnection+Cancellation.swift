@@ -1,6 +1,10 @@
 import CLibPQ
 import Runtime
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 // What a cancellation does to a call that has begun: the waits that keep going once a statement is on its way,
 // and the clean-up that leaves the connection idle (or gives it up) before the call returns. The decisions are
 // PostgresStateMachine's; this file does the IO.
@@ -50,7 +54,9 @@ extension PostgresConnection {
             let ready: IOEvents? = try await withCancelScope(deadline: deadline, shield: true) { _ in
                 try await runtime.wait(fd: fd, for: events)
             }
-            guard let ready else {
+            // The deadline and the answer can come together on a loaded machine (the timer's thread ran first):
+            // the socket is looked at once more before the statement is called in doubt.
+            guard let ready = ready ?? Self.readyNow(fd, for: events) else {
                 // No answer in time: the connection is given up (the pool closes it), and the statement's fate
                 // is unknown once it was sent whole.
                 let outcome = machine.withLock { $0.cancelDeadlinePassed(wait) }
@@ -64,6 +70,19 @@ extension PostgresConnection {
             }
             return ready
         }
+    }
+
+    /// What the socket is ready for right now, without waiting; nil when nothing asked for.
+    static func readyNow(_ fd: Int32, for events: IOEvents) -> IOEvents? {
+        var request = pollfd(fd: fd, events: 0, revents: 0)
+        if events.contains(.read) { request.events |= Int16(POLLIN) }
+        if events.contains(.write) { request.events |= Int16(POLLOUT) }
+        guard poll(&request, 1, 0) == 1 else { return nil }
+        var ready: IOEvents = []
+        // An error or a hang-up counts as readable: reading then reports what happened.
+        if request.revents & Int16(POLLIN | POLLERR | POLLHUP) != 0, events.contains(.read) { ready.insert(.read) }
+        if request.revents & Int16(POLLOUT | POLLERR | POLLHUP) != 0, events.contains(.write) { ready.insert(.write) }
+        return ready.isEmpty ? nil : ready
     }
 
     /// After a call's results: whether a cancellation landed during it and the statement did not complete

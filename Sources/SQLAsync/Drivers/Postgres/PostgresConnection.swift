@@ -42,8 +42,8 @@ final class PostgresConnection: Sendable {
     /// The key for cancel requests, read once connected; nil when libpq's cancel object could not be read
     /// (then `PQcancel` is used).
     let cancelKey = Locked<PostgresCancelKey?>(nil)
-    /// The cancel request on its way for the running call, set when it has been handled.
-    let cancelRequest = Locked<Event?>(nil)
+    /// The cancel requests on their way for the running call (see ``requestCancel()``).
+    let cancelRequest = Locked<CancelRequests?>(nil)
 
     /// The default of ``grace``.
     static let defaultGrace: Duration = .seconds(1)
