@@ -3,5 +3,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/bootstrap.sh
-swift build --product anyruntime-demo -q
+swift build --enable-all-traits --product anyruntime-demo -q
 exec .build/debug/anyruntime-demo "$@"

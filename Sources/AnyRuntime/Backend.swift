@@ -1,6 +1,9 @@
 public import Runtime
 import RuntimeDispatch
 import RuntimeUV
+#if NIO
+import RuntimeNIO
+#endif
 
 #if canImport(Glibc)
 import Glibc
@@ -22,6 +25,10 @@ public enum Backend: String, CaseIterable, Sendable, CustomStringConvertible {
     case uv
     /// Dispatch (`RuntimeDispatch`).
     case dispatch
+    #if NIO
+    /// SwiftNIO (`RuntimeNIO`, trait `NIO`): a loop of its own per run.
+    case nio
+    #endif
 
     /// The environment variable ``fromEnvironment(variable:default:)`` reads.
     public static let environmentVariable = "ANYRUNTIME_BACKEND"
@@ -35,6 +42,9 @@ public enum Backend: String, CaseIterable, Sendable, CustomStringConvertible {
         switch name.lowercased() {
         case "uv", "libuv": self = .uv
         case "dispatch", "libdispatch": self = .dispatch
+        #if NIO
+        case "nio", "swiftnio": self = .nio
+        #endif
         default:
             throw RuntimeError(
                 .invalidArgument,
@@ -70,6 +80,9 @@ public enum Backend: String, CaseIterable, Sendable, CustomStringConvertible {
         switch self {
         case .uv: try UVRuntime.run(body)
         case .dispatch: try DispatchRuntime.run(body)
+        #if NIO
+        case .nio: try NIORuntime.run(body)
+        #endif
         }
     }
 
@@ -81,6 +94,9 @@ public enum Backend: String, CaseIterable, Sendable, CustomStringConvertible {
         switch self {
         case .uv: try await UVRuntime.run(isolation: isolation, body)
         case .dispatch: try await DispatchRuntime.run(isolation: isolation, body)
+        #if NIO
+        case .nio: try await NIORuntime.run(isolation: isolation, body)
+        #endif
         }
     }
 }

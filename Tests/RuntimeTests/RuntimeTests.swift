@@ -25,13 +25,13 @@ struct RuntimeTests {
 
     @Test("the synchronous run entry points also cancel and await their system tasks before returning")
     func synchronousRunsEndSystemTasks() throws {
-        for backend in ["uv", "dispatch", "virtual"] {
+        for backend in Backend.allCases.map(\.rawValue) + ["virtual"] {
             let cancelled = Flag()
             let body: @Sendable () async throws -> Void = { try await Self.startSystemTaskAndReturn(cancelled) }
-            switch backend {
-            case "uv": try Backend.uv.run(body)
-            case "dispatch": try Backend.dispatch.run(body)
-            default: try VirtualTimeRuntime.run(body)
+            if let real = Backend(rawValue: backend) {
+                try real.run(body)
+            } else {
+                try VirtualTimeRuntime.run(body)
             }
             #expect(cancelled.isSet, "\(backend): the system task was not cancelled and awaited")
         }

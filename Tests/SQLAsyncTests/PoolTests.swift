@@ -132,6 +132,9 @@ struct PoolTests {
                     Issue.record("a third connection was handed out")
                 } catch let error as SQLError {
                     #expect(error.kind == .poolTimeout && error.message.contains("0.02 seconds"), "\(error)")
+                    // It says why: every connection in use, and for how long; nobody else waiting; no failed connect.
+                    #expect(error.message.contains("2 of 2 open connections in use (the longest for "), "\(error)")
+                    #expect(error.message.contains("no other caller waiting") && !error.message.contains("failed"), "\(error)")
                 }
                 await #expect { _ = try await engine.connect(timeout: .milliseconds(-1)) } throws: {
                     ($0 as? SQLError)?.kind == .misuse

@@ -7,10 +7,14 @@ public import RuntimeTesting
 import Glibc
 #endif
 
-/// Every backend the tests run on: the two real ones and virtual time. `ANYRUNTIME_BACKEND`
+/// Every backend the tests run on: the real ones (SwiftNIO too, with the trait NIO) and virtual time. `ANYRUNTIME_BACKEND`
 /// (comma-separated names, or `all`) narrows the list.
 public enum TestBackend: String, CaseIterable, Sendable, CustomStringConvertible {
     case uv, dispatch, virtual
+    #if NIO
+    /// SwiftNIO (trait NIO).
+    case nio
+    #endif
 
     public var description: String { rawValue }
 
@@ -26,6 +30,9 @@ public enum TestBackend: String, CaseIterable, Sendable, CustomStringConvertible
         case .uv: try await Backend.uv.run(isolation: isolation, body)
         case .dispatch: try await Backend.dispatch.run(isolation: isolation, body)
         case .virtual: try await VirtualTimeRuntime.run(configuration: Self.virtualConfiguration, isolation: isolation, body)
+        #if NIO
+        case .nio: try await Backend.nio.run(isolation: isolation, body)
+        #endif
         }
     }
 

@@ -40,7 +40,10 @@ extension RuntimeConformance {
             try check(result.started, "the system task did not run")
             try check(result.longEnded, "the run ended without cancelling and awaiting its system task")
             try check(result.lateRan, "a system task started as the body returned had not run when the run ended")
-            try check(seconds < 20, "the run took \(seconds) s to end (the system task sleeps for an hour)")
+            // Far below the hour the system task sleeps. Not tighter: the run's end resumes on the caller's
+            // executor (Swift's global pool), where a loaded parallel suite's synchronous tests can keep it
+            // waiting for seconds — measured up to 22 s with four backends' suites at once on 2 cores.
+            try check(seconds < 60, "the run took \(seconds) s to end (the system task sleeps for an hour)")
             guard let runtime = result.runtime else { throw fail("the body did not run") }
             try check(runtime.systemTaskCount == 0, "\(runtime.systemTaskCount) system tasks outlived the run")
             try check(!runtime.startSystemTask {}, "a system task started after the run ended")

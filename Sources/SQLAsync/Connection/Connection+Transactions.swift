@@ -68,6 +68,19 @@ extension Connection {
         isolation: isolated (any Actor)? = #isolation,
         _ body: (Connection) async throws -> T
     ) async throws -> T {
+        guard let instrumentation else {
+            return try await transactionBody(isolationLevel: isolationLevel, readOnly: readOnly, body)
+        }
+        let info = SQLTransactionInfo(
+            system: pool?.system ?? .sqlite, namespace: pool?.namespace, isNested: isInTransaction, readOnly: readOnly)
+        return try await instrumentation.transaction(info) {
+            try await transactionBody(isolationLevel: isolationLevel, readOnly: readOnly, body)
+        }
+    }
+
+    private func transactionBody<T>(
+        isolationLevel: IsolationLevel?, readOnly: Bool, _ body: (Connection) async throws -> T
+    ) async throws -> T {
         let savepoint = try await begin(isolation: isolationLevel, readOnly: readOnly)
         let result: T
         do {

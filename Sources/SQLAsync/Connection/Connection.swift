@@ -8,7 +8,7 @@ import Synchronization
 public final class Connection: Sendable {
     let driver: any DatabaseDriver
     /// The pool this connection returns to on ``close()``, and when it was opened.
-    private let pool: ConnectionPool?
+    let pool: ConnectionPool?
     private let openedAt: Int64
     private let released = Atomic<Bool>(false)
     /// Lent by the pool for a moment: never closed or given back by this.
@@ -22,6 +22,8 @@ public final class Connection: Sendable {
     let transactionDepth = Locked(0)
     let readOnlyTransaction = Locked(false)
     private let broken = Atomic<Bool>(false)
+    /// What observes statements and transactions (the engine's), if anything.
+    let instrumentation: (any SQLInstrumentation)?
 
     /// A connection over a driver the pool lends it for a moment (a ping): the pool, not this, closes it.
     init(borrowing driver: any DatabaseDriver) {
@@ -32,10 +34,15 @@ public final class Connection: Sendable {
         self.statementTimeout = nil
         self.grace = PoolConfiguration().cancellationGrace
         self.borrowed = true
+        self.instrumentation = nil
     }
 
-    init(_ pooled: ConnectionPool.Pooled, pool: ConnectionPool, logger: Logger, statementTimeout: Duration?) {
+    init(
+        _ pooled: ConnectionPool.Pooled, pool: ConnectionPool, logger: Logger, statementTimeout: Duration?,
+        instrumentation: (any SQLInstrumentation)?
+    ) {
         self.borrowed = false
+        self.instrumentation = instrumentation
         self.driver = pooled.driver
         self.pool = pool
         self.openedAt = pooled.openedAt
@@ -110,7 +117,9 @@ public final class Connection: Sendable {
         try checkOpen(text)
         // The SQL text with placeholders only: bound values never reach a log.
         logger?.debug("execute", metadata: ["sql": "\(text)", "parameters": "\(binds.count)"])
-        return QueryResult(try await running(text) { try await driver.execute(text, binds) })
+        return QueryResult(try await running(text, rows: { $0.rowCount > 0 ? $0.rowCount : $0.rowsAffected }) {
+            try await driver.execute(text, binds)
+        })
     }
 
     /// Runs one statement once per parameter set: PostgreSQL sends the whole batch in pipeline mode (one round
@@ -147,12 +156,33 @@ public final class Connection: Sendable {
     func executeMany(text: String, sets: [[SQLValue]]) async throws -> QueryResult {
         try checkOpen(text)
         logger?.debug("executeMany", metadata: ["sql": "\(text)", "sets": "\(sets.count)"])
-        return QueryResult(try await running(text) { try await driver.executeMany(text, sets) })
+        return QueryResult(try await running(text, rows: { $0.rowCount > 0 ? $0.rowCount : $0.rowsAffected }) {
+            try await driver.executeMany(text, sets)
+        })
     }
 
     /// Runs one call on the driver: within the engine's statement timeout, if it has one; an error that
     /// means the server went away has the pool check its idle connections before their next use.
-    func running<T>(_ sql: String, _ call: () async throws -> T) async throws -> T {
+    func running<T>(_ sql: String, rows: ((T) -> Int)? = nil, _ call: () async throws -> T) async throws -> T {
+        guard let instrumentation, let span = instrumentation.statementStarted(statementInfo(sql)) else {
+            return try await timed(sql, call)
+        }
+        do {
+            let result = try await timed(sql, call)
+            span.ended(rows: rows?(result), error: nil)
+            return result
+        } catch {
+            span.ended(rows: nil, error: error)
+            throw error
+        }
+    }
+
+    /// What an observer is told about `sql`.
+    func statementInfo(_ sql: String) -> SQLStatementInfo {
+        SQLStatementInfo(text: sql, system: pool?.system ?? .sqlite, namespace: pool?.namespace)
+    }
+
+    private func timed<T>(_ sql: String, _ call: () async throws -> T) async throws -> T {
         do {
             guard let statementTimeout else { return try await call() }
             do {

@@ -32,18 +32,20 @@ public final class Engine: Sendable {
     ///   - password: for PostgreSQL, where each new connection's password comes from when the URL has none
     ///     (see ``PasswordProvider``).
     ///   - readRouting: for PostgreSQL, the standbys that serve read-only work (see ``ReadRouting``).
+    ///   - instrumentation: what observes the engine's statements, transactions and pool (metrics, tracing:
+    ///     see ``SQLInstrumentation``); nothing by default.
     /// - Throws: ``SQLError/Kind/invalidURL`` naming the problem (never the password), also for read routing
     ///   on a database that is not PostgreSQL.
     public convenience init(
         _ url: String, pool: PoolConfiguration = PoolConfiguration(),
         logger: Logger = Logger(label: "anyruntime.sqlasync"), password: PasswordProvider? = nil,
-        readRouting: ReadRouting? = nil
+        readRouting: ReadRouting? = nil, instrumentation: (any SQLInstrumentation)? = nil
     ) throws(SQLError) {
         let parsed = try DatabaseURL(url)
         if readRouting != nil, parsed.database != .postgresql {
             throw SQLError(.invalidURL, "read routing needs a PostgreSQL primary, not \(parsed.database)")
         }
-        self.init(url: parsed, pool: pool, logger: logger, password: password, readRouting: readRouting)
+        self.init(url: parsed, pool: pool, logger: logger, password: password, readRouting: readRouting, instrumentation: instrumentation)
     }
 
     /// Where a PostgreSQL connection's password comes from when the URL has none: called for every new
@@ -65,12 +67,14 @@ public final class Engine: Sendable {
     ///     names, or `~/.pgpass`.
     ///   - readRouting: for PostgreSQL, the standbys that serve read-only work (see ``ReadRouting``); ignored
     ///     for SQLite.
+    ///   - instrumentation: what observes the engine's work (see ``SQLInstrumentation``); nothing by default.
     public init(
         url: DatabaseURL, pool: PoolConfiguration = PoolConfiguration(),
         logger: Logger = Logger(label: "anyruntime.sqlasync"), password: PasswordProvider? = nil,
-        readRouting: ReadRouting? = nil
+        readRouting: ReadRouting? = nil, instrumentation: (any SQLInstrumentation)? = nil
     ) {
         self.url = url
+        self.instrumentation = instrumentation
         self.passwordProvider = password
         self.poolConfiguration = Self.adjusted(pool, for: url)
         var logger = logger
@@ -81,6 +85,9 @@ public final class Engine: Sendable {
 
     /// The standbys that serve read-only work, when the engine routes reads.
     let standbys: Standbys?
+
+    /// What observes the engine's work, if anything.
+    public let instrumentation: (any SQLInstrumentation)?
 
     private static func adjusted(_ configuration: PoolConfiguration, for url: DatabaseURL) -> PoolConfiguration {
         guard url.database == .sqlite, url.sqlitePath == nil else { return configuration }
@@ -104,7 +111,8 @@ public final class Engine: Sendable {
         }
         let pool = try await currentPool()
         return Connection(
-            try await pool.checkout(timeout: timeout), pool: pool, logger: logger, statementTimeout: poolConfiguration.statementTimeout)
+            try await pool.checkout(timeout: timeout), pool: pool, logger: logger, statementTimeout: poolConfiguration.statementTimeout,
+            instrumentation: instrumentation)
     }
 
     /// Closes every idle connection at once; connections in use close when they are given back, and later
@@ -159,7 +167,11 @@ public final class Engine: Sendable {
             for key in ended.keys { pools.byRuntime[key] = nil }
             if let pool = pools.byRuntime[ObjectIdentifier(runtime)] { return (pool, Array(ended.values)) }
             let configuration = poolConfiguration
-            let pool = ConnectionPool(runtime: runtime, configuration: configuration) {
+            let pool = ConnectionPool(
+                runtime: runtime, configuration: configuration, instrumentation: instrumentation,
+                system: url.database == .postgresql ? .postgresql : .sqlite,
+                namespace: url.database == .postgresql ? url.databaseName : url.sqlitePath
+            ) {
                 logger.info("opening a connection", metadata: ["runtime": "\(runtime.name)"])
                 switch url.database {
                 case .postgresql:

@@ -60,6 +60,11 @@ final class ConnectionPool: Sendable {
         var waiting: [UInt64: Completion<Handoff>] = [:]
         /// ``close(timeout:)`` calls waiting for every connection to be closed.
         var drainWaiters: [Completion<Void>] = []
+        /// When each connection in use was handed out: a checkout timeout says how long they have been held.
+        var lentAt: [ObjectIdentifier: RuntimeInstantNanos] = [:]
+        /// Connects that failed since the last one that worked, and the last failure's time and message.
+        var connectFailures = 0
+        var lastConnectFailure: (at: RuntimeInstantNanos, message: String)?
 
         /// The drain waiters to resume, when the pool is disposed and every connection closed.
         mutating func takeDrainWaitersIfDrained() -> [Completion<Void>] {
@@ -74,13 +79,22 @@ final class ConnectionPool: Sendable {
     let configuration: PoolConfiguration
     private let openConnection: @Sendable () async throws -> any DatabaseDriver
     let runtime: Runtime
+    /// What observes the pool, if anything (the engine's).
+    let instrumentation: (any SQLInstrumentation)?
+    let system: SQLDatabaseSystem
+    /// The database name or file, for observers.
+    let namespace: String?
 
     init(
-        runtime: Runtime, configuration: PoolConfiguration,
+        runtime: Runtime, configuration: PoolConfiguration, instrumentation: (any SQLInstrumentation)? = nil,
+        system: SQLDatabaseSystem = .sqlite, namespace: String? = nil,
         open: @escaping @Sendable () async throws -> any DatabaseDriver
     ) {
         self.runtime = runtime
         self.configuration = configuration
+        self.instrumentation = instrumentation
+        self.system = system
+        self.namespace = namespace
         self.openConnection = open
         state = Locked(State(machine: PoolStateMachine(
             size: configuration.size, overflow: configuration.overflow,
@@ -97,6 +111,37 @@ final class ConnectionPool: Sendable {
     ///   `nil`.
     /// - Throws: ``SQLError/Kind/poolTimeout`` after the checkout timeout; the open error; `CancellationError`.
     func checkout(timeout: Duration? = nil) async throws -> Pooled {
+        guard let instrumentation else { return try await checkoutLending(timeout: timeout) }
+        let started = now
+        do {
+            let pooled = try await checkoutLending(timeout: timeout)
+            instrumentation.checkoutEnded(waited: .nanoseconds(now - started), outcome: .success, pool: poolStatistics)
+            return pooled
+        } catch {
+            let outcome: SQLCheckoutOutcome = (error as? SQLError)?.kind == .poolTimeout ? .timeout : .failure
+            instrumentation.checkoutEnded(waited: .nanoseconds(now - started), outcome: outcome, pool: poolStatistics)
+            throw error
+        }
+    }
+
+    /// The pool's counts now, for observers.
+    var poolStatistics: SQLPoolStatistics {
+        state.withLock { state in
+            let open = state.machine.open
+            let idle = state.machine.idle.count
+            return SQLPoolStatistics(open: open, inUse: open - idle, idle: idle, waiting: state.machine.waiters.count)
+        }
+    }
+
+    /// ``checkoutConnection(timeout:)``, noting when the connection was handed out.
+    private func checkoutLending(timeout: Duration?) async throws -> Pooled {
+        let pooled = try await checkoutConnection(timeout: timeout)
+        let now = self.now
+        state.withLock { $0.lentAt[ObjectIdentifier(pooled.driver)] = now }
+        return pooled
+    }
+
+    private func checkoutConnection(timeout: Duration?) async throws -> Pooled {
         let timeout = timeout ?? configuration.checkoutTimeout
         while true {
             switch try await waitForHandoff(timeout: timeout) {
@@ -114,13 +159,17 @@ final class ConnectionPool: Sendable {
                     } else {
                         opened = try await openConnection()
                     }
+                    state.withLock { $0.connectFailures = 0 }
                     return Pooled(driver: opened, openedAt: now)
                 } catch is TimeoutError {
                     passSlot()
-                    throw SQLError(
+                    let error = SQLError(
                         .timeout, "opening a connection took longer than the connect timeout (\(configuration.connectTimeout ?? .zero))")
+                    connectFailed(error)
+                    throw error
                 } catch {
                     passSlot()
+                    if !(error is CancellationError) { connectFailed(error) }
                     throw error
                 }
             case .closeAndRetry(let stale):
@@ -180,13 +229,46 @@ final class ConnectionPool: Sendable {
                 state.waiting[id] = nil
             }
             if error is CheckoutTimedOut {
-                throw SQLError(
-                    .poolTimeout,
-                    "no connection became free within \(timeout) "
-                        + "(size \(configuration.size), overflow \(configuration.overflow))")
+                throw SQLError(.poolTimeout, timeoutExplanation(timeout))
             }
             throw error
         }
+    }
+
+    /// Why no connection came: how many were in use and for how long, how many callers waited, and whether
+    /// connects were failing — what to look at first (a leak, a slow query, a pool too small, a server down).
+    private func timeoutExplanation(_ timeout: Duration) -> String {
+        let now = self.now
+        let (open, idle, waiting, held, failures, lastFailure) = state.withLock { state in
+            (state.machine.open, state.machine.idle.count, state.machine.waiters.count,
+             state.lentAt.values.map { now - $0 }.sorted(), state.connectFailures, state.lastConnectFailure)
+        }
+        func seconds(_ nanoseconds: Int64) -> String {
+            let tenths = max(0, nanoseconds) / 100_000_000
+            return "\(tenths / 10).\(tenths % 10) s"
+        }
+        var text = "no connection became free within \(timeout) (size \(configuration.size), overflow \(configuration.overflow)): "
+            + "\(open - idle) of \(open) open connections in use"
+        if let longest = held.last, let shortest = held.first {
+            text += held.count == 1 ? " (for \(seconds(longest)))" : " (the longest for \(seconds(longest)), the shortest for \(seconds(shortest)))"
+        }
+        text += waiting == 0 ? ", no other caller waiting" : ", \(waiting) other caller\(waiting == 1 ? "" : "s") waiting"
+        if failures > 0, let lastFailure {
+            text += "; the last \(failures == 1 ? "connect" : "\(failures) connects") failed, most recently "
+                + "\(seconds(now - lastFailure.at)) ago: \(lastFailure.message)"
+        }
+        return text
+    }
+
+    /// Notes a failed connect for the timeout's explanation and for observers.
+    private func connectFailed(_ error: any Error) {
+        let message = (error as? SQLError)?.message ?? "\(type(of: error))"
+        let now = self.now
+        state.withLock { state in
+            state.connectFailures += 1
+            state.lastConnectFailure = (now, message)
+        }
+        instrumentation?.connectFailed(error, database: system)
     }
 
     /// A waiter's checkout timeout passed: it leaves the queue and its wait fails (unless a connection
@@ -217,6 +299,8 @@ final class ConnectionPool: Sendable {
 
     /// Takes a connection back: hands it to a waiter, keeps it idle, or closes it.
     func release(_ pooled: Pooled, healthy: Bool) async {
+        _ = state.withLock { $0.lentAt.removeValue(forKey: ObjectIdentifier(pooled.driver)) }
+        defer { instrumentation?.connectionReturned(pool: poolStatistics) }
         var healthy = healthy
         while true {
             let now = self.now
@@ -311,6 +395,7 @@ final class ConnectionPool: Sendable {
     /// A connection whose ``Connection`` was dropped without `close()`: its slot is freed (passed to a
     /// waiter) and the connection closed, at once, from synchronous code.
     func releaseDropped(_ pooled: Pooled) {
+        _ = state.withLock { $0.lentAt.removeValue(forKey: ObjectIdentifier(pooled.driver)) }
         let now = self.now
         let (action, completion) = takeBack(pooled, healthy: false, now: now)
         pooled.driver.closeDropped()

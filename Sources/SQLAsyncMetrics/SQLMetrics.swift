@@ -1,0 +1,143 @@
+#if Metrics
+public import Metrics
+public import SQLAsync
+import Runtime
+import Synchronization
+
+/// An engine's pool and statements as swift-metrics metrics, named after OpenTelemetry's database
+/// conventions:
+///
+/// | Metric | Kind | Dimensions |
+/// | --- | --- | --- |
+/// | `db.client.connection.count` | gauge | `state`: `used` or `idle` |
+/// | `db.client.connection.pending_requests` | gauge | |
+/// | `db.client.connection.wait_time` | timer (checkout) | `outcome`: `success`, `timeout`, `failure` |
+/// | `db.client.connection.create_failures` | counter | |
+/// | `db.client.operation.duration` | timer | `db.operation.name` (`SELECT`…), `outcome`: `success`, `error`, `cancelled`, `timeout` |
+///
+/// Every metric also has `db.system.name` (`postgresql`, `sqlite`) and, when given, `pool.name`.
+///
+/// ```swift
+/// MetricsSystem.bootstrap(PrometheusMetricsFactory())      // the application's choice, once
+/// let engine = try Engine(url, instrumentation: SQLMetrics(poolName: "main"))
+/// ```
+///
+/// Without a bootstrapped backend swift-metrics records into no-op handlers; the benchmarks measure what
+/// that costs per statement (see Benchmarks/README.md).
+public struct SQLMetrics: SQLInstrumentation {
+    private let poolName: String?
+    private let factory: (any MetricsFactory)?
+    private let cache: Cache
+
+    /// - Parameters:
+    ///   - poolName: a `pool.name` dimension on every metric, to tell engines apart.
+    ///   - factory: where the metrics go; the bootstrapped `MetricsSystem.factory` when nil.
+    public init(poolName: String? = nil, factory: (any MetricsFactory)? = nil) {
+        self.poolName = poolName
+        self.factory = factory
+        self.cache = Cache()
+    }
+
+    /// Metric objects by label and dimensions: made once, so a statement costs a dictionary look-up and a
+    /// record, not a handler's creation.
+    private final class Cache: Sendable {
+        let timers = Locked<[String: Metrics.Timer]>([:])
+        let gauges = Locked<[String: Gauge]>([:])
+        let counters = Locked<[String: Counter]>([:])
+    }
+
+    private func dimensions(_ system: SQLDatabaseSystem, _ extra: [(String, String)]) -> [(String, String)] {
+        var dimensions = [("db.system.name", system.rawValue)]
+        if let poolName { dimensions.append(("pool.name", poolName)) }
+        return dimensions + extra
+    }
+
+    private static func key(_ label: String, _ dimensions: [(String, String)]) -> String {
+        ([label] + dimensions.map { "\($0.0)=\($0.1)" }).joined(separator: "|")
+    }
+
+    private func timer(_ label: String, _ dimensions: [(String, String)]) -> Metrics.Timer {
+        let key = Self.key(label, dimensions)
+        if let timer = cache.timers.withLock({ $0[key] }) { return timer }
+        let timer = factory.map { Metrics.Timer(label: label, dimensions: dimensions, factory: $0) }
+            ?? Metrics.Timer(label: label, dimensions: dimensions)
+        cache.timers.withLock { $0[key] = timer }
+        return timer
+    }
+
+    private func gauge(_ label: String, _ dimensions: [(String, String)]) -> Gauge {
+        let key = Self.key(label, dimensions)
+        if let gauge = cache.gauges.withLock({ $0[key] }) { return gauge }
+        let gauge = factory.map { Gauge(label: label, dimensions: dimensions, factory: $0) } ?? Gauge(label: label, dimensions: dimensions)
+        cache.gauges.withLock { $0[key] = gauge }
+        return gauge
+    }
+
+    private func counter(_ label: String, _ dimensions: [(String, String)]) -> Counter {
+        let key = Self.key(label, dimensions)
+        if let counter = cache.counters.withLock({ $0[key] }) { return counter }
+        let counter = factory.map { Counter(label: label, dimensions: dimensions, factory: $0) }
+            ?? Counter(label: label, dimensions: dimensions)
+        cache.counters.withLock { $0[key] = counter }
+        return counter
+    }
+
+    public func statementStarted(_ statement: SQLStatementInfo) -> (any SQLStatementSpan)? {
+        StatementTimer(metrics: self, statement: statement, started: ContinuousClock.now)
+    }
+
+    private struct StatementTimer: SQLStatementSpan {
+        let metrics: SQLMetrics
+        let statement: SQLStatementInfo
+        let started: ContinuousClock.Instant
+
+        func ended(rows: Int?, error: (any Error)?) {
+            let elapsed = started.duration(to: ContinuousClock.now)
+            let outcome: String =
+                switch error {
+                case nil: "success"
+                case is CancellationError: "cancelled"
+                case let error as SQLError where error.kind == .timeout: "timeout"
+                default: "error"
+                }
+            metrics.timer(
+                "db.client.operation.duration",
+                metrics.dimensions(statement.system, [("db.operation.name", statement.operation), ("outcome", outcome)])
+            ).recordNanoseconds(elapsed.nanosecondsClamped)
+        }
+    }
+
+    public func checkoutEnded(waited: Duration, outcome: SQLCheckoutOutcome, pool: SQLPoolStatistics) {
+        // The system is not part of the checkout: the pool's gauges carry it (recorded below).
+        record(pool, system: nil)
+        timer("db.client.connection.wait_time", poolDimensions([("outcome", outcome.rawValue)]))
+            .recordNanoseconds(waited.nanosecondsClamped)
+    }
+
+    public func connectionReturned(pool: SQLPoolStatistics) { record(pool, system: nil) }
+
+    public func connectFailed(_ error: any Error, database: SQLDatabaseSystem) {
+        counter("db.client.connection.create_failures", dimensions(database, [])).increment()
+    }
+
+    private func poolDimensions(_ extra: [(String, String)]) -> [(String, String)] {
+        (poolName.map { [("pool.name", $0)] } ?? []) + extra
+    }
+
+    private func record(_ pool: SQLPoolStatistics, system: SQLDatabaseSystem?) {
+        gauge("db.client.connection.count", poolDimensions([("state", "used")])).record(pool.inUse)
+        gauge("db.client.connection.count", poolDimensions([("state", "idle")])).record(pool.idle)
+        gauge("db.client.connection.pending_requests", poolDimensions([])).record(pool.waiting)
+    }
+}
+
+extension Duration {
+    /// Whole nanoseconds, clamped to Int64.
+    var nanosecondsClamped: Int64 {
+        let (seconds, attoseconds) = components
+        let (scaled, overflow) = seconds.multipliedReportingOverflow(by: 1_000_000_000)
+        if overflow { return seconds < 0 ? .min : .max }
+        return scaled &+ attoseconds / 1_000_000_000
+    }
+}
+#endif

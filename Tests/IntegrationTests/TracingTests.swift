@@ -1,0 +1,49 @@
+#if Tracing
+import InMemoryTracing
+import Runtime
+import SQLAsync
+import SQLAsyncTracing
+import TestSupport
+import Testing
+import Tracing
+
+@Suite("Tracing")
+struct TracingTests {
+    @Test("a span per statement and per transaction, statements inside the transaction's span, no bound value anywhere",
+          arguments: TestBackend.selected, IntegrationDatabase.allCases)
+    func spans(_ backend: TestBackend, _ database: IntegrationDatabase) async throws {
+        let tracer = InMemoryTracer()
+        let engine = try Engine(try database.url(), logger: quietLogger, instrumentation: SQLTracing(tracer: tracer))
+        let secret = "s3cret-value-\(backend)"
+        try await backend.run {
+            try await engine.withConnection { connection in
+                try await connection.withTransaction { (connection: Connection) async throws in
+                    #expect(try await connection.execute("SELECT \(secret) AS v").scalar(String.self) == secret)
+                }
+                await #expect(throws: SQLError.self) { try await connection.execute("SELECT * FROM no_such_table") }
+            }
+            await engine.dispose()
+        }
+        let spans = tracer.finishedSpans
+        let transaction = try #require(spans.first { $0.operationName == "TRANSACTION" }, "spans: \(spans.map(\.operationName))")
+        let selects = spans.filter { $0.operationName == "SELECT" }
+        #expect(selects.count >= 2)
+        func text(_ span: FinishedInMemorySpan) -> String {
+            if case .string(let text)? = span.attributes["db.query.text"]?.toSpanAttribute() { return text }
+            return ""
+        }
+        let inside = try #require(selects.first { text($0).contains("AS v") })
+        #expect(inside.spanContext.parentSpanID == transaction.spanContext.spanID, "the statement's span is the transaction's child")
+        #expect(inside.attributes["db.system.name"]?.toSpanAttribute() == .string(database == .postgresql ? "postgresql" : "sqlite"))
+        #expect(inside.attributes["db.response.returned_rows"]?.toSpanAttribute() == .int64(1))
+        let failed = try #require(selects.first { text($0).contains("no_such_table") })
+        #expect(failed.status?.code == .error)
+        #expect(!failed.errors.isEmpty)
+        for span in spans {
+            span.attributes.forEach { name, value in
+                #expect(!"\(value)".contains(secret), "the bound value leaked into \(span.operationName).\(name)")
+            }
+        }
+    }
+}
+#endif
