@@ -25,7 +25,10 @@ let toolchainHeaders: String = {
 let package = Package(
     name: "AnyRuntimeBenchmarks",
     dependencies: [
-        .package(path: ".."),
+        // The NIO backend's rows and the cost of metrics and tracing need the root's traits.
+        .package(path: "..", traits: ["NIO", "Metrics", "Tracing"]),
+        .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
+        .package(url: "https://github.com/apple/swift-distributed-tracing", from: "1.7.0"),
         .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
         // The peers the SQL rows are compared with.
         .package(url: "https://github.com/vapor/postgres-nio", from: "1.33.0"),
@@ -61,6 +64,10 @@ let package = Package(
                 .product(name: "Runtime", package: root),
                 .product(name: "AnyRuntime", package: root),
                 .product(name: "SQLAsync", package: root),
+                .product(name: "SQLAsyncMetrics", package: root),
+                .product(name: "SQLAsyncTracing", package: root),
+                .product(name: "MetricsTestKit", package: "swift-metrics"),
+                .product(name: "InMemoryTracing", package: "swift-distributed-tracing"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "PostgresNIO", package: "postgres-nio"),
                 .product(name: "GRDB", package: "GRDB.swift"),

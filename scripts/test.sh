@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# The whole test suite, from a fresh machine: installs what is missing, builds with a warning check,
-# checks the architecture rules and the docs, starts a throw-away PostgreSQL, runs every test on every
-# backend (the fault suite and the fuzzers included), runs the SQL suite again through pgbouncer, and stops
-# the servers; then the suites that start clusters of their own, the ledger, the suites under
-# ThreadSanitizer and AddressSanitizer, and the quick benchmarks.
+# The whole test suite, from a fresh machine: installs what is missing, builds with every trait (the SwiftNIO
+# backend and the metrics, tracing and service-lifecycle integrations) and a warning check, checks the
+# architecture rules and the docs, starts a throw-away PostgreSQL, runs every test on every backend (the
+# fault suite and the fuzzers included; SwiftNIO in a phase of its own), runs the SQL suite again through
+# pgbouncer, and stops the servers; then the suites that start clusters of their own, the ledger, the suites
+# under ThreadSanitizer and AddressSanitizer (the core, without traits), the quick benchmarks, and the
+# Hummingbird example.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -70,3 +72,9 @@ fi
 Benchmarks/.build/release/RuntimeBenchmarks --quick --repetitions 1 >/dev/null
 scripts/with-postgres.sh Benchmarks/.build/release/SQLBenchmarks --quick --repetitions 1 >/dev/null
 echo "benchmarks: ok"
+
+# The Hummingbird example: built, started, its routes checked (a client going away cancels its slow query),
+# stopped with SIGTERM — on SQLite, and on a throw-away PostgreSQL.
+echo "== the Hummingbird example (Examples/HummingbirdApp/smoke.sh)"
+Examples/HummingbirdApp/smoke.sh
+scripts/with-postgres.sh bash -c 'Examples/HummingbirdApp/smoke.sh "$ANYRUNTIME_PG_URL"' | grep -v '^with-postgres:'

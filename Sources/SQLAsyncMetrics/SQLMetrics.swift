@@ -83,7 +83,9 @@ public struct SQLMetrics: SQLInstrumentation {
     }
 
     public func statementStarted(_ statement: SQLStatementInfo) -> (any SQLStatementSpan)? {
-        StatementTimer(metrics: self, statement: statement, started: ContinuousClock.now)
+        // Nothing bootstrapped: no clock read, no timer look-up, no span to box.
+        if factory == nil, MetricsSystem.factory is NOOPMetricsHandler { return nil }
+        return StatementTimer(metrics: self, statement: statement, started: ContinuousClock.now)
     }
 
     private struct StatementTimer: SQLStatementSpan {
@@ -108,13 +110,16 @@ public struct SQLMetrics: SQLInstrumentation {
     }
 
     public func checkoutEnded(waited: Duration, outcome: SQLCheckoutOutcome, pool: SQLPoolStatistics) {
-        // The system is not part of the checkout: the pool's gauges carry it (recorded below).
+        if factory == nil, MetricsSystem.factory is NOOPMetricsHandler { return }
         record(pool, system: nil)
         timer("db.client.connection.wait_time", poolDimensions([("outcome", outcome.rawValue)]))
             .recordNanoseconds(waited.nanosecondsClamped)
     }
 
-    public func connectionReturned(pool: SQLPoolStatistics) { record(pool, system: nil) }
+    public func connectionReturned(pool: SQLPoolStatistics) {
+        if factory == nil, MetricsSystem.factory is NOOPMetricsHandler { return }
+        record(pool, system: nil)
+    }
 
     public func connectFailed(_ error: any Error, database: SQLDatabaseSystem) {
         counter("db.client.connection.create_failures", dimensions(database, [])).increment()

@@ -18,18 +18,26 @@ public import Tracing
 /// bootstrapped tracer, spans are no-ops; the benchmarks measure what that costs per statement.
 public struct SQLTracing: SQLInstrumentation {
     private let start: @Sendable (_ name: String, _ context: ServiceContext) -> any Span
+    /// Whether spans go to the bootstrapped tracer (then none are made while it is the no-op one).
+    private let global: Bool
 
     /// Spans through the bootstrapped `InstrumentationSystem.tracer`.
     public init() {
         start = { name, context in startSpan(name, context: context, ofKind: .client) }
+        global = true
     }
 
     /// Spans through `tracer`.
     public init<T: Tracer>(tracer: T) {
         start = { name, context in tracer.startSpan(name, context: context, ofKind: .client) }
+        global = false
     }
 
+    /// Nothing bootstrapped: a span would be a no-op, so none is made (no attributes built, nothing boxed).
+    private var disabled: Bool { global && InstrumentationSystem.tracer is NoOpTracer }
+
     public func statementStarted(_ statement: SQLStatementInfo) -> (any SQLStatementSpan)? {
+        if disabled { return nil }
         let span = start(statement.operation.isEmpty ? "SQL" : statement.operation, ServiceContext.current ?? .topLevel)
         span.attributes["db.system.name"] = statement.system.rawValue
         if let namespace = statement.namespace { span.attributes["db.namespace"] = namespace }
@@ -51,6 +59,7 @@ public struct SQLTracing: SQLInstrumentation {
     }
 
     public func transaction<T>(_ transaction: SQLTransactionInfo, _ body: () async throws -> T) async throws -> T {
+        if disabled { return try await body() }
         let span = start(transaction.isNested ? "SAVEPOINT" : "TRANSACTION", ServiceContext.current ?? .topLevel)
         span.attributes["db.system.name"] = transaction.system.rawValue
         if let namespace = transaction.namespace { span.attributes["db.namespace"] = namespace }

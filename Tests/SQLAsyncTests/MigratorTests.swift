@@ -106,6 +106,11 @@ struct MigratorTests {
         let migrations = migrator
         try await database.withEngine(.patient) { engine in
             try await backend.run {
+                // Four connections opened first: what runs at once below is the migrators, not four SQLite
+                // connections opening (each sets WAL mode at open, and on a loaded machine a PRAGMA waiting
+                // behind another migrator's write transaction outlasted SQLite's 5 s busy timeout).
+                let warm = try await (0..<4).asyncMap { _ in try await engine.connect() }
+                for connection in warm { await connection.close() }
                 let applied = Locked<[String]>([])
                 try await Runtime.withTaskGroup { group in
                     for _ in 0..<4 {

@@ -12,7 +12,11 @@ import BenchmarkSupport
 import CFloors
 import Logging
 import Runtime
+import InMemoryTracing
+import MetricsTestKit
 import SQLAsync
+import SQLAsyncMetrics
+import SQLAsyncTracing
 
 #if canImport(Glibc)
 import Glibc
@@ -276,6 +280,7 @@ for database in databases where options.wants(database.prefix) || options.only?.
         logger.logLevel = .warning
         let engine = try Engine(database.url, pool: pool, logger: logger)
         let system = "SQLAsync on \(backend)"
+        let (observedPool, observedLogger) = (pool, logger)
         let needsData = !loaded
         let measured = try backend.run { () async throws -> [BenchmarkRow] in
             if needsData { try await load(engine) }
@@ -283,6 +288,23 @@ for database in databases where options.wants(database.prefix) || options.only?.
             if wanted("POINT-SEQ") {
                 let n = options.count(20_000)
                 out.append(try await measure("\(database.prefix)-POINT-SEQ", system, operations: n, repetitions: reps) { try await pointSeq(engine, n) })
+            }
+            // What observing costs per statement: metrics and tracing given to the engine with no backend
+            // bootstrapped (no-op handlers), and recording into memory (a backend's work, minus its export).
+            if wanted("POINT-SEQ"), backend == .uv {
+                let n = options.count(20_000)
+                let observers: [(String, any SQLInstrumentation)] = [
+                    ("metrics + tracing, nothing bootstrapped", SQLInstrumentations([SQLMetrics(), SQLTracing()])),
+                    ("metrics + tracing, recorded in memory",
+                     SQLInstrumentations([SQLMetrics(factory: TestMetrics()), SQLTracing(tracer: InMemoryTracer())])),
+                ]
+                for (label, instrumentation) in observers {
+                    let observed = try Engine(database.url, pool: observedPool, logger: observedLogger, instrumentation: instrumentation)
+                    out.append(try await measure("\(database.prefix)-POINT-SEQ", "\(system) + \(label)", operations: n, repetitions: reps) {
+                        try await pointSeq(observed, n)
+                    })
+                    await observed.dispose()
+                }
             }
             if wanted("POINT-CONC") {
                 let n = options.count(50_000)

@@ -5,7 +5,8 @@ import Runtime
 
 extension Engine {
     /// Runs `body` in a read-only transaction: on a standby when the engine routes reads (``ReadRouting``),
-    /// else on the primary. The transaction is rolled back afterwards either way (it wrote nothing).
+    /// else on the primary. The transaction commits when `body` returns (it can write nothing) and rolls back
+    /// when it throws.
     ///
     /// Reads through here may not see writes the caller just made on the primary (a standby replays them
     /// a moment later): use ``readYourWrites()`` for work that must.

@@ -235,8 +235,9 @@ public struct Migrator: Sendable {
     }
 }
 
-/// The migrations and the database disagree, or a migration cannot be read: nothing was applied by the call
-/// that threw it.
+/// The migrations and the database disagree, or a migration cannot be read. Thrown before anything runs
+/// when found at the start; found before a later migration (the history changed meanwhile), the migrations
+/// applied before it by the same call stay applied and recorded.
 public struct MigrationError: Error, Sendable, CustomStringConvertible {
     /// What is wrong.
     public let message: String

@@ -15,8 +15,9 @@ public struct PoolConfiguration: Sendable {
     public var recycle: Duration?
     /// How long opening a connection may take before ``SQLError/Kind/timeout``. A PostgreSQL connect — name
     /// resolution and every host included — takes at most the URL's `connect_timeout`, else this, else 10 s
-    /// (libpq itself would wait forever); it also bounds the check of an idle connection (``prePing``). The
-    /// checkout timeout covers only the wait for a free connection.
+    /// (libpq itself would wait forever); when both this and `connect_timeout` are set, the shorter one ends
+    /// it. It also bounds the check of an idle connection (``prePing``). The checkout timeout covers only the
+    /// wait for a free connection.
     public var connectTimeout: Duration?
     /// How long a call may keep waiting beyond its caller's deadline (a timeout, ``statementTimeout``, any
     /// enclosing cancel scope's deadline) for the server to answer the cancel request, before the connection
@@ -26,9 +27,11 @@ public struct PoolConfiguration: Sendable {
     /// caller. A cancellation with no deadline near (`cancel()`), and the clean-up after a stream left early,
     /// wait up to 5 s.
     public var cancellationGrace: Duration = .seconds(1)
-    /// How long one call (`execute`, `executeMany`, `executeScript`, opening a stream) may run before it is
-    /// cancelled — on the server too — and fails with ``SQLError/Kind/timeout`` (default: no limit). A call
-    /// the server finished anyway returns its result, as with any cancellation.
+    /// How long one call (`execute`, `executeMany`, `executeScript`, `copyIn`, `copyOut`) may run before it
+    /// is cancelled — on the server too — and fails with ``SQLError/Kind/timeout`` (default: no limit). A call
+    /// the server finished anyway returns its result, as with any cancellation. A COPY's time includes the
+    /// caller's closure. A stream is not bounded by it (its rows arrive as the caller reads them): bound it
+    /// with a cancel scope (`failAfter`).
     public var statementTimeout: Duration?
     /// How PostgreSQL statements are prepared (default ``PreparedStatements/automatic``): by name, once per
     /// connection, unless a connection pooler sits between the driver and the server.
