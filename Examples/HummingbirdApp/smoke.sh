@@ -11,7 +11,7 @@ binary=$(swift build --show-bin-path)/HummingbirdExample
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()')
 database=${1:-sqlite:////tmp/anyruntime-hummingbird-smoke-$$.db}
 log=$(mktemp)
-"$binary" --port "$port" "$database" >"$log" 2>&1 &
+DATABASE_URL="$database" "$binary" --port "$port" >"$log" 2>&1 &
 server=$!
 cleanup() { kill "$server" 2>/dev/null || true; rm -f "$log" /tmp/anyruntime-hummingbird-smoke-$$.db*; }
 trap cleanup EXIT

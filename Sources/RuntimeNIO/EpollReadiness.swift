@@ -133,13 +133,15 @@ final class EpollReadiness: Sendable {
             stale.reader?.finish(.failure(error))
             if stale.writer !== stale.reader { stale.writer?.finish(.failure(error)) }
         }
-        if needsThread { try startThread() }
+        if needsThread { try startThread(for: watch) }
     }
 
     /// Arms `entry`'s registration for the directions somebody waits for. Under the state lock.
     private func arm(_ fd: Int32, _ entry: inout Entry) throws(RuntimeError) {
-        var interest: UInt32 = EPOLLONESHOT.rawValue | EPOLLRDHUP.rawValue
-        if entry.reader != nil { interest |= EPOLLIN.rawValue }
+        // EPOLLRDHUP only with a reader: a half-closed peer keeps it set, and armed for a writer alone it
+        // would fire again at once after every re-arm, spinning the thread until the writer woke.
+        var interest: UInt32 = EPOLLONESHOT.rawValue
+        if entry.reader != nil { interest |= EPOLLIN.rawValue | EPOLLRDHUP.rawValue }
         if entry.writer != nil { interest |= EPOLLOUT.rawValue }
         var event = epoll_event()
         event.events = interest
@@ -159,16 +161,28 @@ final class EpollReadiness: Sendable {
         return RuntimeError(.badDescriptor, "epoll refuses fd \(fd) (errno \(code)\(code == EPERM ? ": a regular file or a directory cannot be watched" : ""))")
     }
 
-    /// Starts the readiness thread (the caller set `.starting`). If no thread can be made, every watch
-    /// registered so far is failed: nothing would ever deliver its event.
-    private func startThread() throws(RuntimeError) {
+    /// Starts the readiness thread (the caller set `.starting`). If no thread can be made, the watches
+    /// registered meanwhile are failed (nothing would ever deliver their events) and their slots freed; the
+    /// caller's own watch learns it from the error thrown, never through `ready` inside `watch`.
+    private func startThread(for current: ReadinessWatch) throws(RuntimeError) {
         do throws(RuntimeError) {
             let thread = try LoopThread.start(prepare: {}, body: { [self] in self.runLoop() })
             state.withLock { $0.thread = .running(thread) }
         } catch {
             let stranded = state.withLock { state -> [ReadinessWatch] in
                 state.thread = .none
-                return state.entries.values.flatMap { [$0.reader, $0.writer].compactMap { $0 } }
+                var stranded: [ReadinessWatch] = []
+                for (fd, var entry) in state.entries {
+                    for watch in [entry.reader, entry.writer].compactMap({ $0 }) where watch !== current
+                        && !stranded.contains(where: { $0 === watch })
+                    {
+                        stranded.append(watch)
+                    }
+                    entry.reader = nil
+                    entry.writer = nil
+                    state.entries[fd] = entry
+                }
+                return stranded
             }
             for watch in stranded { watch.finish(.failure(error)) }
             throw error

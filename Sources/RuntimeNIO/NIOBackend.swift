@@ -22,8 +22,9 @@ final class NIOBackend: RuntimeBackend {
 
     private struct Timers: ~Copyable {
         var queue = TimerQueue()
-        /// The loop's callback for the earliest deadline, and that deadline.
-        var armed: (callback: NIOScheduledCallback, deadline: RuntimeInstant)?
+        /// The loop's callback for the earliest deadline, that deadline, and the callback's number.
+        var armed: (callback: NIOScheduledCallback, deadline: RuntimeInstant, id: UInt64)?
+        var nextID: UInt64 = 0
     }
 
     init(eventLoop: any EventLoop, ownedGroup: MultiThreadedEventLoopGroup?, configuration: NIORuntime.Configuration) throws(RuntimeError) {
@@ -52,11 +53,15 @@ final class NIOBackend: RuntimeBackend {
             LateCallbacks.deliver { if !entry.isCancelled { entry.fire() } }
             return registration
         }
-        timers.withLock { timers in
-            guard !entry.isCancelled else { return }
+        let late = timers.withLock { timers -> Bool in
+            // Checked again under the lock `close()` takes to drop the timers: none slips in after it.
+            if closedFlag.load(ordering: .acquiring) { return true }
+            guard !entry.isCancelled else { return false }
             pendingTimerCount.add(1, ordering: .relaxed)
             if timers.queue.insert(entry) { rearm(&timers) }
+            return false
         }
+        if late { LateCallbacks.deliver { if !entry.isCancelled { entry.fire() } } }
         return registration
     }
 
@@ -79,8 +84,10 @@ final class NIOBackend: RuntimeBackend {
         // early anyway finds nothing due and arms itself again: a timer never fires early.
         let deadline = NIODeadline.uptimeNanoseconds(UInt64(max(0, next.nanoseconds)))
         do {
-            let callback = try eventLoop.scheduleCallback(at: deadline, handler: TimerCallback(backend: self))
-            timers.armed = (callback, next)
+            timers.nextID &+= 1
+            let id = timers.nextID
+            let callback = try eventLoop.scheduleCallback(at: deadline, handler: TimerCallback(backend: self, id: id))
+            timers.armed = (callback, next, id)
         } catch {
             // The application shut its loop down under a live runtime: timers still fire, from another thread.
             timers.armed = nil
@@ -88,6 +95,21 @@ final class NIOBackend: RuntimeBackend {
             DispatchQueue.global().asyncAfter(deadline: .now() + .nanoseconds(Int(clamping: delay))) { [weak self] in
                 self?.timersFired()
             }
+        }
+    }
+
+    /// The loop cancelled callback `id` itself (it shut down under a live runtime): if it was the armed one,
+    /// the timers are fired and re-armed from another thread (NIO calls this under its own lock, which
+    /// `rearm` takes too, through `cancel()`, under this backend's lock).
+    fileprivate func callbackCancelled(_ id: UInt64) {
+        LateCallbacks.deliver { [weak self] in
+            guard let self else { return }
+            let ours = self.timers.withLock { timers -> Bool in
+                guard timers.armed?.id == id else { return false }
+                timers.armed = nil
+                return true
+            }
+            if ours { self.timersFired() }
         }
     }
 
@@ -146,8 +168,8 @@ final class NIOBackend: RuntimeBackend {
     func close() async {
         await blocking.shutdown()
         await readiness.close()
-        closedFlag.store(true, ordering: .releasing)
         let abandoned = timers.withLock { timers -> [TimerQueue.Entry] in
+            closedFlag.store(true, ordering: .releasing)
             timers.armed?.callback.cancel()
             timers.armed = nil
             return timers.queue.removeAll()
@@ -190,7 +212,9 @@ final class NIOBackend: RuntimeBackend {
 /// scheduled keeps nothing alive.
 private struct TimerCallback: NIOScheduledCallbackHandler, Sendable {
     weak var backend: NIOBackend?
+    let id: UInt64
     func handleScheduledCallback(eventLoop: some EventLoop) { backend?.timersFired() }
+    func didCancelScheduledCallback(eventLoop: some EventLoop) { backend?.callbackCancelled(id) }
 }
 
 /// A timer scheduled on a ``NIOBackend``.
@@ -220,11 +244,16 @@ final class Blocking: Sendable {
     var jobsInFlight: Int { inFlight.load(ordering: .relaxed) }
     var threadCount: Int { owned.withLock { $0.running ? threads : 0 } }
 
+    /// Waiting for the work in flight to end (``shutdown()``).
+    private let idleWaiter = Locked<(@Sendable () -> Void)?>(nil)
+
     func submit(_ work: @escaping @Sendable () -> Void) {
         inFlight.add(1, ordering: .relaxed)
         let counted: @Sendable () -> Void = { [self] in
             work()
-            inFlight.subtract(1, ordering: .relaxed)
+            if inFlight.subtract(1, ordering: .acquiringAndReleasing).newValue == 0 {
+                idleWaiter.withLock { $0 }?()
+            }
         }
         let pool: NIOThreadPool? = shared ?? owned.withLock { owned -> NIOThreadPool? in
             if owned.closed { return nil }
@@ -258,15 +287,25 @@ final class Blocking: Sendable {
             owned.closed = true
             return owned.pool
         }) else { return }
+        // First the work in flight and queued ends (the pool would hand queued work back unrun), within the
+        // bound; then the pool stops, and its threads count as ended once it says so, whenever that is.
         let once = Once()
-        let finished: Bool = await withUnsafeContinuation { continuation in
-            let resume: @Sendable (Bool) -> Void = { value in
-                if once.first() { continuation.resume(returning: value) }
-            }
-            pool.shutdownGracefully(queue: NIOBackend.shutdownQueue) { _ in resume(true) }
-            NIOBackend.shutdownQueue.asyncAfter(deadline: .now() + .seconds(1)) { resume(false) }
+        await withUnsafeContinuation { (continuation: UnsafeContinuation<Void, Never>) in
+            let resume: @Sendable () -> Void = { if once.first() { continuation.resume() } }
+            idleWaiter.withLock { $0 = resume }
+            if inFlight.load(ordering: .acquiring) == 0 { resume() }
+            NIOBackend.shutdownQueue.asyncAfter(deadline: .now() + .seconds(1)) { resume() }
         }
-        if finished { owned.withLock { $0.running = false } }
+        idleWaiter.withLock { $0 = nil }
+        let stopped = Once()
+        await withUnsafeContinuation { (continuation: UnsafeContinuation<Void, Never>) in
+            let resume: @Sendable () -> Void = { if stopped.first() { continuation.resume() } }
+            pool.shutdownGracefully(queue: NIOBackend.shutdownQueue) { [self] _ in
+                owned.withLock { $0.running = false }
+                resume()
+            }
+            NIOBackend.shutdownQueue.asyncAfter(deadline: .now() + .seconds(1)) { resume() }
+        }
     }
 }
 

@@ -9,13 +9,14 @@ import Synchronization
 ///
 /// | Metric | Kind | Dimensions |
 /// | --- | --- | --- |
-/// | `db.client.connection.count` | gauge | `state`: `used` or `idle` |
-/// | `db.client.connection.pending_requests` | gauge | |
+/// | `db.client.connection.count` | gauge | `state`: `used` or `idle`; `pool.id` |
+/// | `db.client.connection.pending_requests` | gauge | `pool.id` |
 /// | `db.client.connection.wait_time` | timer (checkout) | `outcome`: `success`, `timeout`, `failure` |
 /// | `db.client.connection.create_failures` | counter | |
-/// | `db.client.operation.duration` | timer | `db.operation.name` (`SELECT`…), `outcome`: `success`, `error`, `cancelled`, `timeout` |
+/// | `db.client.operation.duration` | timer | `db.operation.name` (`SELECT`…, `OTHER`), `outcome`: `success`, `error`, `cancelled`, `timeout` |
 ///
-/// Every metric also has `db.system.name` (`postgresql`, `sqlite`) and, when given, `pool.name`.
+/// Statement metrics and connect failures also have `db.system.name` (`postgresql`, `sqlite`); every metric
+/// has `pool.name` when one is given. `pool.id` numbers an engine's pools (one per runtime).
 ///
 /// ```swift
 /// MetricsSystem.bootstrap(PrometheusMetricsFactory())      // the application's choice, once
@@ -129,10 +130,13 @@ public struct SQLMetrics: SQLInstrumentation {
         (poolName.map { [("pool.name", $0)] } ?? []) + extra
     }
 
+    /// A pool's gauges carry its number: an engine keeps one pool per runtime, and pools sharing gauges
+    /// would overwrite each other's counts.
     private func record(_ pool: SQLPoolStatistics, system: SQLDatabaseSystem?) {
-        gauge("db.client.connection.count", poolDimensions([("state", "used")])).record(pool.inUse)
-        gauge("db.client.connection.count", poolDimensions([("state", "idle")])).record(pool.idle)
-        gauge("db.client.connection.pending_requests", poolDimensions([])).record(pool.waiting)
+        let id = ("pool.id", "\(pool.poolID)")
+        gauge("db.client.connection.count", poolDimensions([id, ("state", "used")])).record(pool.inUse)
+        gauge("db.client.connection.count", poolDimensions([id, ("state", "idle")])).record(pool.idle)
+        gauge("db.client.connection.pending_requests", poolDimensions([id])).record(pool.waiting)
     }
 }
 

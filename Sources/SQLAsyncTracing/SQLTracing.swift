@@ -5,7 +5,8 @@ public import Tracing
 /// Spans for an engine's statements and transactions through swift-distributed-tracing, named and
 /// attributed after OpenTelemetry's database conventions: a client span per statement (named after its
 /// operation, such as `SELECT`), with `db.system.name`, `db.namespace`, `db.operation.name`, `db.query.text`
-/// (the SQL with its placeholders — bound values never appear) and `db.response.returned_rows`, an error
+/// (the SQL with its placeholders — bound values never appear; a script's text is withheld) and
+/// `db.response.returned_rows`, an error
 /// recorded on the span when the statement failed; and a span per transaction (`TRANSACTION`), the parent of
 /// the statements inside it.
 ///
@@ -42,7 +43,7 @@ public struct SQLTracing: SQLInstrumentation {
         span.attributes["db.system.name"] = statement.system.rawValue
         if let namespace = statement.namespace { span.attributes["db.namespace"] = namespace }
         span.attributes["db.operation.name"] = statement.operation
-        span.attributes["db.query.text"] = statement.text
+        if let text = statement.text { span.attributes["db.query.text"] = text }
         return StatementSpan(span: span)
     }
 

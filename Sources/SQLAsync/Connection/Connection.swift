@@ -109,7 +109,7 @@ public final class Connection: Sendable {
     public func executeScript(_ script: String) async throws {
         try checkOpen(script)
         logger?.debug("execute script", metadata: ["sql": "\(script)"])
-        try await running(script) { try await driver.executeScript(script) }
+        try await running(script, isScript: true) { try await driver.executeScript(script) }
     }
 
     /// Runs compiled `text` with `binds` (one per placeholder).
@@ -163,8 +163,10 @@ public final class Connection: Sendable {
 
     /// Runs one call on the driver: within the engine's statement timeout, if it has one; an error that
     /// means the server went away has the pool check its idle connections before their next use.
-    func running<T>(_ sql: String, rows: ((T) -> Int)? = nil, _ call: () async throws -> T) async throws -> T {
-        guard let instrumentation, let span = instrumentation.statementStarted(statementInfo(sql)) else {
+    func running<T>(
+        _ sql: String, isScript: Bool = false, rows: ((T) -> Int)? = nil, _ call: () async throws -> T
+    ) async throws -> T {
+        guard let instrumentation, let span = instrumentation.statementStarted(statementInfo(sql, isScript: isScript)) else {
             return try await timed(sql, call)
         }
         do {
@@ -178,8 +180,8 @@ public final class Connection: Sendable {
     }
 
     /// What an observer is told about `sql`.
-    func statementInfo(_ sql: String) -> SQLStatementInfo {
-        SQLStatementInfo(text: sql, system: pool?.system ?? .sqlite, namespace: pool?.namespace)
+    func statementInfo(_ sql: String, isScript: Bool = false) -> SQLStatementInfo {
+        SQLStatementInfo(text: sql, system: pool?.system ?? .sqlite, namespace: pool?.namespace, isScript: isScript)
     }
 
     private func timed<T>(_ sql: String, _ call: () async throws -> T) async throws -> T {

@@ -80,7 +80,8 @@ public final class Engine: Sendable {
         var logger = logger
         logger[metadataKey: "database"] = "\(url)"  // the description hides the password
         self.logger = logger
-        self.standbys = url.database == .postgresql ? readRouting.map { Standbys($0, logger: logger, password: password) } : nil
+        self.standbys = url.database == .postgresql
+            ? readRouting.map { Standbys($0, logger: logger, password: password, instrumentation: instrumentation) } : nil
     }
 
     /// The standbys that serve read-only work, when the engine routes reads.
@@ -88,6 +89,9 @@ public final class Engine: Sendable {
 
     /// What observes the engine's work, if anything.
     public let instrumentation: (any SQLInstrumentation)?
+
+    /// Numbers the pools of every engine, so that observers can tell them apart.
+    private static let nextPoolID = Atomic<Int>(0)
 
     private static func adjusted(_ configuration: PoolConfiguration, for url: DatabaseURL) -> PoolConfiguration {
         guard url.database == .sqlite, url.sqlitePath == nil else { return configuration }
@@ -168,7 +172,7 @@ public final class Engine: Sendable {
             if let pool = pools.byRuntime[ObjectIdentifier(runtime)] { return (pool, Array(ended.values)) }
             let configuration = poolConfiguration
             let pool = ConnectionPool(
-                runtime: runtime, configuration: configuration, instrumentation: instrumentation,
+                runtime: runtime, configuration: configuration, instrumentation: instrumentation, poolID: Self.nextPoolID.add(1, ordering: .relaxed).newValue,
                 system: url.database == .postgresql ? .postgresql : .sqlite,
                 namespace: url.database == .postgresql ? url.databaseName : url.sqlitePath
             ) {

@@ -6,8 +6,8 @@
 /// ```
 ///
 /// Every method is called in the task doing the work (so task-locals such as a trace context are the
-/// caller's), synchronously and briefly: record, never wait. An engine without instrumentation pays one
-/// `nil` check per statement and checkout. Statement text is the SQL with its placeholders (`$1`, `?`); bound
+/// caller's), synchronously and briefly: record, never wait. An engine without instrumentation pays a `nil`
+/// check per statement and checkout. Statement text is the SQL with its placeholders (`$1`, `?`); bound
 /// values are never given to an observer.
 public protocol SQLInstrumentation: Sendable {
     /// A statement is about to be sent; the returned span (if any) is told how it ended.
@@ -50,21 +50,35 @@ public enum SQLDatabaseSystem: String, Sendable {
 
 /// A statement about to run.
 public struct SQLStatementInfo: Sendable {
-    /// The SQL text, with placeholders; never the bound values.
-    public let text: String
-    /// Its first keyword, upper-cased (`SELECT`, `INSERT`, `COPY`…): a low-cardinality name for it.
+    /// The SQL text, with placeholders; never the bound values. Nil for a script (`executeScript`), whose
+    /// text is written out whole — a `CREATE ROLE … PASSWORD '…'` in a migration, say — and is withheld.
+    /// Text written with `SQL.unsafeRaw` is given as written: keep secrets out of it, or bind them.
+    public let text: String?
+    /// Its first keyword, upper-cased, when it is one of SQL's usual statements (`SELECT`, `INSERT`, `COPY`…),
+    /// else `OTHER` (`SCRIPT` for a script): a name with few values, fit for a metric's dimension.
     public let operation: String
     public let system: SQLDatabaseSystem
     /// The database name (PostgreSQL) or file path (SQLite), when the URL has one.
     public let namespace: String?
 
-    init(text: String, system: SQLDatabaseSystem, namespace: String?) {
-        self.text = text
+    init(text: String, system: SQLDatabaseSystem, namespace: String?, isScript: Bool = false) {
+        self.text = isScript ? nil : text
         self.system = system
         self.namespace = namespace
+        guard !isScript else {
+            operation = "SCRIPT"
+            return
+        }
         let trimmed = text.drop { $0.isWhitespace || $0 == "(" }
-        operation = String(trimmed.prefix { $0.isLetter }).uppercased()
+        let keyword = String(trimmed.prefix { $0.isASCII && $0.isLetter }.prefix(16)).uppercased()
+        operation = Self.operations.contains(keyword) ? keyword : "OTHER"
     }
+
+    private static let operations: Set<String> = [
+        "SELECT", "INSERT", "UPDATE", "DELETE", "MERGE", "WITH", "VALUES", "COPY", "CALL", "CREATE", "ALTER", "DROP",
+        "TRUNCATE", "BEGIN", "COMMIT", "ROLLBACK", "SAVEPOINT", "RELEASE", "SET", "SHOW", "LOCK", "LISTEN",
+        "UNLISTEN", "NOTIFY", "EXPLAIN", "ANALYZE", "VACUUM", "PRAGMA", "GRANT", "REVOKE",
+    ]
 }
 
 /// A transaction about to run.
@@ -88,6 +102,9 @@ public enum SQLCheckoutOutcome: String, Sendable {
 
 /// A pool's counts at one moment.
 public struct SQLPoolStatistics: Sendable, Equatable {
+    /// Which pool: an engine keeps one per runtime (one per event loop with `NIORuntimeHost`s), each counted
+    /// on its own.
+    public let poolID: Int
     /// Connections open (idle and in use).
     public let open: Int
     public let inUse: Int

@@ -56,8 +56,11 @@ final class Standbys: Sendable {
     let router: Locked<ReadRouter>
     let fallbackToPrimary: Bool
 
-    init(_ routing: ReadRouting, logger: Logger, password: Engine.PasswordProvider?) {
-        engines = routing.standbys.map { Engine(url: $0, pool: routing.pool, logger: logger, password: password) }
+    init(_ routing: ReadRouting, logger: Logger, password: Engine.PasswordProvider?, instrumentation: (any SQLInstrumentation)?) {
+        // The primary's observers watch the standbys too: a read routed to one is traced and counted.
+        engines = routing.standbys.map {
+            Engine(url: $0, pool: routing.pool, logger: logger, password: password, instrumentation: instrumentation)
+        }
         router = Locked(ReadRouter(standbys: routing.standbys.count, maxLag: routing.maxLag, checkInterval: routing.checkInterval))
         fallbackToPrimary = routing.fallbackToPrimary
     }

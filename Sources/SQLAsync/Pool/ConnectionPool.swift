@@ -87,10 +87,12 @@ final class ConnectionPool: Sendable {
     let system: SQLDatabaseSystem
     /// The database name or file, for observers.
     let namespace: String?
+    /// This pool's number among all engines' pools, for observers.
+    let poolID: Int
 
     init(
         runtime: Runtime, configuration: PoolConfiguration, instrumentation: (any SQLInstrumentation)? = nil,
-        system: SQLDatabaseSystem = .sqlite, namespace: String? = nil,
+        poolID: Int = 0, system: SQLDatabaseSystem = .sqlite, namespace: String? = nil,
         open: @escaping @Sendable () async throws -> any DatabaseDriver
     ) {
         self.runtime = runtime
@@ -98,6 +100,7 @@ final class ConnectionPool: Sendable {
         self.instrumentation = instrumentation
         self.system = system
         self.namespace = namespace
+        self.poolID = poolID
         self.openConnection = open
         state = Locked(State(machine: PoolStateMachine(
             size: configuration.size, overflow: configuration.overflow,
@@ -132,7 +135,7 @@ final class ConnectionPool: Sendable {
         state.withLock { state in
             let open = state.machine.open
             let idle = state.machine.idle.count
-            return SQLPoolStatistics(open: open, inUse: open - idle, idle: idle, waiting: state.machine.waiters.count)
+            return SQLPoolStatistics(poolID: poolID, open: open, inUse: open - idle, idle: idle, waiting: state.machine.waiters.count)
         }
     }
 

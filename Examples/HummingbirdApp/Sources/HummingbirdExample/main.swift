@@ -1,6 +1,8 @@
 // A Hummingbird app whose routes use SQLAsync on the app's own event loop.
 //
-//   swift run HummingbirdExample [--port 8080] [DATABASE_URL]      (default: a SQLite file in /tmp)
+//   DATABASE_URL=postgresql://… swift run HummingbirdExample [--port 8080]   (default: a SQLite file in /tmp)
+//
+// The URL comes from the environment, not the command line, which every user of the machine can read.
 //
 //   GET /accounts/:id   one account, as JSON
 //   GET /slow           a query that takes 30 s; a client that goes away cancels it (on PostgreSQL, on the
@@ -35,7 +37,7 @@ if let index = arguments.firstIndex(of: "--port"), index + 1 < arguments.count, 
     port = value
     arguments.removeSubrange(index...index + 1)
 }
-let url = arguments.first ?? "sqlite:////tmp/anyruntime-hummingbird-example.db"
+let url = ProcessInfo.processInfo.environment["DATABASE_URL"] ?? "sqlite:////tmp/anyruntime-hummingbird-example.db"
 let logger: Logger = {
     var logger = Logger(label: "example")
     logger.logLevel = .info

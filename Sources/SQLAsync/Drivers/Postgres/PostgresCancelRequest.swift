@@ -113,11 +113,14 @@ struct CancelRequests: Sendable {
 extension PostgresConnection {
     /// How long cancel requests may take, on their own, out of the caller's way.
     static let cancelRequestDeadline: Duration = .seconds(10)
-    /// How long after a handled cancel request, while the statement still has not answered, another is sent.
+    /// How long after the first handled cancel request, while the statement still has not answered, another
+    /// is sent; each later one waits twice as long (1 s, 2 s, 4 s within ``cancelRequestDeadline``).
     ///
     /// The server drops a cancel that reaches a backend between reading messages — one that has not yet read
     /// the statement (a loaded server, a statement still on its way) — so one request can be lost. Sending
     /// again is harmless: a request that finds the statement finished finds the backend idle, and is dropped.
+    /// Backing off keeps a server that is slow for every client from being sent ever more connections (each
+    /// request is one, and a process on the server).
     static let cancelResendInterval: Duration = .seconds(1)
 
     /// The worker threads for `PQcancel` when the key cannot be read (see ``PostgresCancelKey``): apart from
@@ -145,6 +148,7 @@ extension PostgresConnection {
         let started = runtime.startSystemTask {
             let deadline = runtime.now.advanced(by: Self.cancelRequestDeadline)
             var taken = false
+            var interval = Self.cancelResendInterval
             while !requests.stop.isSet, runtime.now < deadline {
                 let sent: Bool? = try? await withCancelScope(deadline: deadline) { _ in
                     if let key { return try await key.send(on: runtime) }
@@ -152,7 +156,8 @@ extension PostgresConnection {
                     return try await runtime.runBlocking(limiter: limiter, onCancel: .abandon) { fallback.send() }
                 }
                 taken = taken || sent == true
-                let pause = min(deadline, runtime.now.advanced(by: Self.cancelResendInterval))
+                let pause = min(deadline, runtime.now.advanced(by: interval))
+                interval *= 2
                 do {
                     _ = try await withCancelScope(deadline: pause) { _ in try await requests.stop.wait() }
                 } catch {
@@ -165,6 +170,12 @@ extension PostgresConnection {
             requests.done.set()
         }
         if !started { requests.done.set() }
+    }
+
+    /// The server has begun to answer the cancelled statement: no more requests are needed (the last one is
+    /// still waited for before the connection is used again).
+    func stopCancelResends() {
+        cancelRequest.withLock { $0 }?.stop.set()
     }
 
     /// Before the connection is used again or given back after a cancel request: stops further requests and

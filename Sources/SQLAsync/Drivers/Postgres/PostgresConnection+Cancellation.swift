@@ -68,6 +68,9 @@ extension PostgresConnection {
                     "the statement was sent, then cancelled, and the server did not answer within \(wait): it may or "
                         + "may not have taken effect; the connection was closed", sql: sql)
             }
+            // The server answers: the statement finished or was cancelled, and more requests would only load
+            // it (each is a connection and a process on the server).
+            if ready.contains(.read) { stopCancelResends() }
             return ready
         }
     }
