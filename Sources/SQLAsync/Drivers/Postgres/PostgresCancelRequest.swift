@@ -113,15 +113,17 @@ struct CancelRequests: Sendable {
 extension PostgresConnection {
     /// How long cancel requests may take, on their own, out of the caller's way.
     static let cancelRequestDeadline: Duration = .seconds(10)
-    /// How long after the first handled cancel request, while the statement still has not answered, another
-    /// is sent; each later one waits twice as long (1 s, 2 s, 4 s within ``cancelRequestDeadline``).
+    /// How long after the first handled cancel request, while the statement still has not answered, a second
+    /// and last one is sent.
     ///
     /// The server drops a cancel that reaches a backend between reading messages — one that has not yet read
     /// the statement (a loaded server, a statement still on its way) — so one request can be lost. Sending
     /// again is harmless: a request that finds the statement finished finds the backend idle, and is dropped.
-    /// Backing off keeps a server that is slow for every client from being sent ever more connections (each
-    /// request is one, and a process on the server).
-    static let cancelResendInterval: Duration = .seconds(1)
+    /// Only once: each request is a connection and a process on the server, and a server slow for every client
+    /// (a ThreadSanitizer run) must not be sent more of them the slower it gets.
+    static let cancelResendInterval: Duration = .seconds(2)
+    /// Requests per cancellation: the first and one more.
+    static let cancelRequestsAtMost = 2
 
     /// The worker threads for `PQcancel` when the key cannot be read (see ``PostgresCancelKey``): apart from
     /// the runtime's shared pool, so that cancel requests stuck on silent servers can never hold its tokens.
@@ -129,8 +131,9 @@ extension PostgresConnection {
 
     /// Asks the server to cancel the running statement. The requests are sent by a system task of the run,
     /// within ``cancelRequestDeadline``, so the caller never waits for them beyond its own deadline: one at
-    /// once, then another every ``cancelResendInterval`` until the call settles (the call waits for the last
-    /// one only before it uses or gives back the connection again: ``settleCancelRequest()``).
+    /// once, then one more ``cancelResendInterval`` later unless the call has settled or the server answered.
+    /// The call waits for the last one only before it uses or gives back the connection again
+    /// (``settleCancelRequest()``).
     func requestCancel() {
         let requests = CancelRequests()
         // One series per call: a second ask while requests are still being sent has nothing to add.
@@ -148,16 +151,17 @@ extension PostgresConnection {
         let started = runtime.startSystemTask {
             let deadline = runtime.now.advanced(by: Self.cancelRequestDeadline)
             var taken = false
-            var interval = Self.cancelResendInterval
-            while !requests.stop.isSet, runtime.now < deadline {
+            var sentCount = 0
+            while !requests.stop.isSet, runtime.now < deadline, sentCount < Self.cancelRequestsAtMost {
+                sentCount += 1
                 let sent: Bool? = try? await withCancelScope(deadline: deadline) { _ in
                     if let key { return try await key.send(on: runtime) }
                     guard let fallback, let limiter = Self.cancelLimiter else { return false }
                     return try await runtime.runBlocking(limiter: limiter, onCancel: .abandon) { fallback.send() }
                 }
                 taken = taken || sent == true
-                let pause = min(deadline, runtime.now.advanced(by: interval))
-                interval *= 2
+                guard sentCount < Self.cancelRequestsAtMost else { break }
+                let pause = min(deadline, runtime.now.advanced(by: Self.cancelResendInterval))
                 do {
                     _ = try await withCancelScope(deadline: pause) { _ in try await requests.stop.wait() }
                 } catch {
