@@ -15,8 +15,12 @@ struct CancellationTortureTests {
         configuration.size = 4
         configuration.overflow = 2
         let applicationName = "torture_\(UInt32.random(in: 0...UInt32.max))"
-        try await database.withEngine(configuration, applicationName: applicationName) { engine in
-            try await backend.run {
+        try await backend.run {
+            // A server of its own: this storm's cancel requests queue at the postmaster (see
+            // `ThrowAwayCluster.sharedForLoad()`), and beside it other tests' cancellations missed their bounds.
+            let server: String? =
+                database == .postgresql ? try await Runtime.runBlocking { try ThrowAwayCluster.sharedForLoad().url } : nil
+            try await database.withEngine(configuration, applicationName: applicationName, server: server) { engine in
                 let table = SQL.identifier("torture_\(UInt32.random(in: 0...UInt32.max))")
                 try await engine.withConnection { connection in
                     try await connection.execute("CREATE TABLE \(table) (id INTEGER PRIMARY KEY, n INTEGER NOT NULL)")

@@ -76,13 +76,15 @@ enum PoolDatabase: String, CaseIterable, Sendable, CustomStringConvertible {
     /// - Parameter applicationName: PostgreSQL: the `application_name` of the engine's sessions, to tell them
     ///   apart in `pg_stat_activity` from those of tests running at the same time.
     /// `direct`: the server itself even through a pooler (a test that terminates a backend would otherwise
-    /// kill a server connection the pooler shares with other tests).
+    /// kill a server connection the pooler shares with other tests). `server`: another PostgreSQL server's URL
+    /// to use instead of the tests' shared one.
     func withEngine(
-        _ pool: PoolConfiguration, applicationName: String? = nil, direct: Bool = false, _ body: (Engine) async throws -> Void
+        _ pool: PoolConfiguration, applicationName: String? = nil, direct: Bool = false, server: String? = nil,
+        _ body: (Engine) async throws -> Void
     ) async throws {
         switch self {
         case .postgresql:
-            let url = try postgresURL(direct: direct)
+            let url = try server.map { try DatabaseURL($0) } ?? postgresURL(direct: direct)
             guard let applicationName else { return try await body(Engine(url: url, pool: pool, logger: quietLogger)) }
             let named = "postgresql://\(url.user ?? "postgres")@\(url.host ?? "127.0.0.1"):\(url.port ?? 5432)/"
                 + "\(url.databaseName ?? "postgres")?application_name=\(applicationName)"

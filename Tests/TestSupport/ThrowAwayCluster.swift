@@ -25,6 +25,13 @@ public final class ThrowAwayCluster: Sendable {
     /// The process's TLS-only, SCRAM-only cluster (scripts/pg-cluster.sh --tls), started on first use.
     public static func sharedTLS() throws(Failure) -> ThrowAwayCluster { try tlsCluster.get() }
 
+    /// The process's cluster for a test that loads a server so heavily that tests beside it would miss their
+    /// real-time bounds on a server it shared with them, started on first use; no test stops it. (The
+    /// cancellation torture sends about 2,000 cancel requests within seconds, each a process the postmaster
+    /// forks one after another: beside it, a cancel request to the shared server took up to 3.5 s here, and
+    /// more than the 5 s clean-up bound on a loaded CI machine.)
+    public static func sharedForLoad() throws(Failure) -> ThrowAwayCluster { try loadCluster.get() }
+
     /// A cluster of the caller's own (not shared), for a test that must stop and start it while other
     /// suites use theirs; ``finish()`` deletes it. Blocks for a few seconds (initdb).
     public static func make() throws(Failure) -> ThrowAwayCluster { try start([]).get() }
@@ -34,6 +41,7 @@ public final class ThrowAwayCluster: Sendable {
 
     private static let cluster = start([])
     private static let tlsCluster = start(["--tls"])
+    private static let loadCluster = start([])
 
     private static func start(_ arguments: [String]) -> Result<ThrowAwayCluster, Failure> {
         do {

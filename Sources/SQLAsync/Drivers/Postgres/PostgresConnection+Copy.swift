@@ -240,6 +240,9 @@ extension PostgresConnection {
                             if chunk.count >= Self.copyChunk {
                                 try await consume(chunk)
                                 chunk.removeAll(keepingCapacity: true)
+                                // While the server stays ahead, reading never waits, and a wait is where a
+                                // cancellation would otherwise be seen: a reader that cancels gets no more data.
+                                try Runtime.checkCancellation()
                             }
                         case .wouldBlock:
                             if !chunk.isEmpty {
@@ -283,6 +286,8 @@ extension PostgresConnection {
         let completed: Int??
         // Whether data the caller never saw was dropped.
         var dropped = false
+        // Why the COPY did not end cleanly, when it did not (nil: no end within the deadline).
+        var failure: String?
         do {
             completed = try await withCancelScope(deadline: deadline, shield: true) { _ -> Int?? in
                 dropping: while true {
@@ -290,29 +295,34 @@ extension PostgresConnection {
                     case .more: dropped = true
                     case .wouldBlock:
                         try await runtime.wait(fd: watched, for: .read)
-                        guard handle.consumeInput() else { return nil }
+                        guard handle.consumeInput() else { failure = "the connection failed"; return .none }
                     case .done: break dropping
-                    case .failed: return .none
+                    case .failed: failure = "the connection failed"; return .none
                     }
                 }
                 var count: Int? = 0
                 while true {
                     while handle.isBusy {
-                        guard handle.status == CONNECTION_OK else { return .none }
-                        try await runtime.wait(fd: watched, for: .read)
-                        guard handle.consumeInput() else { return .none }
+                        guard handle.status == CONNECTION_OK, handle.consumeInput() else { failure = "the connection failed"; return .none }
+                        if handle.isBusy { try await runtime.wait(fd: watched, for: .read) }
                     }
-                    guard let result = handle.nextResult() else { return handle.status == CONNECTION_OK ? .some(count) : .none }
+                    guard let result = handle.nextResult() else {
+                        if handle.status == CONNECTION_OK { return .some(count) }
+                        failure = "the connection failed"
+                        return .none
+                    }
                     if PQresultStatus(result) == PGRES_COMMAND_OK { count = count.map { $0 + PGHandle.rowsAffected(result) } } else { count = nil }
                     PQclear(result)
                 }
             } ?? .none
         } catch {
+            failure = "\(Self.typeName(of: error)) while reading its end"
             completed = .none
         }
         guard let outcome = completed else {
-            logger?.warning("discarding a PostgreSQL connection: a COPY TO STDOUT left early did not end within \(wait)")
-            markBroken("a COPY TO STDOUT left early did not end")
+            let why = failure ?? "it did not end within \(wait)"
+            logger?.warning("discarding a PostgreSQL connection: a COPY TO STDOUT left early: \(why)")
+            markBroken("a COPY TO STDOUT left early did not end (\(why))")
             await forgetSocket()
             throw error
         }
