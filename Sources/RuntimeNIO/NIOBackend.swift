@@ -279,7 +279,7 @@ final class Blocking: Sendable {
         }
     }
 
-    /// Waits for the run's own pool to finish its work and end its threads, at most ``shutdownBound``; work
+    /// Waits for the run's own pool to finish its work (at most 1 s) and then to stop (at most 1 s more); work
     /// still blocked then (abandoned by its caller, stuck on a peer that stopped answering) keeps its thread,
     /// and the run ends without it.
     func shutdown() async {

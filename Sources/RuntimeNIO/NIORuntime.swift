@@ -130,7 +130,8 @@ public final class NIORuntimeHost: Sendable {
     }
 
     /// Ends the runtime: refuses new ``run(isolation:_:)`` calls, cancels and awaits the runtime's system
-    /// tasks, waits for blocking work (at most 1 s), and releases the backend. The event loop stays. Call it
+    /// tasks, waits for blocking work (at most 1 s for the work, then at most 1 s more for the run's own
+    /// `NIOThreadPool` to stop), and releases the backend. The event loop stays. Call it
     /// after the work that uses the runtime has ended (close engines first); a second call does nothing.
     public func shutdown() async {
         let first = state.withLock { state -> Bool in

@@ -19,6 +19,9 @@ extension PoolConfiguration {
     static var patient: PoolConfiguration {
         var configuration = PoolConfiguration()
         configuration.cancellationGrace = .seconds(5)
+        // Under a sanitizer the whole process runs several times slower, and a connect beside the suite's
+        // load once took more than the default 10 s (ThreadSanitizer, the COMMIT tests).
+        if TestBuild.isSanitized { configuration.connectTimeout = .seconds(60) }
         return configuration
     }
 }

@@ -88,7 +88,7 @@ enum PoolDatabase: String, CaseIterable, Sendable, CustomStringConvertible {
             guard let applicationName else { return try await body(Engine(url: url, pool: pool, logger: quietLogger)) }
             let named = "postgresql://\(url.user ?? "postgres")@\(url.host ?? "127.0.0.1"):\(url.port ?? 5432)/"
                 + "\(url.databaseName ?? "postgres")?application_name=\(applicationName)"
-            try await body(Engine(named, pool: pool, logger: quietLogger))
+            try await body(Engine(url: try DatabaseURL(named), pool: pool, logger: quietLogger))
         case .sqliteFile:
             var template = Array("/tmp/anyruntime-pool-XXXXXX".utf8CString)
             guard let made = template.withUnsafeMutableBufferPointer({ buffer in buffer.baseAddress.flatMap { mkdtemp($0) } }) else {
@@ -100,7 +100,7 @@ enum PoolDatabase: String, CaseIterable, Sendable, CustomStringConvertible {
                 for suffix in ["", "-wal", "-shm"] { unlink(path + suffix) }
                 rmdir(directory)
             }
-            try await body(Engine("sqlite:///" + path, pool: pool, logger: quietLogger))
+            try await body(Engine(url: try DatabaseURL("sqlite:///" + path), pool: pool, logger: quietLogger))
         }
     }
 }
@@ -158,6 +158,56 @@ struct PoolTests {
                 await #expect(throws: SQLError.self) { _ = try await engine.connect() }
             }
         }
+    }
+
+    @Test("a pool configuration that cannot work is a typed error naming the setting, never quietly changed",
+          arguments: TestBackend.selected, PoolDatabase.allCases)
+    func invalidConfiguration(_ backend: TestBackend, _ database: PoolDatabase) async throws {
+        var settings: [(String, (inout PoolConfiguration) -> Void)] = [
+            ("size", { $0.size = 0 }), ("overflow", { $0.overflow = -1 }),
+            ("checkoutTimeout", { $0.checkoutTimeout = .milliseconds(-1) }),
+            ("cancellationGrace", { $0.cancellationGrace = .seconds(-1) }),
+            ("connectTimeout", { $0.connectTimeout = .zero }), ("statementTimeout", { $0.statementTimeout = .seconds(-2) }),
+        ]
+        settings.append(("recycle", { $0.recycle = .zero }))
+        for (name, change) in settings {
+            var configuration = PoolConfiguration()
+            change(&configuration)
+            // An engine made from a URL string refuses it at once.
+            #expect(throws: SQLError.self, "\(name)") { try Engine("sqlite::memory:", pool: configuration) }
+            // One made from a parsed URL (which cannot throw) refuses every checkout, before connecting.
+            try await database.withEngine(configuration) { engine in
+                try await backend.run {
+                    do {
+                        _ = try await engine.connect()
+                        Issue.record("a connection was handed out with \(name) invalid")
+                    } catch let error as SQLError {
+                        #expect(error.kind == .misuse && error.message.contains(name), "\(error)")
+                    }
+                    #expect(try engine.poolStatistics().open == 0)
+                }
+            }
+        }
+        // Read routing on a database that has no standbys: refused the same two ways.
+        if database == .sqliteFile {
+            let routing = try ReadRouting(standbys: ["postgresql://postgres@127.0.0.1:1/postgres"])
+            #expect(throws: SQLError.self) { try Engine("sqlite::memory:", readRouting: routing) }
+            let engine = Engine(url: try DatabaseURL("sqlite::memory:"), readRouting: routing)
+            try await backend.run {
+                do {
+                    _ = try await engine.connect()
+                    Issue.record("read routing on SQLite was ignored")
+                } catch let error as SQLError {
+                    #expect(error.kind == .invalidURL, "\(error)")
+                }
+            }
+        }
+        // Zero where zero means something stays allowed: no overflow, no waiting for a free connection, no grace.
+        var edge = PoolConfiguration()
+        edge.overflow = 0
+        edge.checkoutTimeout = .zero
+        edge.cancellationGrace = .zero
+        try edge.validate()
     }
 
     @Test("a connection the server killed fails with a typed error and is replaced", arguments: TestBackend.selected)
@@ -321,6 +371,25 @@ struct ConnectTimeoutTests {
         #expect(needs("localhost") && needs("127.0.0.1,db"))
         let resolved = try? resolvingHosts([("host", "127.0.0.1,::1")], resolve: resolve)
         #expect(resolved?.last?.value == "127.0.0.1,::1")
+    }
+
+    @Test("a host from the environment (PGHOST) is looked up off the loop like the URL's; a URL's own host, address or service comes first")
+    func hostFromEnvironment() {
+        let environment: [(key: String, value: String)] = [("host", "db.internal"), ("port", "6432")]
+        func keys(_ parameters: [(key: String, value: String)]) -> [String] { parameters.map { "\($0.key)=\($0.value)" } }
+        // No host in the URL: libpq's default host joins the parameters, and so needs a lookup off the loop.
+        let merged = withHostDefaults([("dbname", "app")], defaults: { environment })
+        #expect(keys(merged) == ["dbname=app", "host=db.internal", "port=6432"])
+        #expect(needsLookup(merged))
+        // The URL's port stays.
+        #expect(keys(withHostDefaults([("port", "5433")], defaults: { environment })) == ["port=5433", "host=db.internal"])
+        // A host, an address or a service of the URL's own: unchanged (libpq reads a service's file before the
+        // environment).
+        for own: (key: String, value: String) in [("host", "10.0.0.1"), ("hostaddr", "10.0.0.1"), ("service", "main")] {
+            #expect(keys(withHostDefaults([own], defaults: { environment })) == ["\(own.key)=\(own.value)"])
+        }
+        // libpq's own defaults always give a port (its built-in 5432 without PGPORT).
+        #expect(libpqHostDefaults().contains { $0.key == "port" && !$0.value.isEmpty })
     }
 
     @Test("a server that never answers: the pool's connectTimeout and the URL's connect_timeout are typed timeouts",

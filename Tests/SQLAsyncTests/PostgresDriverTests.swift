@@ -107,6 +107,25 @@ struct PostgresDriverTests {
         }
     }
 
+    @Test("the last look at the socket before a statement is called in doubt sees an answer already there")
+    func readyNow() throws {
+        var ends: [Int32] = [-1, -1]
+        #expect(socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0, &ends) == 0)
+        defer { for end in ends { _ = close(end) } }
+        // Nothing to read yet: no answer (nil), though the socket could be written.
+        #expect(PostgresConnection.readyNow(ends[0], for: .read) == nil)
+        #expect(PostgresConnection.readyNow(ends[0], for: [.read, .write]) == .write)
+        // An answer arrived: seen without waiting.
+        var byte: UInt8 = 1
+        #expect(write(ends[1], &byte, 1) == 1)
+        #expect(PostgresConnection.readyNow(ends[0], for: .read) == .read)
+        // A peer gone counts as readable: reading then says what happened.
+        _ = close(ends[1])
+        ends[1] = -1
+        #expect(read(ends[0], &byte, 1) == 1)
+        #expect(PostgresConnection.readyNow(ends[0], for: .read) == .read)
+    }
+
     @Test("a cancelled pg_sleep is gone from the server within 0.5 s and the connection stays clean",
           arguments: TestBackend.selected)
     func cancellation(_ backend: TestBackend) async throws {

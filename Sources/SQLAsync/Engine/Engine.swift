@@ -35,13 +35,15 @@ public final class Engine: Sendable {
     ///   - instrumentation: what observes the engine's statements, transactions and pool (metrics, tracing:
     ///     see ``SQLInstrumentation``); nothing by default.
     /// - Throws: ``SQLError/Kind/invalidURL`` naming the problem (never the password), also for read routing
-    ///   on a database that is not PostgreSQL.
+    ///   on a database that is not PostgreSQL; ``SQLError/Kind/misuse`` for a pool configuration that cannot
+    ///   work (see ``PoolConfiguration/validate()``).
     public convenience init(
         _ url: String, pool: PoolConfiguration = PoolConfiguration(),
         logger: Logger = Logger(label: "anyruntime.sqlasync"), password: PasswordProvider? = nil,
         readRouting: ReadRouting? = nil, instrumentation: (any SQLInstrumentation)? = nil
     ) throws(SQLError) {
         let parsed = try DatabaseURL(url)
+        try pool.validate()
         if readRouting != nil, parsed.database != .postgresql {
             throw SQLError(.invalidURL, "read routing needs a PostgreSQL primary, not \(parsed.database)")
         }
@@ -65,8 +67,9 @@ public final class Engine: Sendable {
     ///   - password: for PostgreSQL, where each new connection's password comes from when the URL has none.
     ///     Without it (and without one in the URL) libpq looks in the URL's `passfile`, the file `PGPASSFILE`
     ///     names, or `~/.pgpass`.
-    ///   - readRouting: for PostgreSQL, the standbys that serve read-only work (see ``ReadRouting``); ignored
-    ///     for SQLite.
+    ///   - readRouting: for PostgreSQL, the standbys that serve read-only work (see ``ReadRouting``). With
+    ///     another database, or a pool configuration that cannot work (``PoolConfiguration/validate()``),
+    ///     every checkout throws what `Engine(_:pool:)` would have thrown at once.
     ///   - instrumentation: what observes the engine's work (see ``SQLInstrumentation``); nothing by default.
     public init(
         url: DatabaseURL, pool: PoolConfiguration = PoolConfiguration(),
@@ -77,6 +80,15 @@ public final class Engine: Sendable {
         self.instrumentation = instrumentation
         self.passwordProvider = password
         self.poolConfiguration = Self.adjusted(pool, for: url)
+        do throws(SQLError) {
+            try pool.validate()
+            if readRouting != nil, url.database != .postgresql {
+                throw SQLError(.invalidURL, "read routing needs a PostgreSQL primary, not \(url.database)")
+            }
+            self.configurationError = nil
+        } catch {
+            self.configurationError = error
+        }
         var logger = logger
         logger[metadataKey: "database"] = "\(url)"  // the description hides the password
         self.logger = logger
@@ -86,6 +98,9 @@ public final class Engine: Sendable {
 
     /// The standbys that serve read-only work, when the engine routes reads.
     let standbys: Standbys?
+
+    /// Why the pool configuration cannot work, if it cannot: thrown by every checkout.
+    private let configurationError: SQLError?
 
     /// What observes the engine's work, if anything.
     public let instrumentation: (any SQLInstrumentation)?
@@ -104,8 +119,8 @@ public final class Engine: Sendable {
     /// A connection from the pool of the current runtime; ``Connection/close()`` gives it back.
     ///
     /// - Throws: ``SQLError/Kind/connection``; ``SQLError/Kind/poolTimeout`` when none became free in time;
-    ///   ``SQLError/Kind/misuse`` after ``dispose()``; `CancellationError`; `RuntimeError.noRuntime` outside a
-    ///   runtime.
+    ///   ``SQLError/Kind/misuse`` after ``dispose()`` or for a pool configuration that cannot work (see
+    ///   ``PoolConfiguration/validate()``); `CancellationError`; `RuntimeError.noRuntime` outside a runtime.
     ///
     /// - Parameter timeout: how long to wait for a free connection, for this call only; the pool's
     ///   ``PoolConfiguration/checkoutTimeout`` when `nil`.
@@ -161,6 +176,7 @@ public final class Engine: Sendable {
 
     private func currentPool() async throws -> ConnectionPool {
         let runtime = try Runtime.current
+        if let configurationError { throw configurationError }
         let url = self.url
         let logger = self.logger
         let passwordProvider = self.passwordProvider

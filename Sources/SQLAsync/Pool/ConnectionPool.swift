@@ -38,6 +38,20 @@ public struct PoolConfiguration: Sendable {
     public var preparedStatements = PreparedStatements.automatic
 
     public init() {}
+
+    /// The first setting that cannot work, said as a ``SQLError/Kind/misuse`` (an engine checks its
+    /// configuration when made from a URL string and before its first connection): a pool of no connections,
+    /// negative overflow, and negative or zero durations are refused rather than quietly changed.
+    public func validate() throws(SQLError) {
+        func refuse(_ message: String) -> SQLError { SQLError(.misuse, "PoolConfiguration: \(message)") }
+        guard size >= 1 else { throw refuse("size must be at least 1, not \(size)") }
+        guard overflow >= 0 else { throw refuse("overflow must be 0 or more, not \(overflow)") }
+        guard checkoutTimeout >= .zero else { throw refuse("checkoutTimeout must be 0 or more, not \(checkoutTimeout)") }
+        guard cancellationGrace >= .zero else { throw refuse("cancellationGrace must be 0 or more, not \(cancellationGrace)") }
+        for (name, value) in [("connectTimeout", connectTimeout), ("statementTimeout", statementTimeout), ("recycle", recycle)] {
+            if let value, value <= .zero { throw refuse("\(name) must be more than 0 (or nil for none), not \(value)") }
+        }
+    }
 }
 
 /// A pool of driver connections on one runtime, driven by ``PoolStateMachine``.
@@ -117,10 +131,10 @@ final class ConnectionPool: Sendable {
     ///   `nil`.
     /// - Throws: ``SQLError/Kind/poolTimeout`` after the checkout timeout; the open error; `CancellationError`.
     func checkout(timeout: Duration? = nil) async throws -> Pooled {
-        guard let instrumentation else { return try await checkoutLending(timeout: timeout) }
+        guard let instrumentation else { return try await checkoutConnection(timeout: timeout) }
         let started = now
         do {
-            let pooled = try await checkoutLending(timeout: timeout)
+            let pooled = try await checkoutConnection(timeout: timeout)
             instrumentation.checkoutEnded(waited: .nanoseconds(now - started), outcome: .success, pool: poolStatistics)
             return pooled
         } catch {
@@ -137,14 +151,6 @@ final class ConnectionPool: Sendable {
             let idle = state.machine.idle.count
             return SQLPoolStatistics(poolID: poolID, open: open, inUse: open - idle, idle: idle, waiting: state.machine.waiters.count)
         }
-    }
-
-    /// ``checkoutConnection(timeout:)``, noting when the connection was handed out.
-    private func checkoutLending(timeout: Duration?) async throws -> Pooled {
-        let pooled = try await checkoutConnection(timeout: timeout)
-        let now = self.now
-        state.withLock { $0.lentAt[ObjectIdentifier(pooled.driver)] = now }
-        return pooled
     }
 
     private func checkoutConnection(timeout: Duration?) async throws -> Pooled {
@@ -165,8 +171,12 @@ final class ConnectionPool: Sendable {
                     } else {
                         opened = try await openConnection()
                     }
-                    state.withLock { $0.connectFailures = 0 }
-                    return Pooled(driver: opened, openedAt: now)
+                    let pooled = Pooled(driver: opened, openedAt: now)
+                    state.withLock { state in
+                        state.connectFailures = 0
+                        state.lentAt[ObjectIdentifier(opened)] = pooled.openedAt
+                    }
+                    return pooled
                 } catch is TimeoutError {
                     passSlot()
                     let error = SQLError(
@@ -190,7 +200,14 @@ final class ConnectionPool: Sendable {
         // usual case, under a pool large enough). Cancelled code still gets none.
         try Runtime.checkCancellation()
         let now = self.now
-        if let action = state.withLock({ $0.machine.checkoutWithoutWaiting(now: now) }) {
+        // When each connection was handed out (for a timeout's explanation) is noted under the lock that hands
+        // it out, here and wherever else one is: opened, handed to a waiter, taken back.
+        let immediate = state.withLock { state in
+            let action = state.machine.checkoutWithoutWaiting(now: now)
+            if case .use(let idle, _)? = action { state.lentAt[ObjectIdentifier(idle.connection.driver)] = now }
+            return action
+        }
+        if let action = immediate {
             switch action {
             case .use(let idle, let mustCheck): return .connection(idle.connection, mustCheck: mustCheck)
             case .open: return .openSlot
@@ -212,7 +229,11 @@ final class ConnectionPool: Sendable {
                 let now = self.now
                 let action = state.withLock { state in
                     let action = state.machine.checkout(id, now: now)
-                    if case .wait = action { state.waiting[id] = completion }
+                    switch action {
+                    case .wait: state.waiting[id] = completion
+                    case .use(let idle, _): state.lentAt[ObjectIdentifier(idle.connection.driver)] = now
+                    case .open, .fail, .closeAndRetry: break
+                    }
                     return action
                 }
                 switch action {
@@ -305,7 +326,6 @@ final class ConnectionPool: Sendable {
 
     /// Takes a connection back: hands it to a waiter, keeps it idle, or closes it.
     func release(_ pooled: Pooled, healthy: Bool) async {
-        _ = state.withLock { $0.lentAt.removeValue(forKey: ObjectIdentifier(pooled.driver)) }
         defer { instrumentation?.connectionReturned(pool: poolStatistics) }
         var healthy = healthy
         while true {
@@ -336,9 +356,14 @@ final class ConnectionPool: Sendable {
         _ pooled: Pooled, healthy: Bool, now: RuntimeInstantNanos
     ) -> (PoolStateMachine<Pooled, UInt64>.ReleaseAction, Completion<Handoff>?) {
         state.withLock { state in
+            state.lentAt[ObjectIdentifier(pooled.driver)] = nil
             let action = state.machine.release(pooled, openedAt: pooled.openedAt, healthy: healthy, now: now)
             switch action {
-            case .handTo(let waiter, _), .closeAndOpenFor(let waiter, _):
+            case .handTo(let waiter, let idle):
+                // Lent again at once (back through here if that waiter has left).
+                state.lentAt[ObjectIdentifier(idle.connection.driver)] = now
+                return (action, state.waiting.removeValue(forKey: waiter))
+            case .closeAndOpenFor(let waiter, _):
                 return (action, state.waiting.removeValue(forKey: waiter))
             case .keep, .close:
                 return (action, nil)
@@ -401,7 +426,6 @@ final class ConnectionPool: Sendable {
     /// A connection whose ``Connection`` was dropped without `close()`: its slot is freed (passed to a
     /// waiter) and the connection closed, at once, from synchronous code.
     func releaseDropped(_ pooled: Pooled) {
-        _ = state.withLock { $0.lentAt.removeValue(forKey: ObjectIdentifier(pooled.driver)) }
         let now = self.now
         let (action, completion) = takeBack(pooled, healthy: false, now: now)
         pooled.driver.closeDropped()

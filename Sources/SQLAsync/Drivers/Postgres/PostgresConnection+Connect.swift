@@ -34,7 +34,7 @@ extension PostgresConnection {
                 // Name resolution would block inside PQconnectStart: host names are resolved on a worker
                 // thread (abandoned at the timeout: getaddrinfo cannot be interrupted), and libpq is given
                 // the addresses. Literal addresses and socket directories need no lookup.
-                var libpq = url.libpqParameters()
+                var libpq = withHostDefaults(url.libpqParameters(), defaults: libpqHostDefaults)
                 var password: String?
                 if let passwordProvider {
                     do {
@@ -171,6 +171,36 @@ func resolvingHosts(
     result.append(("hostaddr", addresses.joined(separator: ",")))
     if portList != nil { result.append(("port", expandedPorts.joined(separator: ","))) }
     return result
+}
+
+/// `parameters`, with the host, address and port libpq would take from the environment when they name none,
+/// so that a host name from `PGHOST` is resolved off the loop like the URL's (libpq would look it up inside its
+/// non-blocking connect). Unchanged when they name a host or an address, or a `service` (whose file comes
+/// before the environment in libpq's order, and is read only by libpq: a host name given only there is looked
+/// up by libpq itself).
+func withHostDefaults(
+    _ parameters: [(key: String, value: String)], defaults: () -> [(key: String, value: String)]
+) -> [(key: String, value: String)] {
+    guard !parameters.contains(where: { $0.key == "host" || $0.key == "hostaddr" || $0.key == "service" }) else { return parameters }
+    let found = defaults().filter { $0.key == "host" || $0.key == "hostaddr" || ($0.key == "port" && !parameters.contains { $0.key == "port" }) }
+    return parameters + found
+}
+
+/// libpq's own defaults for `host`, `hostaddr` and `port`: the environment (`PGHOST`, `PGHOSTADDR`,
+/// `PGPORT`, the `PGSERVICE` entry), else what it was built with; a value it leaves unset is left out.
+func libpqHostDefaults() -> [(key: String, value: String)] {
+    guard let options = PQconndefaults() else { return [] }
+    defer { PQconninfoFree(options) }
+    var found: [(key: String, value: String)] = []
+    var option = options
+    while let keyword = option.pointee.keyword {
+        let key = String(cString: keyword)
+        if key == "host" || key == "hostaddr" || key == "port", let value = option.pointee.val, value.pointee != 0 {
+            found.append((key, String(cString: value)))
+        }
+        option += 1
+    }
+    return found
 }
 
 /// Whether `parameters` name a host that must be looked up (not a literal address, not a socket directory,

@@ -163,6 +163,15 @@ final class SQLiteHandle: @unchecked Sendable {
         return true
     }
 
+    /// Lets no interrupt reach the running job from now on (its clean-up, which must finish). An interrupt
+    /// that came before is cleared by SQLite when the next statement starts with none active. Worker thread
+    /// only.
+    private func refuseInterrupts() {
+        pthread_mutex_lock(lock)
+        pastPointOfNoReturn = true
+        pthread_mutex_unlock(lock)
+    }
+
     func close() {
         for cached in statements.values { sqlite3_finalize(cached.statement) }
         statements.removeAll()
@@ -242,7 +251,9 @@ final class SQLiteHandle: @unchecked Sendable {
         } catch {
             sqlite3_reset(statement)
             // The rollback must not be interrupted in turn: the progress handler would stop it, and the
-            // RELEASE below would then keep the sets that ran.
+            // RELEASE below would then keep the sets that ran; nor may a cancellation's interrupt that arrives
+            // late, while it runs (the connection was then given up, though nothing had been written).
+            refuseInterrupts()
             sqlite3_progress_handler(db, 0, nil, nil)
             // An interrupt or some errors make SQLite roll the whole transaction back by itself; the savepoint
             // is then gone with every set, and autocommit is on again.
