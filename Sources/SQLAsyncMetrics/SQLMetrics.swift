@@ -86,12 +86,13 @@ public struct SQLMetrics: SQLInstrumentation {
     public func statementStarted(_ statement: SQLStatementInfo) -> (any SQLStatementSpan)? {
         // Nothing bootstrapped: no clock read, no timer look-up, no span to box.
         if factory == nil, MetricsSystem.factory is NOOPMetricsHandler { return nil }
-        return StatementTimer(metrics: self, statement: statement, started: ContinuousClock.now)
+        return StatementTimer(metrics: self, system: statement.system, operation: statement.operation, started: ContinuousClock.now)
     }
 
     private struct StatementTimer: SQLStatementSpan {
         let metrics: SQLMetrics
-        let statement: SQLStatementInfo
+        let system: SQLDatabaseSystem
+        let operation: String
         let started: ContinuousClock.Instant
 
         func ended(rows: Int?, error: (any Error)?) {
@@ -105,7 +106,7 @@ public struct SQLMetrics: SQLInstrumentation {
                 }
             metrics.timer(
                 "db.client.operation.duration",
-                metrics.dimensions(statement.system, [("db.operation.name", statement.operation), ("outcome", outcome)])
+                metrics.dimensions(system, [("db.operation.name", operation), ("outcome", outcome)])
             ).recordNanoseconds(elapsed.nanosecondsClamped)
         }
     }

@@ -39,10 +39,11 @@ public struct SQLTracing: SQLInstrumentation {
 
     public func statementStarted(_ statement: SQLStatementInfo) -> (any SQLStatementSpan)? {
         if disabled { return nil }
-        let span = start(statement.operation.isEmpty ? "SQL" : statement.operation, ServiceContext.current ?? .topLevel)
+        let operation = statement.operation
+        let span = start(operation, ServiceContext.current ?? .topLevel)
         span.attributes["db.system.name"] = statement.system.rawValue
         if let namespace = statement.namespace { span.attributes["db.namespace"] = namespace }
-        span.attributes["db.operation.name"] = statement.operation
+        span.attributes["db.operation.name"] = operation
         if let text = statement.text { span.attributes["db.query.text"] = text }
         return StatementSpan(span: span)
     }

@@ -15,12 +15,17 @@ struct TracingTests {
         let tracer = InMemoryTracer()
         let engine = try Engine(try database.url(), logger: quietLogger, instrumentation: SQLTracing(tracer: tracer))
         let secret = "s3cret-value-\(backend)"
+        let literal = "literal-secret-\(backend)"
         try await backend.run {
             try await engine.withConnection { connection in
                 try await connection.withTransaction { (connection: Connection) async throws in
                     #expect(try await connection.execute("SELECT \(secret) AS v").scalar(String.self) == secret)
                 }
                 await #expect(throws: SQLError.self) { try await connection.execute("SELECT * FROM no_such_table") }
+                // A script's text is written out whole, literals and all: it stays out of the spans.
+                try await connection.executeScript("SELECT 1; SELECT '\(literal)'")
+                // A statement whose first word is not one of SQL's usual keywords is named OTHER.
+                _ = try await connection.execute("/* comment */ SELECT 2")
             }
             await engine.dispose()
         }
@@ -39,9 +44,14 @@ struct TracingTests {
         let failed = try #require(selects.first { text($0).contains("no_such_table") })
         #expect(failed.status?.code == .error)
         #expect(!failed.errors.isEmpty)
+        let script = try #require(spans.first { $0.operationName == "SCRIPT" }, "spans: \(spans.map(\.operationName))")
+        #expect(script.attributes["db.query.text"] == nil && script.attributes["db.operation.name"]?.toSpanAttribute() == .string("SCRIPT"))
+        let other = try #require(spans.first { text($0).contains("comment") })
+        #expect(other.operationName == "OTHER" && other.attributes["db.operation.name"]?.toSpanAttribute() == .string("OTHER"))
         for span in spans {
             span.attributes.forEach { name, value in
                 #expect(!"\(value)".contains(secret), "the bound value leaked into \(span.operationName).\(name)")
+                #expect(!"\(value)".contains(literal), "a script's text leaked into \(span.operationName).\(name)")
             }
         }
     }
