@@ -166,6 +166,14 @@ struct SQLiteURLModeTests {
         #expect(try DatabaseURL("sqlite:///odd%3Fname.db").sqlitePath == "odd?name.db")
         #expect { try DatabaseURL("sqlite:///app.db?mode=readonly") } throws: { ($0 as? SQLError)?.kind == .invalidURL }
         #expect { try DatabaseURL("sqlite:///app.db?cache=shared") } throws: { ($0 as? SQLError)?.kind == .invalidURL }
+        // SQLite's name for an in-memory database stays one with parameters, never a file named ":memory:"; a
+        // mode that only a file can have is refused.
+        for memory in ["sqlite:///:memory:", "sqlite:///:memory:?mode=rwc", "sqlite:///%3Amemory%3A"] {
+            #expect(try DatabaseURL(memory).sqlitePath == nil, "\(memory)")
+        }
+        for mode in ["ro", "rw"] {
+            #expect { try DatabaseURL("sqlite:///:memory:?mode=\(mode)") } throws: { ($0 as? SQLError)?.kind == .invalidURL }
+        }
     }
 
     @Test("mode=ro opens an existing file read-only and never creates one; mode=rw does not create either",

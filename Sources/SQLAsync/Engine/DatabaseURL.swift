@@ -80,7 +80,17 @@ public struct DatabaseURL: Sendable, Hashable, CustomStringConvertible {
                 }
                 parameters.append((key, value))
             }
-            self.init(sqlitePath: try Self.percentDecode(path, what: "SQLite path"), parameters: parameters)
+            let file = try Self.percentDecode(path, what: "SQLite path")
+            // SQLite's own name for a private in-memory database, with parameters: not a file of that name
+            // (one empty database per pooled connection). A mode other than the default means nothing there.
+            if file == ":memory:" {
+                guard parameters.allSatisfy({ $0.value == "rwc" }) else {
+                    throw SQLError(.invalidURL, "an in-memory SQLite database is always read-write: mode=ro and mode=rw are for files")
+                }
+                self.init(sqlitePath: nil)
+                return
+            }
+            self.init(sqlitePath: file, parameters: parameters)
             return
         }
         let rest: Substring
