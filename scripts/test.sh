@@ -4,7 +4,7 @@
 # architecture rules and the docs, starts a throw-away PostgreSQL, runs every test on every backend (the
 # fault suite and the fuzzers included; SwiftNIO in a phase of its own), runs the SQL suite again through
 # pgbouncer, and stops the servers; then the suites that start clusters of their own, the ledger, the suites
-# under ThreadSanitizer and AddressSanitizer (the core, without traits), the quick benchmarks, and the
+# under ThreadSanitizer and AddressSanitizer (every trait, SwiftNIO in a pass of its own), the quick benchmarks, and the
 # Hummingbird example.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -57,7 +57,8 @@ status=${PIPESTATUS[0]}
 echo "== ledger (scripts/ledger.sh runs the full 10,000 operations)"
 scripts/with-postgres.sh "$(swift build --show-bin-path)/anyruntime-ledger" --operations 500 | grep -v '^with-postgres:'
 
-# The Runtime and SQLAsync suites again under ThreadSanitizer and AddressSanitizer (builds of their own).
+# The Runtime, SQLAsync and integration suites again under ThreadSanitizer and AddressSanitizer (builds of
+# their own).
 echo "== sanitizers"
 scripts/sanitizers.sh
 

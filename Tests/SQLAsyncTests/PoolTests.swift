@@ -170,6 +170,7 @@ struct PoolTests {
             ("connectTimeout", { $0.connectTimeout = .zero }), ("statementTimeout", { $0.statementTimeout = .seconds(-2) }),
         ]
         settings.append(("recycle", { $0.recycle = .zero }))
+        settings.append(("size + overflow", { $0.overflow = .max }))
         for (name, change) in settings {
             var configuration = PoolConfiguration()
             change(&configuration)
@@ -185,6 +186,10 @@ struct PoolTests {
                         #expect(error.kind == .misuse && error.message.contains(name), "\(error)")
                     }
                     #expect(try engine.poolStatistics().open == 0)
+                    // A listener's connection is the engine's too.
+                    if database == .postgresql {
+                        await #expect { try await engine.listen(to: ["refused"]) { _ in } } throws: { ($0 as? SQLError)?.kind == .misuse }
+                    }
                 }
             }
         }
@@ -199,6 +204,21 @@ struct PoolTests {
                     Issue.record("read routing on SQLite was ignored")
                 } catch let error as SQLError {
                     #expect(error.kind == .invalidURL, "\(error)")
+                }
+            }
+        }
+        // The standbys' pool is checked the same two ways (a connect to port 1 would fail otherwise).
+        if database == .postgresql {
+            var routing = try ReadRouting(standbys: ["postgresql://postgres@127.0.0.1:1/postgres"])
+            routing.pool.size = 0
+            #expect(throws: SQLError.self) { try Engine("postgresql://postgres@127.0.0.1:1/postgres", readRouting: routing) }
+            let engine = Engine(url: try DatabaseURL("postgresql://postgres@127.0.0.1:1/postgres"), readRouting: routing)
+            try await backend.run {
+                do {
+                    _ = try await engine.connect()
+                    Issue.record("a standby pool of no connections was accepted")
+                } catch let error as SQLError {
+                    #expect(error.kind == .misuse && error.message.contains("size"), "\(error)")
                 }
             }
         }

@@ -19,6 +19,8 @@ struct StatementInfoTests {
         }
         let script = SQLStatementInfo(text: "CREATE ROLE app PASSWORD 'hunter2'", system: .postgresql, namespace: nil, isScript: true)
         #expect(script.text == nil && script.operation == "SCRIPT")
+        // Not kept at all: no description or dump of the value shows it.
+        #expect(!String(describing: script).contains("hunter2") && !String(reflecting: script).contains("hunter2"))
         #expect(SQLStatementInfo(text: "SELECT $1", system: .sqlite, namespace: "app.db").text == "SELECT $1")
     }
 }

@@ -40,6 +40,7 @@ extension Engine {
     ) async throws -> T {
         guard url.database == .postgresql else { throw SQLError(.misuse, "LISTEN/NOTIFY is PostgreSQL's: this engine is SQLite") }
         guard !channels.isEmpty else { throw SQLError(.misuse, "listen(to:) needs at least one channel") }
+        if let configurationError { throw configurationError }
         let (send, receive) = try makeMemoryChannel(of: NotificationEvent.self, bufferSize: bufferSize)
         let first = try await listeningConnection(channels)
         var result: T?

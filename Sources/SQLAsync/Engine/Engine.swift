@@ -44,6 +44,7 @@ public final class Engine: Sendable {
     ) throws(SQLError) {
         let parsed = try DatabaseURL(url)
         try pool.validate()
+        try readRouting?.pool.validate()
         if readRouting != nil, parsed.database != .postgresql {
             throw SQLError(.invalidURL, "read routing needs a PostgreSQL primary, not \(parsed.database)")
         }
@@ -82,6 +83,7 @@ public final class Engine: Sendable {
         self.poolConfiguration = Self.adjusted(pool, for: url)
         do throws(SQLError) {
             try pool.validate()
+            try readRouting?.pool.validate()
             if readRouting != nil, url.database != .postgresql {
                 throw SQLError(.invalidURL, "read routing needs a PostgreSQL primary, not \(url.database)")
             }
@@ -100,7 +102,7 @@ public final class Engine: Sendable {
     let standbys: Standbys?
 
     /// Why the pool configuration cannot work, if it cannot: thrown by every checkout.
-    private let configurationError: SQLError?
+    let configurationError: SQLError?
 
     /// What observes the engine's work, if anything.
     public let instrumentation: (any SQLInstrumentation)?

@@ -53,12 +53,12 @@ public struct SQLStatementInfo: Sendable {
     /// The SQL text, with placeholders; never the bound values. Nil for a script (`executeScript`), whose
     /// text is written out whole — a `CREATE ROLE … PASSWORD '…'` in a migration, say — and is withheld.
     /// Text written with `SQL.unsafeRaw` is given as written: keep secrets out of it, or bind them.
-    public var text: String? { isScript ? nil : sql }
+    public var text: String? { sql }
     /// Its first keyword, upper-cased, when it is one of SQL's usual statements (`SELECT`, `INSERT`, `COPY`…),
     /// else `OTHER` (`SCRIPT` for a script): a name with few values, fit for a metric's dimension. Worked out
     /// when read (an observer with nothing bootstrapped declines before it does): read it once.
     public var operation: String {
-        guard !isScript else { return "SCRIPT" }
+        guard let sql else { return "SCRIPT" }
         let trimmed = sql.utf8.drop { $0 == UInt8(ascii: " ") || $0 == UInt8(ascii: "(") || (9...13).contains($0) }
         let letters = trimmed.prefix { (65...90).contains($0) || (97...122).contains($0) }
         guard (3...9).contains(letters.count) else { return "OTHER" }
@@ -68,14 +68,13 @@ public struct SQLStatementInfo: Sendable {
     public let system: SQLDatabaseSystem
     /// The database name (PostgreSQL) or file path (SQLite), when the URL has one.
     public let namespace: String?
-    private let sql: String
-    private let isScript: Bool
+    /// Nil for a script: its text is not kept at all, so no description or dump of this value can show it.
+    private let sql: String?
 
     init(text: String, system: SQLDatabaseSystem, namespace: String?, isScript: Bool = false) {
-        self.sql = text
+        self.sql = isScript ? nil : text
         self.system = system
         self.namespace = namespace
-        self.isScript = isScript
     }
 
     private static let operations: Set<String> = [

@@ -46,6 +46,7 @@ public struct PoolConfiguration: Sendable {
         func refuse(_ message: String) -> SQLError { SQLError(.misuse, "PoolConfiguration: \(message)") }
         guard size >= 1 else { throw refuse("size must be at least 1, not \(size)") }
         guard overflow >= 0 else { throw refuse("overflow must be 0 or more, not \(overflow)") }
+        guard overflow <= Int.max - size else { throw refuse("size + overflow must fit in an Int (\(size) + \(overflow) does not)") }
         guard checkoutTimeout >= .zero else { throw refuse("checkoutTimeout must be 0 or more, not \(checkoutTimeout)") }
         guard cancellationGrace >= .zero else { throw refuse("cancellationGrace must be 0 or more, not \(cancellationGrace)") }
         for (name, value) in [("connectTimeout", connectTimeout), ("statementTimeout", statementTimeout), ("recycle", recycle)] {
