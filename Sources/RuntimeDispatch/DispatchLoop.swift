@@ -115,18 +115,7 @@ final class DispatchTimerSourceBox: @unchecked Sendable {
 /// working on the queue.
 final class DispatchExecutor: TaskExecutor, Sendable {
     let queue: DispatchQueue
-
-    private struct Pending: Sendable {
-        var jobs = Deque<UnownedJob>()
-        var urgent: [UnownedJob] = []
-        /// Whether a batch is queued on `queue` or running.
-        var scheduled = false
-        /// The thread firing due timers, if one is: what it enqueues is urgent.
-        var firingThread: pthread_t?
-    }
-    private let pending = Locked(Pending())
-    /// Jobs per batch: a batch is one block on the queue, and other blocks wait for it.
-    private static let batchSize = 128
+    private let batches = JobBatches()
 
     init(queue: DispatchQueue) {
         // Not kept alive on purpose: a task started with `Task(executorPreference:)` retains its executor, and
@@ -135,55 +124,15 @@ final class DispatchExecutor: TaskExecutor, Sendable {
     }
 
     func enqueue(_ job: consuming ExecutorJob) {
-        let job = UnownedJob(job)
-        let schedule = pending.withLock { pending -> Bool in
-            if let firing = pending.firingThread, pthread_equal(firing, pthread_self()) != 0 {
-                pending.urgent.append(job)
-            } else {
-                pending.jobs.append(job)
-            }
-            if pending.scheduled { return false }
-            pending.scheduled = true
-            return true
-        }
-        if schedule { queue.async { self.runBatch() } }
+        // Never closed: a queue outlives every job sent to it.
+        if case .scheduleBatch = batches.enqueue(UnownedJob(job)) { queue.async { self.runBatch() } }
     }
 
     /// Runs `body` (which fires due timers) marking the jobs it enqueues as urgent.
-    func firingTimers(_ body: () -> Void) {
-        pending.withLock { $0.firingThread = pthread_self() }
-        body()
-        pending.withLock { $0.firingThread = nil }
-    }
+    func firingTimers(_ body: () -> Void) { batches.firingTimers(body) }
 
-    /// Runs urgent jobs first, and others until none is left or ``batchSize`` ran; queues another batch if jobs
-    /// remain.
     private func runBatch() {
-        let executor = asUnownedTaskExecutor()
-        var budget = Self.batchSize
-        while true {
-            let (urgent, jobs, more) = pending.withLock { pending -> ([UnownedJob], [UnownedJob], Bool) in
-                if pending.jobs.isEmpty && pending.urgent.isEmpty {
-                    pending.scheduled = false
-                    return ([], [], false)
-                }
-                if budget <= 0 { return ([], [], true) }
-                let urgent = pending.urgent
-                pending.urgent.removeAll()
-                let count = min(pending.jobs.count, budget)
-                let jobs = Array(pending.jobs.prefix(count))
-                pending.jobs.removeFirst(count)
-                return (urgent, jobs, true)
-            }
-            guard more else { return }
-            if urgent.isEmpty && jobs.isEmpty {
-                // The budget is spent: let other blocks on the queue run, then go on.
-                queue.async { self.runBatch() }
-                return
-            }
-            for job in urgent { job.runSynchronously(on: executor) }
-            for job in jobs { job.runSynchronously(on: executor) }
-            budget -= urgent.count + jobs.count
-        }
+        // The budget spent: other blocks on the queue run, then the next batch.
+        batches.runBatch(on: asUnownedTaskExecutor()) { queue.async { self.runBatch() } }
     }
 }

@@ -179,13 +179,9 @@ struct PoolTests {
             // One made from a parsed URL (which cannot throw) refuses every checkout, before connecting.
             try await database.withEngine(configuration) { engine in
                 try await backend.run {
-                    do {
-                        _ = try await engine.connect()
-                        Issue.record("a connection was handed out with \(name) invalid")
-                    } catch let error as SQLError {
-                        #expect(error.kind == .misuse && error.message.contains(name), "\(error)")
-                    }
-                    #expect(try engine.poolStatistics().open == 0)
+                    await Self.expectCheckoutRefused(engine, .misuse, naming: name)
+                    let open = try engine.poolStatistics().open
+                    #expect(open == 0)
                     // A listener's connection is the engine's too.
                     if database == .postgresql {
                         await #expect { try await engine.listen(to: ["refused"]) { _ in } } throws: { ($0 as? SQLError)?.kind == .misuse }
@@ -198,14 +194,7 @@ struct PoolTests {
             let routing = try ReadRouting(standbys: ["postgresql://postgres@127.0.0.1:1/postgres"])
             #expect(throws: SQLError.self) { try Engine("sqlite::memory:", readRouting: routing) }
             let engine = Engine(url: try DatabaseURL("sqlite::memory:"), readRouting: routing)
-            try await backend.run {
-                do {
-                    _ = try await engine.connect()
-                    Issue.record("read routing on SQLite was ignored")
-                } catch let error as SQLError {
-                    #expect(error.kind == .invalidURL, "\(error)")
-                }
-            }
+            try await backend.run { await Self.expectCheckoutRefused(engine, .invalidURL, naming: "read routing") }
         }
         // The standbys' pool is checked the same two ways (a connect to port 1 would fail otherwise).
         if database == .postgresql {
@@ -213,14 +202,7 @@ struct PoolTests {
             routing.pool.size = 0
             #expect(throws: SQLError.self) { try Engine("postgresql://postgres@127.0.0.1:1/postgres", readRouting: routing) }
             let engine = Engine(url: try DatabaseURL("postgresql://postgres@127.0.0.1:1/postgres"), readRouting: routing)
-            try await backend.run {
-                do {
-                    _ = try await engine.connect()
-                    Issue.record("a standby pool of no connections was accepted")
-                } catch let error as SQLError {
-                    #expect(error.kind == .misuse && error.message.contains("size"), "\(error)")
-                }
-            }
+            try await backend.run { await Self.expectCheckoutRefused(engine, .misuse, naming: "size") }
         }
         // Zero where zero means something stays allowed: no overflow, no waiting for a free connection, no grace.
         var edge = PoolConfiguration()
@@ -228,6 +210,16 @@ struct PoolTests {
         edge.checkoutTimeout = .zero
         edge.cancellationGrace = .zero
         try edge.validate()
+    }
+
+    /// Expects a checkout from `engine` to fail with `kind`, the error naming `setting`.
+    static func expectCheckoutRefused(_ engine: Engine, _ kind: SQLError.Kind, naming setting: String) async {
+        await #expect {
+            _ = try await engine.connect()
+        } throws: { error in
+            guard let error = error as? SQLError else { return false }
+            return error.kind == kind && error.message.contains(setting)
+        }
     }
 
     @Test("a connection the server killed fails with a typed error and is replaced", arguments: TestBackend.selected)
