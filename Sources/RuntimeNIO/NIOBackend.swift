@@ -15,6 +15,9 @@ final class NIOBackend: RuntimeBackend {
     private let pendingTimerCount = Atomic<Int>(0)
     private let blocking: Blocking
     private let closedFlag = Atomic<Bool>(false)
+    /// The callback this backend cancelled itself, for an earlier deadline: NIO tells of that cancellation
+    /// too, and it needs no answer.
+    private let replacedCallback = Atomic<UInt64>(0)
     /// The event-loop group the run made for itself, shut down with it (nil on an application's loop).
     private let ownedGroup: MultiThreadedEventLoopGroup?
     /// Whether the owned group's thread runs.
@@ -78,6 +81,7 @@ final class NIOBackend: RuntimeBackend {
         guard let next = timers.queue.nextDeadline else { return }
         if let armed = timers.armed {
             if armed.deadline <= next { return }
+            replacedCallback.store(armed.id, ordering: .relaxed)
             armed.callback.cancel()
         }
         // NIO's clock (NIODeadline) and RuntimeInstant both read CLOCK_MONOTONIC; a callback that fires
@@ -102,6 +106,7 @@ final class NIOBackend: RuntimeBackend {
     /// the timers are fired and re-armed from another thread (NIO calls this under its own lock, which
     /// `rearm` takes too, through `cancel()`, under this backend's lock).
     fileprivate func callbackCancelled(_ id: UInt64) {
+        if replacedCallback.load(ordering: .relaxed) == id { return }
         LateCallbacks.deliver { [weak self] in
             guard let self else { return }
             let ours = self.timers.withLock { timers -> Bool in

@@ -77,9 +77,15 @@ public enum NIORuntime {
 
     /// A backend on `eventLoop`, or on a new group of one loop that the backend shuts down with the run.
     static func make(on eventLoop: (any EventLoop)?, configuration: Configuration) throws(RuntimeError) -> (NIOBackend, Runtime) {
-        let owned = eventLoop == nil ? MultiThreadedEventLoopGroup(numberOfThreads: 1) : nil
+        let owned: MultiThreadedEventLoopGroup?
+        let loop: any EventLoop
+        if let eventLoop {
+            (owned, loop) = (nil, eventLoop)
+        } else {
+            let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+            (owned, loop) = (group, group.next())
+        }
         do throws(RuntimeError) {
-            let loop: any EventLoop = eventLoop ?? owned?.next() ?? MultiThreadedEventLoopGroup.singleton.next()
             let backend = try NIOBackend(eventLoop: loop, ownedGroup: owned, configuration: configuration)
             let runtime = try Runtime(backend: backend, blockingTokens: configuration.blockingTokens)
             return (backend, runtime)

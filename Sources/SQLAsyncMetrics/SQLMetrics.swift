@@ -107,7 +107,7 @@ public struct SQLMetrics: SQLInstrumentation {
             metrics.timer(
                 "db.client.operation.duration",
                 metrics.dimensions(system, [("db.operation.name", operation), ("outcome", outcome)])
-            ).recordNanoseconds(elapsed.nanosecondsClamped)
+            ).recordNanoseconds(elapsed.saturatingNanoseconds)
         }
     }
 
@@ -115,7 +115,7 @@ public struct SQLMetrics: SQLInstrumentation {
         if factory == nil, MetricsSystem.factory is NOOPMetricsHandler { return }
         record(pool, system: nil)
         timer("db.client.connection.wait_time", poolDimensions([("outcome", outcome.rawValue)]))
-            .recordNanoseconds(waited.nanosecondsClamped)
+            .recordNanoseconds(waited.saturatingNanoseconds)
     }
 
     public func connectionReturned(pool: SQLPoolStatistics) {
@@ -141,13 +141,4 @@ public struct SQLMetrics: SQLInstrumentation {
     }
 }
 
-extension Duration {
-    /// Whole nanoseconds, clamped to Int64.
-    var nanosecondsClamped: Int64 {
-        let (seconds, attoseconds) = components
-        let (scaled, overflow) = seconds.multipliedReportingOverflow(by: 1_000_000_000)
-        if overflow { return seconds < 0 ? .min : .max }
-        return scaled &+ attoseconds / 1_000_000_000
-    }
-}
 #endif

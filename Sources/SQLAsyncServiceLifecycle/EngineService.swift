@@ -39,10 +39,8 @@ public struct EngineService: Service {
         let engine = self.engine
         let drainTimeout = self.drainTimeout
         if graceful != nil {
-            let drained = await runtime.enter { await engine.close(timeout: drainTimeout) }
-            if !drained {
-                engine.logger.warning("the engine's shutdown left connections in use after \(drainTimeout); they close as they come back")
-            }
+            // close(timeout:) logs the connections still in use when the drain runs out.
+            _ = await runtime.enter { await engine.close(timeout: drainTimeout) }
         } else {
             // Cancelled: no waiting; idle connections close now, the rest as they come back.
             await runtime.enter { await engine.dispose() }

@@ -117,7 +117,7 @@ public final class Connection: Sendable {
         try checkOpen(text)
         // The SQL text with placeholders only: bound values never reach a log.
         logger?.debug("execute", metadata: ["sql": "\(text)", "parameters": "\(binds.count)"])
-        return QueryResult(try await running(text, rows: { $0.rowCount > 0 ? $0.rowCount : $0.rowsAffected }) {
+        return QueryResult(try await running(text, rows: \.rowCount) {
             try await driver.execute(text, binds)
         })
     }
@@ -156,7 +156,7 @@ public final class Connection: Sendable {
     func executeMany(text: String, sets: [[SQLValue]]) async throws -> QueryResult {
         try checkOpen(text)
         logger?.debug("executeMany", metadata: ["sql": "\(text)", "sets": "\(sets.count)"])
-        return QueryResult(try await running(text, rows: { $0.rowCount > 0 ? $0.rowCount : $0.rowsAffected }) {
+        return QueryResult(try await running(text, rows: \.rowCount) {
             try await driver.executeMany(text, sets)
         })
     }

@@ -54,7 +54,7 @@ public struct DatabaseURL: Sendable, Hashable, CustomStringConvertible {
     ///
     /// - Throws: ``SQLError`` of kind ``SQLError/Kind/invalidURL`` naming the problem (never the password).
     public init(_ string: String) throws(SQLError) {
-        if string == "sqlite::memory:" || string == "sqlite://" || string == "sqlite:///:memory:" {
+        if string == "sqlite::memory:" || string == "sqlite://" {
             self.init(sqlitePath: nil)
             return
         }

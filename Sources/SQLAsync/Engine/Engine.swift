@@ -42,13 +42,9 @@ public final class Engine: Sendable {
         logger: Logger = Logger(label: "anyruntime.sqlasync"), password: PasswordProvider? = nil,
         readRouting: ReadRouting? = nil, instrumentation: (any SQLInstrumentation)? = nil
     ) throws(SQLError) {
-        let parsed = try DatabaseURL(url)
-        try pool.validate()
-        try readRouting?.pool.validate()
-        if readRouting != nil, parsed.database != .postgresql {
-            throw SQLError(.invalidURL, "read routing needs a PostgreSQL primary, not \(parsed.database)")
-        }
-        self.init(url: parsed, pool: pool, logger: logger, password: password, readRouting: readRouting, instrumentation: instrumentation)
+        self.init(url: try DatabaseURL(url), pool: pool, logger: logger, password: password, readRouting: readRouting, instrumentation: instrumentation)
+        // What every checkout of an engine made from a parsed URL would throw, thrown at once.
+        if let configurationError { throw configurationError }
     }
 
     /// Where a PostgreSQL connection's password comes from when the URL has none: called for every new

@@ -39,7 +39,8 @@ extension SQLInstrumentation {
 
 /// How one statement ended, told to the span ``SQLInstrumentation/statementStarted(_:)`` returned.
 public protocol SQLStatementSpan: Sendable {
-    /// The statement returned `rows` rows (or affected them; nil when not known), or threw `error`.
+    /// The statement returned `rows` rows (0 for one that returns none, whatever it changed; nil when not
+    /// known), or threw `error`.
     func ended(rows: Int?, error: (any Error)?)
 }
 

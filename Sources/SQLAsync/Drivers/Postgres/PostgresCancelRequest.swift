@@ -152,7 +152,7 @@ extension PostgresConnection {
             let deadline = runtime.now.advanced(by: Self.cancelRequestDeadline)
             var taken = false
             var sentCount = 0
-            while !requests.stop.isSet, runtime.now < deadline, sentCount < Self.cancelRequestsAtMost {
+            while !requests.stop.isSet, runtime.now < deadline {
                 sentCount += 1
                 let sent: Bool? = try? await withCancelScope(deadline: deadline) { _ in
                     if let key { return try await key.send(on: runtime) }
