@@ -126,6 +126,48 @@ struct PostgresDriverTests {
         #expect(PostgresConnection.readyNow(ends[0], for: .read) == .read)
     }
 
+    @Test("a clean-up whose deadline passed looks once more, without waiting, before it gives up",
+          arguments: TestBackend.selected)
+    func settlingLastLook(_ backend: TestBackend) async throws {
+        let url = try postgresURL(direct: true)
+        try await backend.run {
+            let connection = try await PostgresConnection.connect(url, grace: .seconds(5))
+            var ends: [Int32] = [-1, -1]
+            #expect(socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0, &ends) == 0)
+            defer { for end in ends { _ = close(end) } }
+            #expect(fcntl(ends[0], F_SETFL, fcntl(ends[0], F_GETFL) | O_NONBLOCK) == 0)
+            let past = try Runtime.current.now
+            // The deadline passed before the answer could be waited for (a stalled process), and nothing is
+            // there: no answer, at once.
+            var passes = 0
+            let silent: Int? = try await connection.settling(until: past, fd: ends[0]) { wait in
+                passes += 1
+                _ = try await wait(.read)
+                return 1
+            }
+            #expect(silent == nil && passes == 2)
+            // The answer is there by the time the deadline is seen: taken, not given up.
+            var byte: UInt8 = 1
+            #expect(write(ends[1], &byte, 1) == 1)
+            passes = 0
+            let answered: Int? = try await connection.settling(until: past, fd: ends[0]) { wait in
+                passes += 1
+                _ = try await wait(.read)
+                return 2
+            }
+            #expect(answered == 2 && passes == 2)
+            // Before the deadline, the first pass waits as usual.
+            passes = 0
+            let waited: Int? = try await connection.settling(until: try Runtime.current.now.advanced(by: .seconds(30)), fd: ends[0]) { wait in
+                passes += 1
+                _ = try await wait(.read)
+                return 3
+            }
+            #expect(waited == 3 && passes == 1)
+            await connection.close()
+        }
+    }
+
     @Test("a cancelled pg_sleep is gone from the server within 0.5 s and the connection stays clean",
           arguments: TestBackend.selected)
     func cancellation(_ backend: TestBackend) async throws {

@@ -88,6 +88,35 @@ extension PostgresConnection {
         return ready.isEmpty ? nil : ready
     }
 
+    /// Thrown by a wait of ``settling(until:fd:_:)``'s last look when the socket is not ready.
+    struct NoAnswerYet: Error {}
+
+    /// Runs the clean-up `body`, shielded, until `deadline`, waiting on the socket through the runtime with
+    /// the `wait` it is given. When the deadline passes first, `body` runs once more with a `wait` that only
+    /// looks (``readyNow(_:for:)``) and throws ``NoAnswerYet`` when the socket is not ready: after a stall of
+    /// the whole process (a loaded machine, a paused virtual machine) the timer and the server's answer come
+    /// together, and the timer's thread may run first — the answer that is already there is not ignored.
+    /// `body` must be safe to run again from its start (each step asks libpq where it stands). Returns nil
+    /// when there was no answer by then.
+    func settling<T>(
+        until deadline: RuntimeInstant, fd: Int32,
+        _ body: (_ wait: (IOEvents) async throws -> IOEvents) async throws -> T
+    ) async throws -> T? {
+        let runtime = self.runtime
+        let answered: T? = try await withCancelScope(deadline: deadline, shield: true) { _ in
+            try await body { events in try await runtime.wait(fd: fd, for: events) }
+        }
+        if let answered { return answered }
+        do {
+            return try await body { events in
+                guard let ready = Self.readyNow(fd, for: events) else { throw NoAnswerYet() }
+                return ready
+            }
+        } catch is NoAnswerYet {
+            return nil
+        }
+    }
+
     /// After a call's results: whether a cancellation landed during it and the statement did not complete
     /// (the server cancelled it, or it failed): then the call throws `CancellationError`, as nothing happened.
     func statementFailedAfterCancellation(_ failed: Bool) -> Bool {
@@ -129,7 +158,7 @@ extension PostgresConnection {
         let watched = watchedSocket.load(ordering: .acquiring)
         let failure: String?
         do {
-            failure = try await withCancelScope(deadline: deadline, shield: true) { _ -> String? in
+            failure = try await settling(until: deadline, fd: watched) { wait -> String? in
                 guard handle.status == CONNECTION_OK, handle.socket == watched else { return "the connection is gone" }
                 // A query cancelled while it was being sent is pushed out whole first: the server reads a
                 // cancel only between messages, and answers only a complete one.
@@ -137,7 +166,7 @@ extension PostgresConnection {
                     let flushed = handle.flush()
                     if flushed == 0 { break }
                     guard flushed == 1 else { return "writing failed" }
-                    let ready = try await runtime.wait(fd: watched, for: [.read, .write])
+                    let ready = try await wait([.read, .write])
                     if ready.contains(.read), !handle.consumeInput() { return "reading failed" }
                 }
                 // Still running on the server: ask it to stop. Not only while libpq is busy — in single-row mode
@@ -148,7 +177,7 @@ extension PostgresConnection {
                 if handle.isBusy || handle.hasPendingResults, machine.withLock({ $0.shouldRequestCancel() }) {
                     requestCancel()
                 }
-                return try await drain(pipeline: pipeline, fd: watched)
+                return try await drain(pipeline: pipeline, wait)
             } ?? "no answer within \(wait)"
         } catch {
             failure = "\(error)"
@@ -164,12 +193,12 @@ extension PostgresConnection {
 
     /// Reads and drops results until libpq has none left (in pipeline mode: up to the last sync, then leaves
     /// it); returns why that failed, or nil.
-    private func drain(pipeline: Bool, fd: Int32) async throws -> String? {
+    private func drain(pipeline: Bool, _ wait: (IOEvents) async throws -> IOEvents) async throws -> String? {
         var ends = 0
         while true {
             while handle.isBusy {
                 guard handle.status == CONNECTION_OK else { return "the server closed the connection" }
-                try await runtime.wait(fd: fd, for: .read)
+                _ = try await wait(.read)
                 guard handle.consumeInput() else { return "reading failed" }
             }
             guard let result = handle.nextResult() else {

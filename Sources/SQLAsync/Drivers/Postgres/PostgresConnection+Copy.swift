@@ -162,42 +162,47 @@ extension PostgresConnection {
         let message = error is CancellationError ? "cancelled by the client" : "the client's data failed (\(Self.typeName(of: error)))"
         let watched = watchedSocket.load(ordering: .acquiring)
         let handle = self.handle
-        let ended: Bool
+        // Why the COPY did not end cleanly, when it did not.
+        let failure: String?
         do {
-            ended = try await withCancelScope(deadline: deadline, shield: true) { _ -> Bool in
+            failure = try await settling(until: deadline, fd: watched) { wait -> String? in
+                // Run again from here after a deadline (see `settling`): once the failure is queued, libpq
+                // answers "no COPY in progress", and what follows reads on from where it stands.
                 while true {
                     let queued = handle.putCopyEnd(message)
                     if queued == 1 { break }
-                    guard handle.status == CONNECTION_OK else { return false }
-                    if queued < 0 { break }  // no COPY in progress: the server ended it already
-
-                    let ready = try await runtime.wait(fd: watched, for: [.read, .write])
-                    if ready.contains(.read), !handle.consumeInput() { return false }
+                    guard handle.status == CONNECTION_OK else { return "the connection failed" }
+                    if queued < 0 { break }  // no COPY in progress: ended already (by the server, or above)
+                    let ready = try await wait([.read, .write])
+                    if ready.contains(.read), !handle.consumeInput() { return "reading failed" }
                 }
                 while true {
                     let flushed = handle.flush()
                     if flushed == 0 { break }
-                    guard flushed == 1 else { return false }
-                    let ready = try await runtime.wait(fd: watched, for: [.read, .write])
-                    if ready.contains(.read), !handle.consumeInput() { return false }
+                    guard flushed == 1 else { return "writing failed" }
+                    let ready = try await wait([.read, .write])
+                    if ready.contains(.read), !handle.consumeInput() { return "reading failed" }
                 }
                 // The server's answer: the COPY failed, as asked. Read to the end of the results.
                 while true {
                     while handle.isBusy {
-                        guard handle.status == CONNECTION_OK else { return false }
-                        try await runtime.wait(fd: watched, for: .read)
-                        guard handle.consumeInput() else { return false }
+                        guard handle.status == CONNECTION_OK else { return "the connection failed" }
+                        _ = try await wait(.read)
+                        guard handle.consumeInput() else { return "reading failed" }
                     }
-                    guard let result = handle.nextResult() else { return handle.status == CONNECTION_OK }
+                    guard let result = handle.nextResult() else { return handle.status == CONNECTION_OK ? nil : "the connection failed" }
+                    let status = PQresultStatus(result)
                     PQclear(result)
+                    // Still in the COPY: libpq refused the end, and would answer this forever.
+                    if status == PGRES_COPY_IN || status == PGRES_COPY_BOTH { return "the COPY did not end" }
                 }
-            } ?? false
+            } ?? "no answer within \(wait)"
         } catch {
-            ended = false
+            failure = "\(Self.typeName(of: error)) while ending it"
         }
-        if !ended {
-            logger?.warning("discarding a PostgreSQL connection: an abandoned COPY was not acknowledged within \(wait)")
-            markBroken("an abandoned COPY was not acknowledged")
+        if let failure {
+            logger?.warning("discarding a PostgreSQL connection: an abandoned COPY FROM STDIN was not acknowledged: \(failure)")
+            markBroken("an abandoned COPY FROM STDIN was not acknowledged (\(failure))")
             await forgetSocket()
         } else {
             machine.withLock { $0.cleanedUp() }
@@ -288,23 +293,29 @@ extension PostgresConnection {
         var dropped = false
         // Why the COPY did not end cleanly, when it did not (nil: no end within the deadline).
         var failure: String?
+        // The rows of the results read so far; nil once one of them is a failure. This and `dataEnded` are
+        // kept across the last look of `settling`, which reads on from where the first pass stopped.
+        var count: Int? = 0
+        // Whether the data has ended (libpq then answers "no COPY in progress", a failure, to more reads).
+        var dataEnded = false
         do {
-            completed = try await withCancelScope(deadline: deadline, shield: true) { _ -> Int?? in
-                dropping: while true {
+            completed = try await settling(until: deadline, fd: watched) { wait -> Int?? in
+                dropping: while !dataEnded {
                     switch handle.dropCopyData() {
                     case .more: dropped = true
                     case .wouldBlock:
-                        try await runtime.wait(fd: watched, for: .read)
+                        _ = try await wait(.read)
                         guard handle.consumeInput() else { failure = "the connection failed"; return .none }
-                    case .done: break dropping
+                    case .done:
+                        dataEnded = true
+                        break dropping
                     case .failed: failure = "the connection failed"; return .none
                     }
                 }
-                var count: Int? = 0
                 while true {
                     while handle.isBusy {
                         guard handle.status == CONNECTION_OK, handle.consumeInput() else { failure = "the connection failed"; return .none }
-                        if handle.isBusy { try await runtime.wait(fd: watched, for: .read) }
+                        if handle.isBusy { _ = try await wait(.read) }
                     }
                     guard let result = handle.nextResult() else {
                         if handle.status == CONNECTION_OK { return .some(count) }
