@@ -2,7 +2,7 @@
 # Installs the Debian packages the package needs, when they are missing. Safe to run repeatedly.
 set -euo pipefail
 
-packages=(libuv1-dev libpq-dev libsqlite3-dev postgresql pgbouncer curl)
+packages=(libuv1-dev libpq-dev libsqlite3-dev postgresql pgbouncer curl python3 openssl)
 missing=()
 for package in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")

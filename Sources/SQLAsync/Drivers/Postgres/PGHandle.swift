@@ -52,6 +52,24 @@ final class PGHandle: @unchecked Sendable {
     /// Whether a query was sent whose results were not all read (libpq's transaction status says so).
     var hasPendingResults: Bool { connection.map { PQtransactionStatus($0) == PQTRANS_ACTIVE } ?? false }
 
+    /// Whether OpenSSL holds decrypted bytes of this connection that libpq has not read yet. libpq reads into
+    /// the room its buffer has (at least 8 KiB); a server that writes 16 KiB TLS records (many do; PostgreSQL
+    /// 15 itself writes 8 KiB) can leave the rest of a record inside OpenSSL, where the socket's readiness does
+    /// not show it: a wait on the socket then waits for data already here, until more comes — which, at the
+    /// end of an answer, is never. libpq's own blocking waits check this first; the driver's waits go through
+    /// the runtime, so they check it here.
+    var hasPendingTLSData: Bool {
+        guard let connection, let ssl = PQsslStruct(connection, "OpenSSL"), let pending = Self.sslPending else { return false }
+        return pending(ssl) > 0
+    }
+
+    /// OpenSSL's `SSL_pending`, from the OpenSSL libpq loaded (looked up, not linked: a libpq without TLS
+    /// support needs none, and the driver must ask the same OpenSSL that holds the connection's state).
+    private static let sslPending: (@convention(c) (UnsafeMutableRawPointer?) -> Int32)? = {
+        guard let symbol = dlsym(nil, "SSL_pending") else { return nil }
+        return unsafeBitCast(symbol, to: (@convention(c) (UnsafeMutableRawPointer?) -> Int32).self)
+    }()
+
     func connectPoll() -> PostgresPollingStatusType {
         connection.map { PQconnectPoll($0) } ?? PGRES_POLLING_FAILED
     }

@@ -27,7 +27,7 @@ extension PostgresConnection {
     func waitOnSocket(for events: IOEvents, sql: String) async throws -> IOEvents {
         let fd = try await liveSocket(sql: sql)
         do {
-            return try await runtime.wait(fd: fd, for: events)
+            return try await waitForSocket(fd, for: events)
         } catch is CancellationError {
             let now = runtime.now
             let wait = cancellationWait(now: now)
@@ -52,7 +52,7 @@ extension PostgresConnection {
                 throw CancellationError()  // the COPY's own code ends it (its data phase does not wait here)
             }
             let ready: IOEvents? = try await withCancelScope(deadline: deadline, shield: true) { _ in
-                try await runtime.wait(fd: fd, for: events)
+                try await waitForSocket(fd, for: events)
             }
             // The deadline and the answer can come together on a loaded machine (the timer's thread ran first):
             // the socket is looked at once more before the statement is called in doubt.
@@ -102,13 +102,14 @@ extension PostgresConnection {
         until deadline: RuntimeInstant, fd: Int32,
         _ body: (_ wait: (IOEvents) async throws -> IOEvents) async throws -> T
     ) async throws -> T? {
-        let runtime = self.runtime
         let answered: T? = try await withCancelScope(deadline: deadline, shield: true) { _ in
-            try await body { events in try await runtime.wait(fd: fd, for: events) }
+            try await body { events in try await waitForSocket(fd, for: events) }
         }
         if let answered { return answered }
+        let handle = self.handle
         do {
             return try await body { events in
+                if events.contains(.read), handle.hasPendingTLSData { return .read }
                 guard let ready = Self.readyNow(fd, for: events) else { throw NoAnswerYet() }
                 return ready
             }

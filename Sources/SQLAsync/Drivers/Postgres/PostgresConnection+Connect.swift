@@ -123,10 +123,10 @@ extension PostgresConnection {
                 // PQfinish closes the socket (a registration outliving its fd hangs the next socket that
                 // gets the same number).
                 watchedSocket.store(fd, ordering: .releasing)
-                try await runtime.wait(fd: fd, for: status == PGRES_POLLING_READING ? .read : .write)
+                _ = try await waitForSocket(fd, for: status == PGRES_POLLING_READING ? .read : .write)
             }
             // PQconnectPoll may close the socket and open a new one with the same number (SSL or GSS
-            // fallback, another host): drop the registration after every step (FINDINGS Q6, pitfall 1).
+            // fallback, another host): drop the registration after every step.
             await forgetSocket()
             status = handle.connectPoll()
         }

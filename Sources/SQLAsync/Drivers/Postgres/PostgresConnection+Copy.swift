@@ -129,7 +129,7 @@ extension PostgresConnection {
     @discardableResult
     private func waitDuringCopy(for events: IOEvents, sql: String) async throws -> IOEvents {
         let fd = try await liveSocket(sql: sql)
-        let ready = try await runtime.wait(fd: fd, for: events)
+        let ready = try await waitForSocket(fd, for: events)
         if ready.contains(.read), !handle.consumeInput() { throw await failure(sql: sql) }
         return ready
     }

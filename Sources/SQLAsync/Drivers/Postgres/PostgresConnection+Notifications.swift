@@ -32,7 +32,7 @@ extension PostgresConnection {
             // Recorded before the wait, so that close() forgets the registration before PQfinish closes the
             // socket (as for every wait of this connection).
             watchedSocket.store(fd, ordering: .releasing)
-            try await runtime.wait(fd: fd, for: .read)
+            _ = try await waitForSocket(fd, for: .read)
             guard handle.consumeInput(), handle.status == CONNECTION_OK else { throw await failure(sql: "LISTEN") }
         }
     }

@@ -52,6 +52,18 @@ final class PostgresConnection: Sendable {
     /// `cancel()` with no deadline near) before the connection is given up.
     static let cleanUpLimit: Duration = .seconds(5)
 
+    /// Waits until the socket is ready for `events` through the runtime — or returns `.read` at once when
+    /// OpenSSL holds bytes of the connection that libpq has not read (``PGHandle/hasPendingTLSData``): the
+    /// socket's readiness does not show those, and may never. Every wait of the connection goes through here.
+    /// A cancellation point either way.
+    func waitForSocket(_ fd: Int32, for events: IOEvents) async throws -> IOEvents {
+        if events.contains(.read), handle.hasPendingTLSData {
+            try Runtime.checkCancellation()
+            return .read
+        }
+        return try await runtime.wait(fd: fd, for: events)
+    }
+
     /// How long, from `now`, a call may keep reading after a cancellation, or for a clean-up: up to the
     /// caller's deadline plus ``grace`` (just the grace when the cancellation came from that deadline), and
     /// never more than ``cleanUpLimit``.
