@@ -100,7 +100,7 @@ public struct IOEvents: OptionSet, Sendable, Hashable, CustomStringConvertible {
     }
 }
 
-/// A snapshot of what a backend holds, for leak checks (STYLE 17: every test ends clean).
+/// A snapshot of what a backend holds, for leak checks (every test ends clean).
 public struct RuntimeDiagnostics: Sendable, Hashable, CustomStringConvertible {
     /// Timers scheduled and not yet fired or cancelled.
     public var pendingTimers: Int

@@ -1,6 +1,6 @@
 /// An error raised by the runtime itself: misuse, a resource in the wrong state, or a backend failure.
 ///
-/// A struct wrapping an extensible code (STYLE 10), so codes can be added without breaking users.
+/// A struct wrapping an extensible code, so codes can be added without breaking users.
 /// Match on ``code``:
 ///
 /// ```swift

@@ -93,7 +93,7 @@ final class DispatchLoop: Sendable {
     }
 }
 
-/// `DispatchSourceTimer` is not `Sendable` on Linux (FINDINGS Q7 #4).
+/// `DispatchSourceTimer` is not `Sendable` on Linux.
 final class DispatchTimerSourceBox: @unchecked Sendable {
     // @unchecked Sendable: DispatchSource methods (schedule, cancel, setEventHandler) are thread-safe per
     // libdispatch's documentation; the reference itself is immutable.

@@ -165,7 +165,7 @@ final class UVLoop: @unchecked Sendable {
             uv_run(loop, hasRunnableWork ? UV_RUN_NOWAIT : UV_RUN_ONCE)
             insideUVRun = false
             // Up to `jobsBetweenPolls` jobs before polling IO and timers again: polling after every job would
-            // cost an epoll_wait(0) per Task.yield (FINDINGS Q1); never polling during a burst (10,000 tasks
+            // cost an epoll_wait(0) per Task.yield; never polling during a burst (10,000 tasks
             // started at once) would leave due timers and ready sockets waiting for all of it.
             var budget = jobsBetweenPolls
             while budget > 0 && hasRunnableWork { budget -= runBatch(limit: budget) }

@@ -150,8 +150,8 @@ struct FaultTests {
     }
 
     @Test("a cancel request that reaches the server before its statement is dropped there; the one sent again cancels it, and the connection goes on",
-          arguments: TestBackend.selected)
-    func cancelBeforeStatement(_ backend: TestBackend) async throws {
+          arguments: TestBackend.selected, [false, true])
+    func cancelBeforeStatement(_ backend: TestBackend, _ noticeFirst: Bool) async throws {
         let (proxy, url) = try Self.proxied()
         defer { proxy.stop() }
         let grace = Duration.seconds(8)
@@ -160,12 +160,18 @@ struct FaultTests {
             let runtime = try Runtime.current
             try await engine.withConnection { (connection: Connection) async throws in
                 #expect(try await connection.execute("SELECT 1").scalar(Int.self) == 1)
-                // The statement reaches the server 1.2 s late; the first cancel request, a connection of its own,
-                // arrives at once, finds the session idle and is dropped by the server.
-                proxy.delayOpenConnections(by: .milliseconds(1200))
+                // The statement reaches the server late (1.2 s; 0.6 s when its NOTICE must come back, delayed as
+                // much, before the request is due again 2 s after the first); the first cancel request, a
+                // connection of its own, arrives at once, finds the session idle and is dropped by the server.
+                proxy.delayOpenConnections(by: .milliseconds(noticeFirst ? 600 : 1200))
                 let start = runtime.now
+                // With a NOTICE first, the socket turns readable before the statement ends: that is no answer to
+                // the cancel, and the request is sent again all the same.
+                let statement: SQL = noticeFirst
+                    ? "DO $$ BEGIN RAISE NOTICE 'sleeping'; PERFORM pg_sleep(30); END $$"
+                    : "SELECT pg_sleep(30)"
                 await #expect {
-                    try await failAfter(.milliseconds(300)) { try await connection.execute("SELECT pg_sleep(30)") }
+                    try await failAfter(.milliseconds(300)) { try await connection.execute(statement) }
                 } throws: { $0 is TimeoutError }
                 let elapsed = start.duration(to: runtime.now)
                 #expect(elapsed < grace, "answered by a later cancel request, not given up after the grace: \(elapsed)")

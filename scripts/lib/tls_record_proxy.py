@@ -9,6 +9,9 @@ TCP to the server, and holds each answer of the server until its ReadyForQuery (
 quiet), then sends it as its remainder first and then 16 KiB records, so that the answer's end is always in
 a full-size record.
 
+One thread per connection, with blocking writes both ways: enough for request-and-answer traffic and COPY,
+not for a client that keeps sending while a large answer flows back (a big pipelined batch could stall it).
+
 Usage: python3 tls_record_proxy.py UPSTREAM_HOST UPSTREAM_PORT CERT KEY
 Prints "port N" once it listens on 127.0.0.1; exits when its stdin ends.
 """
@@ -23,6 +26,7 @@ import threading
 
 RECORD = 16384
 SSL_REQUEST = 80877103
+GSSENC_REQUEST = 80877104
 QUIET_SECONDS = 0.05
 
 
@@ -60,9 +64,14 @@ def receive_exactly(sock, count):
 def serve(client, host, port, context):
     upstream = None
     try:
-        length, code = struct.unpack("!ii", receive_exactly(client, 8))
-        if length != 8 or code != SSL_REQUEST:
-            return  # TLS only: a client that does not ask for it is dropped
+        while True:
+            length, code = struct.unpack("!ii", receive_exactly(client, 8))
+            if length == 8 and code == GSSENC_REQUEST:
+                client.sendall(b"N")  # no GSSAPI encryption here: libpq then asks for TLS
+                continue
+            if length != 8 or code != SSL_REQUEST:
+                return  # TLS only: a client that does not ask for it is dropped
+            break
         client.sendall(b"S")
         incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
         tls = context.wrap_bio(incoming, outgoing, server_side=True)

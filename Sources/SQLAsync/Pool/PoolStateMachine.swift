@@ -1,7 +1,7 @@
 import DequeModule
 
-/// The connection pool's bookkeeping as a pure state machine: events in, actions out, no IO and no locks
-/// (STYLE 7). ``ConnectionPool`` owns one under a mutex and performs the actions after unlocking.
+/// The connection pool's bookkeeping as a pure state machine: events in, actions out, no IO and no locks.
+/// ``ConnectionPool`` owns one under a mutex and performs the actions after unlocking.
 ///
 /// `Connection` is generic so that the machine is tested with plain values.
 struct PoolStateMachine<Connection, Waiter: Hashable> {

@@ -63,11 +63,22 @@ final class PGHandle: @unchecked Sendable {
         return pending(ssl) > 0
     }
 
-    /// OpenSSL's `SSL_pending`, from the OpenSSL libpq loaded (looked up, not linked: a libpq without TLS
-    /// support needs none, and the driver must ask the same OpenSSL that holds the connection's state).
+    /// Whether the connection is encrypted with TLS.
+    var usesTLS: Bool { connection.map { PQsslInUse($0) == 1 } ?? false }
+
+    /// Whether ``hasPendingTLSData`` can see OpenSSL's buffer (false: libpq's OpenSSL was not found).
+    static var canSeePendingTLSData: Bool { sslPending != nil }
+
+    /// OpenSSL's `SSL_pending`, from the OpenSSL libpq itself links: looked up through the handle of the libpq
+    /// already loaded (a lookup there searches libpq and what it depends on), not linked, so that a libpq
+    /// without TLS needs none and a process with two OpenSSLs asks the one that holds libpq's connections.
     private static let sslPending: (@convention(c) (UnsafeMutableRawPointer?) -> Int32)? = {
-        guard let symbol = dlsym(nil, "SSL_pending") else { return nil }
-        return unsafeBitCast(symbol, to: (@convention(c) (UnsafeMutableRawPointer?) -> Int32).self)
+        for name in ["libpq.so.5", "libpq.5.dylib"] {
+            guard let library = dlopen(name, RTLD_NOLOAD | RTLD_LAZY) else { continue }
+            guard let symbol = dlsym(library, "SSL_pending") else { return nil }
+            return unsafeBitCast(symbol, to: (@convention(c) (UnsafeMutableRawPointer?) -> Int32).self)
+        }
+        return nil
     }()
 
     func connectPoll() -> PostgresPollingStatusType {

@@ -113,8 +113,8 @@ struct CancelRequests: Sendable {
 extension PostgresConnection {
     /// How long cancel requests may take, on their own, out of the caller's way.
     static let cancelRequestDeadline: Duration = .seconds(10)
-    /// How long after the first handled cancel request, while the statement still has not answered, a second
-    /// and last one is sent.
+    /// How long after the first handled cancel request, while the call has not settled (its results not all
+    /// read: a NOTICE or the first rows are no answer to a cancel), a second and last one is sent.
     ///
     /// The server drops a cancel that reaches a backend between reading messages — one that has not yet read
     /// the statement (a loaded server, a statement still on its way) — so one request can be lost. Sending
@@ -124,6 +124,8 @@ extension PostgresConnection {
     static let cancelResendInterval: Duration = .seconds(2)
     /// Requests per cancellation: the first and one more.
     static let cancelRequestsAtMost = 2
+    /// The least a settle waits for the requests' task (see ``settleCancelRequest()``).
+    static let settleMoment: Duration = .milliseconds(20)
 
     /// The worker threads for `PQcancel` when the key cannot be read (see ``PostgresCancelKey``): apart from
     /// the runtime's shared pool, so that cancel requests stuck on silent servers can never hold its tokens.
@@ -131,7 +133,7 @@ extension PostgresConnection {
 
     /// Asks the server to cancel the running statement. The requests are sent by a system task of the run,
     /// within ``cancelRequestDeadline``, so the caller never waits for them beyond its own deadline: one at
-    /// once, then one more ``cancelResendInterval`` later unless the call has settled or the server answered.
+    /// once, then one more ``cancelResendInterval`` later unless the call has settled.
     /// The call waits for the last one only before it uses or gives back the connection again
     /// (``settleCancelRequest()``).
     func requestCancel() {
@@ -176,12 +178,6 @@ extension PostgresConnection {
         if !started { requests.done.set() }
     }
 
-    /// The server has begun to answer the cancelled statement: no more requests are needed (the last one is
-    /// still waited for before the connection is used again).
-    func stopCancelResends() {
-        cancelRequest.withLock { $0 }?.stop.set()
-    }
-
     /// Before the connection is used again or given back after a cancel request: stops further requests and
     /// waits, shielded, for the last one to be handled — until the call's cancellation deadline, or
     /// ``cancellationWait(now:)``. One still on its way could cancel the next statement on this connection, so
@@ -195,7 +191,9 @@ extension PostgresConnection {
         let (broken, known) = machine.withLock { ($0.isBroken, $0.settleDeadline) }
         if broken { return }
         let now = runtime.now
-        let deadline = known ?? now.advanced(by: cancellationWait(now: now))
+        // At least a moment for the requests' task to see it is done with: after a stall of the process the
+        // deadline may have passed while the last request was long handled.
+        let deadline = max(known ?? now.advanced(by: cancellationWait(now: now)), now.advanced(by: Self.settleMoment))
         let settled: Void?? = try? await withCancelScope(deadline: deadline, shield: true) { _ in try await requests.done.wait() }
         if case .some(.some) = settled { return }
         markBroken("a cancel request was still on its way (it could cancel the next statement)")

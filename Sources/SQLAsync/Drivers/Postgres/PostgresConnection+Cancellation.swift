@@ -56,7 +56,7 @@ extension PostgresConnection {
             }
             // The deadline and the answer can come together on a loaded machine (the timer's thread ran first):
             // the socket is looked at once more before the statement is called in doubt.
-            guard let ready = ready ?? Self.readyNow(fd, for: events) else {
+            guard let ready = ready ?? readyWithoutWaiting(fd, for: events) else {
                 // No answer in time: the connection is given up (the pool closes it), and the statement's fate
                 // is unknown once it was sent whole.
                 let outcome = machine.withLock { $0.cancelDeadlinePassed(wait) }
@@ -68,9 +68,9 @@ extension PostgresConnection {
                     "the statement was sent, then cancelled, and the server did not answer within \(wait): it may or "
                         + "may not have taken effect; the connection was closed", sql: sql)
             }
-            // The server answers: the statement finished or was cancelled, and more requests would only load
-            // it (each is a connection and a process on the server).
-            if ready.contains(.read) { stopCancelResends() }
+            // Readable is not yet an answer to the cancel: a NOTICE or the first rows of a statement the first
+            // request missed make the socket readable too. The request is sent again unless the call settles
+            // (its results all read) first.
             return ready
         }
     }
@@ -88,31 +88,45 @@ extension PostgresConnection {
         return ready.isEmpty ? nil : ready
     }
 
-    /// Thrown by a wait of ``settling(until:fd:_:)``'s last look when the socket is not ready.
+    /// What the connection's socket is ready for right now, without waiting — reading counted when OpenSSL
+    /// holds bytes libpq has not read (``PGHandle/hasPendingTLSData``); nil when nothing asked for.
+    func readyWithoutWaiting(_ fd: Int32, for events: IOEvents) -> IOEvents? {
+        if events.contains(.read), handle.hasPendingTLSData { return .read }
+        return Self.readyNow(fd, for: events)
+    }
+
+    /// Thrown by a wait of ``settling(until:fd:_:)``'s last look when the socket is not ready, or the look's
+    /// budget is spent.
     struct NoAnswerYet: Error {}
 
+    /// How many times the last look of ``settling(until:fd:_:)`` may find the socket ready: enough for an
+    /// answer that has arrived (each read takes 8 KiB or more), never a drain of a statement still running.
+    static let lastLookReads = 16
+
     /// Runs the clean-up `body`, shielded, until `deadline`, waiting on the socket through the runtime with
-    /// the `wait` it is given. When the deadline passes first, `body` runs once more with a `wait` that only
-    /// looks (``readyNow(_:for:)``) and throws ``NoAnswerYet`` when the socket is not ready: after a stall of
-    /// the whole process (a loaded machine, a paused virtual machine) the timer and the server's answer come
-    /// together, and the timer's thread may run first — the answer that is already there is not ignored.
-    /// `body` must be safe to run again from its start (each step asks libpq where it stands). Returns nil
-    /// when there was no answer by then.
+    /// the `waitFor` it is given (`lastLook` false). When the deadline passes first, `body` runs once more,
+    /// with `lastLook` true and a `waitFor` that only looks (``readyWithoutWaiting(_:for:)``) and throws
+    /// ``NoAnswerYet`` when the socket is not ready, or after ``lastLookReads`` looks: after a stall of the
+    /// whole process (a loaded machine, a paused virtual machine) the timer and the server's answer come due
+    /// together, and the timer's thread may run first — an answer that is already there is not thrown away.
+    /// The look never waits, and reads only so much. `body` must be safe to run again from its start: each
+    /// step asks libpq where it stands, and what libpq cannot say (the end of a COPY's data) is kept outside
+    /// `body`. Returns nil when there was no answer by then.
     func settling<T>(
         until deadline: RuntimeInstant, fd: Int32,
-        _ body: (_ wait: (IOEvents) async throws -> IOEvents) async throws -> T
+        _ body: (_ waitFor: (IOEvents) async throws -> IOEvents, _ lastLook: Bool) async throws -> T
     ) async throws -> T? {
         let answered: T? = try await withCancelScope(deadline: deadline, shield: true) { _ in
-            try await body { events in try await waitForSocket(fd, for: events) }
+            try await body({ events in try await waitForSocket(fd, for: events) }, false)
         }
         if let answered { return answered }
-        let handle = self.handle
+        var looks = 0
         do {
-            return try await body { events in
-                if events.contains(.read), handle.hasPendingTLSData { return .read }
-                guard let ready = Self.readyNow(fd, for: events) else { throw NoAnswerYet() }
+            return try await body({ events in
+                looks += 1
+                guard looks <= Self.lastLookReads, let ready = readyWithoutWaiting(fd, for: events) else { throw NoAnswerYet() }
                 return ready
-            }
+            }, true)
         } catch is NoAnswerYet {
             return nil
         }
@@ -159,7 +173,7 @@ extension PostgresConnection {
         let watched = watchedSocket.load(ordering: .acquiring)
         let failure: String?
         do {
-            failure = try await settling(until: deadline, fd: watched) { wait -> String? in
+            failure = try await settling(until: deadline, fd: watched) { waitFor, lastLook -> String? in
                 guard handle.status == CONNECTION_OK, handle.socket == watched else { return "the connection is gone" }
                 // A query cancelled while it was being sent is pushed out whole first: the server reads a
                 // cancel only between messages, and answers only a complete one.
@@ -167,7 +181,7 @@ extension PostgresConnection {
                     let flushed = handle.flush()
                     if flushed == 0 { break }
                     guard flushed == 1 else { return "writing failed" }
-                    let ready = try await wait([.read, .write])
+                    let ready = try await waitFor([.read, .write])
                     if ready.contains(.read), !handle.consumeInput() { return "reading failed" }
                 }
                 // Still running on the server: ask it to stop. Not only while libpq is busy — in single-row mode
@@ -175,10 +189,11 @@ extension PostgresConnection {
                 // million drained all the rest (seconds on a loaded machine, past the deadline). A cancel that
                 // reaches a session after its query ended is ignored by the server (it is idle by then: this
                 // drain waits for the query's end before the connection is used again).
-                if handle.isBusy || handle.hasPendingResults, machine.withLock({ $0.shouldRequestCancel() }) {
+                // (Not in the last look, past the deadline: the connection is given up unless it is already done.)
+                if !lastLook, handle.isBusy || handle.hasPendingResults, machine.withLock({ $0.shouldRequestCancel() }) {
                     requestCancel()
                 }
-                return try await drain(pipeline: pipeline, wait)
+                return try await drain(pipeline: pipeline, waitFor)
             } ?? "no answer within \(wait)"
         } catch {
             failure = "\(error)"
@@ -194,12 +209,12 @@ extension PostgresConnection {
 
     /// Reads and drops results until libpq has none left (in pipeline mode: up to the last sync, then leaves
     /// it); returns why that failed, or nil.
-    private func drain(pipeline: Bool, _ wait: (IOEvents) async throws -> IOEvents) async throws -> String? {
+    private func drain(pipeline: Bool, _ waitFor: (IOEvents) async throws -> IOEvents) async throws -> String? {
         var ends = 0
         while true {
             while handle.isBusy {
                 guard handle.status == CONNECTION_OK else { return "the server closed the connection" }
-                _ = try await wait(.read)
+                _ = try await waitFor(.read)
                 guard handle.consumeInput() else { return "reading failed" }
             }
             guard let result = handle.nextResult() else {

@@ -31,10 +31,7 @@ extension PostgresConnection {
         var started: PostgresConnection?
         do {
             return try await fail(at: runtime.now.advanced(by: timeout)) {
-                // Name resolution would block inside PQconnectStart: host names are resolved on a worker
-                // thread (abandoned at the timeout: getaddrinfo cannot be interrupted), and libpq is given
-                // the addresses. Literal addresses and socket directories need no lookup.
-                var libpq = withHostDefaults(url.libpqParameters(), defaults: libpqHostDefaults)
+                var libpq = url.libpqParameters()
                 var password: String?
                 if let passwordProvider {
                     do {
@@ -47,13 +44,18 @@ extension PostgresConnection {
                     }
                     libpq.append(("password", password ?? ""))
                 }
+                // PQconnectStart blocks on its way: it reads the service and password files, asks the system
+                // for the user's name (which may ask a directory server), and resolves the first host's name.
+                // So the start runs on a worker thread (abandoned at the timeout: getaddrinfo cannot be
+                // interrupted; a handle that arrives too late is finished there), after every host name —
+                // the URL's, or the one libpq's defaults take from PGHOST — is resolved to its addresses, so
+                // that libpq never resolves one inside the non-blocking connect, on the loop, when it moves
+                // on to the next host.
                 let unresolved = libpq
-                let parameters = needsLookup(unresolved)
-                    ? try await runtime.runBlocking(onCancel: .abandon) { () throws -> [(key: String, value: String)] in
-                        try resolvingHosts(unresolved, resolve: resolve)
-                    }
-                    : try resolvingHosts(unresolved, resolve: resolve)
-                let connection = PostgresConnection(runtime: runtime, handle: try PGHandle.start(parameters), logger: logger, grace: grace)
+                let handle = try await runtime.runBlocking(onCancel: .abandon) { () throws -> PGHandle in
+                    try PGHandle.start(try resolvingHosts(withHostDefaults(unresolved, defaults: libpqHostDefaults), resolve: resolve))
+                }
+                let connection = PostgresConnection(runtime: runtime, handle: handle, logger: logger, grace: grace)
                 started = connection
                 do {
                     try await connection.finishConnecting()
@@ -112,6 +114,10 @@ extension PostgresConnection {
                 cancelKey.withLock { $0 = key }
                 if key == nil {
                     logger?.info("libpq's cancel key cannot be read: cancel requests use PQcancel, on worker threads of their own")
+                }
+                if handle.usesTLS, !PGHandle.canSeePendingTLSData {
+                    logger?.warning(
+                        "libpq's OpenSSL was not found (SSL_pending): with a server that writes TLS records over 8 KiB, a wait may not see the end of an answer until its deadline")
                 }
                 watchedSocket.store(handle.socket, ordering: .releasing)
                 machine.withLock { $0.connected() }
@@ -174,7 +180,7 @@ func resolvingHosts(
 }
 
 /// `parameters`, with the host, address and port libpq would take from the environment when they name none,
-/// so that a host name from `PGHOST` is resolved off the loop like the URL's (libpq would look it up inside its
+/// so that a host name from `PGHOST` is resolved beforehand like the URL's (libpq would look it up inside its
 /// non-blocking connect). Unchanged when they name a host or an address, or a `service` (whose file comes
 /// before the environment in libpq's order, and is read only by libpq: a host name given only there is looked
 /// up by libpq itself).
@@ -201,17 +207,6 @@ func libpqHostDefaults() -> [(key: String, value: String)] {
         option += 1
     }
     return found
-}
-
-/// Whether `parameters` name a host that must be looked up (not a literal address, not a socket directory,
-/// and no `hostaddr` given).
-func needsLookup(_ parameters: [(key: String, value: String)]) -> Bool {
-    guard !parameters.contains(where: { $0.key == "hostaddr" }),
-        let hosts = parameters.last(where: { $0.key == "host" })?.value
-    else { return false }
-    return hosts.split(separator: ",").contains { host in
-        !(host.hasPrefix("/") || host.hasPrefix("@") || isLiteralAddress(String(host)))
-    }
 }
 
 /// Whether `host` is a numeric IPv4 or IPv6 address (which needs no lookup).

@@ -165,7 +165,7 @@ extension PostgresConnection {
         // Why the COPY did not end cleanly, when it did not.
         let failure: String?
         do {
-            failure = try await settling(until: deadline, fd: watched) { wait -> String? in
+            failure = try await settling(until: deadline, fd: watched) { waitFor, _ -> String? in
                 // Run again from here after a deadline (see `settling`): once the failure is queued, libpq
                 // answers "no COPY in progress", and what follows reads on from where it stands.
                 while true {
@@ -173,21 +173,21 @@ extension PostgresConnection {
                     if queued == 1 { break }
                     guard handle.status == CONNECTION_OK else { return "the connection failed" }
                     if queued < 0 { break }  // no COPY in progress: ended already (by the server, or above)
-                    let ready = try await wait([.read, .write])
+                    let ready = try await waitFor([.read, .write])
                     if ready.contains(.read), !handle.consumeInput() { return "reading failed" }
                 }
                 while true {
                     let flushed = handle.flush()
                     if flushed == 0 { break }
                     guard flushed == 1 else { return "writing failed" }
-                    let ready = try await wait([.read, .write])
+                    let ready = try await waitFor([.read, .write])
                     if ready.contains(.read), !handle.consumeInput() { return "reading failed" }
                 }
                 // The server's answer: the COPY failed, as asked. Read to the end of the results.
                 while true {
                     while handle.isBusy {
                         guard handle.status == CONNECTION_OK else { return "the connection failed" }
-                        _ = try await wait(.read)
+                        _ = try await waitFor(.read)
                         guard handle.consumeInput() else { return "reading failed" }
                     }
                     guard let result = handle.nextResult() else { return handle.status == CONNECTION_OK ? nil : "the connection failed" }
@@ -299,12 +299,12 @@ extension PostgresConnection {
         // Whether the data has ended (libpq then answers "no COPY in progress", a failure, to more reads).
         var dataEnded = false
         do {
-            completed = try await settling(until: deadline, fd: watched) { wait -> Int?? in
+            completed = try await settling(until: deadline, fd: watched) { waitFor, _ -> Int?? in
                 dropping: while !dataEnded {
                     switch handle.dropCopyData() {
                     case .more: dropped = true
                     case .wouldBlock:
-                        _ = try await wait(.read)
+                        _ = try await waitFor(.read)
                         guard handle.consumeInput() else { failure = "the connection failed"; return .none }
                     case .done:
                         dataEnded = true
@@ -315,7 +315,7 @@ extension PostgresConnection {
                 while true {
                     while handle.isBusy {
                         guard handle.status == CONNECTION_OK, handle.consumeInput() else { failure = "the connection failed"; return .none }
-                        if handle.isBusy { _ = try await wait(.read) }
+                        if handle.isBusy { _ = try await waitFor(.read) }
                     }
                     guard let result = handle.nextResult() else {
                         if handle.status == CONNECTION_OK { return .some(count) }
