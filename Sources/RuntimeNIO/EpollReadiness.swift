@@ -223,7 +223,7 @@ final class EpollReadiness: Sendable {
             if writable { ready.insert(.write) }
             // An error or a hang-up counts as every requested event: the next read or write reports it.
             let all = events & failure != 0
-            if let reader = entry.reader, readable || (all && reader.events.contains(.read)) {
+            if let reader = entry.reader, readable {
                 woken.append((reader, all ? reader.events : ready.intersection(reader.events)))
                 entry.reader = nil
                 if entry.writer === reader { entry.writer = nil }

@@ -6,8 +6,8 @@ import Runtime
 import Synchronization
 
 /// The `RuntimeBackend` over a SwiftNIO event loop: ``NIOLoopExecutor`` as the executor, a timer heap driving
-/// one scheduled callback of the loop, ``EpollReadiness`` for descriptors, and a `NIOThreadPool` for blocking
-/// work (the run's own, started on first use, or one the application shares).
+/// one scheduled callback of the loop, ``EpollReadiness`` for descriptors, and for blocking work a
+/// ``BlockingThreadPool`` of the run's own, or a `NIOThreadPool` the application shares.
 final class NIOBackend: RuntimeBackend {
     let executorObject: NIOLoopExecutor
     private let readiness: EpollReadiness
@@ -233,84 +233,67 @@ struct NIOTimerRegistration: BackendRegistration {
     }
 }
 
-/// Blocking work on a `NIOThreadPool`: the run's own (started on first use, shut down with the run, within a
-/// bound) or the application's (shared, left running).
+/// Blocking work: on the run's own ``BlockingThreadPool`` (threads started on demand, as the other backends
+/// have it), or on an application's `NIOThreadPool` (shared, left running when the run ends).
 final class Blocking: Sendable {
     private let shared: NIOThreadPool?
-    private let threads: Int
-    private let owned = Locked<(pool: NIOThreadPool?, closed: Bool, running: Bool)>((nil, false, false))
-    private let inFlight = Atomic<Int>(0)
+    private let own: BlockingThreadPool
+    /// Work in flight on the shared pool.
+    private let sharedInFlight = Atomic<Int>(0)
+    /// Waiting for the shared pool's work in flight to end (``shutdown()``).
+    private let idleWaiter = Locked<(@Sendable () -> Void)?>(nil)
 
     init(shared: NIOThreadPool?, threads: Int) {
         self.shared = shared
-        self.threads = max(1, threads)
+        own = BlockingThreadPool(maximumThreads: max(1, threads))
     }
 
-    var jobsInFlight: Int { inFlight.load(ordering: .relaxed) }
-    var threadCount: Int { owned.withLock { $0.running ? threads : 0 } }
-
-    /// Waiting for the work in flight to end (``shutdown()``).
-    private let idleWaiter = Locked<(@Sendable () -> Void)?>(nil)
+    var jobsInFlight: Int { shared == nil ? own.jobsInFlight : sharedInFlight.load(ordering: .relaxed) }
+    var threadCount: Int { own.threadCount }
 
     func submit(_ work: @escaping @Sendable () -> Void) {
-        inFlight.add(1, ordering: .relaxed)
+        guard let shared else { return own.submit(work) }
+        sharedInFlight.add(1, ordering: .relaxed)
         let counted: @Sendable () -> Void = { [self] in
             work()
-            if inFlight.subtract(1, ordering: .acquiringAndReleasing).newValue == 0 {
+            if sharedInFlight.subtract(1, ordering: .acquiringAndReleasing).newValue == 0 {
                 idleWaiter.withLock { $0 }?()
             }
         }
-        let pool: NIOThreadPool? = shared ?? owned.withLock { owned -> NIOThreadPool? in
-            if owned.closed { return nil }
-            if let pool = owned.pool { return pool }
-            let pool = NIOThreadPool(numberOfThreads: threads)
-            pool.start()
-            owned.pool = pool
-            owned.running = true
-            return pool
-        }
-        guard let pool else {
-            // After the run: blocking work still runs, on another thread (never the caller's loop).
-            LateCallbacks.deliver(counted)
-            return
-        }
-        pool.submit { state in
+        shared.submit { state in
             if case .active = state {
                 counted()
             } else {
-                // The pool is shutting down and runs nothing more; the work is not lost.
+                // The application's pool is shutting down and runs nothing more; the work is not lost.
                 LateCallbacks.deliver(counted)
             }
         }
     }
 
-    /// Waits for the run's own pool to finish its work (at most 1 s) and then to stop (at most 1 s more); work
-    /// still blocked then (abandoned by its caller, stuck on a peer that stopped answering) keeps its thread,
-    /// and the run ends without it.
+    /// The run's own pool: waits for its work (abandoned calls included) and its threads, at most 1 s; work
+    /// still blocked then (stuck on a peer that stopped answering) keeps its thread, and the run ends without
+    /// it. An application's pool: waits at most 1 s for the run's work in flight there, and leaves the pool
+    /// running.
     func shutdown() async {
-        guard let pool = owned.withLock({ owned -> NIOThreadPool? in
-            owned.closed = true
-            return owned.pool
-        }) else { return }
-        // First the work in flight and queued ends (the pool would hand queued work back unrun), within the
-        // bound; then the pool stops, and its threads count as ended once it says so, whenever that is.
+        guard shared != nil else {
+            let own = self.own
+            await withUnsafeContinuation { (continuation: UnsafeContinuation<Void, Never>) in
+                // The shutdown blocks (up to its bound): on a queue of its own, never the loop.
+                NIOBackend.shutdownQueue.async {
+                    own.shutdown()
+                    continuation.resume()
+                }
+            }
+            return
+        }
         let once = Once()
         await withUnsafeContinuation { (continuation: UnsafeContinuation<Void, Never>) in
             let resume: @Sendable () -> Void = { if once.first() { continuation.resume() } }
             idleWaiter.withLock { $0 = resume }
-            if inFlight.load(ordering: .acquiring) == 0 { resume() }
+            if sharedInFlight.load(ordering: .acquiring) == 0 { resume() }
             NIOBackend.shutdownQueue.asyncAfter(deadline: .now() + .seconds(1)) { resume() }
         }
         idleWaiter.withLock { $0 = nil }
-        let stopped = Once()
-        await withUnsafeContinuation { (continuation: UnsafeContinuation<Void, Never>) in
-            let resume: @Sendable () -> Void = { if stopped.first() { continuation.resume() } }
-            pool.shutdownGracefully(queue: NIOBackend.shutdownQueue) { [self] _ in
-                owned.withLock { $0.running = false }
-                resume()
-            }
-            NIOBackend.shutdownQueue.asyncAfter(deadline: .now() + .seconds(1)) { resume() }
-        }
     }
 }
 

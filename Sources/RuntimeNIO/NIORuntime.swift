@@ -16,19 +16,19 @@ import Synchronization
 /// ```
 ///
 /// Timers are the loop's scheduled callbacks (one armed for the earliest deadline of a timer heap), blocking
-/// work runs on a `NIOThreadPool`, and descriptor readiness comes from a thread of the backend's own (SwiftNIO
-/// cannot watch a descriptor without reading it itself); every task it wakes runs on the loop. For an
+/// work runs on threads of the run's own (or an application's `NIOThreadPool`), and descriptor readiness
+/// comes from a thread of the backend's own (SwiftNIO cannot watch a descriptor without reading it itself);
+/// every task it wakes runs on the loop. For an
 /// application that serves requests, ``NIORuntimeHost`` keeps one runtime on a loop for the app's lifetime.
 public enum NIORuntime {
     /// Tuning for one run.
     public struct Configuration: Sendable {
         /// The size of `Runtime.defaultBlockingLimiter` (default 40, as in anyio).
         public var blockingTokens = 40
-        /// The threads of the run's own `NIOThreadPool`, all started at the first blocking call (default 16).
-        /// A `NIOThreadPool` does not grow, so blocking calls beyond it queue (the other backends start
-        /// threads on demand, up to 64): raise it to ``blockingTokens`` when blocking closures wait on one
-        /// another, or give an application's pool (``threadPool``).
-        public var blockingThreads = 16
+        /// The most threads of the run's own blocking pool, started on demand as on the other backends
+        /// (default 64, above ``blockingTokens``, so that blocking closures waiting on one another never queue
+        /// behind each other).
+        public var blockingThreads = 64
         /// An application's thread pool to use instead of one of the run's own (for example
         /// `NIOThreadPool.singleton`); it is left running when the run ends. Give it at least as many threads
         /// as blocking calls may run at once.
@@ -136,8 +136,8 @@ public final class NIORuntimeHost: Sendable {
     }
 
     /// Ends the runtime: refuses new ``run(isolation:_:)`` calls, cancels and awaits the runtime's system
-    /// tasks, waits for blocking work (at most 1 s for the work, then at most 1 s more for the run's own
-    /// `NIOThreadPool` to stop), and releases the backend. The event loop stays. Call it
+    /// tasks, waits for blocking work (at most 1 s: the run's own pool's work and threads, or the run's work on
+    /// an application's pool), and releases the backend. The event loop stays. Call it
     /// after the work that uses the runtime has ended (close engines first); a second call does nothing.
     public func shutdown() async {
         let first = state.withLock { state -> Bool in

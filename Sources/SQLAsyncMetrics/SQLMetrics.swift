@@ -45,6 +45,33 @@ public struct SQLMetrics: SQLInstrumentation {
         let timers = Locked<[String: Metrics.Timer]>([:])
         let gauges = Locked<[String: Gauge]>([:])
         let counters = Locked<[String: Counter]>([:])
+        /// The statement timers, by what tells them apart: a statement builds no array and no string.
+        let statementTimers = Locked<[StatementKey: Metrics.Timer]>([:])
+        /// Each pool's gauges, by the pool's number: a checkout or a return builds none of their keys.
+        let poolGauges = Locked<[Int: PoolGauges]>([:])
+        /// The checkout-wait timers, by outcome.
+        let checkoutTimers = Locked<[String: Metrics.Timer]>([:])
+    }
+
+    private struct StatementKey: Hashable, Sendable {
+        let system: SQLDatabaseSystem
+        let operation: String
+        let outcome: String
+    }
+
+    private struct PoolGauges: Sendable {
+        let used: Gauge
+        let idle: Gauge
+        let pending: Gauge
+    }
+
+    /// The duration timer of statements of `operation` that ended with `outcome`.
+    private func statementTimer(_ system: SQLDatabaseSystem, _ operation: String, _ outcome: String) -> Metrics.Timer {
+        let key = StatementKey(system: system, operation: operation, outcome: outcome)
+        if let found = cache.statementTimers.withLock({ $0[key] }) { return found }
+        let made = timer("db.client.operation.duration", dimensions(system, [("db.operation.name", operation), ("outcome", outcome)]))
+        cache.statementTimers.withLock { $0[key] = made }
+        return made
     }
 
     private func dimensions(_ system: SQLDatabaseSystem, _ extra: [(String, String)]) -> [(String, String)] {
@@ -104,23 +131,24 @@ public struct SQLMetrics: SQLInstrumentation {
                 case let error as SQLError where error.kind == .timeout: "timeout"
                 default: "error"
                 }
-            metrics.timer(
-                "db.client.operation.duration",
-                metrics.dimensions(system, [("db.operation.name", operation), ("outcome", outcome)])
-            ).recordNanoseconds(elapsed.saturatingNanoseconds)
+            metrics.statementTimer(system, operation, outcome).recordNanoseconds(elapsed.saturatingNanoseconds)
         }
     }
 
     public func checkoutEnded(waited: Duration, outcome: SQLCheckoutOutcome, pool: SQLPoolStatistics) {
         if factory == nil, MetricsSystem.factory is NOOPMetricsHandler { return }
-        record(pool, system: nil)
-        timer("db.client.connection.wait_time", poolDimensions([("outcome", outcome.rawValue)]))
-            .recordNanoseconds(waited.saturatingNanoseconds)
+        record(pool)
+        let wait = cache.checkoutTimers.withLock { $0[outcome.rawValue] } ?? {
+            let made = timer("db.client.connection.wait_time", poolDimensions([("outcome", outcome.rawValue)]))
+            cache.checkoutTimers.withLock { $0[outcome.rawValue] = made }
+            return made
+        }()
+        wait.recordNanoseconds(waited.saturatingNanoseconds)
     }
 
     public func connectionReturned(pool: SQLPoolStatistics) {
         if factory == nil, MetricsSystem.factory is NOOPMetricsHandler { return }
-        record(pool, system: nil)
+        record(pool)
     }
 
     public func connectFailed(_ error: any Error, database: SQLDatabaseSystem) {
@@ -133,11 +161,19 @@ public struct SQLMetrics: SQLInstrumentation {
 
     /// A pool's gauges carry its number: an engine keeps one pool per runtime, and pools sharing gauges
     /// would overwrite each other's counts.
-    private func record(_ pool: SQLPoolStatistics, system: SQLDatabaseSystem?) {
-        let id = ("pool.id", "\(pool.poolID)")
-        gauge("db.client.connection.count", poolDimensions([id, ("state", "used")])).record(pool.inUse)
-        gauge("db.client.connection.count", poolDimensions([id, ("state", "idle")])).record(pool.idle)
-        gauge("db.client.connection.pending_requests", poolDimensions([id])).record(pool.waiting)
+    private func record(_ pool: SQLPoolStatistics) {
+        let gauges = cache.poolGauges.withLock { $0[pool.poolID] } ?? {
+            let id = ("pool.id", "\(pool.poolID)")
+            let made = PoolGauges(
+                used: gauge("db.client.connection.count", poolDimensions([id, ("state", "used")])),
+                idle: gauge("db.client.connection.count", poolDimensions([id, ("state", "idle")])),
+                pending: gauge("db.client.connection.pending_requests", poolDimensions([id])))
+            cache.poolGauges.withLock { $0[pool.poolID] = made }
+            return made
+        }()
+        gauges.used.record(pool.inUse)
+        gauges.idle.record(pool.idle)
+        gauges.pending.record(pool.waiting)
     }
 }
 

@@ -8,7 +8,8 @@ public import Tracing
 /// (the SQL with its placeholders — bound values never appear; a script's text is withheld) and
 /// `db.response.returned_rows`, an error
 /// recorded on the span when the statement failed; and a span per transaction (`TRANSACTION`), the parent of
-/// the statements inside it.
+/// the statements inside it. A stream is one span from its query to the end of its `stream { }` call (the
+/// body's time included), with the rows it handed out.
 ///
 /// ```swift
 /// InstrumentationSystem.bootstrap(OTelTracer(…))      // the application's choice, once

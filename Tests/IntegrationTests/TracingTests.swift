@@ -26,6 +26,18 @@ struct TracingTests {
                 try await connection.executeScript("SELECT 1; SELECT '\(literal)'")
                 // A statement whose first word is not one of SQL's usual keywords is named OTHER.
                 _ = try await connection.execute("/* comment */ SELECT 2")
+                // A stream is one span, with the rows it handed out: all of them, or those read before its
+                // body left, with the body's error.
+                let streamed = try await connection.stream("SELECT 5 AS streamed UNION ALL SELECT 6 UNION ALL SELECT 7", batchSize: 2) { rows in
+                    try await rows.reduce(0) { count, _ in count + 1 }
+                }
+                #expect(streamed == 3)
+                struct Enough: Error {}
+                await #expect(throws: Enough.self) {
+                    try await connection.stream("SELECT 8 AS left_early UNION ALL SELECT 9 UNION ALL SELECT 10", batchSize: 1) { rows in
+                        for try await _ in rows { throw Enough() }
+                    }
+                }
             }
             await engine.dispose()
         }
@@ -46,6 +58,11 @@ struct TracingTests {
         #expect(!failed.errors.isEmpty)
         let script = try #require(spans.first { $0.operationName == "SCRIPT" }, "spans: \(spans.map(\.operationName))")
         #expect(script.attributes["db.query.text"] == nil && script.attributes["db.operation.name"]?.toSpanAttribute() == .string("SCRIPT"))
+        let stream = try #require(spans.first { text($0).contains("streamed") })
+        #expect(stream.operationName == "SELECT" && stream.attributes["db.response.returned_rows"]?.toSpanAttribute() == .int64(3))
+        #expect(stream.status?.code != .error)
+        let leftEarly = try #require(spans.first { text($0).contains("left_early") })
+        #expect(leftEarly.attributes["db.response.returned_rows"]?.toSpanAttribute() == .int64(1) && leftEarly.status?.code == .error)
         let other = try #require(spans.first { text($0).contains("comment") })
         #expect(other.operationName == "OTHER" && other.attributes["db.operation.name"]?.toSpanAttribute() == .string("OTHER"))
         for span in spans {

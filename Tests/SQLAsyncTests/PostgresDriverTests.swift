@@ -143,29 +143,31 @@ struct PostgresDriverTests {
             #expect(socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0, &ends) == 0)
             defer { for end in ends { _ = close(end) } }
             #expect(fcntl(ends[0], F_SETFL, fcntl(ends[0], F_GETFL) | O_NONBLOCK) == 0)
+            let fd = ends[0]
+            // One clean-up that waits for the socket to be readable: its result, and whether each pass was the
+            // last look.
+            func settle(until deadline: RuntimeInstant, returning value: Int) async throws -> (Int?, [Bool]) {
+                var passes: [Bool] = []
+                let result: Int? = try await connection.settling(until: deadline, fd: fd) { waitFor, lastLook in
+                    passes.append(lastLook)
+                    _ = try await waitFor(.read)
+                    return value
+                }
+                return (result, passes)
+            }
             let past = try Runtime.current.now
             // The deadline passed before the answer could be waited for (a stalled process), and nothing is
             // there: no answer, at once.
-            var passes: [Bool] = []
-            let silent: Int? = try await connection.settling(until: past, fd: ends[0]) { waitFor, lastLook in
-                passes.append(lastLook)
-                _ = try await waitFor(.read)
-                return 1
-            }
-            #expect(silent == nil && passes == [false, true])
+            let silent = try await settle(until: past, returning: 1)
+            #expect(silent.0 == nil && silent.1 == [false, true])
             // The answer is there by the time the deadline is seen: taken, not given up.
             var byte: UInt8 = 1
             #expect(write(ends[1], &byte, 1) == 1)
-            passes = []
-            let answered: Int? = try await connection.settling(until: past, fd: ends[0]) { waitFor, lastLook in
-                passes.append(lastLook)
-                _ = try await waitFor(.read)
-                return 2
-            }
-            #expect(answered == 2 && passes == [false, true])
+            let answered = try await settle(until: past, returning: 2)
+            #expect(answered.0 == 2 && answered.1 == [false, true])
             // The look reads only so much: a socket that stays readable (a statement still sending) is no answer.
             var looks = 0
-            let endless: Int? = try await connection.settling(until: past, fd: ends[0]) { waitFor, lastLook in
+            let endless: Int? = try await connection.settling(until: past, fd: fd) { waitFor, lastLook in
                 while true {
                     _ = try await waitFor(.read)
                     if lastLook { looks += 1 }
@@ -173,15 +175,10 @@ struct PostgresDriverTests {
             }
             #expect(endless == nil && looks == PostgresConnection.lastLookReads)
             // Before the deadline, the first pass waits as usual.
-            passes = []
-            let waited: Int? = try await connection.settling(until: try Runtime.current.now.advanced(by: .seconds(30)), fd: ends[0]) { waitFor, lastLook in
-                passes.append(lastLook)
-                _ = try await waitFor(.read)
-                return 3
-            }
-            #expect(waited == 3 && passes == [false])
+            let waited = try await settle(until: try Runtime.current.now.advanced(by: .seconds(30)), returning: 3)
+            #expect(waited.0 == 3 && waited.1 == [false])
             // A socket the runtime watched is forgotten before it is closed.
-            try await Runtime.current.forget(fd: ends[0])
+            try await Runtime.current.forget(fd: fd)
             await connection.close()
         }
     }

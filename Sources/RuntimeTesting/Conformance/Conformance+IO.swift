@@ -170,6 +170,37 @@ extension RuntimeConformance {
 
     static let blockingTests: [ConformanceTest] = [
         ConformanceTest(
+            "i.blocking-all-tokens",
+            "as many blocking closures as the default limiter has tokens run at once: ones that wait on one another all finish"
+        ) { backend in
+            try await backend.run {
+                let runtime = try Runtime.current
+                let count = runtime.defaultBlockingLimiter.totalTokens
+                let arrived = Gauge()
+                let waiting = Gauge()
+                try await Runtime.withTaskGroup { group in
+                    for _ in 0..<count {
+                        try group.startSoon {
+                            // Each waits, on its thread, until all have started: with fewer threads than tokens,
+                            // the last ones would queue behind the first, which wait for them (10 s, then fail).
+                            let met = try await runtime.runBlocking { () -> Bool in
+                                arrived.increment()
+                                let deadline = RuntimeInstant.monotonicNow().advanced(by: .seconds(10))
+                                while arrived.value < count {
+                                    if RuntimeInstant.monotonicNow() >= deadline { return false }
+                                    usleep(500)
+                                }
+                                waiting.increment()
+                                return true
+                            }
+                            try check(met, "\(arrived.value) of \(count) blocking closures started within 10 s")
+                        }
+                    }
+                }
+                try check(waiting.value == count, "\(waiting.value) of \(count) blocking closures met")
+            }
+        },
+        ConformanceTest(
             "i.blocking-work",
             "blocking work runs off the executor, a limiter bounds it, and cancellation follows the chosen policy"
         ) { backend in

@@ -72,7 +72,7 @@ extension Connection {
             return try await transactionBody(isolationLevel: isolationLevel, readOnly: readOnly, body)
         }
         let info = SQLTransactionInfo(
-            system: pool?.system ?? .sqlite, namespace: pool?.namespace, isNested: isInTransaction, readOnly: readOnly)
+            system: pool?.system ?? .sqlite, namespace: pool?.namespace, isNested: transactionDepth.withLock { $0 } > 0, readOnly: readOnly)
         return try await instrumentation.transaction(info) {
             try await transactionBody(isolationLevel: isolationLevel, readOnly: readOnly, body)
         }

@@ -8,7 +8,8 @@
 /// Every method is called in the task doing the work (so task-locals such as a trace context are the
 /// caller's), synchronously and briefly: record, never wait. An engine without instrumentation pays a `nil`
 /// check per statement and checkout. Statement text is the SQL with its placeholders (`$1`, `?`); bound
-/// values are never given to an observer.
+/// values are never given to an observer. A stream is one statement, from its query to the end of its
+/// `stream { }` call (the body's time included), with the rows it handed out.
 public protocol SQLInstrumentation: Sendable {
     /// A statement is about to be sent; the returned span (if any) is told how it ended.
     func statementStarted(_ statement: SQLStatementInfo) -> (any SQLStatementSpan)?

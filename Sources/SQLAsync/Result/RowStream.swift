@@ -117,6 +117,11 @@ final class StreamSource: Sendable {
     private let batchSize: Int
     /// A stream kept past its `stream { }` call, or read by two tasks at once, gets a misuse error.
     private let lifecycle = Locked(StreamLifecycle())
+    /// The rows handed out so far (for the stream's span: the rows it returned).
+    private let delivered = Locked(0)
+
+    /// The rows handed out so far.
+    var rowsRead: Int { delivered.withLock { $0 } }
 
     private init(cursor: any DriverCursor, sql: String, batchSize: Int) {
         self.cursor = cursor
@@ -142,6 +147,7 @@ final class StreamSource: Sendable {
         }
         if lifecycle.withLock({ $0.endRead(failure: nil) }) { await cursor.close() }
         guard let raw else { return nil }
+        delivered.withLock { $0 += raw.rowCount }
         return (0..<raw.rowCount).map { raw.row($0) }
     }
 
@@ -192,13 +198,23 @@ extension Connection {
         guard batchSize > 0 else { throw SQLError(.misuse, "the batch size must be positive, not \(batchSize)", sql: text) }
         try checkOpen(text)
         logger?.debug("stream", metadata: ["sql": "\(text)", "parameters": "\(binds.count)"])
-        let source = try await StreamSource.open(driver, sql: text, binds: binds, batchSize: batchSize)
+        // One span for the whole stream, the body's time included: the statement runs while it is read.
+        let span = instrumentation?.statementStarted(statementInfo(text))
+        let source: StreamSource
+        do {
+            source = try await StreamSource.open(driver, sql: text, binds: binds, batchSize: batchSize)
+        } catch {
+            span?.ended(rows: nil, error: error)
+            throw error
+        }
         do {
             let result = try await body(RowStream(source: source))
             await source.close()
+            span?.ended(rows: source.rowsRead, error: nil)
             return result
         } catch {
             await source.close()
+            span?.ended(rows: source.rowsRead, error: error)
             throw error
         }
     }

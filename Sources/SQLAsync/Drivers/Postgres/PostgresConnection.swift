@@ -112,9 +112,10 @@ final class PostgresConnection: Sendable {
                 try await flush(sql: sql)
                 return try await collect(sql: sql)
             }
-            if let entry = statements.withLock({ $0.lookUp(key) }) {
+            // The entry and the mode under one lock (this is every cached statement's path).
+            if let (entry, unnamed) = statements.withLock({ cache in cache.lookUp(key).map { ($0, cache.unnamed) } }) {
                 do {
-                    if statements.withLock({ $0.unnamed }) { return try await runUnnamed(entry, sql, binds) }
+                    if unnamed { return try await runUnnamed(entry, sql, binds) }
                     return try await runPrepared(entry, sql, binds)
                 } catch let error as SQLError where StatementCache.isStale(error) {
                     // The server lost every statement (DISCARD ALL) or invalidated this one (a changed table):
