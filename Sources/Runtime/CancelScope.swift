@@ -66,7 +66,9 @@ public final class CancelScope: Sendable {
     struct Registration: Sendable {
         let waker: any CancellationWaker
         /// Not retained: a registration lives only while its wait is parked inside `innermost` (the wait
-        /// unregisters before it returns), and the waiting task keeps the scope alive until then.
+        /// unregisters before it returns), and the waiting task keeps the scope alive until then. Read it
+        /// only under the lock of a scope that holds the registration (``parkedWaits(_:)``): once that lock
+        /// is released, the wait may return, leave the scope, and free it.
         unowned(unsafe) let innermost: CancelScope
     }
 
@@ -177,14 +179,21 @@ public final class CancelScope: Sendable {
                 state.timerDeadline = nil
                 state.timerGeneration &+= 1
             }
-            return (Array(state.registrations.values), state.deadlineTimer)
+            return (Self.parkedWaits(state), state.deadlineTimer)
         }
         timer?.cancel()
-        for registration in registrations where registration.innermost.isCancelled(forWaitSeenTaskCancellation:
-            registration.waker.hasSeenTaskCancellation)
+        for (waker, innermost) in registrations where innermost.isCancelled(forWaitSeenTaskCancellation:
+            waker.hasSeenTaskCancellation)
         {
-            registration.waker.wakeForCancellation()
+            waker.wakeForCancellation()
         }
+    }
+
+    /// The waits registered in `state`, each with a strong reference to the scope it is parked in, taken
+    /// under the lock: while its registration is there the wait has not returned, so the scope is alive; past
+    /// the lock it may have (a deadline timer firing on another thread as the wait ends and its scope exits).
+    private static func parkedWaits(_ state: State) -> [(waker: any CancellationWaker, innermost: CancelScope)] {
+        state.registrations.values.map { ($0.waker, $0.innermost) }
     }
 
     static func validate(_ duration: Duration, _ api: String, _ argument: String) throws(RuntimeError) {
@@ -331,7 +340,7 @@ public final class CancelScope: Sendable {
     /// After the shield came off: wakes the waits inside that an enclosing cancellation reaches now, and arms
     /// the enclosing deadlines for them.
     private func wakeWaitsNowCancelled() {
-        let registrations = state.withLock { Array($0.registrations.values) }
+        let registrations = state.withLock { Self.parkedWaits($0) }
         guard !registrations.isEmpty else { return }
         var scope = parent
         while let current = scope {
@@ -339,10 +348,10 @@ public final class CancelScope: Sendable {
             if current.shield { break }
             scope = current.parent
         }
-        for registration in registrations where registration.innermost.isCancelled(forWaitSeenTaskCancellation:
-            registration.waker.hasSeenTaskCancellation)
+        for (waker, innermost) in registrations where innermost.isCancelled(forWaitSeenTaskCancellation:
+            waker.hasSeenTaskCancellation)
         {
-            registration.waker.wakeForCancellation()
+            waker.wakeForCancellation()
         }
     }
 

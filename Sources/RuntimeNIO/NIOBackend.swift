@@ -278,8 +278,10 @@ final class Blocking: Sendable {
         guard shared != nil else {
             let own = self.own
             await withUnsafeContinuation { (continuation: UnsafeContinuation<Void, Never>) in
-                // The shutdown blocks (up to its bound): on a queue of its own, never the loop.
-                NIOBackend.shutdownQueue.async {
+                // The shutdown blocks (up to its bound, and runs work submitted while it ends): on a queue of
+                // this pool's own — never the loop, nor the queue every run's shutdown callbacks share, which
+                // another run ending at the same time would wait behind it.
+                DispatchQueue(label: "anyruntime.nio.blocking-shutdown").async {
                     own.shutdown()
                     continuation.resume()
                 }

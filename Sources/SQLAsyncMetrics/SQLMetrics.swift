@@ -128,6 +128,7 @@ public struct SQLMetrics: SQLInstrumentation {
                 switch error {
                 case nil: "success"
                 case is CancellationError: "cancelled"
+                case let error as SQLError where error.kind == .cancelled: "cancelled"
                 case let error as SQLError where error.kind == .timeout: "timeout"
                 default: "error"
                 }

@@ -34,10 +34,20 @@ struct TracingTests {
                 #expect(streamed == 3)
                 struct Enough: Error {}
                 await #expect(throws: Enough.self) {
-                    try await connection.stream("SELECT 8 AS left_early UNION ALL SELECT 9 UNION ALL SELECT 10", batchSize: 1) { rows in
+                    try await connection.stream("SELECT 8 AS left_early UNION ALL SELECT 9 UNION ALL SELECT 10", batchSize: 3) { rows in
                         for try await _ in rows { throw Enough() }
                     }
                 }
+                // A body that catches its read's cancellation and returns did not get every row: an error too.
+                var cut = false
+                try await connection.stream("SELECT 11 AS swallowed UNION ALL SELECT 12", batchSize: 1) { rows in
+                    let read: Void? = try await withCancelScope { scope in
+                        scope.cancel()
+                        for try await _ in rows {}
+                    }
+                    cut = read == nil
+                }
+                #expect(cut)
             }
             await engine.dispose()
         }
@@ -62,7 +72,10 @@ struct TracingTests {
         #expect(stream.operationName == "SELECT" && stream.attributes["db.response.returned_rows"]?.toSpanAttribute() == .int64(3))
         #expect(stream.status?.code != .error)
         let leftEarly = try #require(spans.first { text($0).contains("left_early") })
+        // One row of the batch of three was read before the body left.
         #expect(leftEarly.attributes["db.response.returned_rows"]?.toSpanAttribute() == .int64(1) && leftEarly.status?.code == .error)
+        let swallowed = try #require(spans.first { text($0).contains("swallowed") })
+        #expect(swallowed.status?.code == .error && swallowed.attributes["db.response.returned_rows"]?.toSpanAttribute() == .int64(0))
         let other = try #require(spans.first { text($0).contains("comment") })
         #expect(other.operationName == "OTHER" && other.attributes["db.operation.name"]?.toSpanAttribute() == .string("OTHER"))
         for span in spans {

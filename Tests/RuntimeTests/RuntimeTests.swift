@@ -1,4 +1,5 @@
 import AnyRuntime
+import Dispatch
 import Runtime
 import RuntimeUV
 import TestSupport
@@ -115,6 +116,31 @@ struct RuntimeTests {
             for try await value in receive { values.append(value) }
             #expect(values == [1, 2])
         }
+    }
+
+    @Test("a deadline that fires as its wait ends and the wait's scope exits touches no freed scope (2,000 races)",
+          arguments: TestBackend.selected)
+    func deadlineRacesScopeExit(_ backend: TestBackend) async throws {
+        // The outer scope's deadline timer fires on the backend's timer thread while the wait, parked in an
+        // inner scope, is woken from another thread and leaves (freeing the inner scope): the timer's
+        // cancellation once looked at the inner scope after it was gone (AddressSanitizer saw it in CI).
+        var outcomes = (completed: 0, cancelled: 0)
+        try await backend.run {
+            for _ in 0..<2_000 {
+                let deadline = try Runtime.current.now.advanced(by: .microseconds(Int64.random(in: 0...100)))
+                let done: Void?? = try await withCancelScope(deadline: deadline) { _ in
+                    try await withCancelScope { _ in
+                        try await Runtime.withCompletion(onCancel: .abandon) { (completion: Completion<Void>) in
+                            DispatchQueue.global().asyncAfter(deadline: .now() + .microseconds(Int.random(in: 0...100))) {
+                                completion.resume()
+                            }
+                        }
+                    }
+                }
+                if done == nil { outcomes.cancelled += 1 } else { outcomes.completed += 1 }
+            }
+        }
+        #expect(outcomes.completed + outcomes.cancelled == 2_000)
     }
 
     @Test("a blocking closure still queued for a thread when its caller is cancelled never runs")

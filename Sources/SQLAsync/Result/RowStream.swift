@@ -1,4 +1,5 @@
 import Runtime
+import Synchronization
 
 /// The rows of a statement, read from the database in batches as they are iterated: memory holds one batch,
 /// whatever the result's size, and the database is held back while the consumer is busy (PostgreSQL: the
@@ -29,6 +30,7 @@ public struct RowStream: AsyncSequence, Sendable {
                 index = 0
             }
             defer { index += 1 }
+            source.handedOut(1)
             return buffer[index]
         }
     }
@@ -43,7 +45,11 @@ public struct RowStream: AsyncSequence, Sendable {
 
         public struct Iterator: AsyncIteratorProtocol {
             let source: StreamSource
-            public mutating func next() async throws -> [Row]? { try await source.nextBatch() }
+            public mutating func next() async throws -> [Row]? {
+                let batch = try await source.nextBatch()
+                if let batch { source.handedOut(batch.count) }
+                return batch
+            }
         }
     }
 }
@@ -117,11 +123,18 @@ final class StreamSource: Sendable {
     private let batchSize: Int
     /// A stream kept past its `stream { }` call, or read by two tasks at once, gets a misuse error.
     private let lifecycle = Locked(StreamLifecycle())
-    /// The rows handed out so far (for the stream's span: the rows it returned).
-    private let delivered = Locked(0)
+    /// The rows handed to the stream's reader so far (for the stream's span: the rows it returned).
+    private let delivered = Atomic<Int>(0)
 
-    /// The rows handed out so far.
-    var rowsRead: Int { delivered.withLock { $0 } }
+    /// The rows handed to the stream's reader so far.
+    var rowsRead: Int { delivered.load(ordering: .relaxed) }
+
+    /// Counts rows handed to the reader (a batch fetched may be left part-read).
+    func handedOut(_ rows: Int) { delivered.add(rows, ordering: .relaxed) }
+
+    /// Why the stream was cut short (a read cancelled or failed), if it was: a body that caught that and
+    /// returned still did not get all the rows.
+    var cutShort: String? { lifecycle.withLock { $0.cutShort } }
 
     private init(cursor: any DriverCursor, sql: String, batchSize: Int) {
         self.cursor = cursor
@@ -147,7 +160,6 @@ final class StreamSource: Sendable {
         }
         if lifecycle.withLock({ $0.endRead(failure: nil) }) { await cursor.close() }
         guard let raw else { return nil }
-        delivered.withLock { $0 += raw.rowCount }
         return (0..<raw.rowCount).map { raw.row($0) }
     }
 
@@ -210,7 +222,8 @@ extension Connection {
         do {
             let result = try await body(RowStream(source: source))
             await source.close()
-            span?.ended(rows: source.rowsRead, error: nil)
+            // A body that caught a read's cancellation or failure and returned did not get every row.
+            span?.ended(rows: source.rowsRead, error: source.cutShort.map { SQLError(.cancelled, "the stream was cut short (\($0))", sql: text) })
             return result
         } catch {
             await source.close()
