@@ -95,6 +95,34 @@ struct MigratorTests {
         }
     }
 
+    @Test("on SQLite a migrator waits for another's write lock past the 5 s busy timeout, and then migrates",
+          arguments: TestBackend.selected)
+    func waitsPastBusyTimeout(_ backend: TestBackend) async throws {
+        let migrations = Self.base()
+        try await PoolDatabase.sqliteFile.withEngine(.patient) { engine in
+            try await backend.run {
+                // Another writer holds SQLite's write lock for 6 s (real time, on a thread: virtual time too),
+                // longer than the busy timeout of the migrator's BEGIN IMMEDIATE.
+                let holder = try await engine.connect()
+                try await holder.execute("BEGIN IMMEDIATE")
+                let applied = Locked<[String]>([])
+                try await Runtime.withTaskGroup { group in
+                    try group.startSoon {
+                        let mine = try await migrations.migrate(engine)
+                        applied.withLock { $0 = mine }
+                    }
+                    _ = try await Runtime.runBlocking { usleep(6_000_000) }
+                    try await holder.execute("COMMIT")
+                    await holder.close()
+                }
+                #expect(applied.withLock { $0 } == migrations.identifiers)
+                let complete = try await engine.withConnection { connection in try await migrations.isComplete(on: connection) }
+                #expect(complete)
+                await engine.dispose()
+            }
+        }
+    }
+
     @Test("four migrators at once on one database apply each migration once", arguments: TestBackend.selected, PoolDatabase.allCases)
     func concurrent(_ backend: TestBackend, _ database: PoolDatabase) async throws {
         let suffix = "\(backend)_\(UInt32.random(in: 0...UInt32.max))"

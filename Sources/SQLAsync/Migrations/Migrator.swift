@@ -21,7 +21,9 @@ import Glibc
 /// whole and is recorded, or not at all (PostgreSQL and SQLite both run DDL in a transaction; a migration
 /// that cannot — `CREATE INDEX CONCURRENTLY` — is registered with `inTransaction: false`, and is then recorded
 /// after it ran). Two processes migrating at once apply each migration once: every migration's transaction
-/// first locks the record table (SQLite: `BEGIN IMMEDIATE`) and reads it again.
+/// first locks the record table (SQLite: `BEGIN IMMEDIATE`) and reads it again. A migrator waits for the
+/// others as long as its caller lets it: on SQLite, a statement or transaction that outwaits the busy timeout
+/// behind another migrator's transaction (it took no effect) is tried again, after a cancellation point.
 ///
 /// The database's history must be a beginning of the registered list: a migration recorded there that is not
 /// registered, or recorded in another order, stops ``migrate(_:upTo:)`` before anything runs, with a
@@ -163,7 +165,7 @@ public struct Migrator: Sendable {
         let create: SQL =
             "CREATE TABLE IF NOT EXISTS \(table) (position INTEGER PRIMARY KEY, identifier TEXT NOT NULL UNIQUE, applied_at TEXT NOT NULL)"
         guard connection.dialect == .postgresql else {
-            try await connection.execute(create)
+            try await waitingForTheWriteLock(connection) { _ = try await connection.execute(create) }
             return
         }
         // PostgreSQL: two creations at the same moment can both pass IF NOT EXISTS and collide in the catalog
@@ -206,7 +208,26 @@ public struct Migrator: Sendable {
     /// ran.
     private func apply(_ migration: Migration, _ connection: Connection) async throws -> Bool {
         guard migration.inTransaction else { return try await runUnlessRecorded(migration, connection) }
-        return try await connection.withTransaction { connection in
+        return try await waitingForTheWriteLock(connection) { try await applyInTransaction(migration, connection) }
+    }
+
+    /// Runs `operation` again while SQLite reports its busy timeout: another writer (another migrator's long
+    /// migration, say) held the write lock throughout, and what met it took no effect — a statement that
+    /// could not start, or a transaction rolled back whole. The caller's cancellation ends the waiting.
+    private func waitingForTheWriteLock<T>(_ connection: Connection, _ operation: () async throws -> T) async throws -> T {
+        while true {
+            do {
+                return try await operation()
+            } catch let error as SQLError
+                where connection.dialect == .sqlite && error.kind == .timeout && (error.resultCode ?? 0) & 0xFF == 5  // SQLITE_BUSY
+            {
+                try await Runtime.checkpoint()
+            }
+        }
+    }
+
+    private func applyInTransaction(_ migration: Migration, _ connection: Connection) async throws -> Bool {
+        try await connection.withTransaction { connection in
             // Serialized with other migrators: PostgreSQL locks the record table (a lock that conflicts with
             // itself, held to the end of the transaction); SQLite's BEGIN IMMEDIATE already holds the write lock.
             if connection.dialect == .postgresql {
